@@ -1,0 +1,94 @@
+/* The texts of --help: written to teach, with examples, and the exit codes. */
+#include "cli_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char *const main_help =
+"llmopt-host: run post-training optimization pipelines (quantize, prune, distill, fine-tune,\n"
+"export, evaluate) over language models, with techniques supplied by plugins.\n"
+"\n"
+"usage: llmopt-host [--plugins DIR]... [-q|-v] COMMAND [ARGS]\n"
+"\n"
+"commands:\n"
+"  run CFG        run the pipeline described in CFG (YAML)\n"
+"  validate CFG   check CFG against the loaded plugins' schemas; run nothing\n"
+"  plugins        list plugins found, refused or skipped (and why), their stages and kernels\n"
+"  describe STAGE show a stage's inputs and parameters with types, defaults and docs\n"
+"  init [FILE]    write a commented starter config (default: pipeline.yaml; '-' for stdout)\n"
+"  help [COMMAND] show this text, or a command's options\n"
+"\n"
+"global options:\n"
+"  --plugins DIR  load plugins (*" LLMOPT_PLUGIN_SUFFIX ") from DIR; repeatable, searched before\n"
+"                 LLMOPT_PLUGIN_PATH (colon-separated). With neither, the plugins next to\n"
+"                 this executable or the installed ones (" LLMOPT_DEFAULT_PLUGIN_DIR ") are used.\n"
+"  -q, --quiet    only warnings and errors     -v, --verbose   debug output\n"
+"  --version      print the host version, ABI and git revision\n"
+"  -h, --help     this text\n"
+"\n"
+"examples:\n"
+"  llmopt-host init my.yaml && llmopt-host validate my.yaml\n"
+"  llmopt-host --plugins ./build/plugins run configs/demo.yaml --set seed=7 --jobs 2\n"
+"  llmopt-host describe example.scale\n"
+"\n"
+"exit codes:\n"
+"  0 success   1 a stage failed   2 bad command line   3 invalid config\n"
+"  4 plugin directory unusable   5 run directory not writable   130 interrupted\n";
+
+static const char *const run_help =
+"usage: llmopt-host run CFG [--set KEY=VALUE]... [--out DIR] [--jobs N]\n"
+"\n"
+"Runs every stage of CFG in dependency order; independent stages run in parallel.\n"
+"  --set KEY=VALUE  override a config value; stages are addressed by id:\n"
+"                   --set seed=3   --set stages.q4.with.bits=3   --set 'outputs=[q4]'\n"
+"  --out DIR        run directory (default runs/<name>-<YYYYmmdd-HHMMSS>); must not exist or be empty\n"
+"  --jobs N         stages run at most N at a time (default 2)\n"
+"\n"
+"The run directory gets config.yaml (the resolved config, defaults filled in), report.json\n"
+"(status, metrics, wall time and peak memory per stage, seed, plugin versions) and one folder\n"
+"per stage that wrote files. A stage's folder appears only when it succeeds. Ctrl-C cancels:\n"
+"running stages stop at their next check, finished ones are kept; a second Ctrl-C quits at once.\n";
+
+static const char *const validate_help =
+"usage: llmopt-host validate CFG [--set KEY=VALUE]...\n"
+"\n"
+"Parses CFG, applies overrides, checks every stage name, parameter (type, range, choices),\n"
+"input and the graph (no cycles), runs each stage's own checks, and prints the order stages\n"
+"would run in. Errors are one line each: FILE:LINE:COL: what was expected.\n";
+
+static const char *const plugins_help =
+"usage: llmopt-host [--plugins DIR]... plugins\n"
+"\n"
+"Lists every plugin file found: loaded, refused (not a plugin, wrong ABI), skipped (another\n"
+"variant fits this machine better) or failed, with the reason; then the stages and kernels.\n";
+
+static const char *const describe_help =
+"usage: llmopt-host describe STAGE\n"
+"\n"
+"Shows what a stage does, its inputs, and every parameter with its type, default, allowed\n"
+"range or choices and documentation, followed by a config snippet to copy.\n";
+
+static const char *const init_help =
+"usage: llmopt-host init [FILE]\n"
+"\n"
+"Writes a commented starter pipeline to FILE (default pipeline.yaml, '-' for stdout). It never\n"
+"overwrites an existing file.\n";
+
+int cli_help(const char *topic) {
+    struct { const char *name, *text; } topics[] = {
+        {"run", run_help},           {"validate", validate_help}, {"plugins", plugins_help},
+        {"describe", describe_help}, {"init", init_help},
+    };
+    if (!topic) {
+        fputs(main_help, stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof topics / sizeof topics[0]; i++)
+        if (strcmp(topic, topics[i].name) == 0) {
+            fputs(topics[i].text, stdout);
+            return 0;
+        }
+    fprintf(stderr, "llmopt-host: no help for '%s'; commands are run, validate, plugins, describe, init\n",
+            topic);
+    return EXIT_USAGE;
+}

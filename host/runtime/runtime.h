@@ -1,0 +1,92 @@
+/* The host runtime's tensors and models (the part every technique needs). Tensors are
+ * refcounted with atomics, since parallel DAG branches share them; a model holds references,
+ * so cloning a model copies no tensor data (copy on write at the tensor level). */
+#ifndef HOST_RUNTIME_RUNTIME_H
+#define HOST_RUNTIME_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <llmopt/llmopt.h>
+#include "../util/error.h"
+
+/* ---- dtypes: one traits table (host/runtime/dtype.c) ---- */
+const llmopt_dtype_traits *rt_dtype_traits(int dtype);  /* NULL when unknown */
+int rt_dtype_from_name(const char *name);               /* -1 when unknown */
+/* Bytes of a row-major tensor of that shape, 0 when the last dim is not a whole number of
+ * blocks, a dim is negative, ndim is outside 0..LLMOPT_MAX_DIMS or the size overflows (and, of
+ * course, for a shape with a zero dim). ndim 0 is a scalar of one element. */
+size_t rt_dtype_nbytes(int dtype, int ndim, const int64_t *shape);
+/* The safetensors header spelling ("F32", "BF16", ...) and back; NULL / -1 when none. */
+const char *rt_dtype_safetensors_name(int dtype);
+int rt_dtype_from_safetensors_name(const char *name);
+
+/* ---- tensors (host/runtime/tensor.c) ---- */
+/* Zero-filled, 64-byte aligned heap tensor, refcount 1; NULL on bad dtype/shape or no memory. */
+llmopt_tensor *rt_tensor_new(int dtype, int ndim, const int64_t *shape);
+/* A tensor over memory someone else owns (an mmap'd checkpoint): release(owner) runs when the
+ * last reference goes (release may be NULL). refcount 1. nbytes must equal rt_dtype_nbytes of
+ * the shape; on NULL (bad arguments, no memory) release is not called: the caller still owns. */
+llmopt_tensor *rt_tensor_wrap(int dtype, int ndim, const int64_t *shape, void *data,
+                              size_t nbytes, void (*release)(void *owner), void *owner);
+const llmopt_tensor *rt_tensor_ref(const llmopt_tensor *t);
+void rt_tensor_unref(const llmopt_tensor *t);
+int64_t rt_tensor_numel(const llmopt_tensor *t);
+long rt_tensor_refcount(const llmopt_tensor *t);  /* for tests and diagnostics */
+
+/* ---- models (host/runtime/model.c) ---- */
+/* The struct is private to model.c; the SDK sees llmopt_model as opaque. */
+llmopt_model *rt_model_new(const char *arch);
+llmopt_model *rt_model_clone(const llmopt_model *src);  /* shares tensors, copies config */
+llmopt_model *rt_model_ref(llmopt_model *m);
+void rt_model_unref(llmopt_model *m);
+const char *rt_model_arch(const llmopt_model *m);
+size_t rt_model_n_tensors(const llmopt_model *m);
+const char *rt_model_tensor_name(const llmopt_model *m, size_t i);
+const llmopt_tensor *rt_model_get(const llmopt_model *m, const char *name);
+int rt_model_set(llmopt_model *m, const char *name, const llmopt_tensor *t);
+int rt_model_remove(llmopt_model *m, const char *name);
+int rt_model_cfg_get_num(const llmopt_model *m, const char *key, double *out);
+const char *rt_model_cfg_get_str(const llmopt_model *m, const char *key);
+int rt_model_cfg_set_num(llmopt_model *m, const char *key, double v);
+int rt_model_cfg_set_str(llmopt_model *m, const char *key, const char *v);
+size_t rt_model_nbytes(const llmopt_model *m);
+/* Appends {"stage": id, "uses": stage_name} to the model's provenance list. */
+int rt_model_add_provenance(llmopt_model *m, const char *stage_id, const char *uses);
+size_t rt_model_n_provenance(const llmopt_model *m);
+const char *rt_model_provenance_stage(const llmopt_model *m, size_t i);
+const char *rt_model_provenance_uses(const llmopt_model *m, size_t i);
+/* The architecture config as a new JSON text (config.json contents plus "llmopt_provenance",
+ * and "model_type": arch when the config has none), malloc'd; NULL on failure. */
+char *rt_model_config_dump(const llmopt_model *m);
+/* Replaces the config with the JSON object in text (a config.json; len bytes). A
+ * "llmopt_provenance" list in it becomes the model's provenance, so dump/load round-trips. */
+int rt_model_config_load(llmopt_model *m, const char *text, size_t len, llmopt_error *err);
+
+/* Saves every tensor of the model as <dir>/model.safetensors (plus config.json), written to
+ * temporary names first. F32/F16/BF16/I8/U8/I32/I64 tensors only. */
+int rt_model_save(const llmopt_model *m, const char *dir, llmopt_error *err);
+
+/* Loads a Hugging Face model directory (config.json + model.safetensors); every error names the
+ * file and the tensor or field. */
+int rt_model_load(const char *dir, llmopt_model **out, llmopt_error *err);
+
+/* ---- safetensors reading (host/runtime/safetensors_read.c) ---- */
+/* One tensor as a safetensors header describes it, already checked against the file. */
+typedef struct rt_safetensors_entry {
+    char *name;
+    int dtype;                       /* llmopt_dtype */
+    int ndim;
+    int64_t shape[LLMOPT_MAX_DIMS];  /* unused trailing entries are 1 */
+    size_t offset;                   /* bytes from the start of the file, not of the data */
+    size_t nbytes;
+    size_t header_index;             /* position in the header: breaks ties in the order */
+} rt_safetensors_entry;
+/* Validates a whole safetensors file held in memory (buf, len bytes: 8-byte header length,
+ * JSON header, data) and lists its tensors in data-offset order in *out (*n of them; free with
+ * rt_safetensors_free). Reads nothing outside buf and no tensor data, so it is the entry point
+ * for fuzzing. `file` names the file in error messages (LLMOPT_EFORMAT, naming the tensor). */
+int rt_safetensors_parse_header(const char *file, const uint8_t *buf, size_t len,
+                                rt_safetensors_entry **out, size_t *n, llmopt_error *err);
+void rt_safetensors_free(rt_safetensors_entry *entries, size_t n);
+
+#endif

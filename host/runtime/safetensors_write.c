@@ -1,0 +1,166 @@
+/* Saving a model as a Hugging Face directory: model.safetensors (8-byte LE header length, JSON
+ * header, data; https://github.com/huggingface/safetensors#format) and config.json. Both are
+ * streamed to temporary names and renamed only when both are complete. */
+#include "runtime.h"
+#include "../util/fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* A file being written under "<final>.tmp-<pid>"; nothing appears under the final name until
+ * out_commit. Writes go through stdio so large tensors stream without a second copy. */
+typedef struct out_file {
+    char final[4096];
+    char tmp[4096];
+    FILE *f;
+} out_file;
+
+static int out_open(out_file *o, const char *dir, const char *name, llmopt_error *err) {
+    o->f = NULL;
+    int n = snprintf(o->final, sizeof o->final, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= sizeof o->final ||
+        snprintf(o->tmp, sizeof o->tmp, "%s.tmp-%ld", o->final, (long)getpid()) >= (int)sizeof o->tmp)
+        return error_set(err, LLMOPT_EINVAL, "%s: path too long", dir);
+    o->f = fopen(o->tmp, "wb");
+    if (!o->f) return error_set(err, LLMOPT_EIO, "%s: cannot write: %s", o->tmp, strerror(errno));
+    return 0;
+}
+
+static int out_write(out_file *o, const void *p, size_t n, llmopt_error *err) {
+    if (n == 0 || fwrite(p, 1, n, o->f) == n) return 0;
+    return error_set(err, LLMOPT_EIO, "%s: write failed: %s", o->final, strerror(errno));
+}
+
+/* Flushes and syncs the temporary file and closes it (still under its temporary name). */
+static int out_finish(out_file *o, llmopt_error *err) {
+    int bad = fflush(o->f) != 0 || (fsync(fileno(o->f)) != 0 && errno != EINVAL);
+    int e = errno;
+    bad |= fclose(o->f) != 0;
+    o->f = NULL;
+    if (bad) return error_set(err, LLMOPT_EIO, "%s: cannot finish writing: %s", o->final, strerror(e));
+    return 0;
+}
+
+/* Removes the temporary file (closing it first if open); safe to call more than once. */
+static void out_abort(out_file *o) {
+    if (o->f) fclose(o->f);
+    o->f = NULL;
+    if (o->tmp[0]) unlink(o->tmp);
+    o->tmp[0] = '\0';
+}
+
+static int out_commit(out_file *o, llmopt_error *err) {
+    if (rename(o->tmp, o->final) != 0)
+        return error_set(err, LLMOPT_EIO, "%s: cannot rename into place: %s", o->final, strerror(errno));
+    o->tmp[0] = '\0';
+    return 0;
+}
+
+/* Checks every tensor can be saved; fills err naming the first that cannot. */
+static int check_tensors(const llmopt_model *m, llmopt_error *err) {
+    for (size_t i = 0; i < rt_model_n_tensors(m); i++) {
+        const char *name = rt_model_tensor_name(m, i);
+        const llmopt_tensor *t = rt_model_get(m, name);
+        const llmopt_dtype_traits *tr = rt_dtype_traits(t->dtype);
+        if (strcmp(name, "__metadata__") == 0)
+            return error_set(err, LLMOPT_EINVAL, "tensor name '__metadata__' is reserved by safetensors");
+        if (t->device != LLMOPT_DEVICE_CPU)
+            return error_set(err, LLMOPT_EUNSUPPORTED,
+                             "tensor '%s': only CPU tensors can be saved (copy it to the CPU first)", name);
+        if (!tr || tr->is_quantized || !rt_dtype_safetensors_name(t->dtype))
+            return error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s': dtype %s has no safetensors type",
+                             name, tr ? tr->name : "unknown");
+    }
+    return 0;
+}
+
+/* The header JSON, compact, padded with spaces so that 8 + length is a multiple of 8. */
+static char *build_header(const llmopt_model *m, size_t *len) {
+    json_t *h = json_object();
+    if (!h) return NULL;
+    json_object_set_new(h, "__metadata__", json_pack("{s:s}", "format", "pt"));
+    json_int_t off = 0;
+    for (size_t i = 0; i < rt_model_n_tensors(m); i++) {
+        const char *name = rt_model_tensor_name(m, i);
+        const llmopt_tensor *t = rt_model_get(m, name);
+        json_t *shape = json_array();
+        for (int d = 0; d < t->ndim; d++) json_array_append_new(shape, json_integer(t->shape[d]));
+        json_int_t end = off + (json_int_t)t->nbytes;
+        json_t *e = json_pack("{s:s, s:o, s:[I,I]}", "dtype", rt_dtype_safetensors_name(t->dtype),
+                              "shape", shape, "data_offsets", off, end);
+        if (!e || json_object_set_new(h, name, e) != 0) {
+            json_decref(h);
+            return NULL;
+        }
+        off = end;
+    }
+    char *text = json_dumps(h, JSON_COMPACT);
+    json_decref(h);
+    if (!text) return NULL;
+    size_t n = strlen(text), padded = (n + 7) / 8 * 8;
+    char *out = realloc(text, padded + 1);
+    if (!out) {
+        free(text);
+        return NULL;
+    }
+    memset(out + n, ' ', padded - n);
+    out[padded] = '\0';
+    *len = padded;
+    return out;
+}
+
+static int write_safetensors(out_file *o, const llmopt_model *m, llmopt_error *err) {
+    size_t hlen = 0;
+    char *header = build_header(m, &hlen);
+    if (!header) return error_set(err, LLMOPT_ENOMEM, "%s: cannot build the header", o->final);
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
+    int rc = out_write(o, len8, sizeof len8, err);
+    if (rc == 0) rc = out_write(o, header, hlen, err);
+    free(header);
+    /* Tensor bytes go out as they are in memory: safetensors is little-endian, as are the
+     * machines we run on (x86-64, aarch64). */
+    for (size_t i = 0; rc == 0 && i < rt_model_n_tensors(m); i++) {
+        const llmopt_tensor *t = rt_model_get(m, rt_model_tensor_name(m, i));
+        rc = out_write(o, t->data, t->nbytes, err);
+    }
+    return rc;
+}
+
+static void sync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY);
+    if (fd >= 0) {
+        fsync(fd);  /* best effort: makes the renames durable */
+        close(fd);
+    }
+}
+
+int rt_model_save(const llmopt_model *m, const char *dir, llmopt_error *err) {
+    int rc = check_tensors(m, err);
+    if (rc != 0) return rc;
+    char *config = rt_model_config_dump(m);
+    if (!config) return error_set(err, LLMOPT_ENOMEM, "%s: cannot serialize config.json", dir);
+    rc = fs_mkdirs(dir, err);
+    out_file st = {0}, cfg = {0};
+    if (rc == 0) rc = out_open(&st, dir, "model.safetensors", err);
+    if (rc == 0) rc = write_safetensors(&st, m, err);
+    if (rc == 0) rc = out_finish(&st, err);
+    if (rc == 0) rc = out_open(&cfg, dir, "config.json", err);
+    if (rc == 0) rc = out_write(&cfg, config, strlen(config), err);
+    if (rc == 0) rc = out_write(&cfg, "\n", 1, err);
+    if (rc == 0) rc = out_finish(&cfg, err);
+    /* Both files are complete; now the two renames. If the second fails, take the first back
+     * out so no model.safetensors stands without its config. */
+    if (rc == 0) rc = out_commit(&st, err);
+    if (rc == 0 && (rc = out_commit(&cfg, err)) != 0) unlink(st.final);
+    out_abort(&st);
+    out_abort(&cfg);
+    free(config);
+    if (rc == 0) sync_dir(dir);
+    return rc;
+}

@@ -1,0 +1,73 @@
+/* llmopt SDK: tensors. A tensor is a dtype, a shape, a device and a refcounted storage owned
+ * by the host. Tensors shared between models are immutable: a stage that changes weights makes a
+ * new tensor (llmopt_host_api.tensor_new) and sets it on its output model (copy on write). */
+#ifndef LLMOPT_TENSOR_H
+#define LLMOPT_TENSOR_H
+
+#include "common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Element types. Values are stable across ABI v1; new types are appended. */
+typedef enum llmopt_dtype {
+    LLMOPT_DTYPE_F32 = 0,
+    LLMOPT_DTYPE_F16 = 1,
+    LLMOPT_DTYPE_BF16 = 2,
+    LLMOPT_DTYPE_I8 = 3,
+    LLMOPT_DTYPE_U8 = 4,
+    LLMOPT_DTYPE_I32 = 5,
+    LLMOPT_DTYPE_I64 = 6,
+    LLMOPT_DTYPE_COUNT, /**< number of types this SDK knows; not a type */
+    LLMOPT_DTYPE_ANY = -1 /**< wildcard in kernel keys */
+} llmopt_dtype;
+
+/** Where a tensor's bytes live. */
+typedef enum llmopt_device {
+    LLMOPT_DEVICE_CPU = 0,
+    LLMOPT_DEVICE_CUDA = 1,
+    LLMOPT_DEVICE_COUNT
+} llmopt_device;
+
+/** Per-dtype facts: one table, as ggml's type traits, instead of switches in every file.
+ *  A block of `block_size` elements takes `type_size` bytes (1 element for plain types). */
+typedef struct llmopt_dtype_traits {
+    uint32_t struct_size;
+    const char *name;     /**< "f32", "f16", ...: the spelling used in configs and reports */
+    int64_t block_size;   /**< elements per block */
+    size_t type_size;     /**< bytes per block */
+    int is_quantized;     /**< 1 for block-quantized types */
+} llmopt_dtype_traits;
+LLMOPT_PIN(llmopt_dtype_traits, name, 8);
+LLMOPT_PIN(llmopt_dtype_traits, block_size, 16);
+LLMOPT_PIN(llmopt_dtype_traits, type_size, 24);
+LLMOPT_PIN(llmopt_dtype_traits, is_quantized, 32);
+
+/** Most dimensions a tensor has. */
+#define LLMOPT_MAX_DIMS 4
+
+/** A tensor. Created, referenced and released only through the host API table.
+ *  shape is row-major as in Hugging Face checkpoints: shape[ndim-1] is contiguous. */
+typedef struct llmopt_tensor {
+    uint32_t struct_size;
+    int32_t dtype;                  /**< llmopt_dtype */
+    int32_t device;                 /**< llmopt_device */
+    int32_t ndim;                   /**< 0..LLMOPT_MAX_DIMS */
+    int64_t shape[LLMOPT_MAX_DIMS]; /**< unused trailing entries are 1 */
+    void *data;                     /**< nbytes of element data on `device` */
+    size_t nbytes;
+    void *host_private;             /**< the host's bookkeeping; never touch */
+} llmopt_tensor;
+LLMOPT_PIN(llmopt_tensor, dtype, 4);
+LLMOPT_PIN(llmopt_tensor, device, 8);
+LLMOPT_PIN(llmopt_tensor, ndim, 12);
+LLMOPT_PIN(llmopt_tensor, shape, 16);
+LLMOPT_PIN(llmopt_tensor, data, 48);
+LLMOPT_PIN(llmopt_tensor, nbytes, 56);
+LLMOPT_PIN(llmopt_tensor, host_private, 64);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
