@@ -53,12 +53,9 @@ static int parse_entry(const char *file, const char *name, const json_t *v, size
         return error_set(err, LLMOPT_EFORMAT, "%s: tensor '%s': 'shape' has %zu dims, more than %d",
                          file, name, ndim, LLMOPT_MAX_DIMS);
     int has_zero = 0;
-    for (size_t d = 0; d < LLMOPT_MAX_DIMS; d++) {
-        const json_t *x = json_array_get(shape, d);  /* NULL past the end */
-        if (d >= ndim) {
-            e->shape[d] = 1;
-            continue;
-        }
+    for (size_t d = 0; d < LLMOPT_MAX_DIMS; d++) e->shape[d] = 1;
+    for (size_t d = 0; d < ndim; d++) {
+        const json_t *x = json_array_get(shape, d);
         if (!json_is_integer(x) || json_integer_value(x) < 0)
             return field_error(err, file, name, "shape", shape, "a list of non-negative integers");
         e->shape[d] = json_integer_value(x);
@@ -93,11 +90,11 @@ static int parse_entry(const char *file, const char *name, const json_t *v, size
 }
 
 /* __metadata__ is free-form text for the writer's tools; we check its type and ignore it. */
-static int check_metadata(const char *file, const json_t *v, llmopt_error *err) {
+static int check_metadata(const char *file, json_t *v, llmopt_error *err) {
     const char *key;
-    const json_t *x;
+    json_t *x;
     int ok = json_is_object(v);
-    if (ok) json_object_foreach((json_t *)v, key, x) ok &= json_is_string(x);
+    if (ok) json_object_foreach(v, key, x) ok &= json_is_string(x);
     if (ok) return 0;
     return error_set(err, LLMOPT_EFORMAT, "%s: '__metadata__' must be an object of strings", file);
 }

@@ -110,6 +110,36 @@ test_sigint_cancels_and_keeps_finished_stages() {
     no_partials r
 }
 
+# ---- the pipeline's model ----
+test_pipeline_model_is_loaded_and_shared_by_stages() {
+    run_host --plugins "$CLI" run "$CONFIGS/chain.yaml" --out first
+    expect_rc 0
+    printf 'name: reuse\nmodel: first/scaled/model\nstages:\n  - {id: s, uses: test.sum}\n  - {id: x, uses: test.scale, with: {which: t2}}\n' > reuse.yaml
+    run_host --plugins "$CLI" run reuse.yaml --out second
+    expect_rc 0
+    expect_err "loading model first/scaled/model"
+    # the saved model of the first run: t1 scaled by 3, the rest 1.0, 8 elements each
+    [ "$(json second/report.json '[m["value"] for m in d["stages"][0]["metrics"] if m["name"]=="sum"][0]')" = 48.0 ] || fail "loaded model differs"
+    [ "$(json second/report.json 'd["stages"][1]["inputs"]["model"]')" = first/scaled/model ] || fail "input not reported"
+}
+
+test_truncated_checkpoint_is_one_clear_error() {
+    run_host --plugins "$CLI" run "$CONFIGS/chain.yaml" --out first
+    head -c 100 first/scaled/model/model.safetensors > cut && mv cut first/scaled/model/model.safetensors
+    printf 'name: reuse\nmodel: first/scaled/model\nstages:\n  - {id: s, uses: test.sum}\n' > reuse.yaml
+    run_host --plugins "$CLI" run reuse.yaml --out second
+    expect_rc 1
+    expect_err "first/scaled/model/model.safetensors: "
+    [ "$(json second/report.json '[s["status"] for s in d["stages"]]')" = "['skipped']" ] || fail "stage status"
+}
+
+test_missing_model_directory_is_a_config_error() {
+    printf 'name: m\nmodel: nowhere/model\nstages:\n  - {id: s, uses: test.sum}\n' > m.yaml
+    run_host --plugins "$CLI" validate m.yaml
+    expect_rc 3
+    expect_err "m.yaml:2:8: model 'nowhere/model' does not exist"
+}
+
 # ---- bad configs: one line, file:line:col, exit 3 ----
 expect_config_error() {  # CONFIG EXPECTED-TEXT
     run_host --plugins "$CLI" validate "$CONFIGS/$1"
