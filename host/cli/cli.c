@@ -1,4 +1,5 @@
 /* Command-line parsing and plugin discovery for llmopt-host; the commands live in cmd_*.c. */
+#define _XOPEN_SOURCE 700 /* realpath */
 #include "cli_internal.h"
 
 #include <limits.h>
@@ -43,8 +44,10 @@ int cli_load_plugins(const cli_opts *o, registry **out) {
     }
     if (n == 0) {
         /* build tree: build/host/llmopt-host next to build/plugins; else the install location */
-        if (exe_dir(here, sizeof here) == 0 && (fallback = fs_join(here, "../plugins")) &&
-            fs_is_dir(fallback))
+        char *joined = exe_dir(here, sizeof here) == 0 ? fs_join(here, "../plugins") : NULL;
+        if (joined && fs_is_dir(joined)) fallback = realpath(joined, NULL);
+        free(joined);
+        if (fallback)
             dirs[n++] = fallback;
         else
             dirs[n++] = LLMOPT_DEFAULT_PLUGIN_DIR;
