@@ -9,6 +9,7 @@
 
 #include "../plugin/registry.h"
 #include "../runtime/runtime.h"
+#include "../runtime/threadpool.h"
 #include "../sched/stage_ctx.h"
 #include "../util/log.h"
 
@@ -239,6 +240,8 @@ static const llmopt_host_api g_api = {
     .stage_dir = api_stage_dir,
     .device = api_device,
     .kernel_find = api_kernel_find,
+    .parallel_for = tp_parallel_for,
+    .n_threads = tp_threads,
 };
 
 const llmopt_host_api *host_api_table(void) { return &g_api; }

@@ -107,6 +107,16 @@ struct llmopt_host_api {
     /* ---- kernels ---- */
     /** The registered kernel for (op, device, dtype), falling back to dtype ANY; NULL if none. */
     const llmopt_kernel_desc *(*kernel_find)(const char *op, int device, int dtype);
+
+    /* ---- compute threads (plugins start no threads of their own) ---- */
+    /** Runs fn(arg, begin, end) over [0, n) split into chunks of at least `grain` items on the
+     *  host's compute threads (the caller's thread takes part) and returns when all are done.
+     *  Chunks are contiguous and run in no particular order. Safe to call from stage threads;
+     *  a nested call runs inline. */
+    void (*parallel_for)(int64_t n, int64_t grain, void (*fn)(void *arg, int64_t begin, int64_t end),
+                         void *arg);
+    /** Number of compute threads parallel_for uses (the --threads option, default: all cores). */
+    int (*n_threads)(void);
 };
 LLMOPT_PIN(llmopt_host_api, abi_major, 4);
 LLMOPT_PIN(llmopt_host_api, host_version, 8);
@@ -118,6 +128,8 @@ LLMOPT_PIN(llmopt_host_api, model_nbytes, 176);
 LLMOPT_PIN(llmopt_host_api, stage_id, 184);
 LLMOPT_PIN(llmopt_host_api, set_error, 296);
 LLMOPT_PIN(llmopt_host_api, kernel_find, 328);
+LLMOPT_PIN(llmopt_host_api, parallel_for, 336);
+LLMOPT_PIN(llmopt_host_api, n_threads, 344);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,7 @@
 #include "model.h"
 #include "stage.h"
 #include "kernel.h"
+#include "kernel_ops.h"
 #include "plugin.h"
 #include "host_api.h"
 
