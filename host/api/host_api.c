@@ -10,6 +10,7 @@
 #include "../plugin/registry.h"
 #include "../runtime/runtime.h"
 #include "../runtime/threadpool.h"
+#include "runtime_api.h"
 #include "../sched/stage_ctx.h"
 #include "../util/log.h"
 
@@ -145,6 +146,22 @@ out:
     return rc;
 }
 
+static int api_report_text(llmopt_stage_ctx *ctx, const char *name, const char *text) {
+    if (!name || !text) return LLMOPT_EINVAL;
+    pthread_mutex_lock(&ctx->lock);
+    char **nt = realloc(ctx->texts, (ctx->n_texts + 1) * 2 * sizeof *nt);
+    int rc = LLMOPT_ENOMEM;
+    if (nt) {
+        ctx->texts = nt;
+        nt[2 * ctx->n_texts] = strdup(name);
+        nt[2 * ctx->n_texts + 1] = strdup(text);
+        ctx->n_texts++;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&ctx->lock);
+    return rc;
+}
+
 static void api_progress(llmopt_stage_ctx *ctx, double fraction, const char *fmt, ...) {
     pthread_mutex_lock(&ctx->lock);
     ctx->progress = fraction > 1.0 ? 1.0 : fraction;
@@ -195,7 +212,7 @@ static llmopt_tensor *api_tensor_new(int dtype, int ndim, const int64_t *shape) 
     return rt_tensor_new(dtype, ndim, shape);
 }
 
-static const llmopt_host_api g_api = {
+static llmopt_host_api g_api = {
     .struct_size = sizeof(llmopt_host_api),
     .abi_major = LLMOPT_ABI_MAJOR,
     .abi_minor = LLMOPT_ABI_MINOR,
@@ -242,9 +259,16 @@ static const llmopt_host_api g_api = {
     .kernel_find = api_kernel_find,
     .parallel_for = tp_parallel_for,
     .n_threads = tp_threads,
+    .report_text = api_report_text,
 };
 
-const llmopt_host_api *host_api_table(void) { return &g_api; }
+static void fill_runtime(void) { runtime_api_fill(&g_api); }
+
+const llmopt_host_api *host_api_table(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, fill_runtime);
+    return &g_api;
+}
 
 int stage_ctx_init(llmopt_stage_ctx *ctx, const pipeline *p, size_t index, atomic_int *cancel) {
     memset(ctx, 0, sizeof *ctx);
@@ -268,6 +292,8 @@ void stage_ctx_clear(llmopt_stage_ctx *ctx) {
         free(ctx->metrics[i].unit);
     }
     free(ctx->metrics);
+    for (size_t i = 0; i < 2 * ctx->n_texts; i++) free(ctx->texts[i]);
+    free(ctx->texts);
     free(ctx->inputs);
     free(ctx->dir);
     free(ctx->output_dir);

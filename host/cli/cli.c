@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "../plugin/loader.h"
+#include "../runtime/threadpool.h"
 #include "../sched/stage_ctx.h"
 #include "../util/fs.h"
 #include "../util/log.h"
@@ -66,6 +67,11 @@ int cli_load_plugins(const cli_opts *o, registry **out) {
     free(fallback);
     *out = reg;
     return rc == 0 ? 0 : EXIT_PLUGIN; /* the loader already logged the reason */
+}
+
+/* Commands that parse options of their own: the rest of their arguments reach them in o.args. */
+static int command_has_options(const char *cmd) {
+    return strcmp(cmd, "tokenize") == 0 || strcmp(cmd, "forward") == 0 || strcmp(cmd, "generate") == 0;
 }
 
 static int parse_int(const char *s, int *out) {
@@ -128,7 +134,15 @@ int cli_main(int argc, char **argv) {
             printf("llmopt-host %s (ABI %d.%d, git %s)\n", LLMOPT_VERSION, LLMOPT_ABI_MAJOR,
                    LLMOPT_ABI_MINOR, *LLMOPT_GIT_REV ? LLMOPT_GIT_REV : "unknown");
             goto done;
-        } else if (a[0] == '-' && a[1] != '\0') {
+        } else if (strcmp(a, "--threads") == 0 || strncmp(a, "--threads=", 10) == 0) {
+            const char *v = a[9] == '=' ? a + 10 : (i + 1 < argc ? argv[++i] : "");
+            int n = 0;
+            if (parse_int(v, &n) != 0) {
+                rc = usage_error("--threads wants a whole number from 1 to 1024, not '%s'", v);
+                goto done;
+            }
+            tp_set_threads(n);
+        } else if (a[0] == '-' && a[1] != '\0' && !(o.command && command_has_options(o.command))) {
             rc = usage_error("unknown option '%s'", a);
             goto done;
         } else if (!o.command) {
@@ -145,6 +159,8 @@ int cli_main(int argc, char **argv) {
     struct { const char *name; int (*fn)(const cli_opts *); size_t min_args, max_args; } cmds[] = {
         {"run", cmd_run, 1, 1},         {"validate", cmd_validate, 1, 1}, {"plugins", cmd_plugins, 0, 0},
         {"describe", cmd_describe, 1, 1}, {"init", cmd_init, 0, 1},
+        {"forward", cmd_forward, 1, 64},  {"generate", cmd_generate, 1, 64},
+        {"tokenize", cmd_tokenize, 1, 16},
     };
     if (strcmp(o.command, "help") == 0) {
         rc = cli_help(o.n_args ? o.args[0] : NULL);
@@ -161,7 +177,7 @@ int cli_main(int argc, char **argv) {
         }
         goto done;
     }
-    rc = usage_error("unknown command '%s'; commands are run, validate, plugins, describe, init, help",
+    rc = usage_error("unknown command '%s'; commands are run, validate, plugins, describe, init, generate, forward, help",
                      o.command);
 done:
     free(o.plugin_dirs);

@@ -16,12 +16,16 @@ static const char *const main_help =
 "  plugins        list plugins found, refused or skipped (and why), their stages and kernels\n"
 "  describe STAGE show a stage's inputs and parameters with types, defaults and docs\n"
 "  init [FILE]    write a commented starter config (default: pipeline.yaml; '-' for stdout)\n"
+"  generate MODEL -p TEXT   generate text with a Hugging Face checkpoint (a quick look)\n"
+"  forward MODEL --ids 1,2  write the logits of a token sequence (for comparisons)\n"
+"  tokenize DIR --text S   encode text (or --decode ids) with a tokenizer.json\n"
 "  help [COMMAND] show this text, or a command's options\n"
 "\n"
 "global options:\n"
 "  --plugins DIR  load plugins (*" LLMOPT_PLUGIN_SUFFIX ") from DIR; repeatable, searched before\n"
 "                 LLMOPT_PLUGIN_PATH (colon-separated). With neither, the plugins next to\n"
 "                 this executable or the installed ones (" LLMOPT_DEFAULT_PLUGIN_DIR ") are used.\n"
+"  --threads N    compute threads for kernels (default: all cores)\n"
 "  -q, --quiet    only warnings and errors     -v, --verbose   debug output\n"
 "  --version      print the host version, ABI and git revision\n"
 "  -h, --help     this text\n"
@@ -74,10 +78,53 @@ static const char *const init_help =
 "Writes a commented starter pipeline to FILE (default pipeline.yaml, '-' for stdout). It never\n"
 "overwrites an existing file.\n";
 
+static const char *const generate_help =
+"usage: llmopt-host generate MODEL_DIR (-p TEXT | --ids 1,2,3) [options]\n"
+"\n"
+"Runs a GPT-2 or Llama checkpoint (config.json, *.safetensors, tokenizer.json) and prints the\n"
+"continuation as it is produced.\n"
+"  --max-tokens N          new tokens at most (default 64)\n"
+"  --greedy                always the most likely token (else sampling)\n"
+"  --temperature T         sampling temperature (default 0.8)\n"
+"  --top-k K               sample among the K most likely tokens (default 40; 0 = all)\n"
+"  --top-p P               ... and the smallest set holding probability P (default 0.95)\n"
+"  --repetition-penalty R  penalise tokens already present (default 1 = off; 1.1-1.3 typical)\n"
+"  --stop STRING           stop when the text contains STRING (repeatable)\n"
+"  --seed N                sampling seed (default 0)\n"
+"  --ignore-eos            keep going after the end-of-sequence token\n"
+"  --print-ids             print the generated token ids as JSON instead of text\n"
+"example:\n"
+"  llmopt-host generate models/kjv-tiny -p 'In the beginning' --max-tokens 40 --greedy\n";
+
+static const char *const tokenize_help =
+"usage: llmopt-host tokenize DIR (--text STRING | --file PATH) [--decode] [--no-special]\n"
+"\n"
+"Encodes with the Hugging Face tokenizer in DIR (its tokenizer.json, or the file itself) and\n"
+"prints one JSON line {\"ids\": [...], \"n\": N}, the ids tokenizers' Tokenizer.encode(text).ids\n"
+"gives (post-processor included: e.g. Llama's <s>). With --decode the text or file holds a JSON\n"
+"array of ids; the decoded text is printed as it is, with no newline added.\n"
+"  --text STRING  the input itself (--text=STRING when it starts with '-')\n"
+"  --file PATH    read the input from PATH, all of it\n"
+"  --decode       ids to text instead of text to ids\n"
+"  --no-special   encode: no post-processor tokens (bos/eos); decode: drop special tokens\n"
+"Ill-formed UTF-8 input counts as U+FFFD per bad byte (byte-level tokenizers keep the byte).\n"
+"exit codes: 0 ok, 2 bad arguments or ids, 3 tokenizer files unusable, 5 input unreadable.\n"
+"example:\n"
+"  llmopt-host tokenize models/kjv-tiny --text 'In the beginning'\n"
+"  llmopt-host tokenize models/kjv-tiny --decode --text '[818, 262, 3726]'\n";
+
+static const char *const forward_help =
+"usage: llmopt-host forward MODEL_DIR --ids 1,2,3 [--out FILE] [--kv-cache]\n"
+"\n"
+"Runs the token ids through the model. With --out, writes the logits of every position as raw\n"
+"little-endian float32 [tokens, vocab]; without, prints the most likely next token. --kv-cache\n"
+"feeds the tokens one at a time through the KV cache instead of all at once (both must agree).\n";
+
 int cli_help(const char *topic) {
     struct { const char *name, *text; } topics[] = {
         {"run", run_help},           {"validate", validate_help}, {"plugins", plugins_help},
         {"describe", describe_help}, {"init", init_help},
+        {"generate", generate_help}, {"forward", forward_help}, {"tokenize", tokenize_help},
     };
     if (!topic) {
         fputs(main_help, stdout);

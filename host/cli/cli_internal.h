@@ -29,5 +29,8 @@ int cmd_validate(const cli_opts *o);
 int cmd_plugins(const cli_opts *o);
 int cmd_describe(const cli_opts *o);
 int cmd_init(const cli_opts *o);
+int cmd_forward(const cli_opts *o);
+int cmd_generate(const cli_opts *o);
+int cmd_tokenize(const cli_opts *o);
 
 #endif

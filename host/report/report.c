@@ -59,6 +59,12 @@ static json_t *stage_json(const pipeline *p, const llmopt_stage_ctx *c) {
         json_array_append_new(metrics, mj);
     }
     json_object_set_new(o, "metrics", metrics);
+    if (c->n_texts) {
+        json_t *texts = json_array();
+        for (size_t i = 0; i < c->n_texts; i++)
+            json_array_append_new(texts, json_pack("{s:s, s:s}", "name", c->texts[2 * i], "text", c->texts[2 * i + 1]));
+        json_object_set_new(o, "texts", texts);
+    }
     return o;
 }
 

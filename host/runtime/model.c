@@ -5,12 +5,31 @@
 #include "runtime.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* A file that travels with the model unchanged (tokenizer.json, generation_config.json, ...),
+ * shared by clones, with a cache for its parsed form (the tokenizer). */
+typedef struct rt_blob {
+    atomic_long refs;
+    char *data;
+    size_t len;
+    pthread_mutex_t mu;          /* guards parsed */
+    void *parsed;
+    void (*free_parsed)(void *);
+} rt_blob;
+
+typedef struct model_file {
+    char *name;
+    rt_blob *blob;
+} model_file;
+
 struct llmopt_model {
     atomic_long refs;
+    model_file *files;   /* side files, saved verbatim beside the weights */
+    size_t n_files;
     char *arch;
     json_t *config;      /* object */
     json_t *provenance;  /* array of {"stage": id, "uses": stage name} */
@@ -72,7 +91,99 @@ llmopt_model *rt_model_new(const char *arch) {
     return m;
 }
 
+static void blob_unref(rt_blob *b) {
+    if (!b || atomic_fetch_sub(&b->refs, 1) != 1) return;
+    if (b->parsed && b->free_parsed) b->free_parsed(b->parsed);
+    pthread_mutex_destroy(&b->mu);
+    free(b->data);
+    free(b);
+}
+
+static void free_files(llmopt_model *m) {
+    for (size_t i = 0; i < m->n_files; i++) {
+        free(m->files[i].name);
+        blob_unref(m->files[i].blob);
+    }
+    free(m->files);
+    m->files = NULL;
+    m->n_files = 0;
+}
+
+static int copy_files(llmopt_model *m, const llmopt_model *src) {
+    if (!src->n_files) return 0;
+    m->files = calloc(src->n_files, sizeof *m->files);
+    if (!m->files) return LLMOPT_ENOMEM;
+    for (size_t i = 0; i < src->n_files; i++) {
+        m->files[i].name = dup_str(src->files[i].name);
+        if (!m->files[i].name) return LLMOPT_ENOMEM;
+        m->files[i].blob = src->files[i].blob;
+        atomic_fetch_add(&m->files[i].blob->refs, 1);
+        m->n_files = i + 1;
+    }
+    return 0;
+}
+
+int rt_model_set_file(llmopt_model *m, const char *name, const void *data, size_t len) {
+    rt_blob *b = calloc(1, sizeof *b);
+    char *copy = malloc(len + 1);
+    if (!b || !copy) {
+        free(b);
+        free(copy);
+        return LLMOPT_ENOMEM;
+    }
+    memcpy(copy, data, len);
+    copy[len] = '\0';
+    atomic_init(&b->refs, 1);
+    b->data = copy;
+    b->len = len;
+    pthread_mutex_init(&b->mu, NULL);
+    for (size_t i = 0; i < m->n_files; i++) {
+        if (strcmp(m->files[i].name, name) != 0) continue;
+        blob_unref(m->files[i].blob);
+        m->files[i].blob = b;
+        return 0;
+    }
+    model_file *nf = realloc(m->files, (m->n_files + 1) * sizeof *nf);
+    char *nm = dup_str(name);
+    if (!nf || !nm) {
+        if (nf) m->files = nf;
+        free(nm);
+        blob_unref(b);
+        return LLMOPT_ENOMEM;
+    }
+    m->files = nf;
+    m->files[m->n_files++] = (model_file){nm, b};
+    return 0;
+}
+
+const char *rt_model_get_file(const llmopt_model *m, const char *name, size_t *len) {
+    for (size_t i = 0; i < m->n_files; i++)
+        if (strcmp(m->files[i].name, name) == 0) {
+            if (len) *len = m->files[i].blob->len;
+            return m->files[i].blob->data;
+        }
+    return NULL;
+}
+
+size_t rt_model_n_files(const llmopt_model *m) { return m->n_files; }
+const char *rt_model_file_name(const llmopt_model *m, size_t i) { return i < m->n_files ? m->files[i].name : NULL; }
+
+void *rt_model_file_parsed(const llmopt_model *m, const char *name, void *(*parse)(const char *data, size_t len, void *arg),
+                           void (*free_parsed)(void *), void *arg) {
+    for (size_t i = 0; i < m->n_files; i++) {
+        if (strcmp(m->files[i].name, name) != 0) continue;
+        rt_blob *b = m->files[i].blob;
+        pthread_mutex_lock(&b->mu);
+        if (!b->parsed && (b->parsed = parse(b->data, b->len, arg))) b->free_parsed = free_parsed;
+        void *p = b->parsed;
+        pthread_mutex_unlock(&b->mu);
+        return p;
+    }
+    return NULL;
+}
+
 static void model_free(llmopt_model *m) {
+    free_files(m);
     for (size_t i = 0; i < m->n; i++) {
         free(m->names[i]);
         rt_tensor_unref(m->tensors[i]);
@@ -104,6 +215,10 @@ llmopt_model *rt_model_clone(const llmopt_model *src) {
     }
     m->nslots = src->nslots;
     memcpy(m->slots, src->slots, src->nslots * sizeof *m->slots);
+    if (copy_files(m, src) != 0) {
+        model_free(m);
+        return NULL;
+    }
     for (size_t i = 0; i < src->n; i++) {
         m->names[i] = dup_str(src->names[i]);
         if (!m->names[i]) {
@@ -251,6 +366,8 @@ const char *rt_model_provenance_stage(const llmopt_model *m, size_t i) {
 const char *rt_model_provenance_uses(const llmopt_model *m, size_t i) {
     return json_string_value(json_object_get(json_array_get(m->provenance, i), "uses"));
 }
+
+struct json_t *rt_model_config_json(const llmopt_model *m) { return m->config; }
 
 char *rt_model_config_dump(const llmopt_model *m) {
     json_t *out = json_copy(m->config);  /* shallow: we only add keys to the copy */

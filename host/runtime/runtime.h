@@ -58,9 +58,29 @@ const char *rt_model_provenance_uses(const llmopt_model *m, size_t i);
 /* The architecture config as a new JSON text (config.json contents plus "llmopt_provenance",
  * and "model_type": arch when the config has none), malloc'd; NULL on failure. */
 char *rt_model_config_dump(const llmopt_model *m);
+/* The architecture config itself (a jansson object, borrowed), for nested values such as
+ * rope_scaling that the flat num/str accessors cannot reach. */
+struct json_t;
+struct json_t *rt_model_config_json(const llmopt_model *m);
 /* Replaces the config with the JSON object in text (a config.json; len bytes). A
  * "llmopt_provenance" list in it becomes the model's provenance, so dump/load round-trips. */
 int rt_model_config_load(llmopt_model *m, const char *text, size_t len, llmopt_error *err);
+
+/* The side files rt_model_load reads and rt_model_save writes, when present. */
+extern const char *const rt_model_side_files[];
+
+/* Side files that travel with a model unchanged and are saved beside its weights
+ * (tokenizer.json, tokenizer_config.json, generation_config.json, special_tokens_map.json):
+ * stored once and shared by clones. set copies the bytes (replacing a file of that name). */
+int rt_model_set_file(llmopt_model *m, const char *name, const void *data, size_t len);
+const char *rt_model_get_file(const llmopt_model *m, const char *name, size_t *len); /* NUL-terminated */
+size_t rt_model_n_files(const llmopt_model *m);
+const char *rt_model_file_name(const llmopt_model *m, size_t i);
+/* The parsed form of a side file, made once by parse(data, len, arg) and cached with the file
+ * (so every clone shares one parsed tokenizer); NULL when the file is absent or parse fails. */
+void *rt_model_file_parsed(const llmopt_model *m, const char *name,
+                           void *(*parse)(const char *data, size_t len, void *arg), void (*free_parsed)(void *),
+                           void *arg);
 
 /* Saves every tensor of the model as <dir>/model.safetensors (plus config.json), written to
  * temporary names first. F32/F16/BF16/I8/U8/I32/I64 tensors only. */

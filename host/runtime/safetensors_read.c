@@ -391,6 +391,24 @@ static int load_index(llmopt_model *m, const char *dir, const char *index, llmop
     return rc;
 }
 
+const char *const rt_model_side_files[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                                           "special_tokens_map.json", NULL};
+
+/* Keeps a side file's bytes with the model (parsed later, by whoever needs it). */
+static int load_side_file(llmopt_model *m, const char *dir, const char *name, llmopt_error *err) {
+    char *path = fs_join(dir, name), *data = NULL;
+    size_t len = 0;
+    int rc = 0;
+    if (!path) return error_set(err, LLMOPT_ENOMEM, "out of memory");
+    if (fs_exists(path)) {
+        rc = fs_read_all(path, &data, &len, err);
+        if (rc == 0 && rt_model_set_file(m, name, data, len) != 0) rc = error_set(err, LLMOPT_ENOMEM, "out of memory");
+    }
+    free(data);
+    free(path);
+    return rc;
+}
+
 int rt_model_load(const char *dir, llmopt_model **out, llmopt_error *err) {
     *out = NULL;
     llmopt_model *m = NULL;
@@ -404,6 +422,7 @@ int rt_model_load(const char *dir, llmopt_model **out, llmopt_error *err) {
     else rc = error_set(err, LLMOPT_ENOTFOUND, "%s: not found (nor %s)", single, index);
     free(single);
     free(index);
+    for (size_t i = 0; rc == 0 && rt_model_side_files[i]; i++) rc = load_side_file(m, dir, rt_model_side_files[i], err);
     if (rc != 0) {
         rt_model_unref(m);  /* drops the tensors, and with them the mappings */
         return rc;

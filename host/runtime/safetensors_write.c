@@ -146,6 +146,14 @@ int rt_model_save(const llmopt_model *m, const char *dir, llmopt_error *err) {
     char *config = rt_model_config_dump(m);
     if (!config) return error_set(err, LLMOPT_ENOMEM, "%s: cannot serialize config.json", dir);
     rc = fs_mkdirs(dir, err);
+    /* side files (tokenizer, generation config) first, each complete or absent */
+    for (size_t i = 0; rc == 0 && i < rt_model_n_files(m); i++) {
+        size_t len = 0;
+        const char *name = rt_model_file_name(m, i), *data = rt_model_get_file(m, name, &len);
+        char *path = fs_join(dir, name);
+        rc = path ? fs_write_atomic(path, data, len, err) : error_set(err, LLMOPT_ENOMEM, "out of memory");
+        free(path);
+    }
     out_file st = {0}, cfg = {0};
     if (rc == 0) rc = out_open(&st, dir, "model.safetensors", err);
     if (rc == 0) rc = write_safetensors(&st, m, err);

@@ -42,6 +42,8 @@ struct llmopt_stage_ctx {
     char progress_msg[160];
     metric_rec *metrics;
     size_t n_metrics, cap_metrics;
+    char **texts;                  /* report_text: name, text, name, text, ... */
+    size_t n_texts;                /* pairs */
 
     /* results */
     stage_status status;

@@ -15,6 +15,26 @@
 extern "C" {
 #endif
 
+/** Opaque: a forward-pass session over one model (its KV cache and scratch). */
+typedef struct llmopt_session llmopt_session;
+
+/** Text generation settings for llmopt_host_api.generate (transformers' generate() semantics). */
+typedef struct llmopt_gen_params {
+    uint32_t struct_size;
+    int32_t max_tokens;         /**< new tokens at most */
+    int32_t greedy;             /**< 1: argmax (also when temperature <= 0) */
+    float temperature;
+    int32_t top_k;              /**< 0: off */
+    float top_p;                /**< 1: off */
+    float repetition_penalty;   /**< 1: off */
+    uint64_t seed;
+    int32_t stop_at_eos;        /**< 1: stop after the model's end-of-sequence token */
+} llmopt_gen_params;
+LLMOPT_PIN(llmopt_gen_params, max_tokens, 4);
+LLMOPT_PIN(llmopt_gen_params, temperature, 12);
+LLMOPT_PIN(llmopt_gen_params, seed, 32);
+LLMOPT_PIN(llmopt_gen_params, stop_at_eos, 40);
+
 struct llmopt_host_api {
     uint32_t struct_size;
     uint16_t abi_major;
@@ -117,6 +137,44 @@ struct llmopt_host_api {
                          void *arg);
     /** Number of compute threads parallel_for uses (the --threads option, default: all cores). */
     int (*n_threads)(void);
+
+    /* ---- the model runtime: tokenizer, forward passes, generation, data ---- */
+    /** Frees memory the host allocated for the caller (token ids, text). */
+    void (*mem_free)(void *p);
+    /** Encodes with the model's tokenizer (its tokenizer.json). *ids is freed with mem_free.
+     *  add_special applies the tokenizer's post-processor (e.g. a bos token). Errors (no
+     *  tokenizer, malformed file) go to set_error and are returned. */
+    int (*tokenize)(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *text, size_t len,
+                    int add_special, int32_t **ids, size_t *n);
+    /** Decodes ids into NUL-terminated text (freed with mem_free). */
+    int (*detokenize)(llmopt_stage_ctx *ctx, const llmopt_model *m, const int32_t *ids, size_t n,
+                      int skip_special, char **text, size_t *len);
+    /** The model's end-of-sequence and beginning-of-sequence ids, -1 when it has none. */
+    int32_t (*token_eos)(const llmopt_model *m);
+    int32_t (*token_bos)(const llmopt_model *m);
+    /** Vocabulary size and context length of a runnable model (GPT-2, Llama); 0 otherwise. */
+    int (*model_vocab)(const llmopt_model *m);
+    int (*model_context)(const llmopt_model *m);
+    /** A forward-pass session on the pipeline's device with a KV cache of max_ctx positions
+     *  (0: the model's context). NULL after set_error (unsupported architecture, no kernels). */
+    llmopt_session *(*session_new)(llmopt_stage_ctx *ctx, const llmopt_model *m, int max_ctx);
+    void (*session_free)(llmopt_session *s);
+    /** Runs n tokens after the cached ones. logits: NULL, [vocab] for the last token, or
+     *  [n, vocab] when all_logits. */
+    int (*session_forward)(llmopt_stage_ctx *ctx, llmopt_session *s, const int32_t *ids, int n,
+                           float *logits, int all_logits);
+    /** Positions cached; rewind forgets positions from pos on (0: a new sequence). */
+    int (*session_pos)(const llmopt_session *s);
+    void (*session_rewind)(llmopt_session *s, int pos);
+    /** Generates after the prompt ids; *out (mem_free) gets the new ids. */
+    int (*generate)(llmopt_stage_ctx *ctx, llmopt_session *s, const int32_t *prompt, size_t n_prompt,
+                    const llmopt_gen_params *p, int32_t **out, size_t *n_out);
+    /** Reads the pipeline's data entry (`data: {name: {path, split}}`) as text, with its split
+     *  ("0:90%", "90%:100%", or line ranges "0:1000") applied; freed with mem_free. */
+    int (*data_read)(llmopt_stage_ctx *ctx, const char *entry, char **text, size_t *len);
+    /** Adds a named text to the stage's entry in report.json ("texts": [{name, text}]), e.g. a
+     *  generated completion. */
+    int (*report_text)(llmopt_stage_ctx *ctx, const char *name, const char *text);
 };
 LLMOPT_PIN(llmopt_host_api, abi_major, 4);
 LLMOPT_PIN(llmopt_host_api, host_version, 8);
@@ -130,6 +188,9 @@ LLMOPT_PIN(llmopt_host_api, set_error, 296);
 LLMOPT_PIN(llmopt_host_api, kernel_find, 328);
 LLMOPT_PIN(llmopt_host_api, parallel_for, 336);
 LLMOPT_PIN(llmopt_host_api, n_threads, 344);
+LLMOPT_PIN(llmopt_host_api, mem_free, 352);
+LLMOPT_PIN(llmopt_host_api, data_read, 456);
+LLMOPT_PIN(llmopt_host_api, report_text, 464);
 
 #ifdef __cplusplus
 }

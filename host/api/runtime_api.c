@@ -1,0 +1,219 @@
+/* The model-runtime part of the host API table: tokenizers, forward sessions, generation and
+ * dataset reading, each a checked wrapper that reports errors through the stage context. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime_api.h"
+#include "../runtime/generate.h"
+#include "../runtime/runtime.h"
+#include "../runtime/tokenizer.h"
+#include "../runtime/transformer.h"
+#include "../util/fs.h"
+
+struct llmopt_session {
+    tf_model *tm;
+    tf_session *s;
+};
+
+static int fail(llmopt_stage_ctx *ctx, const llmopt_error *e) {
+    if (ctx) {
+        ctx->err = *e;
+        if (!ctx->err.status) ctx->err.status = LLMOPT_EFAIL;
+    }
+    return e->status ? e->status : LLMOPT_EFAIL;
+}
+
+typedef struct parse_arg {
+    const llmopt_model *m;
+    llmopt_error *err;
+} parse_arg;
+
+static void *parse_tokenizer(const char *data, size_t len, void *arg) {
+    parse_arg *a = arg;
+    size_t lc = 0, lg = 0;
+    const char *cfg = rt_model_get_file(a->m, "tokenizer_config.json", &lc);
+    const char *gen = rt_model_get_file(a->m, "generation_config.json", &lg);
+    tok_tokenizer *t = NULL;
+    tok_load_mem("tokenizer.json", data, len, cfg, lc, gen, lg, &t, a->err);
+    return t;
+}
+
+static void free_tokenizer(void *t) { tok_free(t); }
+
+const tok_tokenizer *rt_model_tokenizer(const llmopt_model *m, llmopt_error *err) {
+    if (!rt_model_get_file(m, "tokenizer.json", NULL)) {
+        error_set(err, LLMOPT_ENOTFOUND, "the model has no tokenizer.json");
+        return NULL;
+    }
+    parse_arg a = {m, err};
+    return rt_model_file_parsed(m, "tokenizer.json", parse_tokenizer, free_tokenizer, &a);
+}
+
+static int api_tokenize(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *text, size_t len,
+                        int add_special, int32_t **ids, size_t *n) {
+    llmopt_error err = {0};
+    const tok_tokenizer *t = rt_model_tokenizer(m, &err);
+    if (!t || tok_encode(t, text, len, add_special, ids, n, &err) != 0) return fail(ctx, &err);
+    return 0;
+}
+
+static int api_detokenize(llmopt_stage_ctx *ctx, const llmopt_model *m, const int32_t *ids, size_t n,
+                          int skip_special, char **text, size_t *len) {
+    llmopt_error err = {0};
+    const tok_tokenizer *t = rt_model_tokenizer(m, &err);
+    if (!t || tok_decode(t, ids, n, skip_special, text, len, &err) != 0) return fail(ctx, &err);
+    return 0;
+}
+
+static int32_t config_id(const llmopt_model *m, const char *key) {
+    double v;
+    return rt_model_cfg_get_num(m, key, &v) == 0 && v >= 0 ? (int32_t)v : -1;
+}
+
+int32_t rt_model_eos(const llmopt_model *m) {
+    llmopt_error err = {0};
+    const tok_tokenizer *t = rt_model_get_file(m, "tokenizer.json", NULL) ? rt_model_tokenizer(m, &err) : NULL;
+    if (t && tok_eos(t) >= 0) return tok_eos(t);
+    return config_id(m, "eos_token_id");
+}
+
+static int32_t api_token_bos(const llmopt_model *m) {
+    llmopt_error err = {0};
+    const tok_tokenizer *t = rt_model_get_file(m, "tokenizer.json", NULL) ? rt_model_tokenizer(m, &err) : NULL;
+    if (t && tok_bos(t) >= 0) return tok_bos(t);
+    return config_id(m, "bos_token_id");
+}
+
+static int api_model_vocab(const llmopt_model *m) {
+    arch_config c;
+    llmopt_error err = {0};
+    return arch_from_model(m, &c, &err) == 0 ? c.vocab : 0;
+}
+
+static int api_model_context(const llmopt_model *m) {
+    arch_config c;
+    llmopt_error err = {0};
+    return arch_from_model(m, &c, &err) == 0 ? c.n_ctx : 0;
+}
+
+static llmopt_session *api_session_new(llmopt_stage_ctx *ctx, const llmopt_model *m, int max_ctx) {
+    llmopt_error err = {0};
+    llmopt_session *s = calloc(1, sizeof *s);
+    if (!s) {
+        error_set(&err, LLMOPT_ENOMEM, "out of memory");
+        fail(ctx, &err);
+        return NULL;
+    }
+    int device = ctx ? ctx->device : LLMOPT_DEVICE_CPU;
+    /* the session only reads the model; tf_model keeps a reference so it outlives the stage */
+    if (tf_model_new((llmopt_model *)m, device, &s->tm, &err) != 0 || tf_session_new(s->tm, max_ctx, &s->s, &err) != 0) {
+        fail(ctx, &err);
+        tf_model_free(s->tm);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void api_session_free(llmopt_session *s) {
+    if (!s) return;
+    tf_session_free(s->s);
+    tf_model_free(s->tm);
+    free(s);
+}
+
+static int api_session_forward(llmopt_stage_ctx *ctx, llmopt_session *s, const int32_t *ids, int n, float *logits,
+                               int all_logits) {
+    llmopt_error err = {0};
+    return tf_forward(s->s, ids, n, logits, all_logits, &err) ? fail(ctx, &err) : 0;
+}
+
+static int api_session_pos(const llmopt_session *s) { return tf_session_pos(s->s); }
+static void api_session_rewind(llmopt_session *s, int pos) { tf_session_rewind(s->s, pos); }
+
+static int api_generate(llmopt_stage_ctx *ctx, llmopt_session *s, const int32_t *prompt, size_t n_prompt,
+                        const llmopt_gen_params *p, int32_t **out, size_t *n_out) {
+    gen_params g = {.max_tokens = p->max_tokens, .greedy = p->greedy, .temperature = p->temperature,
+                    .top_k = p->top_k, .top_p = p->top_p, .repetition_penalty = p->repetition_penalty,
+                    .seed = p->seed, .eos = -1};
+    /* the eos of the session's model */
+    if (p->stop_at_eos) g.eos = rt_model_eos(tf_model_source(s->tm));
+    llmopt_error err = {0};
+    return gen_run(s->s, prompt, n_prompt, &g, NULL, NULL, out, n_out, &err) ? fail(ctx, &err) : 0;
+}
+
+/* One bound of a split: "90%" of n lines, or a line number; -1 when malformed. */
+static long split_bound(const char *s, size_t len, long n) {
+    if (len == 0) return -1;
+    char buf[32];
+    if (len >= sizeof buf) return -1;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    char *end;
+    double v = strtod(buf, &end);
+    if (end == buf || v < 0) return -1;
+    if (*end == '%' && end[1] == '\0') return v > 100 ? -1 : (long)(v / 100.0 * (double)n);
+    if (*end != '\0' || v != (double)(long)v) return -1;
+    return (long)v > n ? n : (long)v;
+}
+
+int rt_text_split(const char *text, size_t len, const char *split, size_t *begin, size_t *end, llmopt_error *err) {
+    *begin = 0, *end = len;
+    if (!split || !*split) return 0;
+    const char *colon = strchr(split, ':');
+    if (!colon) return error_set(err, LLMOPT_EINVAL, "split '%s' should be FROM:TO (e.g. \"0:90%%\", \"90%%:100%%\")", split);
+    long lines = 0;
+    for (size_t i = 0; i < len; i++) lines += text[i] == '\n';
+    if (len && text[len - 1] != '\n') lines++;
+    long a = split_bound(split, (size_t)(colon - split), lines), b = split_bound(colon + 1, strlen(colon + 1), lines);
+    if (a < 0 || b < 0 || a > b)
+        return error_set(err, LLMOPT_EINVAL, "split '%s' should be FROM:TO with FROM <= TO, as percentages or line numbers", split);
+    /* byte offsets of line a and line b */
+    long line = 0;
+    size_t pos = 0;
+    for (; pos < len && line < a; pos++) line += text[pos] == '\n';
+    *begin = pos;
+    for (; pos < len && line < b; pos++) line += text[pos] == '\n';
+    *end = pos;
+    return 0;
+}
+
+static int api_data_read(llmopt_stage_ctx *ctx, const char *entry, char **text, size_t *len) {
+    llmopt_error err = {0};
+    const pipeline_data *d = NULL;
+    for (size_t i = 0; i < ctx->p->n_data; i++)
+        if (strcmp(ctx->p->data[i].name, entry) == 0) d = &ctx->p->data[i];
+    if (!d) {
+        error_set(&err, LLMOPT_ENOTFOUND, "the pipeline has no data entry '%s' (add it under 'data:')", entry);
+        return fail(ctx, &err);
+    }
+    char *all = NULL;
+    size_t n = 0, b = 0, e = 0;
+    if (fs_read_all(d->path, &all, &n, &err) != 0 || rt_text_split(all, n, d->split, &b, &e, &err) != 0) {
+        free(all);
+        error_prefix(&err, "data '%s'", entry);
+        return fail(ctx, &err);
+    }
+    memmove(all, all + b, e - b);
+    all[e - b] = '\0';
+    *text = all;
+    *len = e - b;
+    return 0;
+}
+
+void runtime_api_fill(llmopt_host_api *api) {
+    api->mem_free = free;
+    api->tokenize = api_tokenize;
+    api->detokenize = api_detokenize;
+    api->token_eos = rt_model_eos;
+    api->token_bos = api_token_bos;
+    api->model_vocab = api_model_vocab;
+    api->model_context = api_model_context;
+    api->session_new = api_session_new;
+    api->session_free = api_session_free;
+    api->session_forward = api_session_forward;
+    api->session_pos = api_session_pos;
+    api->session_rewind = api_session_rewind;
+    api->generate = api_generate;
+    api->data_read = api_data_read;
+}

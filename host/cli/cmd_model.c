@@ -1,0 +1,267 @@
+/* `forward` and `generate`: run a Hugging Face checkpoint directly, for a quick look and for the
+ * interop tests that hold our logits and generations to transformers'. */
+#include "cli_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/generate.h"
+#include "../runtime/runtime.h"
+#include "../runtime/tokenizer.h"
+#include "../runtime/transformer.h"
+#include "../util/fs.h"
+
+/* Parses "1,2,3" (or a JSON-ish "[1, 2, 3]") into ids. */
+static int parse_ids(const char *s, int32_t **out, size_t *n) {
+    size_t cap = 16, k = 0;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    if (!ids) return -1;
+    while (*s) {
+        while (*s == ' ' || *s == ',' || *s == '[' || *s == ']' || *s == '\n') s++;
+        if (!*s) break;
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 0 || v > INT32_MAX) {
+            free(ids);
+            return -1;
+        }
+        if (k == cap) {
+            int32_t *g = realloc(ids, (cap *= 2) * sizeof *ids);
+            if (!g) {
+                free(ids);
+                return -1;
+            }
+            ids = g;
+        }
+        ids[k++] = (int32_t)v;
+        s = end;
+    }
+    *out = ids;
+    *n = k;
+    return 0;
+}
+
+/* Loads plugins, the model and binds it; prints the error and returns an exit code on failure. */
+static int open_model(const cli_opts *o, const char *dir, registry **reg, llmopt_model **m, tf_model **tm) {
+    llmopt_error err = {0};
+    *reg = NULL, *m = NULL, *tm = NULL;
+    int rc = cli_load_plugins(o, reg);
+    if (rc) return rc;
+    if (rt_model_load(dir, m, &err) != 0 || tf_model_new(*m, LLMOPT_DEVICE_CPU, tm, &err) != 0) {
+        fprintf(stderr, "llmopt-host: %s: %s\n", dir, err.msg);
+        return EXIT_CONFIG;
+    }
+    return 0;
+}
+
+static void close_model(registry *reg, llmopt_model *m, tf_model *tm) {
+    tf_model_free(tm);
+    rt_model_unref(m);
+    registry_free(reg);
+}
+
+int cmd_forward(const cli_opts *o) {
+    const char *dir = NULL, *ids_arg = NULL, *out_path = NULL;
+    int kv = 0;
+    for (size_t i = 0; i < o->n_args; i++) {
+        const char *a = o->args[i], *v = i + 1 < o->n_args ? o->args[i + 1] : NULL;
+        if (strcmp(a, "--ids") == 0 && v) ids_arg = v, i++;
+        else if (strcmp(a, "--out") == 0 && v) out_path = v, i++;
+        else if (strcmp(a, "--kv-cache") == 0) kv = 1;
+        else if (a[0] != '-' && !dir) dir = a;
+        else return fprintf(stderr, "llmopt-host: forward: unexpected '%s'\n", a), EXIT_USAGE;
+    }
+    if (!o->out && !out_path) out_path = NULL;
+    if (o->out) out_path = o->out; /* the global --out also works */
+    if (!dir || !ids_arg) return fprintf(stderr, "usage: llmopt-host forward MODEL_DIR --ids 1,2,3 [--out FILE] [--kv-cache]\n"), EXIT_USAGE;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (parse_ids(ids_arg, &ids, &n) != 0 || n == 0)
+        return fprintf(stderr, "llmopt-host: forward: --ids wants comma-separated token ids\n"), EXIT_USAGE;
+    registry *reg;
+    llmopt_model *m;
+    tf_model *tm;
+    int rc = open_model(o, dir, &reg, &m, &tm);
+    tf_session *s = NULL;
+    float *logits = NULL;
+    llmopt_error err = {0};
+    int V = rc ? 0 : tf_model_arch(tm)->vocab;
+    if (!rc && (tf_session_new(tm, 0, &s, &err) != 0 || !(logits = malloc(n * (size_t)V * sizeof *logits)))) {
+        fprintf(stderr, "llmopt-host: %s\n", err.msg[0] ? err.msg : "out of memory");
+        rc = EXIT_CONFIG;
+    }
+    /* all positions at once (prefill), or one token at a time through the KV cache */
+    for (size_t t = 0; !rc && t < (kv ? n : 1); t++) {
+        int count = kv ? 1 : (int)n;
+        if (tf_forward(s, ids + t, count, logits + t * (size_t)V, 1, &err) != 0) {
+            fprintf(stderr, "llmopt-host: forward: %s\n", err.msg);
+            rc = EXIT_STAGE_FAILED;
+        }
+    }
+    if (!rc && out_path) {
+        if (fs_write_atomic(out_path, logits, n * (size_t)V * sizeof *logits, &err) != 0) {
+            fprintf(stderr, "llmopt-host: %s\n", err.msg);
+            rc = EXIT_IO;
+        } else {
+            printf("{\"tokens\": %zu, \"vocab\": %d, \"out\": \"%s\"}\n", n, V, out_path);
+        }
+    } else if (!rc) {
+        const float *last = logits + (n - 1) * (size_t)V;
+        int best = 0;
+        for (int i = 1; i < V; i++)
+            if (last[i] > last[best]) best = i;
+        printf("{\"tokens\": %zu, \"vocab\": %d, \"argmax_last\": %d, \"logit\": %.6g}\n", n, V, best, last[best]);
+    }
+    free(logits);
+    free(ids);
+    tf_session_free(s);
+    close_model(reg, m, tm);
+    return rc;
+}
+
+typedef struct stream {
+    const tok_tokenizer *tok;
+    const char *const *stop;
+    size_t n_stop;
+    size_t printed;      /* bytes of decoded text already printed */
+    int print_text;
+    int final;           /* print everything, even a trailing partial UTF-8 sequence */
+} stream;
+
+/* Length of the longest prefix of s[0..len) that does not end inside a UTF-8 sequence. */
+static size_t utf8_whole(const char *s, size_t len) {
+    size_t i = len, back = 0;
+    while (i > 0 && back < 4 && ((unsigned char)s[i - 1] & 0xC0) == 0x80) i--, back++;
+    if (i == 0) return len;
+    unsigned char lead = (unsigned char)s[i - 1];
+    size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+    return back + 1 < need ? i - 1 : len;
+}
+
+/* Prints the newly decoded text and stops at a stop string (which is not printed). */
+static int on_token(void *arg, const int32_t *ids, size_t n) {
+    stream *st = arg;
+    if (!st->tok) return 0;
+    char *text = NULL;
+    size_t len = 0;
+    llmopt_error err = {0};
+    if (tok_decode(st->tok, ids, n, 1, &text, &len, &err) != 0) return 0;
+    int stop = 0;
+    size_t upto = len;
+    for (size_t i = 0; i < st->n_stop; i++) {
+        char *hit = strstr(text, st->stop[i]);
+        if (hit) {
+            stop = 1;
+            if ((size_t)(hit - text) < upto) upto = (size_t)(hit - text);
+        }
+    }
+    /* hold back an incomplete UTF-8 sequence until the next token completes it */
+    if (!st->final) upto = utf8_whole(text, upto);
+    if (st->print_text && upto > st->printed) {
+        fwrite(text + st->printed, 1, upto - st->printed, stdout);
+        fflush(stdout);
+        st->printed = upto;
+    }
+    free(text);
+    return stop;
+}
+
+int cmd_generate(const cli_opts *o) {
+    const char *dir = NULL, *prompt = NULL, *ids_arg = NULL;
+    const char **stops = calloc(o->n_args + 1, sizeof *stops);
+    size_t n_stop = 0;
+    gen_params p = {.max_tokens = 64, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f,
+                    .repetition_penalty = 1.0f, .seed = 0, .eos = -1};
+    int print_ids = 0, ignore_eos = 0, bad = !stops;
+    for (size_t i = 0; !bad && i < o->n_args; i++) {
+        const char *a = o->args[i], *v = i + 1 < o->n_args ? o->args[i + 1] : NULL;
+        char *end = NULL;
+        if ((strcmp(a, "-p") == 0 || strcmp(a, "--prompt") == 0) && v) prompt = v, i++;
+        else if (strcmp(a, "--ids") == 0 && v) ids_arg = v, i++;
+        else if (strcmp(a, "--max-tokens") == 0 && v) p.max_tokens = (int)strtol(v, &end, 10), i++;
+        else if (strcmp(a, "--temperature") == 0 && v) p.temperature = strtof(v, &end), i++;
+        else if (strcmp(a, "--top-k") == 0 && v) p.top_k = (int)strtol(v, &end, 10), i++;
+        else if (strcmp(a, "--top-p") == 0 && v) p.top_p = strtof(v, &end), i++;
+        else if (strcmp(a, "--repetition-penalty") == 0 && v) p.repetition_penalty = strtof(v, &end), i++;
+        else if (strcmp(a, "--seed") == 0 && v) p.seed = strtoull(v, &end, 10), i++;
+        else if (strcmp(a, "--stop") == 0 && v) stops[n_stop++] = v, i++;
+        else if (strcmp(a, "--greedy") == 0) p.greedy = 1;
+        else if (strcmp(a, "--print-ids") == 0) print_ids = 1;
+        else if (strcmp(a, "--ignore-eos") == 0) ignore_eos = 1;
+        else if (a[0] != '-' && !dir) dir = a;
+        else bad = 1;
+        if (end && *end) bad = 1;
+    }
+    if (bad || !dir || (!prompt == !ids_arg) || p.max_tokens < 0 || p.top_p <= 0 || p.top_p > 1 ||
+        p.repetition_penalty <= 0) {
+        free(stops);
+        fprintf(stderr, "llmopt-host: generate: bad arguments\n\n");
+        cli_help("generate");
+        return EXIT_USAGE;
+    }
+    registry *reg;
+    llmopt_model *m;
+    tf_model *tm;
+    int rc = open_model(o, dir, &reg, &m, &tm);
+    tok_tokenizer *tok = NULL;
+    llmopt_error err = {0};
+    int32_t *ids = NULL, *gen = NULL;
+    size_t n = 0, n_gen = 0;
+    tf_session *s = NULL;
+    char *tok_path = rc ? NULL : fs_join(dir, "tokenizer.json");
+    if (!rc && tok_path && fs_exists(tok_path) && tok_load(dir, &tok, &err) != 0) {
+        fprintf(stderr, "llmopt-host: %s\n", err.msg);
+        rc = EXIT_CONFIG;
+    }
+    if (!rc && prompt) {
+        if (!tok) {
+            fprintf(stderr, "llmopt-host: %s has no tokenizer.json: give token ids with --ids\n", dir);
+            rc = EXIT_USAGE;
+        } else if (tok_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err) != 0) {
+            fprintf(stderr, "llmopt-host: %s\n", err.msg);
+            rc = EXIT_CONFIG;
+        }
+    } else if (!rc && (parse_ids(ids_arg, &ids, &n) != 0 || n == 0)) {
+        fprintf(stderr, "llmopt-host: generate: --ids wants comma-separated token ids\n");
+        rc = EXIT_USAGE;
+    }
+    if (!rc && !ignore_eos) {
+        double e;
+        if (tok && tok_eos(tok) >= 0) p.eos = tok_eos(tok);
+        else if (rt_model_cfg_get_num(m, "eos_token_id", &e) == 0) p.eos = (int32_t)e;
+    }
+    if (!rc && tf_session_new(tm, 0, &s, &err) != 0) {
+        fprintf(stderr, "llmopt-host: %s\n", err.msg);
+        rc = EXIT_CONFIG;
+    }
+    stream st = {.tok = tok, .stop = stops, .n_stop = n_stop, .print_text = !print_ids};
+    if (!rc && prompt && !print_ids) fputs(prompt, stdout);
+    if (!rc && gen_run(s, ids, n, &p, on_token, &st, &gen, &n_gen, &err) != 0) {
+        fprintf(stderr, "llmopt-host: generate: %s\n", err.msg);
+        rc = EXIT_STAGE_FAILED;
+    }
+    if (!rc && print_ids) {
+        printf("{\"ids\": [");
+        for (size_t i = 0; i < n_gen; i++) printf("%s%d", i ? ", " : "", gen[i]);
+        printf("]}\n");
+    } else if (!rc) {
+        if (!tok) {
+            for (size_t i = 0; i < n_gen; i++) printf("%s%d", i ? " " : "", gen[i]);
+        } else {
+            st.final = 1;
+            on_token(&st, gen, n_gen); /* flush what was held back */
+        }
+        printf("\n");
+    }
+    free(tok_path);
+    free(gen);
+    free(ids);
+    free(stops);
+    tf_session_free(s);
+    tok_free(tok);
+    close_model(reg, m, tm);
+    return rc;
+}

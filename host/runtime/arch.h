@@ -1,0 +1,41 @@
+/* Architecture configs of the model families the runtime runs (GPT-2, Llama), read from a
+ * model's config.json values and checked against its tensors, so a bad checkpoint is one clear
+ * error naming the field or tensor instead of a crash in the forward pass. */
+#ifndef HOST_RUNTIME_ARCH_H
+#define HOST_RUNTIME_ARCH_H
+
+#include <llmopt/llmopt.h>
+#include "../util/error.h"
+
+typedef enum arch_family { ARCH_GPT2 = 0, ARCH_LLAMA = 1 } arch_family;
+typedef enum arch_act { ACT_GELU_TANH = 0, ACT_GELU_ERF = 1, ACT_SILU = 2 } arch_act;
+
+typedef struct arch_config {
+    arch_family family;
+    int n_layer;
+    int n_embd;        /* hidden size C */
+    int n_head;        /* query heads */
+    int n_kv_head;     /* key/value heads (GQA); n_head for GPT-2 */
+    int head_dim;      /* D */
+    int n_ff;          /* MLP width */
+    int vocab;
+    int n_ctx;         /* max positions */
+    float norm_eps;
+    float rope_theta;
+    float rope_scale;  /* linear rope scaling factor, 1 = none */
+    int tied;          /* lm_head shares the token embedding */
+    int attn_bias;     /* q/k/v/o projections have biases (Llama attention_bias) */
+    int mlp_bias;      /* Llama mlp_bias */
+    arch_act act;
+} arch_config;
+
+/* Reads and validates the config of a loaded model (model_type gpt2 or llama). Errors name the
+ * config field ("config.json: num_key_value_heads (3) must divide num_attention_heads (4)") or
+ * the tensor whose shape disagrees with it. */
+int arch_from_model(const llmopt_model *m, arch_config *c, llmopt_error *err);
+
+/* The checkpoint name of a tensor: layer -1 for model-level tensors. Writes into buf. */
+const char *arch_tensor_name(const arch_config *c, const llmopt_model *m, int layer, const char *what,
+                             char *buf, size_t n);
+
+#endif

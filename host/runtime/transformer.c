@@ -1,0 +1,380 @@
+/* GPT-2 and Llama forward passes over registered kernels. One sequence per session; a call runs
+ * n new tokens (prefill when n > 1, decode when n == 1) and appends their keys and values to the
+ * session's cache. Shapes follow the checkpoint: x is (T,C), q is (T,Hq,D), k/v are (S,Hkv,D). */
+#include "transformer.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime.h"
+#include "../sched/stage_ctx.h"
+
+typedef struct tf_layer {
+    const llmopt_tensor *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    const llmopt_tensor *qkv_w, *qkv_b;                 /* GPT-2 fused c_attn */
+    const llmopt_tensor *q_w, *k_w, *v_w, *q_b, *k_b, *v_b; /* Llama */
+    const llmopt_tensor *o_w, *o_b;                     /* attention output projection */
+    const llmopt_tensor *up_w, *up_b, *gate_w, *gate_b, *down_w, *down_b;
+} tf_layer;
+
+typedef struct tf_kernels {
+    llmopt_kernel_fn matmul[LLMOPT_DTYPE_COUNT], embedding[LLMOPT_DTYPE_COUNT];
+    llmopt_kernel_fn norm, rope, attention, act, swiglu, add;
+} tf_kernels;
+
+struct tf_model {
+    arch_config c;
+    llmopt_model *m;
+    int device;
+    int w_layout;                        /* GPT-2 Conv1D (in,out); Llama Linear (out,in) */
+    const llmopt_tensor *tok_emb, *pos_emb, *norm_w, *norm_b, *lm_head;
+    tf_layer *layers;
+    tf_kernels k;
+};
+
+struct tf_session {
+    tf_model *tm;
+    int max_ctx, pos;
+    float *kc, *vc;                      /* [n_layer][max_ctx][Hkv*D] */
+    int cap;                             /* tokens the scratch below holds */
+    float *x, *h, *q, *qkv, *att, *ff, *ff2, *hidden_last;
+};
+
+/* ---- kernel lookup ---- */
+
+static llmopt_kernel_fn find(const char *op, int device, int dtype, llmopt_error *err) {
+    const llmopt_kernel_desc *k = host_api_table()->kernel_find(op, device, dtype);
+    if (!k) {
+        const llmopt_dtype_traits *t = rt_dtype_traits(dtype);
+        error_set(err, LLMOPT_ENOTFOUND, "no '%s' kernel for %s %s: load a kernel plugin (e.g. --plugins build/plugins)",
+                  op, device == LLMOPT_DEVICE_CUDA ? "cuda" : "cpu", t ? t->name : "?");
+        return NULL;
+    }
+    return k->fn;
+}
+
+static int need_weight_kernels(tf_model *tm, const llmopt_tensor *w, int embedding, llmopt_error *err) {
+    llmopt_kernel_fn *slot = embedding ? &tm->k.embedding[w->dtype] : &tm->k.matmul[w->dtype];
+    if (*slot) return 0;
+    *slot = find(embedding ? LLMOPT_OP_EMBEDDING : LLMOPT_OP_MATMUL, tm->device, w->dtype, err);
+    return *slot ? 0 : err->status;
+}
+
+/* ---- binding ---- */
+
+static const llmopt_tensor *get(const tf_model *tm, int layer, const char *what) {
+    char name[160];
+    return rt_model_get(tm->m, arch_tensor_name(&tm->c, tm->m, layer, what, name, sizeof name));
+}
+
+static void bind_layer(tf_model *tm, int l) {
+    tf_layer *L = &tm->layers[l];
+    if (tm->c.family == ARCH_GPT2) {
+        L->ln1_w = get(tm, l, "ln_1.weight"), L->ln1_b = get(tm, l, "ln_1.bias");
+        L->ln2_w = get(tm, l, "ln_2.weight"), L->ln2_b = get(tm, l, "ln_2.bias");
+        L->qkv_w = get(tm, l, "attn.c_attn.weight"), L->qkv_b = get(tm, l, "attn.c_attn.bias");
+        L->o_w = get(tm, l, "attn.c_proj.weight"), L->o_b = get(tm, l, "attn.c_proj.bias");
+        L->up_w = get(tm, l, "mlp.c_fc.weight"), L->up_b = get(tm, l, "mlp.c_fc.bias");
+        L->down_w = get(tm, l, "mlp.c_proj.weight"), L->down_b = get(tm, l, "mlp.c_proj.bias");
+        return;
+    }
+    L->ln1_w = get(tm, l, "input_layernorm.weight");
+    L->ln2_w = get(tm, l, "post_attention_layernorm.weight");
+    L->q_w = get(tm, l, "self_attn.q_proj.weight"), L->q_b = get(tm, l, "self_attn.q_proj.bias");
+    L->k_w = get(tm, l, "self_attn.k_proj.weight"), L->k_b = get(tm, l, "self_attn.k_proj.bias");
+    L->v_w = get(tm, l, "self_attn.v_proj.weight"), L->v_b = get(tm, l, "self_attn.v_proj.bias");
+    L->o_w = get(tm, l, "self_attn.o_proj.weight"), L->o_b = get(tm, l, "self_attn.o_proj.bias");
+    L->gate_w = get(tm, l, "mlp.gate_proj.weight"), L->gate_b = get(tm, l, "mlp.gate_proj.bias");
+    L->up_w = get(tm, l, "mlp.up_proj.weight"), L->up_b = get(tm, l, "mlp.up_proj.bias");
+    L->down_w = get(tm, l, "mlp.down_proj.weight"), L->down_b = get(tm, l, "mlp.down_proj.bias");
+}
+
+int tf_model_new(llmopt_model *m, int device, tf_model **out, llmopt_error *err) {
+    *out = NULL;
+    tf_model *tm = calloc(1, sizeof *tm);
+    if (!tm) return error_set(err, LLMOPT_ENOMEM, "out of memory");
+    int rc = arch_from_model(m, &tm->c, err);
+    if (rc) {
+        free(tm);
+        return rc;
+    }
+    tm->m = rt_model_ref(m);
+    tm->device = device;
+    const arch_config *c = &tm->c;
+    tm->layers = calloc((size_t)c->n_layer, sizeof *tm->layers);
+    if (!tm->layers) {
+        tf_model_free(tm);
+        return error_set(err, LLMOPT_ENOMEM, "out of memory");
+    }
+    if (c->family == ARCH_GPT2) {
+        tm->w_layout = LLMOPT_W_IN_OUT;
+        tm->tok_emb = get(tm, -1, "wte.weight"), tm->pos_emb = get(tm, -1, "wpe.weight");
+        tm->norm_w = get(tm, -1, "ln_f.weight"), tm->norm_b = get(tm, -1, "ln_f.bias");
+    } else {
+        tm->w_layout = LLMOPT_W_OUT_IN;
+        tm->tok_emb = get(tm, -1, "model.embed_tokens.weight"), tm->norm_w = get(tm, -1, "model.norm.weight");
+    }
+    tm->lm_head = c->tied ? tm->tok_emb : get(tm, -1, "lm_head.weight");
+    for (int l = 0; l < c->n_layer; l++) bind_layer(tm, l);
+
+    /* every kernel up front, so a missing one is an error before any work */
+    const llmopt_tensor *weights[] = {tm->lm_head};
+    if ((rc = need_weight_kernels(tm, tm->tok_emb, 1, err)) || (rc = need_weight_kernels(tm, weights[0], 0, err)))
+        goto fail;
+    if (tm->pos_emb && (rc = need_weight_kernels(tm, tm->pos_emb, 1, err))) goto fail;
+    for (int l = 0; l < c->n_layer; l++) {
+        const tf_layer *L = &tm->layers[l];
+        const llmopt_tensor *ws[] = {L->qkv_w, L->q_w, L->k_w, L->v_w, L->o_w, L->up_w, L->gate_w, L->down_w};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            if (ws[i] && (rc = need_weight_kernels(tm, ws[i], 0, err))) goto fail;
+    }
+    int F32 = LLMOPT_DTYPE_F32;
+    if (!(tm->k.norm = find(c->family == ARCH_GPT2 ? LLMOPT_OP_LAYERNORM : LLMOPT_OP_RMSNORM, device, F32, err)) ||
+        !(tm->k.attention = find(LLMOPT_OP_ATTENTION, device, F32, err)) ||
+        !(tm->k.add = find(LLMOPT_OP_ADD, device, F32, err))) {
+        rc = err->status;
+        goto fail;
+    }
+    if (c->family == ARCH_GPT2) {
+        tm->k.act = find(c->act == ACT_GELU_ERF ? LLMOPT_OP_GELU_ERF : LLMOPT_OP_GELU, device, F32, err);
+        if (!tm->k.act) { rc = err->status; goto fail; }
+    } else if (!(tm->k.rope = find(LLMOPT_OP_ROPE, device, F32, err)) ||
+               !(tm->k.swiglu = find(LLMOPT_OP_SWIGLU, device, F32, err))) {
+        rc = err->status;
+        goto fail;
+    }
+    *out = tm;
+    return 0;
+fail:
+    tf_model_free(tm);
+    return rc;
+}
+
+void tf_model_free(tf_model *tm) {
+    if (!tm) return;
+    free(tm->layers);
+    rt_model_unref(tm->m);
+    free(tm);
+}
+
+const arch_config *tf_model_arch(const tf_model *tm) { return &tm->c; }
+const llmopt_model *tf_model_source(const tf_model *tm) { return tm->m; }
+
+/* ---- sessions ---- */
+
+int tf_session_new(tf_model *tm, int max_ctx, tf_session **out, llmopt_error *err) {
+    *out = NULL;
+    const arch_config *c = &tm->c;
+    if (max_ctx <= 0 || max_ctx > c->n_ctx) max_ctx = c->n_ctx;
+    tf_session *s = calloc(1, sizeof *s);
+    if (!s) return error_set(err, LLMOPT_ENOMEM, "out of memory");
+    s->tm = tm;
+    s->max_ctx = max_ctx;
+    size_t kv = (size_t)c->n_layer * (size_t)max_ctx * (size_t)c->n_kv_head * (size_t)c->head_dim;
+    s->kc = malloc(kv * sizeof(float));
+    s->vc = malloc(kv * sizeof(float));
+    if (!s->kc || !s->vc) {
+        tf_session_free(s);
+        return error_set(err, LLMOPT_ENOMEM, "out of memory for a KV cache of %d positions (%.1f MiB)", max_ctx,
+                         2.0 * (double)kv * 4 / 1048576.0);
+    }
+    *out = s;
+    return 0;
+}
+
+static void free_scratch(tf_session *s) {
+    free(s->x), free(s->h), free(s->q), free(s->qkv), free(s->att), free(s->ff), free(s->ff2);
+    free(s->hidden_last);
+    s->x = s->h = s->q = s->qkv = s->att = s->ff = s->ff2 = s->hidden_last = NULL;
+    s->cap = 0;
+}
+
+void tf_session_free(tf_session *s) {
+    if (!s) return;
+    free_scratch(s);
+    free(s->kc);
+    free(s->vc);
+    free(s);
+}
+
+int tf_session_pos(const tf_session *s) { return s->pos; }
+int tf_session_capacity(const tf_session *s) { return s->max_ctx; }
+const tf_model *tf_session_model(const tf_session *s) { return s->tm; }
+void tf_session_rewind(tf_session *s, int pos) {
+    if (pos >= 0 && pos < s->pos) s->pos = pos;
+}
+
+static int ensure_scratch(tf_session *s, int T, llmopt_error *err) {
+    if (T <= s->cap) return 0;
+    free_scratch(s);
+    const arch_config *c = &s->tm->c;
+    size_t t = (size_t)T, C = (size_t)c->n_embd, Q = (size_t)c->n_head * c->head_dim;
+    size_t KV = (size_t)c->n_kv_head * c->head_dim, F = (size_t)c->n_ff;
+    s->x = malloc(t * C * 4), s->h = malloc(t * C * 4), s->q = malloc(t * Q * 4);
+    s->qkv = malloc(t * (Q + 2 * KV) * 4), s->att = malloc(t * Q * 4);
+    s->ff = malloc(t * F * 4), s->ff2 = malloc(t * F * 4), s->hidden_last = malloc(C * 4);
+    if (!s->x || !s->h || !s->q || !s->qkv || !s->att || !s->ff || !s->ff2 || !s->hidden_last) {
+        free_scratch(s);
+        return error_set(err, LLMOPT_ENOMEM, "out of memory for activations of %d tokens", T);
+    }
+    s->cap = T;
+    return 0;
+}
+
+/* ---- kernel calls on plain buffers ---- */
+
+static llmopt_tensor view(const void *data, int dtype, int ndim, int64_t d0, int64_t d1, int64_t d2) {
+    llmopt_tensor t;
+    memset(&t, 0, sizeof t);
+    t.struct_size = sizeof t;
+    t.dtype = dtype;
+    t.device = LLMOPT_DEVICE_CPU;
+    t.ndim = ndim;
+    t.shape[0] = d0, t.shape[1] = ndim > 1 ? d1 : 1, t.shape[2] = ndim > 2 ? d2 : 1, t.shape[3] = 1;
+    t.data = (void *)data;
+    t.nbytes = rt_dtype_nbytes(dtype, ndim, t.shape);
+    return t;
+}
+#define F32 LLMOPT_DTYPE_F32
+
+static int run(llmopt_kernel_fn fn, const char *op, const llmopt_tensor **in, int n, llmopt_tensor *out,
+               const void *params, llmopt_error *err) {
+    int rc = fn((const llmopt_tensor *const *)in, n, out, params);
+    return rc ? error_set(err, rc, "kernel '%s' failed: %s", op, status_str(rc)) : 0;
+}
+
+/* out[M,N] (+)= x[M,K] · W (+ b) */
+static int matmul(const tf_model *tm, const float *x, int M, const llmopt_tensor *w, const llmopt_tensor *b,
+                  float *out, int accumulate, int layout, llmopt_error *err) {
+    int64_t K = layout == LLMOPT_W_OUT_IN ? w->shape[1] : w->shape[0];
+    int64_t N = layout == LLMOPT_W_OUT_IN ? w->shape[0] : w->shape[1];
+    llmopt_tensor tx = view(x, F32, 2, M, K, 1), to = view(out, F32, 2, M, N, 1);
+    const llmopt_tensor *in[3] = {&tx, w, b};
+    llmopt_op_matmul p = {sizeof p, layout, accumulate};
+    return run(tm->k.matmul[w->dtype], LLMOPT_OP_MATMUL, in, b ? 3 : 2, &to, &p, err);
+}
+
+static int norm(const tf_model *tm, const float *x, int M, const llmopt_tensor *g, const llmopt_tensor *b,
+                float *out, llmopt_error *err) {
+    int C = tm->c.n_embd;
+    llmopt_tensor tx = view(x, F32, 2, M, C, 1), to = view(out, F32, 2, M, C, 1);
+    const llmopt_tensor *in[3] = {&tx, g, b};
+    llmopt_op_norm p = {sizeof p, tm->c.norm_eps};
+    return run(tm->k.norm, "norm", in, b ? 3 : 2, &to, &p, err);
+}
+
+static int embed(const tf_model *tm, const llmopt_tensor *table, const int32_t *ids, int T, float *out,
+                 llmopt_error *err) {
+    llmopt_tensor ti = view(ids, LLMOPT_DTYPE_I32, 1, T, 1, 1), to = view(out, F32, 2, T, table->shape[1], 1);
+    const llmopt_tensor *in[2] = {table, &ti};
+    return run(tm->k.embedding[table->dtype], LLMOPT_OP_EMBEDDING, in, 2, &to, NULL, err);
+}
+
+static int add(const tf_model *tm, float *a, const float *b, int64_t n, llmopt_error *err) {
+    llmopt_tensor ta = view(a, F32, 1, n, 1, 1), tb = view(b, F32, 1, n, 1, 1);
+    const llmopt_tensor *in[2] = {&ta, &tb};
+    return run(tm->k.add, LLMOPT_OP_ADD, in, 2, &ta, NULL, err);
+}
+
+static int rope(const tf_model *tm, float *x, int T, int H, int pos, llmopt_error *err) {
+    const arch_config *c = &tm->c;
+    llmopt_tensor t = view(x, F32, 3, T, H, c->head_dim);
+    const llmopt_tensor *in[1] = {&t};
+    llmopt_op_rope p = {sizeof p, pos, c->head_dim, c->rope_theta, c->rope_scale};
+    return run(tm->k.rope, LLMOPT_OP_ROPE, in, 1, &t, &p, err);
+}
+
+/* ---- one layer ---- */
+
+static int attention_block(tf_session *s, int l, int T, llmopt_error *err) {
+    const tf_model *tm = s->tm;
+    const arch_config *c = &tm->c;
+    const tf_layer *L = &tm->layers[l];
+    int D = c->head_dim, Hq = c->n_head, Hkv = c->n_kv_head, pos = s->pos, rc;
+    size_t Q = (size_t)Hq * D, KV = (size_t)Hkv * D;
+    float *kc = s->kc + (size_t)l * s->max_ctx * KV, *vc = s->vc + (size_t)l * s->max_ctx * KV;
+    float *k_new = kc + (size_t)pos * KV, *v_new = vc + (size_t)pos * KV;
+
+    if ((rc = norm(tm, s->x, T, L->ln1_w, L->ln1_b, s->h, err))) return rc;
+    if (c->family == ARCH_GPT2) {
+        /* fused c_attn: qkv rows are [q | k | v], each C wide */
+        if ((rc = matmul(tm, s->h, T, L->qkv_w, L->qkv_b, s->qkv, 0, tm->w_layout, err))) return rc;
+        for (int t = 0; t < T; t++) {
+            const float *row = s->qkv + (size_t)t * 3 * Q;
+            memcpy(s->q + (size_t)t * Q, row, Q * 4);
+            memcpy(k_new + (size_t)t * KV, row + Q, KV * 4);
+            memcpy(v_new + (size_t)t * KV, row + 2 * Q, KV * 4);
+        }
+    } else {
+        /* k and v are written straight into the cache rows of these positions */
+        if ((rc = matmul(tm, s->h, T, L->q_w, L->q_b, s->q, 0, tm->w_layout, err)) ||
+            (rc = matmul(tm, s->h, T, L->k_w, L->k_b, k_new, 0, tm->w_layout, err)) ||
+            (rc = matmul(tm, s->h, T, L->v_w, L->v_b, v_new, 0, tm->w_layout, err)) ||
+            (rc = rope(tm, s->q, T, Hq, pos, err)) || (rc = rope(tm, k_new, T, Hkv, pos, err)))
+            return rc;
+    }
+    llmopt_tensor tq = view(s->q, F32, 3, T, Hq, D), tk = view(kc, F32, 3, pos + T, Hkv, D);
+    llmopt_tensor tv = view(vc, F32, 3, pos + T, Hkv, D), to = view(s->att, F32, 3, T, Hq, D);
+    const llmopt_tensor *in[3] = {&tq, &tk, &tv};
+    llmopt_op_attention p = {sizeof p, pos, 1, 1.0f / sqrtf((float)D)};
+    if ((rc = run(tm->k.attention, LLMOPT_OP_ATTENTION, in, 3, &to, &p, err))) return rc;
+    /* residual: x += att · Wo (+ bo) */
+    return matmul(tm, s->att, T, L->o_w, L->o_b, s->x, 1, tm->w_layout, err);
+}
+
+static int mlp_block(tf_session *s, int l, int T, llmopt_error *err) {
+    const tf_model *tm = s->tm;
+    const tf_layer *L = &tm->layers[l];
+    int F = tm->c.n_ff, rc;
+    if ((rc = norm(tm, s->x, T, L->ln2_w, L->ln2_b, s->h, err))) return rc;
+    llmopt_tensor tf = view(s->ff, F32, 2, T, F, 1);
+    if (tm->c.family == ARCH_GPT2) {
+        const llmopt_tensor *in[1] = {&tf};
+        if ((rc = matmul(tm, s->h, T, L->up_w, L->up_b, s->ff, 0, tm->w_layout, err)) ||
+            (rc = run(tm->k.act, "gelu", in, 1, &tf, NULL, err)))
+            return rc;
+    } else {
+        llmopt_tensor tu = view(s->ff2, F32, 2, T, F, 1);
+        const llmopt_tensor *in[2] = {&tf, &tu};
+        if ((rc = matmul(tm, s->h, T, L->gate_w, L->gate_b, s->ff, 0, tm->w_layout, err)) ||
+            (rc = matmul(tm, s->h, T, L->up_w, L->up_b, s->ff2, 0, tm->w_layout, err)) ||
+            (rc = run(tm->k.swiglu, LLMOPT_OP_SWIGLU, in, 2, &tf, NULL, err)))
+            return rc;
+    }
+    return matmul(tm, s->ff, T, L->down_w, L->down_b, s->x, 1, tm->w_layout, err);
+}
+
+int tf_forward(tf_session *s, const int32_t *ids, int T, float *logits, int all_logits, llmopt_error *err) {
+    const tf_model *tm = s->tm;
+    const arch_config *c = &tm->c;
+    if (T <= 0) return error_set(err, LLMOPT_EINVAL, "no tokens to run");
+    if (s->pos + T > s->max_ctx)
+        return error_set(err, LLMOPT_EINVAL, "%d tokens after %d cached exceed the context of %d positions", T,
+                         s->pos, s->max_ctx);
+    for (int t = 0; t < T; t++)
+        if (ids[t] < 0 || ids[t] >= c->vocab)
+            return error_set(err, LLMOPT_EINVAL, "token id %d is outside the vocabulary [0, %d)", ids[t], c->vocab);
+    int rc = ensure_scratch(s, T, err);
+    if (rc) return rc;
+    size_t C = (size_t)c->n_embd;
+    if ((rc = embed(tm, tm->tok_emb, ids, T, s->x, err))) return rc;
+    if (tm->pos_emb) {
+        /* learned positions pos..pos+T-1, gathered as an embedding of position ids */
+        int32_t *pids = malloc((size_t)T * sizeof *pids);
+        if (!pids) return error_set(err, LLMOPT_ENOMEM, "out of memory");
+        for (int t = 0; t < T; t++) pids[t] = s->pos + t;
+        rc = embed(tm, tm->pos_emb, pids, T, s->h, err);
+        free(pids);
+        if (rc || (rc = add(tm, s->x, s->h, (int64_t)T * (int64_t)C, err))) return rc;
+    }
+    for (int l = 0; l < c->n_layer; l++)
+        if ((rc = attention_block(s, l, T, err)) || (rc = mlp_block(s, l, T, err))) return rc;
+    s->pos += T;
+    if (!logits) return 0;
+    /* final norm and the LM head on every row, or on the last one only */
+    const float *rows = all_logits ? s->x : s->x + (size_t)(T - 1) * C;
+    int M = all_logits ? T : 1;
+    if ((rc = norm(tm, rows, M, tm->norm_w, tm->norm_b, s->h, err))) return rc;
+    return matmul(tm, s->h, M, tm->lm_head, NULL, logits, 0, LLMOPT_W_OUT_IN, err);
+}

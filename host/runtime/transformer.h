@@ -1,0 +1,36 @@
+/* The transformer runtime: GPT-2 and Llama forward passes with a KV cache (prefill and decode),
+ * built from registered kernels (the runtime never knows which plugin supplied them). */
+#ifndef HOST_RUNTIME_TRANSFORMER_H
+#define HOST_RUNTIME_TRANSFORMER_H
+
+#include <stdint.h>
+#include <llmopt/llmopt.h>
+#include "arch.h"
+#include "../util/error.h"
+
+typedef struct tf_model tf_model;
+typedef struct tf_session tf_session;
+
+/* Binds a loaded model: reads its architecture, checks its tensors and finds a kernel for every
+ * op on `device`. The model is referenced, not copied. */
+int tf_model_new(llmopt_model *m, int device, tf_model **out, llmopt_error *err);
+void tf_model_free(tf_model *tm);
+const arch_config *tf_model_arch(const tf_model *tm);
+/* The model it was bound to. */
+const llmopt_model *tf_model_source(const tf_model *tm);
+
+/* A sequence's state: the KV cache for up to max_ctx positions (0 = the model's context). */
+int tf_session_new(tf_model *tm, int max_ctx, tf_session **out, llmopt_error *err);
+void tf_session_free(tf_session *s);
+/* Positions already in the cache, and how many it holds. */
+int tf_session_pos(const tf_session *s);
+int tf_session_capacity(const tf_session *s);
+const tf_model *tf_session_model(const tf_session *s);
+/* Forgets cached positions from pos on (0 starts a new sequence). */
+void tf_session_rewind(tf_session *s, int pos);
+
+/* Runs n tokens at the current position, appending their keys and values to the cache.
+ * logits (may be NULL): all_logits ? [n, vocab] : [vocab] for the last token. */
+int tf_forward(tf_session *s, const int32_t *ids, int n, float *logits, int all_logits, llmopt_error *err);
+
+#endif

@@ -1,0 +1,88 @@
+/* The CPU kernel plugin's private header: argument checks shared by every path, the portable
+ * reference kernels (ref.c, also compiled into the unit test), the fast kernels, the f16/bf16
+ * conversions and the table of SIMD primitives picked at init by CPU feature detection. */
+#ifndef LLMOPT_PLUGIN_CPU_H
+#define LLMOPT_PLUGIN_CPU_H
+
+#include <stdint.h>
+#include <llmopt/llmopt.h>
+
+/* ---- half.c: IEEE binary16 and bfloat16 <-> f32 ---- */
+float cpu_f16_to_f32(uint16_t h);
+uint16_t cpu_f32_to_f16(float f);   /* round to nearest even; subnormals, inf, NaN kept */
+float cpu_bf16_to_f32(uint16_t h);
+uint16_t cpu_f32_to_bf16(float f);  /* round to nearest even on the top 16 bits; NaN stays NaN */
+/* n elements of an f32/f16/bf16 row to f32 (portable loops). */
+void cpu_row_to_f32(float *dst, const void *src, int dtype, int64_t n);
+
+/* ---- check.c: argument validation; every kernel calls one before touching data ---- */
+typedef struct cpu_mm_dims { int64_t M, K, N; int layout, accumulate, has_bias; } cpu_mm_dims;
+typedef struct cpu_attn_dims { int64_t T, S, Hq, Hkv, D; } cpu_attn_dims;
+typedef struct cpu_rows { int64_t rows, cols; } cpu_rows;
+
+int cpu_check_matmul(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                     const void *params, cpu_mm_dims *d);
+int cpu_check_embedding(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                        cpu_rows *d);
+/* layernorm (gamma, optional beta: n_opt 1) and rmsnorm (gamma: n_opt 0) */
+int cpu_check_norm(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                   const void *params, int with_beta, cpu_rows *d);
+int cpu_check_rope(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                   const void *params);
+int cpu_check_attention(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                        const void *params, cpu_attn_dims *d);
+/* n_ops f32 inputs of the same shape as out (activations: 1; swiglu, add: 2); out may alias in[0]. */
+int cpu_check_elementwise(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                          int n_ops, int64_t *n);
+int cpu_check_softmax(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, cpu_rows *d);
+int cpu_check_cross_entropy(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                            const void *params, cpu_rows *d);
+
+/* ---- ref.c: plain loops, single-threaded, the specification the fast paths are tested against ---- */
+int cpu_ref_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_embedding(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_layernorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_rmsnorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_rope(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_attention(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_gelu(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_gelu_erf(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_silu(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_swiglu(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_add(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_softmax(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_cross_entropy(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+
+/* ---- SIMD primitives: one table per instruction set, chosen once at init ---- */
+typedef struct cpu_simd {
+    const char *name;                                              /* "generic", "avx2", "avx512" */
+    float (*dot)(const float *a, const float *b, int64_t n);       /* sum a[i]*b[i] */
+    void (*axpy)(float *y, float a, const float *x, int64_t n);    /* y += a*x */
+    void (*f16_to_f32)(float *dst, const uint16_t *src, int64_t n);
+    void (*bf16_to_f32)(float *dst, const uint16_t *src, int64_t n);
+} cpu_simd;
+
+extern const cpu_simd cpu_simd_generic;   /* fast.c */
+extern const cpu_simd cpu_simd_avx2;      /* simd_avx2.c: AVX2 + FMA + F16C */
+extern const cpu_simd cpu_simd_avx512;    /* simd_avx512.c: AVX-512F */
+
+/* ---- plugin.c: state set once by init ---- */
+extern const llmopt_host_api *cpu_api;
+extern const cpu_simd *cpu_isa;
+
+/* ---- matmul.c and fast.c: the threaded fast kernels ---- */
+int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_embedding(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_layernorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_rmsnorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_rope(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_attention(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_gelu(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_gelu_erf(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_silu(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_swiglu(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_add(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_softmax(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_cross_entropy(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+
+#endif

@@ -1,0 +1,342 @@
+/* Fast CPU kernels for every op but matmul (matmul.c): the reference math, split over the host's
+ * compute threads (llmopt_host_api.parallel_for) by rows or element ranges, with the inner dot
+ * products, axpys and f16/bf16 row conversions taken from the SIMD table chosen at init.
+ * Also the portable ("generic") SIMD table: plain loops the compiler can vectorise. */
+#include "cpu.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the generic SIMD table ---- */
+
+static float generic_dot(const float *a, const float *b, int64_t n) {
+    float acc[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void generic_axpy(float *y, float a, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void generic_f16_to_f32(float *dst, const uint16_t *src, int64_t n) {
+    cpu_row_to_f32(dst, src, LLMOPT_DTYPE_F16, n);
+}
+
+static void generic_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) {
+    cpu_row_to_f32(dst, src, LLMOPT_DTYPE_BF16, n);
+}
+
+const cpu_simd cpu_simd_generic = {"generic", generic_dot, generic_axpy, generic_f16_to_f32,
+                                   generic_bf16_to_f32};
+
+/* Rows per parallel_for chunk so a chunk holds about 16K elements of work. */
+static int64_t row_grain(int64_t cols) { return cols >= 16384 ? 1 : 16384 / cols; }
+
+/* ---- embedding ---- */
+
+typedef struct emb_job { const llmopt_tensor *table; const int32_t *ids; float *out; int64_t C; } emb_job;
+
+static void emb_rows(void *arg, int64_t begin, int64_t end) {
+    const emb_job *j = arg;
+    int dt = j->table->dtype;
+    for (int64_t t = begin; t < end; t++) {
+        float *o = j->out + t * j->C;
+        int64_t row = (int64_t)j->ids[t] * j->C;
+        if (dt == LLMOPT_DTYPE_F32) memcpy(o, (const float *)j->table->data + row, (size_t)j->C * sizeof(float));
+        else if (dt == LLMOPT_DTYPE_F16) cpu_isa->f16_to_f32(o, (const uint16_t *)j->table->data + row, j->C);
+        else cpu_isa->bf16_to_f32(o, (const uint16_t *)j->table->data + row, j->C);
+    }
+}
+
+int cpu_embedding(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // table is (V,C), ids is (T), out is (T,C)
+    (void)p;
+    cpu_rows d;
+    int rc = cpu_check_embedding(in, n_in, out, &d);
+    if (rc) return rc;
+    emb_job j = {in[0], in[1]->data, out->data, d.cols};
+    cpu_api->parallel_for(d.rows, row_grain(d.cols), emb_rows, &j);
+    return 0;
+}
+
+/* ---- layernorm, rmsnorm ---- */
+
+typedef struct norm_job { const float *x, *gamma, *beta; float *out; int64_t C; float eps; } norm_job;
+
+static void layernorm_rows(void *arg, int64_t begin, int64_t end) {
+    const norm_job *j = arg;
+    int64_t C = j->C;
+    for (int64_t m = begin; m < end; m++) {
+        const float *x = j->x + m * C;
+        float *o = j->out + m * C;
+        float mean = 0.0f;
+        for (int64_t c = 0; c < C; c++) mean += x[c];
+        mean /= (float)C;
+        float var = 0.0f;
+        for (int64_t c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
+        float rstd = 1.0f / sqrtf(var / (float)C + j->eps);
+        if (j->beta)
+            for (int64_t c = 0; c < C; c++) o[c] = (x[c] - mean) * rstd * j->gamma[c] + j->beta[c];
+        else
+            for (int64_t c = 0; c < C; c++) o[c] = (x[c] - mean) * rstd * j->gamma[c];
+    }
+}
+
+int cpu_layernorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // x is (M,C), gamma is (C), beta is (C) or absent, out is (M,C)
+    cpu_rows d;
+    int rc = cpu_check_norm(in, n_in, out, p, 1, &d);
+    if (rc) return rc;
+    norm_job j = {in[0]->data, in[1]->data, n_in == 3 ? in[2]->data : NULL, out->data, d.cols,
+                  ((const llmopt_op_norm *)p)->eps};
+    cpu_api->parallel_for(d.rows, row_grain(d.cols), layernorm_rows, &j);
+    return 0;
+}
+
+static void rmsnorm_rows(void *arg, int64_t begin, int64_t end) {
+    const norm_job *j = arg;
+    int64_t C = j->C;
+    for (int64_t m = begin; m < end; m++) {
+        const float *x = j->x + m * C;
+        float *o = j->out + m * C;
+        float rstd = 1.0f / sqrtf(cpu_isa->dot(x, x, C) / (float)C + j->eps);
+        for (int64_t c = 0; c < C; c++) o[c] = x[c] * rstd * j->gamma[c];
+    }
+}
+
+int cpu_rmsnorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // x is (M,C), gamma is (C), out is (M,C)
+    cpu_rows d;
+    int rc = cpu_check_norm(in, n_in, out, p, 0, &d);
+    if (rc) return rc;
+    norm_job j = {in[0]->data, in[1]->data, NULL, out->data, d.cols, ((const llmopt_op_norm *)p)->eps};
+    cpu_api->parallel_for(d.rows, row_grain(d.cols), rmsnorm_rows, &j);
+    return 0;
+}
+
+/* ---- rope ---- */
+
+typedef struct rope_job { const float *x; float *out; int64_t H, D; const llmopt_op_rope *r; } rope_job;
+
+static void rope_rows(void *arg, int64_t begin, int64_t end) {
+    const rope_job *j = arg;
+    int64_t H = j->H, D = j->D, half = j->r->rot_dim / 2;
+    for (int64_t t = begin; t < end; t++) {
+        double pos = (double)(j->r->n_past + t) / j->r->scale;
+        /* one angle per (t, i), applied to every head */
+        for (int64_t i = 0; i < half; i++) {
+            double angle = pos * pow(j->r->theta, -2.0 * (double)i / (double)j->r->rot_dim);
+            float cos_a = (float)cos(angle), sin_a = (float)sin(angle);
+            for (int64_t h = 0; h < H; h++) {
+                const float *x = j->x + (t * H + h) * D;
+                float *o = j->out + (t * H + h) * D;
+                float x1 = x[i], x2 = x[i + half];
+                o[i] = x1 * cos_a - x2 * sin_a;
+                o[i + half] = x2 * cos_a + x1 * sin_a;
+            }
+        }
+        if (j->out != j->x && j->r->rot_dim < D)
+            for (int64_t h = 0; h < H; h++)
+                memcpy(j->out + (t * H + h) * D + j->r->rot_dim, j->x + (t * H + h) * D + j->r->rot_dim,
+                       (size_t)(D - j->r->rot_dim) * sizeof(float));
+    }
+}
+
+int cpu_rope(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // x is (T,H,D), out is (T,H,D) and may be x
+    int rc = cpu_check_rope(in, n_in, out, p);
+    if (rc) return rc;
+    rope_job j = {in[0]->data, out->data, in[0]->shape[1], in[0]->shape[2], p};
+    cpu_api->parallel_for(in[0]->shape[0], row_grain(j.H * j.D), rope_rows, &j);
+    return 0;
+}
+
+/* ---- attention ---- */
+
+typedef struct attn_job {
+    const float *q, *k, *v;
+    float *out;
+    cpu_attn_dims d;
+    const llmopt_op_attention *a;
+    atomic_int failed;
+} attn_job;
+
+/* One task per (query row t, query head h): index = t * Hq + h. */
+static void attn_tasks(void *arg, int64_t begin, int64_t end) {
+    attn_job *j = arg;
+    const cpu_attn_dims *d = &j->d;
+    float *att = malloc((size_t)(j->a->n_past + d->T) * sizeof(float));
+    if (!att) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    int64_t group = d->Hq / d->Hkv;
+    for (int64_t task = begin; task < end; task++) {
+        int64_t t = task / d->Hq, h = task % d->Hq, kvh = h / group;
+        int64_t n_keys = j->a->causal ? j->a->n_past + t + 1 : j->a->n_past + d->T;
+        const float *q = j->q + task * d->D;
+        float maxval = -INFINITY;
+        for (int64_t s = 0; s < n_keys; s++) {
+            att[s] = cpu_isa->dot(q, j->k + (s * d->Hkv + kvh) * d->D, d->D) * j->a->scale;
+            if (att[s] > maxval) maxval = att[s];
+        }
+        float sum = 0.0f;
+        for (int64_t s = 0; s < n_keys; s++) {
+            att[s] = expf(att[s] - maxval);
+            sum += att[s];
+        }
+        float inv = 1.0f / sum, *o = j->out + task * d->D;
+        memset(o, 0, (size_t)d->D * sizeof(float));
+        for (int64_t s = 0; s < n_keys; s++) cpu_isa->axpy(o, att[s] * inv, j->v + (s * d->Hkv + kvh) * d->D, d->D);
+    }
+    free(att);
+}
+
+int cpu_attention(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // q is (T,Hq,D), k and v are (S,Hkv,D), out is (T,Hq,D)
+    cpu_attn_dims d;
+    int rc = cpu_check_attention(in, n_in, out, p, &d);
+    if (rc) return rc;
+    attn_job j = {.q = in[0]->data, .k = in[1]->data, .v = in[2]->data, .out = out->data, .d = d, .a = p};
+    atomic_init(&j.failed, 0);
+    cpu_api->parallel_for(j.d.T * j.d.Hq, 1, attn_tasks, &j);
+    return atomic_load(&j.failed) ? LLMOPT_ENOMEM : 0;
+}
+
+/* ---- elementwise activations, add ---- */
+
+typedef struct ew_job { const float *a, *b; float *out; } ew_job;
+
+#define EW_GRAIN 8192
+
+static void gelu_range(void *arg, int64_t begin, int64_t end) {
+    const ew_job *j = arg;
+    const float s = 0.7978845608028654f; /* sqrt(2/pi) */
+    for (int64_t i = begin; i < end; i++) {
+        float x = j->a[i];
+        j->out[i] = 0.5f * x * (1.0f + tanhf(s * (x + 0.044715f * x * x * x)));
+    }
+}
+
+static void gelu_erf_range(void *arg, int64_t begin, int64_t end) {
+    const ew_job *j = arg;
+    for (int64_t i = begin; i < end; i++) j->out[i] = 0.5f * j->a[i] * (1.0f + erff(j->a[i] * 0.7071067811865476f));
+}
+
+static void silu_range(void *arg, int64_t begin, int64_t end) {
+    const ew_job *j = arg;
+    for (int64_t i = begin; i < end; i++) j->out[i] = j->a[i] / (1.0f + expf(-j->a[i]));
+}
+
+static void swiglu_range(void *arg, int64_t begin, int64_t end) {
+    const ew_job *j = arg;
+    for (int64_t i = begin; i < end; i++) j->out[i] = j->a[i] / (1.0f + expf(-j->a[i])) * j->b[i];
+}
+
+static void add_range(void *arg, int64_t begin, int64_t end) {
+    const ew_job *j = arg;
+    for (int64_t i = begin; i < end; i++) j->out[i] = j->a[i] + j->b[i];
+}
+
+static int elementwise(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, int n_ops,
+                       void (*fn)(void *, int64_t, int64_t)) {
+    int64_t n;
+    int rc = cpu_check_elementwise(in, n_in, out, n_ops, &n);
+    if (rc) return rc;
+    ew_job j = {in[0]->data, n_ops == 2 ? in[1]->data : NULL, out->data};
+    cpu_api->parallel_for(n, EW_GRAIN, fn, &j);
+    return 0;
+}
+
+int cpu_gelu(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    (void)p;
+    return elementwise(in, n_in, out, 1, gelu_range);
+}
+
+int cpu_gelu_erf(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    (void)p;
+    return elementwise(in, n_in, out, 1, gelu_erf_range);
+}
+
+int cpu_silu(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    (void)p;
+    return elementwise(in, n_in, out, 1, silu_range);
+}
+
+int cpu_swiglu(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    (void)p;
+    return elementwise(in, n_in, out, 2, swiglu_range);
+}
+
+int cpu_add(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    (void)p;
+    return elementwise(in, n_in, out, 2, add_range);
+}
+
+/* ---- softmax, cross_entropy ---- */
+
+typedef struct rows_job { const float *x; float *out; const int32_t *targets; int64_t cols; int32_t ignore; } rows_job;
+
+static float row_max(const float *x, int64_t n) {
+    float m = -INFINITY;
+    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+static void softmax_rows(void *arg, int64_t begin, int64_t end) {
+    const rows_job *j = arg;
+    for (int64_t m = begin; m < end; m++) {
+        const float *x = j->x + m * j->cols;
+        float *o = j->out + m * j->cols;
+        float maxval = row_max(x, j->cols), sum = 0.0f;
+        for (int64_t i = 0; i < j->cols; i++) {
+            o[i] = expf(x[i] - maxval);
+            sum += o[i];
+        }
+        float inv = 1.0f / sum;
+        for (int64_t i = 0; i < j->cols; i++) o[i] *= inv;
+    }
+}
+
+int cpu_softmax(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // x and out are (M,N); out may be x
+    (void)p;
+    cpu_rows d;
+    int rc = cpu_check_softmax(in, n_in, out, &d);
+    if (rc) return rc;
+    rows_job j = {.x = in[0]->data, .out = out->data, .cols = d.cols};
+    cpu_api->parallel_for(d.rows, row_grain(d.cols), softmax_rows, &j);
+    return 0;
+}
+
+static void cross_entropy_rows(void *arg, int64_t begin, int64_t end) {
+    const rows_job *j = arg;
+    for (int64_t t = begin; t < end; t++) {
+        if (j->targets[t] == j->ignore) {
+            j->out[t] = 0.0f;
+            continue;
+        }
+        const float *x = j->x + t * j->cols;
+        float maxval = row_max(x, j->cols), sum = 0.0f;
+        for (int64_t i = 0; i < j->cols; i++) sum += expf(x[i] - maxval);
+        j->out[t] = logf(sum) - (x[j->targets[t]] - maxval);
+    }
+}
+
+int cpu_cross_entropy(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // logits is (T,V), targets is (T), out is (T)
+    cpu_rows d;
+    int rc = cpu_check_cross_entropy(in, n_in, out, p, &d);
+    if (rc) return rc;
+    rows_job j = {in[0]->data, out->data, in[1]->data, d.cols,
+                  ((const llmopt_op_cross_entropy *)p)->ignore_index};
+    cpu_api->parallel_for(d.rows, row_grain(d.cols), cross_entropy_rows, &j);
+    return 0;
+}

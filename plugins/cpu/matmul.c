@@ -1,0 +1,115 @@
+/* matmul on the CPU: out[M,N] = x[M,K] · W (+ bias) (+ out). OpenBLAS runs single-threaded
+ * (set at init) and the work is split over the host's compute threads by column blocks of W
+ * (rows of W for OUT_IN, column ranges for IN_OUT), so every thread comes from the host pool.
+ * M = 1 (decode) with W [N,K] takes a gemv-style path of SIMD dot products over rows of W;
+ * f16/bf16 weights are converted to f32 a tile at a time into per-chunk scratch. */
+#include "cpu.h"
+
+#include <cblas.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Up to this many rows of x take the gemv-style path for W [N,K]. Measured with 2 threads
+ * (noisy shared machine): at 768x768 gemv and sgemm are even for M = 1 and sgemm wins from
+ * M = 2; at 4096x4096 M = 1 gemv streamed W about 2-3x faster. For W [K,N] sgemm always won. */
+#ifndef GEMV_MAX_M
+#define GEMV_MAX_M 1
+#endif
+/* Columns of W converted to f32 per sgemm call for f16/bf16 weights. */
+#define HALF_TILE_N 128
+
+typedef struct mm_job {
+    const float *x, *bias;
+    const void *w;
+    int wt;          /* W's dtype */
+    float *out;
+    cpu_mm_dims d;
+    atomic_int failed;
+} mm_job;
+
+/* W[r, c0:c0+n] (row r of the stored matrix) as f32: a pointer into W for f32, else converted
+ * into buf. */
+static const float *w_row(const mm_job *j, int64_t r, int64_t row_len, int64_t c0, int64_t n, float *buf) {
+    int64_t at = r * row_len + c0;
+    if (j->wt == LLMOPT_DTYPE_F32) return (const float *)j->w + at;
+    if (j->wt == LLMOPT_DTYPE_F16) cpu_isa->f16_to_f32(buf, (const uint16_t *)j->w + at, n);
+    else cpu_isa->bf16_to_f32(buf, (const uint16_t *)j->w + at, n);
+    return buf;
+}
+
+/* gemv-style, W [N,K]: out[m, n] = dot(x[m,:], W[n,:]) for n in [n0, n1). */
+static void gemv_out_in(void *arg, int64_t n0, int64_t n1) {
+    mm_job *j = arg;
+    const cpu_mm_dims *d = &j->d;
+    float *buf = NULL;
+    if (j->wt != LLMOPT_DTYPE_F32 && !(buf = malloc((size_t)d->K * sizeof(float)))) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    for (int64_t n = n0; n < n1; n++) {
+        const float *w = w_row(j, n, d->K, 0, d->K, buf);
+        for (int64_t m = 0; m < d->M; m++) {
+            float v = cpu_isa->dot(j->x + m * d->K, w, d->K) + (j->bias ? j->bias[n] : 0.0f);
+            float *o = j->out + m * d->N + n;
+            *o = d->accumulate ? *o + v : v;
+        }
+    }
+    free(buf);
+}
+
+/* sgemm on one column block [n0, n1) of f32 W, then the bias. */
+static void sgemm_block(const mm_job *j, const float *w, int ldw, int64_t n0, int64_t n1) {
+    const cpu_mm_dims *d = &j->d;
+    int nc = (int)(n1 - n0);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, d->layout == LLMOPT_W_OUT_IN ? CblasTrans : CblasNoTrans,
+                (int)d->M, nc, (int)d->K, 1.0f, j->x, (int)d->K, w, ldw, d->accumulate ? 1.0f : 0.0f,
+                j->out + n0, (int)d->N);
+    if (j->bias)
+        for (int64_t m = 0; m < d->M; m++)
+            for (int64_t n = n0; n < n1; n++) j->out[m * d->N + n] += j->bias[n];
+}
+
+static void sgemm_cols(void *arg, int64_t n0, int64_t n1) {
+    mm_job *j = arg;
+    const cpu_mm_dims *d = &j->d;
+    if (j->wt == LLMOPT_DTYPE_F32) {
+        const float *w = j->w;
+        if (d->layout == LLMOPT_W_OUT_IN) sgemm_block(j, w + n0 * d->K, (int)d->K, n0, n1);
+        else sgemm_block(j, w + n0, (int)d->N, n0, n1);
+        return;
+    }
+    /* f16/bf16: convert HALF_TILE_N columns of W at a time, in the layout sgemm is told */
+    float *tile = malloc((size_t)HALF_TILE_N * (size_t)d->K * sizeof(float));
+    if (!tile) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    for (int64_t c0 = n0; c0 < n1; c0 += HALF_TILE_N) {
+        int64_t c1 = c0 + HALF_TILE_N < n1 ? c0 + HALF_TILE_N : n1, nc = c1 - c0;
+        if (d->layout == LLMOPT_W_OUT_IN) {
+            for (int64_t n = c0; n < c1; n++) w_row(j, n, d->K, 0, d->K, tile + (n - c0) * d->K);
+            sgemm_block(j, tile, (int)d->K, c0, c1);
+        } else {
+            for (int64_t k = 0; k < d->K; k++) w_row(j, k, d->N, c0, nc, tile + k * nc);
+            sgemm_block(j, tile, (int)nc, c0, c1);
+        }
+    }
+    free(tile);
+}
+
+int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // x is (M,K), W is (N,K) for OUT_IN or (K,N) for IN_OUT, bias is (N), out is (M,N)
+    cpu_mm_dims d;
+    int rc = cpu_check_matmul(in, n_in, out, p, &d);
+    if (rc) return rc;
+    if (d.M > INT32_MAX || d.N > INT32_MAX || d.K > INT32_MAX) return LLMOPT_EUNSUPPORTED; /* BLAS ints */
+    mm_job j = {.x = in[0]->data, .bias = d.has_bias ? in[2]->data : NULL, .w = in[1]->data,
+                .wt = in[1]->dtype, .out = out->data, .d = d};
+    atomic_init(&j.failed, 0);
+    if (d.M <= GEMV_MAX_M && d.layout == LLMOPT_W_OUT_IN)
+        cpu_api->parallel_for(d.N, 32768 / (d.K * d.M) + 1, gemv_out_in, &j); /* >= 32K FMAs a chunk */
+    else
+        cpu_api->parallel_for(d.N, 32, sgemm_cols, &j);
+    return atomic_load(&j.failed) ? LLMOPT_ENOMEM : 0;
+}

@@ -1,0 +1,119 @@
+/* The "cpu" kernel plugin: registers every op of llmopt/kernel_ops.h for LLMOPT_DEVICE_CPU.
+ * One plugin that dispatches at run time: init detects AVX-512F, else AVX2+FMA+F16C, else the
+ * portable path, picks the SIMD table and registers the fast kernels; LLMOPT_CPU_FORCE
+ * (ref|generic|avx2|avx512) overrides the choice (ref registers the reference loops). */
+#include "cpu.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const llmopt_host_api *cpu_api;
+const cpu_simd *cpu_isa = &cpu_simd_generic;
+
+typedef enum cpu_path { PATH_REF, PATH_GENERIC, PATH_AVX2, PATH_AVX512, PATH_COUNT } cpu_path;
+
+static const char *const path_name[PATH_COUNT] = {"ref", "generic", "avx2", "avx512"};
+static const char *const path_label[PATH_COUNT] = {"reference loops", "portable C", "AVX2+FMA",
+                                                   "AVX-512F"};
+
+/* The descriptor is constant data; its summary points here and init writes the chosen path. */
+static char g_summary[160] = "CPU kernels for every op (OpenBLAS + SIMD, path chosen at init)";
+
+static int cpu_has(cpu_path p) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (p == PATH_AVX512) return __builtin_cpu_supports("avx512f") != 0;
+    if (p == PATH_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+#endif
+    return p == PATH_REF || p == PATH_GENERIC;
+}
+
+/* What each op's fast path does; %s is the instruction set's label. */
+typedef struct op_entry {
+    const char *op;
+    int dtype;
+    llmopt_kernel_fn fast, ref;
+    const char *how;
+} op_entry;
+
+static const op_entry ops[] = {
+    {LLMOPT_OP_MATMUL, LLMOPT_DTYPE_F32, cpu_matmul, cpu_ref_matmul,
+     "%s dot gemv for M=1 and W [N,K], else OpenBLAS sgemm; column blocks on host threads"},
+    {LLMOPT_OP_MATMUL, LLMOPT_DTYPE_F16, cpu_matmul, cpu_ref_matmul,
+     "%s f16->f32 rows + dot for M=1 and W [N,K], else f16->f32 tiles + OpenBLAS sgemm"},
+    {LLMOPT_OP_MATMUL, LLMOPT_DTYPE_BF16, cpu_matmul, cpu_ref_matmul,
+     "%s bf16->f32 rows + dot for M=1 and W [N,K], else bf16->f32 tiles + OpenBLAS sgemm"},
+    {LLMOPT_OP_EMBEDDING, LLMOPT_DTYPE_F32, cpu_embedding, cpu_ref_embedding, "%s row copy"},
+    {LLMOPT_OP_EMBEDDING, LLMOPT_DTYPE_F16, cpu_embedding, cpu_ref_embedding, "%s f16->f32 rows"},
+    {LLMOPT_OP_EMBEDDING, LLMOPT_DTYPE_BF16, cpu_embedding, cpu_ref_embedding, "%s bf16->f32 rows"},
+    {LLMOPT_OP_LAYERNORM, LLMOPT_DTYPE_F32, cpu_layernorm, cpu_ref_layernorm, "%s, rows on host threads"},
+    {LLMOPT_OP_RMSNORM, LLMOPT_DTYPE_F32, cpu_rmsnorm, cpu_ref_rmsnorm, "%s dot, rows on host threads"},
+    {LLMOPT_OP_ROPE, LLMOPT_DTYPE_F32, cpu_rope, cpu_ref_rope, "%s, rows on host threads"},
+    {LLMOPT_OP_ATTENTION, LLMOPT_DTYPE_F32, cpu_attention, cpu_ref_attention,
+     "%s dot/axpy, (row, head) tasks on host threads"},
+    {LLMOPT_OP_GELU, LLMOPT_DTYPE_F32, cpu_gelu, cpu_ref_gelu, "%s tanhf, ranges on host threads"},
+    {LLMOPT_OP_GELU_ERF, LLMOPT_DTYPE_F32, cpu_gelu_erf, cpu_ref_gelu_erf, "%s erff, ranges on host threads"},
+    {LLMOPT_OP_SILU, LLMOPT_DTYPE_F32, cpu_silu, cpu_ref_silu, "%s expf, ranges on host threads"},
+    {LLMOPT_OP_SWIGLU, LLMOPT_DTYPE_F32, cpu_swiglu, cpu_ref_swiglu, "%s expf, ranges on host threads"},
+    {LLMOPT_OP_ADD, LLMOPT_DTYPE_F32, cpu_add, cpu_ref_add, "%s, ranges on host threads"},
+    {LLMOPT_OP_SOFTMAX, LLMOPT_DTYPE_F32, cpu_softmax, cpu_ref_softmax, "%s expf, rows on host threads"},
+    {LLMOPT_OP_CROSS_ENTROPY, LLMOPT_DTYPE_F32, cpu_cross_entropy, cpu_ref_cross_entropy,
+     "%s log-sum-exp, rows on host threads"},
+};
+#define N_OPS (sizeof ops / sizeof ops[0])
+
+static char g_kernel_summary[N_OPS][128];
+
+static int cpu_init(const llmopt_host_api *host, llmopt_registrar *reg) {
+    if (host->struct_size < sizeof(llmopt_host_api)) {
+        reg->set_error(reg, "host API table too small; this plugin needs llmopt ABI 1.%d", LLMOPT_ABI_MINOR);
+        return LLMOPT_EABI;
+    }
+    cpu_api = host;
+
+    cpu_path path = cpu_has(PATH_AVX512) ? PATH_AVX512 : cpu_has(PATH_AVX2) ? PATH_AVX2 : PATH_GENERIC;
+    const char *force = getenv("LLMOPT_CPU_FORCE");
+    if (force && *force) {
+        int found = -1;
+        for (int p = 0; p < PATH_COUNT; p++)
+            if (strcmp(force, path_name[p]) == 0) found = p;
+        if (found < 0) {
+            reg->set_error(reg, "LLMOPT_CPU_FORCE=%s: expected ref, generic, avx2 or avx512", force);
+            return LLMOPT_EINVAL;
+        }
+        if (!cpu_has((cpu_path)found)) {
+            reg->set_error(reg, "LLMOPT_CPU_FORCE=%s but this CPU lacks %s", force, path_label[found]);
+            return LLMOPT_EUNSUPPORTED;
+        }
+        path = (cpu_path)found;
+    }
+    cpu_isa = path == PATH_AVX512 ? &cpu_simd_avx512 : path == PATH_AVX2 ? &cpu_simd_avx2 : &cpu_simd_generic;
+    /* all parallelism comes from the host pool; OpenBLAS runs inside one chunk */
+    openblas_set_num_threads(1);
+
+    snprintf(g_summary, sizeof g_summary, "CPU kernels for every op: %s%s (%s)", path_label[path],
+             path == PATH_REF ? "" : " + OpenBLAS sgemm",
+             force && *force ? "forced by LLMOPT_CPU_FORCE" : "detected");
+    for (size_t i = 0; i < N_OPS; i++) {
+        if (path == PATH_REF)
+            snprintf(g_kernel_summary[i], sizeof g_kernel_summary[i], "reference loops, one thread");
+        else
+            snprintf(g_kernel_summary[i], sizeof g_kernel_summary[i], ops[i].how, path_label[path]);
+        llmopt_kernel_desc k = {.struct_size = sizeof k, .device = LLMOPT_DEVICE_CPU, .op = ops[i].op,
+                                .dtype = ops[i].dtype, .fn = path == PATH_REF ? ops[i].ref : ops[i].fast,
+                                .summary = g_kernel_summary[i]};
+        int rc = reg->add_kernel(reg, &k);
+        if (rc) {
+            reg->set_error(reg, "registering %s kernel failed (%d)", ops[i].op, rc);
+            return rc;
+        }
+    }
+    host->log(LLMOPT_LOG_DEBUG, "cpu: %s", g_summary);
+    return 0;
+}
+
+LLMOPT_PLUGIN(.id = "cpu", .version = "0.1.0", .license = "MIT", .summary = g_summary, .init = cpu_init);

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Makes the Python venv the interop tests run in (.venv at the repo root): Debian's torch and
+# numpy (system site packages) plus the exact pins of tests/interop/requirements.txt. Idempotent:
+# skips apt when the packages are installed and pip when the pins are already satisfied.
+set -eu
+root="$(cd "$(dirname "$0")/.." && pwd)"
+req="$root/tests/interop/requirements.txt"
+venv="$root/.venv"
+
+pkgs="python3-venv python3-torch python3-numpy bible-kjv"
+missing=""
+for p in $pkgs; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "installing:$missing"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+# Debian's interpreter, not whatever python3 is first on PATH (pyenv, conda): only it sees
+# Debian's python3-torch through --system-site-packages.
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys; sys.exit(sys.base_prefix != "/usr")' 2>/dev/null; then
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv --system-site-packages "$venv"
+fi
+
+# Reinstall only when the pins changed since the last successful install.
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+    echo "$want" > "$stamp"
+fi
+
+"$venv/bin/python" - <<'PY'
+import sys
+import torch, numpy, transformers, tokenizers, safetensors
+assert torch.__file__.startswith("/usr/lib/python3/dist-packages/"), torch.__file__
+print(f"interop venv: python {sys.version.split()[0]}, torch {torch.__version__}, "
+      f"numpy {numpy.__version__}, transformers {transformers.__version__}, "
+      f"tokenizers {tokenizers.__version__}, safetensors {safetensors.__version__}")
+PY

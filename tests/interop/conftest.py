@@ -1,0 +1,299 @@
+"""Fixtures of the interop tests: the llmopt-host under test, and what the reference tools
+(transformers, tokenizers) make for it to be compared on: random-init GPT-2 and Llama
+checkpoints and BPE tokenizers trained on the King James Bible. Everything is built once per
+session in a temporary directory, with fixed seeds and settings."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _path_from_env(name, default):
+    p = Path(os.environ.get(name, default))
+    return p if p.is_absolute() else ROOT / p
+
+
+class Host:
+    """Runs llmopt-host with the plugin directory under test."""
+
+    def __init__(self, exe, plugins):
+        self.exe = exe
+        self.plugins = plugins
+
+    def run(self, *args, check=True, timeout=600, input=None):
+        cmd = [str(self.exe), "--plugins", str(self.plugins), *map(str, args)]
+        p = subprocess.run(cmd, capture_output=True, timeout=timeout, input=input)
+        if check and p.returncode != 0:
+            pytest.fail(
+                f"{' '.join(cmd)[:300]} exited {p.returncode}\n"
+                f"stderr: {p.stderr.decode(errors='replace')[-2000:]}"
+            )
+        return p
+
+    def has_command(self, name):
+        p = subprocess.run([str(self.exe), "help", name], capture_output=True, timeout=60)
+        return p.returncode == 0
+
+    def require_command(self, name):
+        """Skips the calling test when this build has no such command (the C side of an
+        interop test may land after the test)."""
+        if not self.has_command(name):
+            pytest.skip(f"llmopt-host has no '{name}' command yet")
+
+    def has_stage(self, name):
+        return self.run("describe", name, check=False).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def host_exe():
+    exe = _path_from_env("LLMOPT_HOST", "build/host/llmopt-host")
+    if not os.access(exe, os.X_OK):
+        pytest.fail(f"no llmopt-host at {exe}: build it, or set LLMOPT_HOST")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def plugin_dir():
+    d = _path_from_env("LLMOPT_PLUGINS", "build/plugins")
+    if not d.is_dir():
+        pytest.fail(f"no plugin directory {d}: build it, or set LLMOPT_PLUGINS")
+    return d
+
+
+@pytest.fixture(scope="session")
+def host(host_exe, plugin_dir):
+    return Host(host_exe, plugin_dir)
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("interop")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: random init, float32, fixed seed. Norm weights and biases start as constants (1 or 0),
+# which would hide a missing gain or bias in our forward; they get noise too. No eos/bos/pad ids,
+# so greedy generation always runs to max_new_tokens on both sides.
+
+INIT_STD = 0.2  # logits spread over a few units, so argmax and 1e-4 comparisons mean something
+
+
+def _gpt2_config(vocab_size=300):
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, vocab_size=vocab_size, n_positions=128,
+        initializer_range=INIT_STD, bos_token_id=None, eos_token_id=None,
+    )
+
+
+def _llama_config(**kw):
+    from transformers import LlamaConfig
+
+    base = dict(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+        intermediate_size=176, vocab_size=300, max_position_embeddings=128, rope_theta=10000.0,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, initializer_range=INIT_STD,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+    base.update(kw)
+    return LlamaConfig(**base)
+
+
+MODEL_SPECS = {
+    # name: (class name, config factory, seed)
+    "gpt2": ("GPT2LMHeadModel", _gpt2_config, 1),
+    "llama_gqa": ("LlamaForCausalLM", lambda: _llama_config(), 2),
+    "llama_tied_odd_heads": (
+        "LlamaForCausalLM",
+        lambda: _llama_config(hidden_size=60, num_attention_heads=5, num_key_value_heads=5,
+                              head_dim=12, intermediate_size=160, tie_word_embeddings=True),
+        3,
+    ),
+    "llama_rope_linear": (
+        "LlamaForCausalLM",
+        lambda: _llama_config(rope_scaling={"type": "linear", "factor": 2.0}),
+        4,
+    ),
+}
+
+
+def save_random_model(cls_name, config, seed, out_dir):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, cls_name)(config).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if torch.all(p == p.flatten()[0]):  # constant-initialised: norms, biases
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def models(session_dir):
+    """{name: directory of a transformers checkpoint (config.json + model.safetensors)}"""
+    root = session_dir / "models"
+    out = {}
+    for name in MODEL_SPECS:
+        d = root / name
+        if not (d / "model.safetensors").exists():
+            cls_name, make_config, seed = MODEL_SPECS[name]
+            save_random_model(cls_name, make_config(), seed, d)
+        out[name] = d
+    return out
+
+
+def load_reference_model(model_dir):
+    """The transformers model of a checkpoint, float32, eval mode, eager attention."""
+    import transformers
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    cls = getattr(transformers, cfg["architectures"][0])
+    return cls.from_pretrained(model_dir, torch_dtype="float32").eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Text: the King James Bible from Debian's bible-kjv, one verse a line ("Ge1:1 In the ...").
+
+
+@pytest.fixture(scope="session")
+def kjv_file(session_dir):
+    path = session_dir / "kjv.txt"
+    if not path.exists():
+        exe = shutil.which("bible") or "/usr/bin/bible"
+        # -f turns the default pretty-printing off: one verse per line, with its reference.
+        p = subprocess.run([exe, "-f", "Gen1:1-Rev22:21"], capture_output=True, timeout=120)
+        if p.returncode != 0 or len(p.stdout) < 4_000_000:
+            pytest.fail(f"bible -f Gen1:1-Rev22:21 failed ({p.returncode}, {len(p.stdout)} bytes): "
+                        f"is bible-kjv installed? {p.stderr.decode(errors='replace')}")
+        path.write_bytes(p.stdout)
+    return path
+
+
+@pytest.fixture(scope="session")
+def kjv_text(kjv_file):
+    return kjv_file.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers trained with HF tokenizers on the KJV text; each a directory with tokenizer.json
+# and tokenizer_config.json.
+
+TOKENIZER_VOCAB = 2000
+
+
+def _train_byte_level(lines):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)  # as GPT-2's tokenizer.json
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(lines, trainer)
+    config = {
+        "tokenizer_class": "GPT2TokenizerFast", "bos_token": "<|endoftext|>",
+        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "add_bos_token": False, "add_prefix_space": False, "model_max_length": 1024,
+    }
+    return tok, config
+
+
+def _train_llama_style(lines):
+    """Llama's layout: <unk> <s> </s>, then the 256 byte-fallback tokens <0x00>..<0xFF>, then
+    the learned pieces; Metaspace pre-tokenizer; Llama's decoder chain; "<s> $A" template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    specials = ["<unk>", "<s>", "</s>"]
+    n_bytes = 256
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB - n_bytes, special_tokens=specials,
+                                  show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+
+    # The trainer does not make byte-fallback tokens: put them in the vocabulary after the
+    # specials, as in Llama's tokenizer.model, and shift the learned pieces up.
+    j = json.loads(tok.to_str())
+    learned = sorted(((i, t) for t, i in j["model"]["vocab"].items() if t not in specials))
+    vocab = {t: i for i, t in enumerate(specials)}
+    vocab.update({f"<0x{b:02X}>": len(specials) + b for b in range(n_bytes)})
+    for k, (_, t) in enumerate(learned):
+        vocab[t] = len(specials) + n_bytes + k
+    j["model"]["vocab"] = vocab
+    for a in j["added_tokens"]:
+        a["id"] = vocab[a["content"]]
+    tok = Tokenizer.from_str(json.dumps(j))
+    tok.decoder = decoders.Sequence([
+        decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+        decoders.Strip(" ", 1, 0),
+    ])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])],
+    )
+    config = {
+        "tokenizer_class": "LlamaTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+        "model_max_length": 2048,
+    }
+    return tok, config
+
+
+TOKENIZER_SPECS = {"byte_level_bpe": _train_byte_level, "llama_bpe": _train_llama_style}
+
+
+@pytest.fixture(scope="session")
+def tokenizers(session_dir, kjv_text):
+    """{name: directory holding tokenizer.json + tokenizer_config.json}"""
+    out = {}
+    lines = kjv_text.splitlines(keepends=True)
+    for name, train in TOKENIZER_SPECS.items():
+        d = session_dir / "tokenizers" / name
+        if not (d / "tokenizer.json").exists():
+            d.mkdir(parents=True, exist_ok=True)
+            tok, config = train(lines)
+            tok.save(str(d / "tokenizer.json"))
+            (d / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        out[name] = d
+    return out
+
+
+
+# Checkpoints that read text (eval, generate -p): each holds one of the trained tokenizers and
+# has its 2000-token vocabulary.  name: (class name, config factory, seed, tokenizer)
+MODEL_WITH_TOKENIZER_SPECS = {
+    "gpt2_byte_level": (
+        "GPT2LMHeadModel",
+        lambda: _gpt2_config(vocab_size=TOKENIZER_VOCAB),
+        5, "byte_level_bpe",
+    ),
+    "llama_llama_bpe": (
+        "LlamaForCausalLM", lambda: _llama_config(vocab_size=TOKENIZER_VOCAB), 6, "llama_bpe",
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def models_with_tokenizer(session_dir, tokenizers):
+    """{name: checkpoint directory with tokenizer.json + tokenizer_config.json beside it}"""
+    out = {}
+    for name, (cls_name, make_config, seed, tok_name) in MODEL_WITH_TOKENIZER_SPECS.items():
+        d = session_dir / "models_with_tokenizer" / name
+        if not (d / "model.safetensors").exists():
+            save_random_model(cls_name, make_config(), seed, d)
+            for f in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copy(tokenizers[tok_name] / f, d / f)
+        out[name] = d
+    return out

@@ -1,0 +1,212 @@
+/* Architecture configs (GPT-2, Llama) read from config values and checked against tensors, and
+ * the sampling chain of generation (gen_pick). Forward passes are checked against transformers
+ * in tests/interop; here, the error paths and the sampling rules. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/arch.h"
+#include "runtime/generate.h"
+#include "runtime/runtime.h"
+
+static void put(llmopt_model *m, const char *name, int64_t d0, int64_t d1) {
+    int64_t shape[2] = {d0, d1};
+    llmopt_tensor *t = rt_tensor_new(LLMOPT_DTYPE_F32, d1 ? 2 : 1, shape);
+    assert_non_null(t);
+    assert_int_equal(rt_model_set(m, name, t), 0);
+    rt_tensor_unref(t);
+}
+
+/* A complete tiny Llama: hidden 8, 2 heads of 4, 1 kv head, MLP 12, vocab 10, 1 layer. */
+static llmopt_model *tiny_llama(void) {
+    llmopt_model *m = rt_model_new("llama");
+    const char *cfg = "{\"model_type\": \"llama\", \"hidden_size\": 8, \"num_attention_heads\": 2, "
+                      "\"num_key_value_heads\": 1, \"intermediate_size\": 12, \"vocab_size\": 10, "
+                      "\"num_hidden_layers\": 1, \"max_position_embeddings\": 16, \"rms_norm_eps\": 1e-5, "
+                      "\"tie_word_embeddings\": false}";
+    llmopt_error err = {0};
+    assert_int_equal(rt_model_config_load(m, cfg, strlen(cfg), &err), 0);
+    put(m, "model.embed_tokens.weight", 10, 8);
+    put(m, "model.norm.weight", 8, 0);
+    put(m, "lm_head.weight", 10, 8);
+    put(m, "model.layers.0.input_layernorm.weight", 8, 0);
+    put(m, "model.layers.0.post_attention_layernorm.weight", 8, 0);
+    put(m, "model.layers.0.self_attn.q_proj.weight", 8, 8);
+    put(m, "model.layers.0.self_attn.k_proj.weight", 4, 8);
+    put(m, "model.layers.0.self_attn.v_proj.weight", 4, 8);
+    put(m, "model.layers.0.self_attn.o_proj.weight", 8, 8);
+    put(m, "model.layers.0.mlp.gate_proj.weight", 12, 8);
+    put(m, "model.layers.0.mlp.up_proj.weight", 12, 8);
+    put(m, "model.layers.0.mlp.down_proj.weight", 8, 12);
+    return m;
+}
+
+static void llama_config_is_read_with_defaults(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama();
+    arch_config c;
+    llmopt_error err = {0};
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    assert_int_equal(c.family, ARCH_LLAMA);
+    assert_int_equal(c.n_kv_head, 1);
+    assert_int_equal(c.head_dim, 4);
+    assert_true(c.rope_theta == 10000.0f); /* transformers' default */
+    assert_true(c.rope_scale == 1.0f);
+    assert_false(c.tied);
+    rt_model_unref(m);
+}
+
+static void set_cfg(llmopt_model *m, const char *key, const char *json) {
+    json_t *v = json_loads(json, JSON_DECODE_ANY, NULL);
+    assert_non_null(v);
+    json_object_set_new(rt_model_config_json(m), key, v);
+}
+
+static void expect_error(llmopt_model *m, int status, const char *text) {
+    arch_config c;
+    llmopt_error err = {0};
+    assert_int_equal(arch_from_model(m, &c, &err), status);
+    if (!strstr(err.msg, text)) fail_msg("message '%s' lacks '%s'", err.msg, text);
+    rt_model_unref(m);
+}
+
+static void kv_heads_that_do_not_divide_heads_are_refused(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama();
+    set_cfg(m, "num_key_value_heads", "3");
+    expect_error(m, LLMOPT_EFORMAT, "num_key_value_heads (3) must divide num_attention_heads (2)");
+}
+
+static void unknown_model_type_is_refused(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama();
+    set_cfg(m, "model_type", "\"bert\"");
+    expect_error(m, LLMOPT_EUNSUPPORTED, "model_type 'bert' is not supported");
+}
+
+static void missing_field_is_named(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama();
+    json_object_del(rt_model_config_json(m), "hidden_size");
+    expect_error(m, LLMOPT_EFORMAT, "missing integer field 'hidden_size'");
+}
+
+static void tensor_shape_disagreeing_with_config_is_named(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama();
+    put(m, "model.layers.0.self_attn.k_proj.weight", 8, 8); /* config implies [4, 8] */
+    expect_error(m, LLMOPT_EFORMAT, "tensor 'model.layers.0.self_attn.k_proj.weight' has shape [8, 8], the config implies [4, 8]");
+}
+
+static void missing_tensor_is_named(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama();
+    rt_model_remove(m, "model.layers.0.mlp.up_proj.weight");
+    expect_error(m, LLMOPT_EFORMAT, "missing tensor 'model.layers.0.mlp.up_proj.weight'");
+}
+
+static void tied_llama_needs_no_lm_head(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama();
+    set_cfg(m, "tie_word_embeddings", "true");
+    rt_model_remove(m, "lm_head.weight");
+    arch_config c;
+    llmopt_error err = {0};
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    assert_true(c.tied);
+    rt_model_unref(m);
+}
+
+static void rope_scaling_linear_is_read_and_others_refused(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama();
+    set_cfg(m, "rope_scaling", "{\"type\": \"linear\", \"factor\": 2.0}");
+    arch_config c;
+    llmopt_error err = {0};
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    assert_true(c.rope_scale == 2.0f);
+    set_cfg(m, "rope_scaling", "{\"rope_type\": \"yarn\", \"factor\": 4.0}");
+    expect_error(m, LLMOPT_EUNSUPPORTED, "rope_scaling type 'yarn' is not supported");
+}
+
+static void gpt2_config_defaults_mlp_to_four_times_width(void **state) {
+    (void)state;
+    llmopt_model *m = rt_model_new("gpt2");
+    const char *cfg = "{\"model_type\": \"gpt2\", \"n_layer\": 0, \"n_embd\": 8, \"n_head\": 2, \"vocab_size\": 5, "
+                      "\"n_positions\": 4, \"n_inner\": null}";
+    llmopt_error err = {0};
+    assert_int_equal(rt_model_config_load(m, cfg, strlen(cfg), &err), 0);
+    expect_error(m, LLMOPT_EFORMAT, "must all be positive"); /* n_layer 0 */
+}
+
+/* ---- sampling ---- */
+
+static void greedy_picks_the_first_maximum(void **state) {
+    (void)state;
+    float logits[5] = {0.1f, 2.0f, -1.0f, 2.0f, 0.5f};
+    gen_params p = {.greedy = 1};
+    uint64_t rng = 1;
+    assert_int_equal(gen_pick(logits, 5, &p, NULL, 0, &rng), 1);
+}
+
+static void repetition_penalty_divides_positive_and_multiplies_negative(void **state) {
+    (void)state;
+    float logits[3] = {2.0f, -1.0f, 1.5f};
+    int32_t hist[3] = {0, 1, 0};
+    gen_params p = {.greedy = 1, .repetition_penalty = 2.0f};
+    uint64_t rng = 1;
+    /* 2.0/2 = 1.0 < 1.5: token 2 wins; token 1 becomes -2 */
+    assert_int_equal(gen_pick(logits, 3, &p, hist, 3, &rng), 2);
+    assert_true(logits[0] == 1.0f && logits[1] == -2.0f && logits[2] == 1.5f);
+}
+
+static void top_k_1_and_tiny_top_p_sample_the_argmax(void **state) {
+    (void)state;
+    gen_params k1 = {.temperature = 1.0f, .top_k = 1, .top_p = 1.0f, .repetition_penalty = 1.0f};
+    gen_params p0 = {.temperature = 1.0f, .top_k = 0, .top_p = 0.01f, .repetition_penalty = 1.0f};
+    uint64_t rng = 42;
+    for (int i = 0; i < 50; i++) {
+        float a[4] = {0.0f, 0.3f, 0.2f, 0.1f}, b[4] = {0.0f, 0.3f, 0.2f, 0.1f};
+        assert_int_equal(gen_pick(a, 4, &k1, NULL, 0, &rng), 1);
+        assert_int_equal(gen_pick(b, 4, &p0, NULL, 0, &rng), 1);
+    }
+}
+
+static void sampling_is_deterministic_per_seed_and_follows_probabilities(void **state) {
+    (void)state;
+    gen_params p = {.temperature = 1.0f, .top_k = 0, .top_p = 1.0f, .repetition_penalty = 1.0f};
+    uint64_t r1 = 7, r2 = 7;
+    int counts[2] = {0, 0};
+    for (int i = 0; i < 4000; i++) {
+        float a[2] = {0.0f, 1.0986123f}, b[2] = {0.0f, 1.0986123f}; /* p = 1/4, 3/4 */
+        int32_t x = gen_pick(a, 2, &p, NULL, 0, &r1);
+        assert_int_equal(x, gen_pick(b, 2, &p, NULL, 0, &r2));
+        counts[x]++;
+    }
+    assert_in_range(counts[1], 2800, 3200);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(llama_config_is_read_with_defaults),
+        cmocka_unit_test(kv_heads_that_do_not_divide_heads_are_refused),
+        cmocka_unit_test(unknown_model_type_is_refused),
+        cmocka_unit_test(missing_field_is_named),
+        cmocka_unit_test(tensor_shape_disagreeing_with_config_is_named),
+        cmocka_unit_test(missing_tensor_is_named),
+        cmocka_unit_test(tied_llama_needs_no_lm_head),
+        cmocka_unit_test(rope_scaling_linear_is_read_and_others_refused),
+        cmocka_unit_test(gpt2_config_defaults_mlp_to_four_times_width),
+        cmocka_unit_test(greedy_picks_the_first_maximum),
+        cmocka_unit_test(repetition_penalty_divides_positive_and_multiplies_negative),
+        cmocka_unit_test(top_k_1_and_tiny_top_p_sample_the_argmax),
+        cmocka_unit_test(sampling_is_deterministic_per_seed_and_follows_probabilities),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
