@@ -9,6 +9,37 @@
 
 #include "../util/fs.h"
 
+/* A JSON string of arbitrary bytes: invalid UTF-8 (a completion cut mid-character) becomes
+ * U+FFFD, so report.json stays valid JSON. */
+static json_t *json_string_lossy(const char *s) {
+    json_t *j = json_string(s);
+    if (j) return j;
+    size_t n = strlen(s), k = 0;
+    char *out = malloc(3 * n + 1);
+    if (!out) return json_string("");
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = len > 0 && i + len <= n;
+        for (size_t j = 1; ok && j < len; j++) ok = ((unsigned char)s[i + j] & 0xC0) == 0x80;
+        if (ok && len > 1) { /* let jansson judge overlong forms and surrogates */
+            json_t *probe = json_stringn(s + i, len);
+            ok = probe != NULL;
+            json_decref(probe);
+        }
+        if (ok) {
+            memcpy(out + k, s + i, len);
+            k += len, i += len;
+        } else {
+            memcpy(out + k, "\xef\xbf\xbd", 3);
+            k += 3, i++;
+        }
+    }
+    j = json_stringn(out, k);
+    free(out);
+    return j ? j : json_string("");
+}
+
 static json_t *param_json(const param_value *v) {
     switch (v->desc->type) {
     case LLMOPT_PARAM_BOOL: return json_boolean(v->b);
@@ -62,7 +93,8 @@ static json_t *stage_json(const pipeline *p, const llmopt_stage_ctx *c) {
     if (c->n_texts) {
         json_t *texts = json_array();
         for (size_t i = 0; i < c->n_texts; i++)
-            json_array_append_new(texts, json_pack("{s:s, s:s}", "name", c->texts[2 * i], "text", c->texts[2 * i + 1]));
+            json_array_append_new(texts, json_pack("{s:o, s:o}", "name", json_string_lossy(c->texts[2 * i]), "text",
+                                                   json_string_lossy(c->texts[2 * i + 1])));
         json_object_set_new(o, "texts", texts);
     }
     return o;
