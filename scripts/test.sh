@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's second command: install what is missing, then build and run the whole suite
 # twice: warnings as errors, then under AddressSanitizer + UndefinedBehaviorSanitizer; then the
-# interop tests (tests/interop: our outputs against transformers/tokenizers in a pinned venv).
+# interop tests (tests/interop: our outputs against transformers/tokenizers in a pinned venv);
+# then 15 s of each libFuzzer target (scripts/fuzz.sh, clang).
 set -eu
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -17,4 +18,6 @@ for cfg in "build-test:-DLLMOPT_WERROR=ON" "build-asan:-DLLMOPT_WERROR=ON -DLLMO
 done
 echo "== interop (tests/interop, against build-test)"
 tests/interop/run.sh build-test || status=1
+echo "== fuzz (tests/fuzz, 15 s per target)"
+scripts/fuzz.sh 15 || status=1
 exit $status

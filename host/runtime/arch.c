@@ -120,9 +120,12 @@ static int expect(const arch_config *c, const llmopt_model *m, int layer, const 
         return error_set(err, LLMOPT_EFORMAT, "tensor '%s' has shape %s, the config implies [%lld%s%lld]", name, got,
                          (long long)d0, d1 ? ", " : "", d1 ? (long long)d1 : 0LL);
     }
-    if (t->dtype != LLMOPT_DTYPE_F32 && t->dtype != LLMOPT_DTYPE_F16 && t->dtype != LLMOPT_DTYPE_BF16)
-        return error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s' has dtype %s; the runtime runs f32, f16 and bf16",
-                         name, rt_dtype_traits(t->dtype) ? rt_dtype_traits(t->dtype)->name : "?");
+    const llmopt_dtype_traits *tr = rt_dtype_traits(t->dtype);
+    /* weights may be of any known type (quantized ones need a kernel for it); vectors stay float */
+    int is_float = t->dtype == LLMOPT_DTYPE_F32 || t->dtype == LLMOPT_DTYPE_F16 || t->dtype == LLMOPT_DTYPE_BF16;
+    if (!tr || (!is_float && (ndim == 1 || !tr->is_quantized)))
+        return error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s' has dtype %s, which the runtime does not run there",
+                         name, tr ? tr->name : "?");
     return 0;
 }
 

@@ -21,6 +21,10 @@ static const rt_dtype_entry dtype_table[LLMOPT_DTYPE_COUNT] = {
     [LLMOPT_DTYPE_U8] = PLAIN("u8", 1, "U8"),
     [LLMOPT_DTYPE_I32] = PLAIN("i32", 4, "I32"),
     [LLMOPT_DTYPE_I64] = PLAIN("i64", 8, "I64"),
+    /* ggml blocks of 32: f16 scale (+ f16 min) and the codes; no safetensors spelling */
+    [LLMOPT_DTYPE_Q8_0] = {{sizeof(llmopt_dtype_traits), "q8_0", 32, 2 + 32, 1}, NULL},
+    [LLMOPT_DTYPE_Q4_0] = {{sizeof(llmopt_dtype_traits), "q4_0", 32, 2 + 16, 1}, NULL},
+    [LLMOPT_DTYPE_Q4_1] = {{sizeof(llmopt_dtype_traits), "q4_1", 32, 2 + 2 + 16, 1}, NULL},
 };
 
 const llmopt_dtype_traits *rt_dtype_traits(int dtype) {

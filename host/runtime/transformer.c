@@ -18,8 +18,17 @@ typedef struct tf_layer {
     const llmopt_tensor *up_w, *up_b, *gate_w, *gate_b, *down_w, *down_b;
 } tf_layer;
 
+/* Weight kernels by dtype: a model holds only a few weight dtypes, but dtype values are sparse
+ * (group-quantized types encode their parameters), so a short list, not an array by value. */
+#define TF_MAX_WEIGHT_DTYPES 8
+typedef struct tf_weight_kernels {
+    int dtype;
+    llmopt_kernel_fn matmul, embedding;
+} tf_weight_kernels;
+
 typedef struct tf_kernels {
-    llmopt_kernel_fn matmul[LLMOPT_DTYPE_COUNT], embedding[LLMOPT_DTYPE_COUNT];
+    tf_weight_kernels w[TF_MAX_WEIGHT_DTYPES];
+    int n_w;
     llmopt_kernel_fn norm, rope, attention, act, swiglu, add;
 } tf_kernels;
 
@@ -54,8 +63,21 @@ static llmopt_kernel_fn find(const char *op, int device, int dtype, llmopt_error
     return k->fn;
 }
 
+static tf_weight_kernels *weight_kernels(const tf_model *tm, int dtype) {
+    for (int i = 0; i < tm->k.n_w; i++)
+        if (tm->k.w[i].dtype == dtype) return (tf_weight_kernels *)&tm->k.w[i];
+    return NULL;
+}
+
 static int need_weight_kernels(tf_model *tm, const llmopt_tensor *w, int embedding, llmopt_error *err) {
-    llmopt_kernel_fn *slot = embedding ? &tm->k.embedding[w->dtype] : &tm->k.matmul[w->dtype];
+    tf_weight_kernels *wk = weight_kernels(tm, w->dtype);
+    if (!wk) {
+        if (tm->k.n_w == TF_MAX_WEIGHT_DTYPES)
+            return error_set(err, LLMOPT_EUNSUPPORTED, "the model mixes more than %d weight dtypes", TF_MAX_WEIGHT_DTYPES);
+        wk = &tm->k.w[tm->k.n_w++];
+        wk->dtype = w->dtype;
+    }
+    llmopt_kernel_fn *slot = embedding ? &wk->embedding : &wk->matmul;
     if (*slot) return 0;
     *slot = find(embedding ? LLMOPT_OP_EMBEDDING : LLMOPT_OP_MATMUL, tm->device, w->dtype, err);
     return *slot ? 0 : err->status;
@@ -252,7 +274,7 @@ static int matmul(const tf_model *tm, const float *x, int M, const llmopt_tensor
     llmopt_tensor tx = view(x, F32, 2, M, K, 1), to = view(out, F32, 2, M, N, 1);
     const llmopt_tensor *in[3] = {&tx, w, b};
     llmopt_op_matmul p = {sizeof p, layout, accumulate};
-    return run(tm->k.matmul[w->dtype], LLMOPT_OP_MATMUL, in, b ? 3 : 2, &to, &p, err);
+    return run(weight_kernels(tm, w->dtype)->matmul, LLMOPT_OP_MATMUL, in, b ? 3 : 2, &to, &p, err);
 }
 
 static int norm(const tf_model *tm, const float *x, int M, const llmopt_tensor *g, const llmopt_tensor *b,
@@ -268,7 +290,7 @@ static int embed(const tf_model *tm, const llmopt_tensor *table, const int32_t *
                  llmopt_error *err) {
     llmopt_tensor ti = view(ids, LLMOPT_DTYPE_I32, 1, T, 1, 1), to = view(out, F32, 2, T, table->shape[1], 1);
     const llmopt_tensor *in[2] = {table, &ti};
-    return run(tm->k.embedding[table->dtype], LLMOPT_OP_EMBEDDING, in, 2, &to, NULL, err);
+    return run(weight_kernels(tm, table->dtype)->embedding, LLMOPT_OP_EMBEDDING, in, 2, &to, NULL, err);
 }
 
 static int add(const tf_model *tm, float *a, const float *b, int64_t n, llmopt_error *err) {

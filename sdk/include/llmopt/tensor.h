@@ -19,9 +19,30 @@ typedef enum llmopt_dtype {
     LLMOPT_DTYPE_U8 = 4,
     LLMOPT_DTYPE_I32 = 5,
     LLMOPT_DTYPE_I64 = 6,
-    LLMOPT_DTYPE_COUNT, /**< number of types this SDK knows; not a type */
+    /* GGML block layouts, bit-exact with ggml's definitions (block of 32 weights of a row):
+     * Q8_0: f16 d, 32 x int8 q; w = d*q.   Q4_0: f16 d, 16 bytes of nibbles; w = d*(q-8).
+     * Q4_1: f16 d, f16 m, 16 bytes of nibbles; w = d*q + m. Nibble order as ggml: byte j holds
+     * element j (low nibble) and element j+16 (high nibble). */
+    LLMOPT_DTYPE_Q8_0 = 7,
+    LLMOPT_DTYPE_Q4_0 = 8,
+    LLMOPT_DTYPE_Q4_1 = 9,
+    LLMOPT_DTYPE_COUNT, /**< number of fixed types this SDK knows; not a type */
     LLMOPT_DTYPE_ANY = -1 /**< wildcard in kernel keys */
 } llmopt_dtype;
+
+/** Group-quantized types (GPTQ/AWQ/RTN style), any group size: each run of `group` consecutive
+ *  weights of a row is one block holding an f16 scale, for asym also an f16 zero point, then the
+ *  group's `bits`-bit codes packed little-endian (code i at bit i*bits of the block's code
+ *  bytes). sym: w = scale * (q - 2^(bits-1)); asym: w = scale * (q - zero). bits: 2, 3, 4, 8;
+ *  group * bits must be a multiple of 8. int8 per output channel is GQ(8, row length, 0).
+ *  The traits (block size, bytes) of these dtypes come from llmopt_host_api.dtype_traits. */
+#define LLMOPT_DTYPE_GQ_FLAG 0x40000000
+#define LLMOPT_DTYPE_GQ(bits, group, asym) \
+    (LLMOPT_DTYPE_GQ_FLAG | ((bits) << 24) | ((asym) << 23) | (group))
+#define LLMOPT_DTYPE_IS_GQ(dt) (((dt) & LLMOPT_DTYPE_GQ_FLAG) != 0 && (dt) > 0)
+#define LLMOPT_DTYPE_GQ_BITS(dt) (((dt) >> 24) & 0x3f)
+#define LLMOPT_DTYPE_GQ_ASYM(dt) (((dt) >> 23) & 1)
+#define LLMOPT_DTYPE_GQ_GROUP(dt) ((dt) & 0x7fffff)
 
 /** Where a tensor's bytes live. */
 typedef enum llmopt_device {
