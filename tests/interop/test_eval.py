@@ -274,15 +274,40 @@ def test_generate_command_matches_transformers(host, models_with_tokenizer, name
     got = host.run(*common).stdout.decode("utf-8", errors="replace")
     assert got == want_text, f"llmopt printed {got!r}\ntransformers printed {want_text!r}"
 
-    # --stop: a 4-character piece of the continuation (ASCII, not in the prompt, found first
-    # where it was taken) ends the output just before it.
-    cont = want_text[len(prompt):].rstrip("\n")
-    stop = next(cont[i:i + 4] for i in range(len(cont) // 3, len(cont) - 4)
-                if cont[i:i + 4].isascii() and cont[i:i + 4].strip() == cont[i:i + 4]
-                and cont.find(cont[i:i + 4]) == i and cont[i:i + 4] not in prompt)
-    want_stopped = want_text[:len(prompt) + cont.index(stop)] + "\n"
-    got = host.run(*common, "--stop", stop).stdout.decode("utf-8", errors="replace")
-    assert got == want_stopped, f"--stop {stop!r}: llmopt printed {got!r}, want {want_stopped!r}"
+
+def stop_string(tok, new_ids, prompt, kind):
+    """A 4-character piece of the greedy continuation to stop at: starting where a token starts
+    ("token_start") or 2 characters before ("mid_token": it begins inside a token and ends in
+    the next); printable ASCII, not in the prompt, and found first where it was taken."""
+    cont = hf_decode(tok, new_ids)
+    bounds = [len(hf_decode(tok, new_ids[:k])) for k in range(2, len(new_ids))]
+    for b in bounds:
+        i = b if kind == "token_start" else b - 2
+        piece = cont[i:i + 4]
+        if (len(piece) == 4 and piece.isascii() and piece.isprintable() and piece.strip() == piece
+                and cont.find(piece) == i and piece not in prompt):
+            return piece
+    pytest.fail(f"no {kind} stop string in {cont!r}")
+
+
+@pytest.mark.parametrize("kind", ["token_start", "mid_token"])
+@pytest.mark.parametrize("prompt", PROMPTS, ids=["genesis", "moses"])
+@pytest.mark.parametrize("name", TOK_MODELS)
+def test_generate_command_stops_before_the_stop_string(host, models_with_tokenizer, name, prompt,
+                                                       kind):
+    host.require_command("generate")
+    model_dir = models_with_tokenizer[name]
+    tok = hf_tokenizer(model_dir)
+    new_ids = hf_greedy(load_reference_model(model_dir), tok(prompt).input_ids)
+    stop = stop_string(tok, new_ids, prompt, kind)
+
+    common = ["generate", model_dir, "-p", prompt, "--greedy", "--max-tokens", GEN_TOKENS]
+    full = host.run(*common).stdout
+    at = full.find(stop.encode(), len(prompt.encode()))
+    assert full.startswith(prompt.encode()) and at > 0, f"{stop!r} not in the output {full!r}"
+    want = full[:at] + b"\n"
+    got = host.run(*common, "--stop", stop).stdout
+    assert got == want, f"--stop {stop!r}: llmopt printed {got!r}, want {want!r}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <stdio.h>
+#include "testutil.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -16,19 +18,7 @@
 
 /* ---- helpers ---- */
 
-static char *make_tmpdir(void) {
-    char tmpl[] = "/tmp/llmopt-test-safetensors-XXXXXX";
-    char *d = mkdtemp(tmpl);
-    assert_non_null(d);
-    char *out = malloc(strlen(d) + 1);
-    strcpy(out, d);
-    return out;
-}
-
-static void remove_dir(char *dir) {
-    fs_rmtree(dir);
-    free(dir);
-}
+static char *make_tmpdir(void) { return make_test_dir("safetensors"); }
 
 static void write_file(const char *dir, const char *name, const void *p, size_t n) {
     char *path = fs_join(dir, name);

@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <stdio.h>
+#include "testutil.h"
 
 #include <jansson.h>
 #include <stdint.h>
@@ -18,19 +20,7 @@
 
 /* ---- helpers ---- */
 
-static char *make_tmpdir(void) {
-    char tmpl[] = "/tmp/llmopt-test-tokenizer-XXXXXX";
-    char *d = mkdtemp(tmpl);
-    assert_non_null(d);
-    char *out = malloc(strlen(d) + 1);
-    strcpy(out, d);
-    return out;
-}
-
-static void remove_dir(char *dir) {
-    fs_rmtree(dir);
-    free(dir);
-}
+static char *make_tmpdir(void) { return make_test_dir("tokenizer"); }
 
 static void write_text(const char *dir, const char *name, const char *text) {
     char *path = fs_join(dir, name);
