@@ -16,8 +16,8 @@
                          the steps only, best of --repeats
   generate_s, generate_prefill_s   model.generate(prompt, greedy, exactly --decode new tokens)
                          and the prompt's prefill alone, for a decode rate that excludes it
-The token ids are the same xorshift sequence llmopt's eval.speed uses (seed 0), so both run the
-very same tokens.
+The token ids are a fixed xorshift sequence like the one llmopt's eval.speed draws (which seeds
+it from the stage); the ids do not change the work done.
 """
 import argparse
 import os
@@ -96,7 +96,8 @@ def cmd_speed(a):
     print(f"torch_version={torch.__version__}")
     print(f"transformers_version={transformers.__version__}")
     print(f"torch_threads={torch.get_num_threads()}")
-    print(f"cpu_capability={getattr(torch.backends.cpu, 'get_cpu_capability', lambda: 'n/a')()}")
+    cpu = getattr(torch.backends, "cpu", None)
+    print(f"cpu_capability={cpu.get_cpu_capability() if cpu else 'n/a'}")
     print(f"attn_implementation={getattr(model.config, '_attn_implementation', 'n/a')}")
     sys.stdout.flush()
 

@@ -23,7 +23,7 @@ cmake --build "$dir" --target fuzz -j"$(nproc)" >/dev/null
 status=0
 for t in $targets; do
     work=$dir/corpus/$t crashes=$dir/crashes/$t log=$dir/$t.log
-    rm -rf "$work"
+    rm -rf "$work" "$crashes"
     mkdir -p "$work" "$crashes"
     cp tests/fuzz/corpus/$t/* "$work"/
     dict=""

@@ -8,6 +8,7 @@
 #include "../runtime/runtime.h"
 #include "../runtime/tokenizer.h"
 #include "../runtime/transformer.h"
+#include "../runtime/unicode.h"
 #include "../util/fs.h"
 
 struct llmopt_session {
@@ -61,7 +62,17 @@ static int api_detokenize(llmopt_stage_ctx *ctx, const llmopt_model *m, const in
                           int skip_special, char **text, size_t *len) {
     llmopt_error err = {0};
     const tok_tokenizer *t = rt_model_tokenizer(m, &err);
-    if (!t || tok_decode(t, ids, n, skip_special, text, len, &err) != 0) return fail(ctx, &err);
+    char *raw = NULL;
+    size_t raw_len = 0;
+    if (!t || tok_decode(t, ids, n, skip_special, &raw, &raw_len, &err) != 0) return fail(ctx, &err);
+    /* plugins get text: ill-formed bytes (a character cut between tokens) become U+FFFD, as
+     * transformers' decode gives */
+    *text = uni_sanitize(raw, raw_len, len);
+    free(raw);
+    if (!*text) {
+        error_set(&err, LLMOPT_ENOMEM, "out of memory");
+        return fail(ctx, &err);
+    }
     return 0;
 }
 
@@ -140,42 +151,6 @@ static int api_generate(llmopt_stage_ctx *ctx, llmopt_session *s, const int32_t 
     if (p->stop_at_eos) g.eos = rt_model_eos(tf_model_source(s->tm));
     llmopt_error err = {0};
     return gen_run(s->s, prompt, n_prompt, &g, NULL, NULL, out, n_out, &err) ? fail(ctx, &err) : 0;
-}
-
-/* One bound of a split: "90%" of n lines, or a line number; -1 when malformed. */
-static long split_bound(const char *s, size_t len, long n) {
-    if (len == 0) return -1;
-    char buf[32];
-    if (len >= sizeof buf) return -1;
-    memcpy(buf, s, len);
-    buf[len] = '\0';
-    char *end;
-    double v = strtod(buf, &end);
-    if (end == buf || v < 0) return -1;
-    if (*end == '%' && end[1] == '\0') return v > 100 ? -1 : (long)(v / 100.0 * (double)n);
-    if (*end != '\0' || v != (double)(long)v) return -1;
-    return (long)v > n ? n : (long)v;
-}
-
-int rt_text_split(const char *text, size_t len, const char *split, size_t *begin, size_t *end, llmopt_error *err) {
-    *begin = 0, *end = len;
-    if (!split || !*split) return 0;
-    const char *colon = strchr(split, ':');
-    if (!colon) return error_set(err, LLMOPT_EINVAL, "split '%s' should be FROM:TO (e.g. \"0:90%%\", \"90%%:100%%\")", split);
-    long lines = 0;
-    for (size_t i = 0; i < len; i++) lines += text[i] == '\n';
-    if (len && text[len - 1] != '\n') lines++;
-    long a = split_bound(split, (size_t)(colon - split), lines), b = split_bound(colon + 1, strlen(colon + 1), lines);
-    if (a < 0 || b < 0 || a > b)
-        return error_set(err, LLMOPT_EINVAL, "split '%s' should be FROM:TO with FROM <= TO, as percentages or line numbers", split);
-    /* byte offsets of line a and line b */
-    long line = 0;
-    size_t pos = 0;
-    for (; pos < len && line < a; pos++) line += text[pos] == '\n';
-    *begin = pos;
-    for (; pos < len && line < b; pos++) line += text[pos] == '\n';
-    *end = pos;
-    return 0;
 }
 
 static int api_data_read(llmopt_stage_ctx *ctx, const char *entry, char **text, size_t *len) {

@@ -4,6 +4,7 @@
 #define HOST_API_RUNTIME_API_H
 
 #include <llmopt/llmopt.h>
+#include "../runtime/data.h"
 #include "../runtime/tokenizer.h"
 #include "../sched/stage_ctx.h"
 
@@ -14,7 +15,5 @@ void runtime_api_fill(llmopt_host_api *api);
 const tok_tokenizer *rt_model_tokenizer(const llmopt_model *m, llmopt_error *err);
 /* The end-of-sequence id: the tokenizer's, else config.json's eos_token_id; -1 if none. */
 int32_t rt_model_eos(const llmopt_model *m);
-/* Byte range [begin, end) of the lines a split ("0:90%", "90%:100%", "0:1000") selects. */
-int rt_text_split(const char *text, size_t len, const char *split, size_t *begin, size_t *end, llmopt_error *err);
 
 #endif

@@ -126,9 +126,13 @@ typedef struct stream {
     const tok_tokenizer *tok;
     const char *const *stop;
     size_t n_stop;
-    size_t printed;      /* bytes of decoded text already printed */
+    const int32_t *prompt;   /* the prompt's ids: the continuation is decoded after them, so */
+    size_t n_prompt;         /* tokenizers that strip a leading space keep the joining space */
+    size_t prompt_text;      /* bytes of the decoded prompt alone */
+    int32_t *buf;            /* prompt + generated ids */
+    size_t printed;          /* bytes of the continuation already printed */
     int print_text;
-    int final;           /* print everything, even a trailing partial UTF-8 sequence */
+    int final;               /* print everything held back */
 } stream;
 
 /* Length of the longest prefix of s[0..len) that does not end inside a UTF-8 sequence. */
@@ -141,32 +145,62 @@ static size_t utf8_whole(const char *s, size_t len) {
     return back + 1 < need ? i - 1 : len;
 }
 
-/* Prints the newly decoded text and stops at a stop string (which is not printed). */
+/* Where a stop string might be starting at the end of text: the start of the longest suffix
+ * of text[0..len) that is a proper prefix of a stop string, else len. */
+static size_t stop_prefix_start(const stream *st, const char *text, size_t len) {
+    size_t start = len;
+    for (size_t i = 0; i < st->n_stop; i++) {
+        size_t sl = strlen(st->stop[i]);
+        if (sl == 0) continue;
+        for (size_t k = sl > len ? len : sl - 1; k > 0; k--)
+            if (memcmp(text + len - k, st->stop[i], k) == 0) {
+                if (len - k < start) start = len - k;
+                break;
+            }
+    }
+    return start;
+}
+
+/* Prints the newly decoded continuation; stops at a stop string (which is not printed). */
 static int on_token(void *arg, const int32_t *ids, size_t n) {
     stream *st = arg;
     if (!st->tok) return 0;
-    char *text = NULL;
+    memcpy(st->buf + st->n_prompt, ids, n * sizeof *ids);
+    char *full = NULL;
     size_t len = 0;
     llmopt_error err = {0};
-    if (tok_decode(st->tok, ids, n, 1, &text, &len, &err) != 0) return 0;
+    if (tok_decode(st->tok, st->buf, st->n_prompt + n, 1, &full, &len, &err) != 0) return 0;
+    size_t skip = st->prompt_text < len ? st->prompt_text : len;
+    const char *text = full + skip;
+    size_t tlen = len - skip, upto = tlen;
     int stop = 0;
-    size_t upto = len;
     for (size_t i = 0; i < st->n_stop; i++) {
-        char *hit = strstr(text, st->stop[i]);
-        if (hit) {
-            stop = 1;
-            if ((size_t)(hit - text) < upto) upto = (size_t)(hit - text);
-        }
+        const char *hit = strstr(text, st->stop[i]);
+        if (hit && (size_t)(hit - text) < upto) upto = (size_t)(hit - text), stop = 1;
     }
-    /* hold back an incomplete UTF-8 sequence until the next token completes it */
-    if (!st->final) upto = utf8_whole(text, upto);
+    if (!stop && !st->final) upto = utf8_whole(text, stop_prefix_start(st, text, tlen));
     if (st->print_text && upto > st->printed) {
         fwrite(text + st->printed, 1, upto - st->printed, stdout);
         fflush(stdout);
         st->printed = upto;
     }
-    free(text);
+    free(full);
     return stop;
+}
+
+/* Decoded length of the prompt alone, where the continuation's text begins. */
+static void stream_begin(stream *st, size_t max_tokens) {
+    st->buf = malloc((st->n_prompt + max_tokens + 1) * sizeof *st->buf);
+    if (!st->buf) {
+        st->tok = NULL; /* no streaming; the ids are still generated */
+        return;
+    }
+    memcpy(st->buf, st->prompt, st->n_prompt * sizeof *st->prompt);
+    char *text = NULL;
+    size_t len = 0;
+    llmopt_error err = {0};
+    if (tok_decode(st->tok, st->prompt, st->n_prompt, 1, &text, &len, &err) == 0) st->prompt_text = len;
+    free(text);
 }
 
 int cmd_generate(const cli_opts *o) {
@@ -237,7 +271,8 @@ int cmd_generate(const cli_opts *o) {
         fprintf(stderr, "llmopt-host: %s\n", err.msg);
         rc = EXIT_CONFIG;
     }
-    stream st = {.tok = tok, .stop = stops, .n_stop = n_stop, .print_text = !print_ids};
+    stream st = {.tok = tok, .stop = stops, .n_stop = n_stop, .print_text = !print_ids, .prompt = ids, .n_prompt = n};
+    if (!rc && tok) stream_begin(&st, (size_t)p.max_tokens);
     if (!rc && prompt && !print_ids) fputs(prompt, stdout);
     if (!rc && gen_run(s, ids, n, &p, on_token, &st, &gen, &n_gen, &err) != 0) {
         fprintf(stderr, "llmopt-host: generate: %s\n", err.msg);
@@ -256,6 +291,7 @@ int cmd_generate(const cli_opts *o) {
         }
         printf("\n");
     }
+    free(st.buf);
     free(tok_path);
     free(gen);
     free(ids);

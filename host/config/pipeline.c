@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../dag/dag.h"
+#include "../runtime/data.h"
 #include "../util/strutil.h"
 
 static const char *const TOP_KEYS[] = {"name", "model", "device", "seed",
@@ -545,6 +546,9 @@ static int build_data_entry(pipeline_data *d, const char *name, const cfg_node *
     if (!path) return cfg_error(err, v, LLMOPT_EINVAL, "%s: missing required key 'path'", ctx);
     rc = get_string(path, ctx, &d->path, err);
     if (rc == 0 && split) rc = get_string(split, ctx, &d->split, err);
+    llmopt_error why = {0};
+    if (rc == 0 && d->split && rt_split_check(d->split, &why) != 0)
+        return cfg_error(err, split, LLMOPT_EINVAL, "%s: %s", ctx, why.msg);
     return rc;
 }
 

@@ -7,36 +7,16 @@
 #include <string.h>
 #include <time.h>
 
+#include "../runtime/unicode.h"
 #include "../util/fs.h"
 
-/* A JSON string of arbitrary bytes: invalid UTF-8 (a completion cut mid-character) becomes
- * U+FFFD, so report.json stays valid JSON. */
+/* A JSON string of arbitrary bytes: ill-formed UTF-8 becomes U+FFFD, so report.json stays
+ * valid JSON. */
 static json_t *json_string_lossy(const char *s) {
-    json_t *j = json_string(s);
-    if (j) return j;
-    size_t n = strlen(s), k = 0;
-    char *out = malloc(3 * n + 1);
-    if (!out) return json_string("");
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = len > 0 && i + len <= n;
-        for (size_t j = 1; ok && j < len; j++) ok = ((unsigned char)s[i + j] & 0xC0) == 0x80;
-        if (ok && len > 1) { /* let jansson judge overlong forms and surrogates */
-            json_t *probe = json_stringn(s + i, len);
-            ok = probe != NULL;
-            json_decref(probe);
-        }
-        if (ok) {
-            memcpy(out + k, s + i, len);
-            k += len, i += len;
-        } else {
-            memcpy(out + k, "\xef\xbf\xbd", 3);
-            k += 3, i++;
-        }
-    }
-    j = json_stringn(out, k);
-    free(out);
+    size_t n = 0;
+    char *clean = uni_sanitize(s, strlen(s), &n);
+    json_t *j = clean ? json_stringn(clean, n) : NULL;
+    free(clean);
     return j ? j : json_string("");
 }
 

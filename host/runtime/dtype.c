@@ -2,6 +2,10 @@
  * place (as ggml's type_traits), plus overflow-checked byte counts for a shape. */
 #include "runtime.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The SDK traits plus the host-only facts about each type (its safetensors spelling). */
@@ -27,7 +31,74 @@ static const rt_dtype_entry dtype_table[LLMOPT_DTYPE_COUNT] = {
     [LLMOPT_DTYPE_Q4_1] = {{sizeof(llmopt_dtype_traits), "q4_1", 32, 2 + 2 + 16, 1}, NULL},
 };
 
+/* ---- group-quantized dtypes: LLMOPT_DTYPE_GQ(bits, group, asym) ----
+ * A block is one group: f16 scale, (asym) f16 zero, then group*bits/8 bytes of codes. Their
+ * traits are made on first request and kept for the life of the process in a fixed table, so
+ * the pointer handed out stays valid; readers scan the published prefix without a lock and only
+ * a new entry takes the mutex. A program that asks for more than GQ_CACHE distinct GQ types gets
+ * NULL for the extra ones (a model uses a handful). */
+#define GQ_CACHE 256
+
+typedef struct gq_entry {
+    int dtype;
+    char name[24];   /* "gq4g128s": bits, group, s(ym)/a(sym) */
+    llmopt_dtype_traits t;
+} gq_entry;
+
+static gq_entry gq_table[GQ_CACHE];
+static atomic_int gq_count;  /* entries [0, gq_count) are complete */
+static pthread_mutex_t gq_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int gq_valid(int bits, int64_t group, int asym) {
+    return (bits == 2 || bits == 3 || bits == 4 || bits == 8) && group >= 1 &&
+           group <= LLMOPT_DTYPE_GQ_GROUP(0x7fffffff) && (group * bits) % 8 == 0 && (asym == 0 || asym == 1);
+}
+
+static const llmopt_dtype_traits *gq_find(int dtype, int n) {
+    for (int i = 0; i < n; i++)
+        if (gq_table[i].dtype == dtype) return &gq_table[i].t;
+    return NULL;
+}
+
+static const llmopt_dtype_traits *gq_traits(int dtype) {
+    int bits = LLMOPT_DTYPE_GQ_BITS(dtype), asym = LLMOPT_DTYPE_GQ_ASYM(dtype);
+    int64_t group = LLMOPT_DTYPE_GQ_GROUP(dtype);
+    /* every bit outside the fields must be clear, so one type has one value */
+    if (!gq_valid(bits, group, asym) || dtype != LLMOPT_DTYPE_GQ(bits, (int)group, asym)) return NULL;
+    const llmopt_dtype_traits *t = gq_find(dtype, atomic_load_explicit(&gq_count, memory_order_acquire));
+    if (t) return t;
+    pthread_mutex_lock(&gq_lock);
+    int n = atomic_load_explicit(&gq_count, memory_order_relaxed);
+    if (!(t = gq_find(dtype, n)) && n < GQ_CACHE) {
+        gq_entry *e = &gq_table[n];
+        e->dtype = dtype;
+        snprintf(e->name, sizeof e->name, "gq%dg%lld%c", bits, (long long)group, asym ? 'a' : 's');
+        e->t = (llmopt_dtype_traits){sizeof(llmopt_dtype_traits), e->name, group,
+                                     (size_t)(asym ? 4 : 2) + (size_t)(group * bits / 8), 1};
+        atomic_store_explicit(&gq_count, n + 1, memory_order_release);
+        t = &e->t;
+    }
+    pthread_mutex_unlock(&gq_lock);
+    return t;
+}
+
+/* "gq<bits>g<group><s|a>" -> LLMOPT_DTYPE_GQ, -1 when the spelling or the combination is bad. */
+static int gq_from_name(const char *name) {
+    if (strncmp(name, "gq", 2) != 0 || name[2] < '1' || name[2] > '9') return -1;
+    char *end;
+    long bits = strtol(name + 2, &end, 10);
+    if (end == name + 2 || *end != 'g' || bits < 0 || bits > 8) return -1;
+    const char *g = end + 1;
+    if (*g < '1' || *g > '9') return -1; /* no sign, no leading zero: one spelling per type */
+    long long group = strtoll(g, &end, 10);
+    if ((*end != 's' && *end != 'a') || end[1] != '\0') return -1;
+    int asym = *end == 'a';
+    if (!gq_valid((int)bits, group, asym)) return -1;
+    return LLMOPT_DTYPE_GQ((int)bits, (int)group, asym);
+}
+
 const llmopt_dtype_traits *rt_dtype_traits(int dtype) {
+    if (LLMOPT_DTYPE_IS_GQ(dtype)) return gq_traits(dtype);
     if (dtype < 0 || dtype >= LLMOPT_DTYPE_COUNT) return NULL;
     return &dtype_table[dtype].t;
 }
@@ -36,7 +107,7 @@ int rt_dtype_from_name(const char *name) {
     if (!name) return -1;
     for (int i = 0; i < LLMOPT_DTYPE_COUNT; i++)
         if (strcmp(dtype_table[i].t.name, name) == 0) return i;
-    return -1;
+    return gq_from_name(name);
 }
 
 const char *rt_dtype_safetensors_name(int dtype) {

@@ -2,6 +2,9 @@
  * the generated range tables (ASCII answered without a search). */
 #include "unicode.h"
 
+#include <stdlib.h>
+#include <string.h>
+
 static int in_ranges(const uni_range *r, size_t n, uint32_t cp) {
     size_t lo = 0, hi = n;
     while (lo < hi) {
@@ -91,4 +94,45 @@ int uni_valid(const unsigned char *s, size_t n) {
         i += l;
     }
     return 1;
+}
+
+/* Length of the well-formed prefix of a sequence starting at s[0] (its "maximal subpart"):
+ * the full length when the sequence is complete, else how many bytes could begin one. */
+static size_t subpart(const unsigned char *s, size_t n, size_t *full) {
+    unsigned c = s[0];
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) *full = 2;
+    else if (c >= 0xE0 && c <= 0xEF) *full = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+    else if (c >= 0xF0 && c <= 0xF4) *full = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+    else return *full = 1, 0;
+    size_t i = 1;
+    for (; i < *full && i < n; i++) {
+        unsigned b = s[i];
+        if (b < (i == 1 ? lo : 0x80) || b > (i == 1 ? hi : 0xBF)) break;
+    }
+    return i;
+}
+
+char *uni_sanitize(const char *str, size_t n, size_t *out_len) {
+    const unsigned char *s = (const unsigned char *)str;
+    char *out = malloc(3 * n + 1); /* each replaced byte grows to at most 3 */
+    if (!out) return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        if (s[i] < 0x80) {
+            out[k++] = (char)s[i++];
+            continue;
+        }
+        size_t full = 0, good = subpart(s + i, n - i, &full);
+        if (good == full) {
+            memcpy(out + k, s + i, full);
+            k += full, i += full;
+        } else {
+            memcpy(out + k, "\xEF\xBF\xBD", 3);
+            k += 3, i += good ? good : 1;
+        }
+    }
+    out[k] = '\0';
+    if (out_len) *out_len = k;
+    return out;
 }

@@ -28,6 +28,10 @@ int uni_is_space(uint32_t cp);
 size_t uni_decode(const unsigned char *s, size_t n, uint32_t *cp);
 /* Writes cp as UTF-8 into out (4 bytes room); returns the length. */
 size_t uni_encode(uint32_t cp, char *out);
+/* A malloc'd, NUL-terminated copy of s[0..n) in which every ill-formed sequence is replaced by
+ * U+FFFD, one per maximal subpart (what Python's bytes.decode(errors="replace") and so
+ * transformers' decode give). *out_len gets its length. NULL when out of memory. */
+char *uni_sanitize(const char *s, size_t n, size_t *out_len);
 /* 1 if s[0..n) is well-formed UTF-8. */
 int uni_valid(const unsigned char *s, size_t n);
 

@@ -85,4 +85,51 @@ int cpu_add(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const 
 int cpu_softmax(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_cross_entropy(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 
+/* ---- quantized weights (quant_rows.c, quant_kernels.c, quant_avx2.c, quant_avx512.c) ----
+ * Every quantized row is read as unsigned codes u (one byte each) plus, per run of 32 weights
+ * (a "sub-block": a ggml block, or 32 weights of a GQ group), a scale s and an offset m with
+ * w = s*u + m. Decode quantizes x to int8 per 32 (as ggml's Q8 activations, dx = amax/127) and
+ * sums s*dx*sum(u*xq) + m*dx*sum(xq) per sub-block. GQ groups that are not a multiple of 32
+ * take a float path (dequantized row + SIMD dot). */
+#define CPU_QK 32
+
+typedef struct cpu_qsimd {
+    const char *name;   /* "generic", "avx2", "avx512vnni" */
+    /* sum_b c[b] * sum_{j<32} u[32b+j] * xq[32b+j]; codes up to 255 (the int path never
+     * saturates), xq in [-127, 127] */
+    float (*dot_u8s8)(const uint8_t *u, const int8_t *xq, const float *c, int64_t nblk);
+    /* dst[32b+j] = s[b] * u[32b+j] + m[b] */
+    void (*codes_to_f32)(float *dst, const uint8_t *u, const float *s, const float *m, int64_t nblk);
+} cpu_qsimd;
+
+extern const cpu_qsimd cpu_qsimd_generic;     /* quant_rows.c */
+extern const cpu_qsimd cpu_qsimd_avx2;        /* quant_avx2.c: AVX2 maddubs */
+extern const cpu_qsimd cpu_qsimd_avx512vnni;  /* quant_avx512.c: AVX-512 VNNI dpbusd (+BW, VL) */
+extern const cpu_qsimd *cpu_qisa;             /* plugin.c: chosen with cpu_isa */
+
+/* The weight dtypes the quantized kernels handle: Q8_0, Q4_0, Q4_1 and GQ (2, 3, 4, 8 bits). */
+int cpu_q_supported(int dtype);
+/* Bytes of one row of K weights (K a multiple of the block size), 0 when dtype is unsupported. */
+size_t cpu_q_row_bytes(int dtype, int64_t K);
+/* The row takes the int8 path: a ggml type, or a GQ group that is a multiple of 32 weights. */
+int cpu_q_int_path(int dtype);
+/* Codes u[K] and per-32 s, m (K/32 each) of one row; cpu_q_int_path(dtype) must hold. */
+void cpu_q_unpack_row(int dtype, const uint8_t *row, int64_t K, uint8_t *u, float *s, float *m);
+/* One row of K weights to f32 with the given SIMD table; scratch holds K bytes + K/16 floats. */
+void cpu_q_row_to_f32(const cpu_qsimd *q, int dtype, const uint8_t *row, int64_t K, float *dst, void *scratch);
+size_t cpu_q_scratch_bytes(int64_t K);
+/* x[K] to int8 codes per 32 (K a multiple of 32): dx[b] = amax/127, xq = roundf(x/dx), and the
+ * sum of each block's codes. */
+void cpu_q_quantize_x(const float *x, int64_t K, int8_t *xq, float *dx, int32_t *xsum);
+
+/* Argument checks of the quantized kernels (the f32 rules of check.c, W of the key dtype). */
+int cpu_check_qmatmul(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                      const void *params, cpu_mm_dims *d);
+int cpu_check_qembedding(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, cpu_rows *d);
+
+int cpu_qmatmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_qembedding(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_qmatmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_qembedding(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+
 #endif

@@ -64,7 +64,7 @@ static int speed_run(llmopt_stage_ctx *ctx) {
         }
     }
     /* decode: `decode` single-token steps after a 128-token prompt */
-    int prompt = n_ctx < 128 ? n_ctx / 2 : 128;
+    int prompt = n_ctx <= 128 ? n_ctx / 2 : 128; /* leave room to decode in short contexts */
     if (!rc && prompt + decode > n_ctx) decode = n_ctx - prompt;
     if (!rc && decode > 0) {
         A->progress(ctx, 0.6, "decode of %d tokens", decode);

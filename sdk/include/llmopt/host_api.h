@@ -146,7 +146,8 @@ struct llmopt_host_api {
      *  tokenizer, malformed file) go to set_error and are returned. */
     int (*tokenize)(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *text, size_t len,
                     int add_special, int32_t **ids, size_t *n);
-    /** Decodes ids into NUL-terminated text (freed with mem_free). */
+    /** Decodes ids into NUL-terminated, well-formed UTF-8 text (freed with mem_free); bytes of
+     *  a character cut between tokens become U+FFFD, as transformers' decode gives. */
     int (*detokenize)(llmopt_stage_ctx *ctx, const llmopt_model *m, const int32_t *ids, size_t n,
                       int skip_special, char **text, size_t *len);
     /** The model's end-of-sequence and beginning-of-sequence ids, -1 when it has none. */
