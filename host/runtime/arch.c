@@ -16,7 +16,7 @@ static int get_int(const llmopt_model *m, const char *key, int dflt, int *out, l
         *out = dflt;
         return 0;
     }
-    if (v != (double)(int)v || v < 0 || v > 1e9)
+    if (!(v >= 0 && v <= 1e9) || v != (double)(int)v) /* range first: the cast is UB outside int */
         return error_set(err, LLMOPT_EFORMAT, "config.json: '%s' must be a non-negative integer, got %g", key, v);
     *out = (int)v;
     return 0;

@@ -1795,10 +1795,12 @@ static void run_node(ctx *c, frame *f, const node *n) {
         loopstate ls = {items, 0};
         value lv = {.t = V_LOOP};
         lv.u.loop = &ls;
+        /* each iteration has its own scope: a set in the body does not outlive it; the scope's
+         * storage is reused, so an iteration costs no memory */
+        frame it = {f, {0, 0, NULL, NULL}};
         for (size_t i = 0; i < items->n; i++) {
             step(c, n->pos);
-            /* each iteration has its own scope: a set in the body does not outlive it */
-            frame it = {f, {0, 0, NULL, NULL}};
+            it.vars.n = 0;
             ls.i = i;
             dict_put(c, &it.vars, "loop", lv);
             dict_put(c, &it.vars, n->s, items->v[i]);

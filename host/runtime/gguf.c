@@ -628,3 +628,150 @@ static void dequantize(int dtype, const uint8_t *src, float *dst, int64_t n) {
         }
     }
 }
+
+/* ---- loading: a refcounted read-only mapping that the untransformed tensors point into ---- */
+
+typedef struct gg_mapping {
+    atomic_long refs;  /* the loader's reference plus one per tensor */
+    void *base;
+    size_t len;
+} gg_mapping;
+
+static void mapping_unref(void *owner) {
+    gg_mapping *map = owner;
+    if (atomic_fetch_sub_explicit(&map->refs, 1, memory_order_acq_rel) != 1) return;
+    if (map->base) munmap(map->base, map->len);
+    free(map);
+}
+
+static int map_file(const char *path, gg_mapping **out, llmopt_error *err) {
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return error_set(err, errno == ENOENT ? LLMOPT_ENOTFOUND : LLMOPT_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return error_set(err, LLMOPT_EIO, "%s: not a regular file", path);
+    }
+    gg_mapping *map = calloc(1, sizeof *map);
+    if (!map) {
+        close(fd);
+        return error_set(err, LLMOPT_ENOMEM, "%s: out of memory", path);
+    }
+    atomic_init(&map->refs, 1);
+    map->len = (size_t)st.st_size;
+    if (map->len > 0) {
+        void *p = mmap(NULL, map->len, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            free(map);
+            return error_set(err, LLMOPT_EIO, "%s: cannot mmap: %s", path, strerror(e));
+        }
+        map->base = p;
+    }
+    close(fd);
+    *out = map;
+    return 0;
+}
+
+typedef struct ld {
+    const char *path;
+    const gguf_file *f;
+    const uint8_t *base;
+    const char *arch;  /* "llama" or "gpt2" */
+    llmopt_error *err;
+} ld;
+
+/* {arch}.suffix as an unsigned integer: 0 and *out set, 1 when absent, <0 on a wrong type. */
+static int key_uint(ld *l, const char *suffix, uint64_t *out) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", l->arch, suffix);
+    long i = gguf_find_key(l->f, key);
+    if (i < 0) return 1;
+    if (gguf_get_u64(l->f, (size_t)i, out) != 0 || *out > (uint64_t)INT32_MAX)
+        return error_set(l->err, LLMOPT_EFORMAT, "%s: key '%s' must be a non-negative integer (of %s type)", l->path, key,
+                         gguf_kv_type(l->f, (size_t)i) == GGUF_TYPE_ARRAY ? "a scalar, not an array" : "an integer");
+    return 0;
+}
+
+static int key_float(ld *l, const char *suffix, double *out) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", l->arch, suffix);
+    long i = gguf_find_key(l->f, key);
+    if (i < 0) return 1;
+    if (gguf_get_f64(l->f, (size_t)i, out) != 0)
+        return error_set(l->err, LLMOPT_EFORMAT, "%s: key '%s' must be a number", l->path, key);
+    return 0;
+}
+
+/* A required count: stored in cfg[name]. */
+static int cfg_uint(ld *l, json_t *cfg, const char *suffix, const char *name, int required, uint64_t dflt, uint64_t *out) {
+    uint64_t v = dflt;
+    int rc = key_uint(l, suffix, &v);
+    if (rc < 0) return rc;
+    if (rc == 1 && required)
+        return error_set(l->err, LLMOPT_EFORMAT, "%s: missing key '%s.%s'", l->path, l->arch, suffix);
+    if (out) *out = v;
+    if (name) json_object_set_new(cfg, name, json_integer((json_int_t)v));
+    return 0;
+}
+
+/* The config.json values of the {arch}.* keys (transformers' LlamaConfig / GPT2Config names). */
+static int build_config(ld *l, json_t *cfg, int tied, int64_t vocab, uint64_t *n_layer, uint64_t *n_head, uint64_t *n_kv) {
+    uint64_t C = 0, ctx, ff, kl = 0;
+    double eps = 0;
+    int rc, is_llama = strcmp(l->arch, "llama") == 0;
+    json_object_set_new(cfg, "model_type", json_string(l->arch));
+    json_t *archs = json_array();
+    json_array_append_new(archs, json_string(is_llama ? "LlamaForCausalLM" : "GPT2LMHeadModel"));
+    json_object_set_new(cfg, "architectures", archs);
+    json_object_set_new(cfg, "vocab_size", json_integer(vocab));
+    json_object_set_new(cfg, "tie_word_embeddings", json_boolean(tied));
+    if ((rc = cfg_uint(l, cfg, "embedding_length", is_llama ? "hidden_size" : "n_embd", 1, 0, &C)) ||
+        (rc = cfg_uint(l, cfg, "block_count", is_llama ? "num_hidden_layers" : "n_layer", 1, 0, n_layer)) ||
+        (rc = cfg_uint(l, cfg, "attention.head_count", is_llama ? "num_attention_heads" : "n_head", 1, 0, n_head)) ||
+        (rc = cfg_uint(l, cfg, "context_length", is_llama ? "max_position_embeddings" : "n_positions", 0,
+                       is_llama ? 2048 : 1024, &ctx)) ||
+        (rc = cfg_uint(l, cfg, "feed_forward_length", is_llama ? "intermediate_size" : "n_inner", is_llama, 4 * C, &ff)))
+        return rc;
+    if (*n_head == 0) return error_set(l->err, LLMOPT_EFORMAT, "%s: key '%s.attention.head_count' is 0", l->path, l->arch);
+    if (!is_llama) {
+        json_object_set_new(cfg, "n_ctx", json_integer((json_int_t)ctx));
+        json_object_set_new(cfg, "activation_function", json_string("gelu_new"));
+        if ((rc = key_float(l, "attention.layer_norm_epsilon", &eps)) < 0) return rc;
+        json_object_set_new(cfg, "layer_norm_epsilon", json_real(rc == 1 ? 1e-5 : eps));
+        *n_kv = *n_head;
+        return 0;
+    }
+    if ((rc = cfg_uint(l, cfg, "attention.head_count_kv", "num_key_value_heads", 0, *n_head, n_kv))) return rc;
+    if ((rc = key_uint(l, "attention.key_length", &kl)) < 0) return rc;
+    uint64_t D = rc == 0 ? kl : C / *n_head, rot = D;
+    json_object_set_new(cfg, "head_dim", json_integer((json_int_t)D));
+    if ((rc = key_uint(l, "rope.dimension_count", &rot)) < 0) return rc;
+    if (rot != D)
+        return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: key 'llama.rope.dimension_count' is %llu, not the head size %llu "
+                         "(partial rotary embeddings are not supported)", l->path, (unsigned long long)rot, (unsigned long long)D);
+    if ((rc = key_float(l, "attention.layer_norm_rms_epsilon", &eps)) < 0) return rc;
+    json_object_set_new(cfg, "rms_norm_eps", json_real(rc == 1 ? 1e-5 : eps));
+    double theta = 10000.0, factor = 1.0;
+    if ((rc = key_float(l, "rope.freq_base", &theta)) < 0) return rc;
+    json_object_set_new(cfg, "rope_theta", json_real(theta));
+    json_object_set_new(cfg, "hidden_act", json_string("silu"));
+    long st = gguf_find_key(l->f, "llama.rope.scaling.type");
+    const char *type = st >= 0 ? gguf_get_str(l->f, (size_t)st, NULL) : NULL;
+    if (st >= 0 && !type) return error_set(l->err, LLMOPT_EFORMAT, "%s: key 'llama.rope.scaling.type' must be a string", l->path);
+    if ((rc = key_float(l, type ? "rope.scaling.factor" : "rope.scale_linear", &factor)) < 0) return rc;
+    if (type && strcmp(type, "none") != 0 && strcmp(type, "linear") != 0)
+        return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: key 'llama.rope.scaling.type' is '%s' (none or linear are supported)",
+                         l->path, type);
+    if ((!type || strcmp(type, "linear") == 0) && rc == 0 && factor != 1.0) {
+        if (!(factor > 0)) return error_set(l->err, LLMOPT_EFORMAT, "%s: the rope scaling factor must be positive", l->path);
+        json_t *rs = json_object();
+        json_object_set_new(rs, "type", json_string("linear"));
+        json_object_set_new(rs, "factor", json_real(factor));
+        json_object_set_new(cfg, "rope_scaling", rs);
+    }
+    return 0;
+}

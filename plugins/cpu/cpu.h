@@ -95,9 +95,9 @@ int cpu_cross_entropy(const llmopt_tensor *const *in, int n_in, llmopt_tensor *o
 
 typedef struct cpu_qsimd {
     const char *name;   /* "generic", "avx2", "avx512vnni" */
-    /* sum_b c[b] * sum_{j<32} u[32b+j] * xq[32b+j]; codes up to 255 (the int path never
-     * saturates), xq in [-127, 127] */
-    float (*dot_u8s8)(const uint8_t *u, const int8_t *xq, const float *c, int64_t nblk);
+    /* sum_b c[b] * sum_{j<32} u[32b+j] * xq[32b+j], exact integer sums per block; xq in
+     * [-127, 127], codes u <= 15 unless wide (then <= 255: 8-bit types) */
+    float (*dot_u8s8)(const uint8_t *u, const int8_t *xq, const float *c, int64_t nblk, int wide);
     /* dst[32b+j] = s[b] * u[32b+j] + m[b] */
     void (*codes_to_f32)(float *dst, const uint8_t *u, const float *s, const float *m, int64_t nblk);
 } cpu_qsimd;

@@ -11,6 +11,7 @@
 
 const llmopt_host_api *cpu_api;
 const cpu_simd *cpu_isa = &cpu_simd_generic;
+const cpu_qsimd *cpu_qisa = &cpu_qsimd_generic;
 
 typedef enum cpu_path { PATH_REF, PATH_GENERIC, PATH_AVX2, PATH_AVX512, PATH_COUNT } cpu_path;
 
@@ -30,6 +31,70 @@ static int cpu_has(cpu_path p) {
                __builtin_cpu_supports("f16c");
 #endif
     return p == PATH_REF || p == PATH_GENERIC;
+}
+
+/* The integer dot products of the quantized kernels: VNNI on the AVX-512 path when the CPU has
+ * it (with BW and VL), else AVX2 maddubs on either SIMD path. */
+static const cpu_qsimd *pick_qsimd(cpu_path p) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (p == PATH_AVX512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vnni"))
+        return &cpu_qsimd_avx512vnni;
+#endif
+    return p == PATH_AVX512 || p == PATH_AVX2 ? &cpu_qsimd_avx2 : &cpu_qsimd_generic;
+}
+
+/* The quantized weight dtypes with matmul and embedding kernels. Kernel keys are exact, so each
+ * GQ (bits, group, asym) is listed; int8 per output channel (GQ(8, K, 0)) needs a key per K. */
+static const int quant_dtypes[] = {
+    LLMOPT_DTYPE_Q8_0, LLMOPT_DTYPE_Q4_0, LLMOPT_DTYPE_Q4_1,
+    LLMOPT_DTYPE_GQ(8, 32, 0), LLMOPT_DTYPE_GQ(8, 64, 0), LLMOPT_DTYPE_GQ(8, 128, 0),
+    LLMOPT_DTYPE_GQ(4, 32, 0), LLMOPT_DTYPE_GQ(4, 64, 0), LLMOPT_DTYPE_GQ(4, 128, 0),
+    LLMOPT_DTYPE_GQ(4, 32, 1), LLMOPT_DTYPE_GQ(4, 64, 1), LLMOPT_DTYPE_GQ(4, 128, 1),
+    LLMOPT_DTYPE_GQ(3, 32, 0), LLMOPT_DTYPE_GQ(3, 64, 0), LLMOPT_DTYPE_GQ(3, 128, 0),
+    LLMOPT_DTYPE_GQ(3, 32, 1), LLMOPT_DTYPE_GQ(3, 64, 1), LLMOPT_DTYPE_GQ(3, 128, 1),
+    LLMOPT_DTYPE_GQ(2, 32, 0), LLMOPT_DTYPE_GQ(2, 64, 0), LLMOPT_DTYPE_GQ(2, 128, 0),
+    LLMOPT_DTYPE_GQ(2, 32, 1), LLMOPT_DTYPE_GQ(2, 64, 1), LLMOPT_DTYPE_GQ(2, 128, 1),
+};
+#define N_QUANT (sizeof quant_dtypes / sizeof quant_dtypes[0])
+
+static char g_qsummary[2][160];
+
+/* matmul and embedding for every quantized dtype. A host whose registry refuses GQ keys (one
+ * built before them) keeps the ggml types; the GQ ones are skipped with a warning. */
+static int register_quant(const llmopt_host_api *host, llmopt_registrar *reg, cpu_path path) {
+    if (path == PATH_REF) {
+        snprintf(g_qsummary[0], sizeof g_qsummary[0], "reference loops, one thread");
+        snprintf(g_qsummary[1], sizeof g_qsummary[1], "reference loops, one thread");
+    } else {
+        snprintf(g_qsummary[0], sizeof g_qsummary[0],
+                 "%s int8 dot (x quantized per 32) for M<=4, else dequantized tiles + OpenBLAS sgemm",
+                 cpu_qisa->name);
+        snprintf(g_qsummary[1], sizeof g_qsummary[1], "%s dequantized rows", cpu_qisa->name);
+    }
+    for (size_t i = 0; i < N_QUANT; i++) {
+        llmopt_kernel_desc k[2] = {
+            {.struct_size = sizeof k[0], .device = LLMOPT_DEVICE_CPU, .op = LLMOPT_OP_MATMUL,
+             .dtype = quant_dtypes[i], .fn = path == PATH_REF ? cpu_ref_qmatmul : cpu_qmatmul,
+             .summary = g_qsummary[0]},
+            {.struct_size = sizeof k[1], .device = LLMOPT_DEVICE_CPU, .op = LLMOPT_OP_EMBEDDING,
+             .dtype = quant_dtypes[i], .fn = path == PATH_REF ? cpu_ref_qembedding : cpu_qembedding,
+             .summary = g_qsummary[1]}};
+        for (int o = 0; o < 2; o++) {
+            int rc = reg->add_kernel(reg, &k[o]);
+            if (rc == LLMOPT_EINVAL && LLMOPT_DTYPE_IS_GQ(quant_dtypes[i])) {
+                host->log(LLMOPT_LOG_WARN, "cpu: this host's registry refuses group-quantized kernel keys; "
+                          "GQ weights have no cpu kernels");
+                return 0;
+            }
+            if (rc) {
+                reg->set_error(reg, "registering %s kernel for %s failed (%d)", k[o].op,
+                               host->dtype_traits(quant_dtypes[i])->name, rc);
+                return rc;
+            }
+        }
+    }
+    return 0;
 }
 
 /* What each op's fast path does; %s is the instruction set's label. */
@@ -92,6 +157,7 @@ static int cpu_init(const llmopt_host_api *host, llmopt_registrar *reg) {
         path = (cpu_path)found;
     }
     cpu_isa = path == PATH_AVX512 ? &cpu_simd_avx512 : path == PATH_AVX2 ? &cpu_simd_avx2 : &cpu_simd_generic;
+    cpu_qisa = pick_qsimd(path);
     /* all parallelism comes from the host pool; OpenBLAS runs inside one chunk */
     openblas_set_num_threads(1);
 
@@ -112,6 +178,8 @@ static int cpu_init(const llmopt_host_api *host, llmopt_registrar *reg) {
             return rc;
         }
     }
+    int rc = register_quant(host, reg, path);
+    if (rc) return rc;
     host->log(LLMOPT_LOG_DEBUG, "cpu: %s", g_summary);
     return 0;
 }

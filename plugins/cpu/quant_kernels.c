@@ -41,13 +41,13 @@ static void store(const qmm_job *j, int64_t m, int64_t n, float v) {
 static void qmm_int_rows(void *arg, int64_t n0, int64_t n1) {
     qmm_job *j = arg;
     const int64_t K = j->d.K, nb = K / CPU_QK;
+    const int wide = j->wt == LLMOPT_DTYPE_Q8_0 || (LLMOPT_DTYPE_IS_GQ(j->wt) && LLMOPT_DTYPE_GQ_BITS(j->wt) == 8);
     uint8_t *u = malloc((size_t)K + (size_t)nb * 3 * sizeof(float));
     if (!u) {
         atomic_store(&j->failed, 1);
         return;
     }
-    float *s = (float *)(void *)(u + K), *m = s + nb, *c = m + nb;
-    if ((uintptr_t)s % sizeof(float)) s = NULL; /* K is a multiple of 32: never */
+    float *s = (float *)(void *)(u + K), *m = s + nb, *c = m + nb; /* K % 32 == 0: aligned */
     for (int64_t n = n0; n < n1; n++) {
         cpu_q_unpack_row(j->wt, j->w + (size_t)n * j->row_bytes, K, u, s, m);
         for (int64_t r = 0; r < j->d.M; r++) {
@@ -58,7 +58,7 @@ static void qmm_int_rows(void *arg, int64_t n0, int64_t n1) {
                 c[b] = s[b] * dx[b];
                 off += m[b] * dx[b] * (float)xsum[b];
             }
-            store(j, r, n, cpu_qisa->dot_u8s8(u, j->xq + r * K, c, nb) + off);
+            store(j, r, n, cpu_qisa->dot_u8s8(u, j->xq + r * K, c, nb, wide) + off);
         }
     }
     free(u);

@@ -136,7 +136,8 @@ void cpu_q_quantize_x(const float *x, int64_t K, int8_t *xq, float *dx, int32_t 
 
 /* ---- the portable table ---- */
 
-static float generic_dot_u8s8(const uint8_t *u, const int8_t *xq, const float *c, int64_t nblk) {
+static float generic_dot_u8s8(const uint8_t *u, const int8_t *xq, const float *c, int64_t nblk, int wide) {
+    (void)wide;
     float acc = 0.0f;
     for (int64_t b = 0; b < nblk; b++, u += CPU_QK, xq += CPU_QK) {
         int32_t sum = 0;

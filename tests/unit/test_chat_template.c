@@ -406,10 +406,14 @@ static void test_type_errors_are_errors_not_crashes(void **state) {
 
 static void test_runaway_loops_stop_at_the_step_bound(void **state) {
     (void)state;
-    const char *msg = render_error("{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}"
-                                   "{% endfor %}{% endfor %}{% endfor %}",
-                                   NULL, 0, LLMOPT_EFAIL);
+    /* quadratic in a long conversation: 4000^2 iterations, past the 10^7 step bound */
+    size_t n = 4000;
+    chat_message *msgs = malloc(n * sizeof *msgs);
+    for (size_t i = 0; i < n; i++) msgs[i] = (chat_message){"user", "x"};
+    const char *msg = render_error("{% for a in messages %}{% for b in messages %}{% endfor %}{% endfor %}", msgs, n,
+                                   LLMOPT_EFAIL);
     assert_non_null(strstr(msg, "steps"));
+    free(msgs);
 }
 
 static void test_exponential_strings_stop_at_the_memory_bound(void **state) {
@@ -427,8 +431,8 @@ static void test_deep_nesting_is_refused_not_a_stack_overflow(void **state) {
     strcpy(t, "{{ ");
     size_t k = 3;
     for (size_t i = 0; i < n / 2; i++) t[k++] = '(';
-    t[k] = '\0';
-    render_error(t, NULL, 0, LLMOPT_EUNSUPPORTED);
+    strcpy(t + k, " }}");
+    assert_non_null(strstr(render_error(t, NULL, 0, LLMOPT_EUNSUPPORTED), "nesting deeper"));
     /* a long flat chain parses without recursion; evaluation is bounded too */
     strcpy(t, "{{ 1");
     k = 4;
@@ -437,7 +441,7 @@ static void test_deep_nesting_is_refused_not_a_stack_overflow(void **state) {
         t[k++] = '1';
     }
     strcpy(t + k, " }}");
-    render_error(t, NULL, 0, LLMOPT_EUNSUPPORTED);
+    assert_non_null(strstr(render_error(t, NULL, 0, LLMOPT_EUNSUPPORTED), "nested deeper"));
     free(t);
 }
 
