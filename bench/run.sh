@@ -68,6 +68,8 @@ fi
     echo "mem_kib=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)"
     echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '_')"
 } >"$res/machine.txt"
+cpu_some() { sed -n 's/^some avg10=[^ ]* avg60=[^ ]* avg300=[^ ]* total=\([0-9]*\)/\1/p' /proc/pressure/cpu 2>/dev/null || true; }
+psi0="$(cpu_some)" t_start="$(date +%s)"
 
 # 5. measurements (threads: OpenBLAS/OpenMP pinned so nothing oversubscribes the cores)
 export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
@@ -108,7 +110,13 @@ for py in "${pys[@]}"; do
     rm -f "$res"/.load* "$res/.time"
     cat "$res/torch-$tag-load.txt" >&2
 done
-echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '_')" >>"$res/machine.txt"
+{
+    echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '_')"
+    # share of the bench's wall time in which some runnable task waited for a CPU (PSI)
+    psi1="$(cpu_some)"
+    [ -n "$psi0" ] && [ -n "$psi1" ] &&
+        echo "cpu_pressure_pct=$(awk -v a="$psi0" -v b="$psi1" -v t="$(($(date +%s) - t_start))" 'BEGIN{printf "%.0f", (b - a) / 1e4 / (t > 0 ? t : 1)}')"
+} >>"$res/machine.txt"
 
 # 6. the table
 python3 "$root/bench/summarize.py" "$res" "$model" | tee "$res/table.md"

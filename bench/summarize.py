@@ -139,7 +139,7 @@ def main():
             lambda v: f"{v:.0f}%", "higher", False)
     full = [None] + [g(d, "prefill512_full_s") for _, d, _ in torches]
     row(f"prefill {T}, logits of all positions (HF `model(ids)`): s", full, lambda v: f"{v:.3f}", ratio=False)
-    row("prefill 128 tok (ttft): s", [g(lo, "prefill128_s")] + [g(d, "generate_prefill128_s") for _, d, _ in torches],
+    row("prefill 128 tok (ttft; torch: with KV cache out): s", [g(lo, "prefill128_s")] + [g(d, "generate_prefill128_s") for _, d, _ in torches],
         lambda v: f"{v:.3f}")
     dec = [g(lo, "decode128_s")] + [g(d, "decode128_eager_s") for _, d, _ in torches]
     row("decode 128 after 128 (eager loop for torch): tok/s", [128 / v if v else None for v in dec],
@@ -171,7 +171,8 @@ def main():
     if m:
         print()
         print("load average before / after: " + m.get("load_before", "?").replace("_", " ") + " / "
-              + m.get("load_after", "?").replace("_", " "))
+              + m.get("load_after", "?").replace("_", " ")
+              + (f"; CPU pressure (PSI 'some') during the bench: {m['cpu_pressure_pct']}% of the time" if "cpu_pressure_pct" in m else ""))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ static const char *const generate_help =
 "  --seed N                sampling seed (default 0)\n"
 "  --ignore-eos            keep going after the end-of-sequence token\n"
 "  --print-ids             print the generated token ids as JSON instead of text\n"
+"  --chat                  send the prompt as a user turn through the model's chat template\n"
+"  --system TEXT           ... after this system turn (implies --chat)\n"
 "example:\n"
 "  llmopt-host generate models/kjv-tiny -p 'In the beginning' --max-tokens 40 --greedy\n";
 

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../api/runtime_api.h"
+#include "../runtime/chat_template.h"
 #include "../runtime/generate.h"
 #include "../runtime/runtime.h"
 #include "../runtime/tokenizer.h"
@@ -209,7 +211,8 @@ int cmd_generate(const cli_opts *o) {
     size_t n_stop = 0;
     gen_params p = {.max_tokens = 64, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f,
                     .repetition_penalty = 1.0f, .seed = 0, .eos = -1};
-    int print_ids = 0, ignore_eos = 0, bad = !stops;
+    const char *system = NULL;
+    int print_ids = 0, ignore_eos = 0, chat = 0, bad = !stops;
     for (size_t i = 0; !bad && i < o->n_args; i++) {
         const char *a = o->args[i], *v = i + 1 < o->n_args ? o->args[i + 1] : NULL;
         char *end = NULL;
@@ -225,6 +228,8 @@ int cmd_generate(const cli_opts *o) {
         else if (strcmp(a, "--greedy") == 0) p.greedy = 1;
         else if (strcmp(a, "--print-ids") == 0) print_ids = 1;
         else if (strcmp(a, "--ignore-eos") == 0) ignore_eos = 1;
+        else if (strcmp(a, "--chat") == 0) chat = 1;
+        else if (strcmp(a, "--system") == 0 && v) system = v, chat = 1, i++;
         else if (a[0] != '-' && !dir) dir = a;
         else bad = 1;
         if (end && *end) bad = 1;
@@ -240,21 +245,39 @@ int cmd_generate(const cli_opts *o) {
     llmopt_model *m;
     tf_model *tm;
     int rc = open_model(o, dir, &reg, &m, &tm);
-    tok_tokenizer *tok = NULL;
+    const tok_tokenizer *tok = NULL;
     llmopt_error err = {0};
     int32_t *ids = NULL, *gen = NULL;
     size_t n = 0, n_gen = 0;
     tf_session *s = NULL;
-    char *tok_path = rc ? NULL : fs_join(dir, "tokenizer.json");
-    if (!rc && tok_path && fs_exists(tok_path) && tok_load(dir, &tok, &err) != 0) {
-        fprintf(stderr, "llmopt-host: %s\n", err.msg);
+    /* the model's own tokenizer files (kept with it on load: from the directory, or rebuilt
+     * from a GGUF's tokenizer.ggml.* keys) */
+    if (!rc && rt_model_get_file(m, "tokenizer.json", NULL) && !(tok = rt_model_tokenizer(m, &err))) {
+        fprintf(stderr, "llmopt-host: %s/%s\n", dir, err.msg); /* err names tokenizer.json and the field */
         rc = EXIT_CONFIG;
+    }
+    char *rendered = NULL;
+    if (!rc && prompt && chat) {
+        /* the prompt as the user's turn (after an optional system turn), in the model's template */
+        const char *tmpl = tok ? tok_chat_template(tok) : NULL;
+        chat_message msgs[2] = {{"system", system}, {"user", prompt}};
+        size_t len = 0;
+        if (!tmpl) {
+            fprintf(stderr, "llmopt-host: %s has no chat_template in tokenizer_config.json; drop --chat\n", dir);
+            rc = EXIT_USAGE;
+        } else if (chat_render(tmpl, system ? msgs : msgs + 1, system ? 2 : 1, tok_token(tok, tok_bos(tok)),
+                               tok_token(tok, tok_eos(tok)), 1, &rendered, &len, &err) != 0) {
+            fprintf(stderr, "llmopt-host: %s: chat template: %s\n", dir, err.msg);
+            rc = EXIT_CONFIG;
+        } else {
+            prompt = rendered;
+        }
     }
     if (!rc && prompt) {
         if (!tok) {
-            fprintf(stderr, "llmopt-host: %s has no tokenizer.json: give token ids with --ids\n", dir);
+            fprintf(stderr, "llmopt-host: %s has no tokenizer (tokenizer.json): give token ids with --ids\n", dir);
             rc = EXIT_USAGE;
-        } else if (tok_encode(tok, prompt, strlen(prompt), 1, &ids, &n, &err) != 0) {
+        } else if (tok_encode(tok, prompt, strlen(prompt), !chat, &ids, &n, &err) != 0) { /* a template adds its own bos */
             fprintf(stderr, "llmopt-host: %s\n", err.msg);
             rc = EXIT_CONFIG;
         }
@@ -292,12 +315,11 @@ int cmd_generate(const cli_opts *o) {
         printf("\n");
     }
     free(st.buf);
-    free(tok_path);
+    free(rendered);
     free(gen);
     free(ids);
     free(stops);
     tf_session_free(s);
-    tok_free(tok);
     close_model(reg, m, tm);
     return rc;
 }

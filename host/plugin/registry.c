@@ -330,7 +330,7 @@ int registry_add_kernel(registry *reg, const plugin_rec *owner, const llmopt_ker
     if (d->device < 0 || d->device >= LLMOPT_DEVICE_COUNT)
         return error_set(err, LLMOPT_EINVAL, "kernel '%s': unknown device %d", d->op,
                          (int)d->device);
-    if (d->dtype != LLMOPT_DTYPE_ANY && (d->dtype < 0 || d->dtype >= LLMOPT_DTYPE_COUNT))
+    if (d->dtype != LLMOPT_DTYPE_ANY && !rt_dtype_traits(d->dtype)) /* fixed or valid group-quantized */
         return error_set(err, LLMOPT_EINVAL, "kernel '%s': unknown dtype %d", d->op,
                          (int)d->dtype);
     const kernel_rec *prev = find_kernel_exact(reg, d->op, d->device, d->dtype);

@@ -1221,7 +1221,9 @@ static value loop_attr(ctx *c, const loopstate *l, const char *name, size_t pos)
     if (!strcmp(name, "depth0")) return v_int(0);
     if (!strcmp(name, "previtem")) return i > 0 ? l->items->v[i - 1] : v_undef();
     if (!strcmp(name, "nextitem")) return i + 1 < n ? l->items->v[i + 1] : v_undef();
-    fail(c, LLMOPT_EUNSUPPORTED, pos, "loop.%s is not supported", name);
+    if (!strcmp(name, "cycle") || !strcmp(name, "changed"))
+        fail(c, LLMOPT_EUNSUPPORTED, pos, "loop.%s is not supported", name);
+    return v_undef(); /* as Jinja: any other attribute is undefined */
 }
 
 /* The list a value iterates over (for, list filter, join). */

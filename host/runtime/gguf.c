@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "arch.h"
+#include "../util/log.h"
 #include "runtime.h"
 
 /* ---- ggml tensor types: one table (block of `block` elements takes `size` bytes) ---- */
@@ -774,4 +775,1026 @@ static int build_config(ld *l, json_t *cfg, int tied, int64_t vocab, uint64_t *n
         json_object_set_new(cfg, "rope_scaling", rs);
     }
     return 0;
+}
+
+/* ---- loading: tokenizer.json rebuilt from tokenizer.ggml.* ---- */
+
+enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER_DEFINED = 4, TT_UNUSED = 5, TT_BYTE = 6 };
+
+/* Llama 3's pre-tokenizer regex (tokenizer.ggml.pre "llama-bpe"), as its tokenizer.json spells it. */
+static const char LLAMA3_REGEX[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+    "\\s+(?!\\S)|\\s+";
+
+/* Index of tokenizer key `key` if present with the given type (array element type when arr), -1 if
+ * absent, or an error. */
+static int tok_key(ld *l, const char *key, int type, int arr, long *idx) {
+    *idx = gguf_find_key(l->f, key);
+    if (*idx < 0) return 0;
+    int t = arr ? gguf_arr_type(l->f, (size_t)*idx) : gguf_kv_type(l->f, (size_t)*idx);
+    int ok = t == type || (type == GGUF_TYPE_INT32 && (t == GGUF_TYPE_UINT32 || t == GGUF_TYPE_INT64 || t == GGUF_TYPE_UINT64 ||
+                                                       t == GGUF_TYPE_UINT8 || t == GGUF_TYPE_INT8 || t == GGUF_TYPE_UINT16 ||
+                                                       t == GGUF_TYPE_INT16)) ||
+             (type == GGUF_TYPE_FLOAT32 && t == GGUF_TYPE_FLOAT64);
+    if (!ok)
+        return error_set(l->err, LLMOPT_EFORMAT, "%s: key '%s' must be %s%s", l->path, key, arr ? "an array of " : "a ",
+                         type == GGUF_TYPE_INT32 ? "integers" : value_type_name[type]);
+    return 0;
+}
+
+/* A special token id key: -1 when absent. */
+static int tok_id(ld *l, const char *key, size_t n_tokens, int64_t *id) {
+    long i;
+    int rc = tok_key(l, key, GGUF_TYPE_INT32, 0, &i);
+    *id = -1;
+    if (rc || i < 0) return rc;
+    if (gguf_get_i64(l->f, (size_t)i, id) != 0 || *id < 0 || (uint64_t)*id >= n_tokens)
+        return error_set(l->err, LLMOPT_EFORMAT, "%s: key '%s' is not the id of one of the %zu tokens", l->path, key, n_tokens);
+    return 0;
+}
+
+static int tok_bool(ld *l, const char *key, int dflt) {
+    long i = gguf_find_key(l->f, key);
+    uint64_t v;
+    if (i < 0 || gguf_kv_type(l->f, (size_t)i) != GGUF_TYPE_BOOL || gguf_get_u64(l->f, (size_t)i, &v) != 0) return dflt;
+    return (int)v;
+}
+
+static json_t *str_obj(const char *k1, const char *v1) {
+    json_t *o = json_object();
+    json_object_set_new(o, k1, json_string(v1));
+    return o;
+}
+
+/* {"type": type} plus the given string/bool fields. */
+static json_t *typed(const char *type) { return str_obj("type", type); }
+
+static json_t *byte_level(int use_regex, int add_prefix_space) {
+    json_t *o = typed("ByteLevel");
+    json_object_set_new(o, "add_prefix_space", json_boolean(add_prefix_space));
+    json_object_set_new(o, "trim_offsets", json_true());
+    json_object_set_new(o, "use_regex", json_boolean(use_regex));
+    return o;
+}
+
+static json_t *replace(const char *from, const char *to) {
+    json_t *o = typed("Replace");
+    json_object_set_new(o, "pattern", str_obj("String", from));
+    json_object_set_new(o, "content", json_string(to));
+    return o;
+}
+
+static json_t *pair(json_t *a, json_t *b) {
+    json_t *x = json_array();
+    json_array_append_new(x, a);
+    json_array_append_new(x, b);
+    return x;
+}
+
+/* tokenizers' TemplateProcessing piece: {"SpecialToken": {"id": tok, "type_id": t}}. */
+static json_t *tmpl_piece(const char *kind, const char *id, int type_id) {
+    json_t *in = json_object(), *o = json_object();
+    json_object_set_new(in, "id", json_string(id));
+    json_object_set_new(in, "type_id", json_integer(type_id));
+    json_object_set_new(o, kind, in);
+    return o;
+}
+
+/* "<bos> $A <eos>" with either end optional (NULL). */
+static json_t *template_processing(const char *bos, int64_t bos_id, const char *eos, int64_t eos_id) {
+    json_t *single = json_array(), *pr = json_array(), *sp = json_object();
+    for (int seq = 0; seq < 2; seq++) {
+        json_t *dst = seq ? pr : single;
+        for (int part = 0; part <= seq; part++) {
+            if (bos) json_array_append_new(dst, tmpl_piece("SpecialToken", bos, part));
+            json_array_append_new(dst, tmpl_piece("Sequence", part ? "B" : "A", part));
+            if (eos) json_array_append_new(dst, tmpl_piece("SpecialToken", eos, part));
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        const char *t = k ? eos : bos;
+        if (!t) continue;
+        json_t *e = json_object(), *ids = json_array(), *toks = json_array();
+        json_array_append_new(ids, json_integer(k ? eos_id : bos_id));
+        json_array_append_new(toks, json_string(t));
+        json_object_set_new(e, "id", json_string(t));
+        json_object_set_new(e, "ids", ids);
+        json_object_set_new(e, "tokens", toks);
+        json_object_set_new(sp, t, e);
+    }
+    json_t *o = typed("TemplateProcessing");
+    json_object_set_new(o, "single", single);
+    json_object_set_new(o, "pair", pr);
+    json_object_set_new(o, "special_tokens", sp);
+    return o;
+}
+
+typedef struct merge_cand {
+    double score;
+    size_t tok, split;
+} merge_cand;
+
+static int cmp_cand(const void *a, const void *b) {
+    const merge_cand *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    if (x->tok != y->tok) return x->tok < y->tok ? -1 : 1;
+    return x->split < y->split ? -1 : x->split > y->split;
+}
+
+/* SentencePiece-style vocabularies carry scores, not merges: every split of a token into two
+ * vocabulary pieces becomes a merge ranked by the token's score (higher first), as transformers'
+ * GGUF and SentencePiece converters do. An approximation of SentencePiece's BPE: ties and merges
+ * that SentencePiece would never reach can make rare encodings differ. */
+static int merges_from_scores(ld *l, long itok, long iscore, long itype, json_t *vocab, json_t *merges) {
+    size_t n = gguf_arr_n(l->f, (size_t)itok), cap = 0, nc = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = 0;
+        gguf_arr_str(l->f, (size_t)itok, i, &len);
+        cap += len;
+    }
+    merge_cand *c = malloc((cap ? cap : 1) * sizeof *c);
+    if (!c) return error_set(l->err, LLMOPT_ENOMEM, "%s: out of memory", l->path);
+    for (size_t i = 0; i < n; i++) {
+        int64_t type = TT_NORMAL;
+        if (itype >= 0) gguf_arr_i64(l->f, (size_t)itype, i, &type);
+        if (type != TT_NORMAL && type != TT_USER_DEFINED) continue;
+        size_t len = 0;
+        const char *s = gguf_arr_str(l->f, (size_t)itok, i, &len);
+        double score = 0;
+        gguf_arr_f64(l->f, (size_t)iscore, i, &score);
+        for (size_t k = 1; k < len; k++) {
+            if (((unsigned char)s[k] & 0xc0) == 0x80) continue;  /* inside a UTF-8 sequence */
+            if (json_object_getn(vocab, s, k) && json_object_getn(vocab, s + k, len - k)) c[nc++] = (merge_cand){score, i, k};
+        }
+    }
+    qsort(c, nc, sizeof *c, cmp_cand);
+    for (size_t j = 0; j < nc; j++) {
+        size_t len = 0;
+        const char *s = gguf_arr_str(l->f, (size_t)itok, c[j].tok, &len);
+        json_array_append_new(merges, pair(json_stringn(s, c[j].split), json_stringn(s + c[j].split, len - c[j].split)));
+    }
+    free(c);
+    return 0;
+}
+
+static int set_json_file(ld *l, llmopt_model *m, const char *name, json_t *j) {
+    char *text = json_dumps(j, JSON_INDENT(1));
+    int rc = text && rt_model_set_file(m, name, text, strlen(text)) == 0 ? 0
+                                                                          : error_set(l->err, LLMOPT_ENOMEM, "%s: out of memory", l->path);
+    free(text);
+    return rc;
+}
+
+/* tokenizer.json, tokenizer_config.json and generation_config.json from tokenizer.ggml.*, and
+ * bos/eos ids into cfg. A file without tokenizer.ggml.model gets none (run it with --ids). */
+static int rebuild_tokenizer(ld *l, llmopt_model *m, json_t *cfg) {
+    long im = gguf_find_key(l->f, "tokenizer.ggml.model"), itok, itype, iscore, imerge, ipre, itmpl;
+    if (im < 0) return 0;
+    const char *kind = gguf_get_str(l->f, (size_t)im, NULL);
+    if (!kind) return error_set(l->err, LLMOPT_EFORMAT, "%s: key 'tokenizer.ggml.model' must be a string", l->path);
+    int spm = strcmp(kind, "llama") == 0;
+    if (!spm && strcmp(kind, "gpt2") != 0) {
+        if (strcmp(kind, "none") != 0 && strcmp(kind, "no_vocab") != 0)
+            log_msg(LLMOPT_LOG_WARN, "%s: tokenizer.ggml.model '%s' is not supported (gpt2, llama): no tokenizer, run it "
+                    "with token ids", l->path, kind);
+        return 0;
+    }
+    int rc;
+    if ((rc = tok_key(l, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, 1, &itok)) ||
+        (rc = tok_key(l, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, 1, &itype)) ||
+        (rc = tok_key(l, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, 1, &iscore)) ||
+        (rc = tok_key(l, "tokenizer.ggml.merges", GGUF_TYPE_STRING, 1, &imerge)) ||
+        (rc = tok_key(l, "tokenizer.ggml.pre", GGUF_TYPE_STRING, 0, &ipre)) ||
+        (rc = tok_key(l, "tokenizer.chat_template", GGUF_TYPE_STRING, 0, &itmpl)))
+        return rc;
+    if (itok < 0) return error_set(l->err, LLMOPT_EFORMAT, "%s: missing key 'tokenizer.ggml.tokens'", l->path);
+    size_t n = gguf_arr_n(l->f, (size_t)itok);
+    const char *sized[] = {"tokenizer.ggml.token_type", "tokenizer.ggml.scores"};
+    long sidx[] = {itype, iscore};
+    for (int k = 0; k < 2; k++)
+        if (sidx[k] >= 0 && gguf_arr_n(l->f, (size_t)sidx[k]) != n)
+            return error_set(l->err, LLMOPT_EFORMAT, "%s: key '%s' has %zu entries, tokenizer.ggml.tokens %zu", l->path,
+                             sized[k], gguf_arr_n(l->f, (size_t)sidx[k]), n);
+    if (!spm && imerge < 0) return error_set(l->err, LLMOPT_EFORMAT, "%s: missing key 'tokenizer.ggml.merges' (a gpt2 tokenizer needs it)", l->path);
+    if (spm && imerge < 0 && iscore < 0)
+        return error_set(l->err, LLMOPT_EFORMAT, "%s: a llama tokenizer needs 'tokenizer.ggml.scores' or 'tokenizer.ggml.merges'", l->path);
+    int64_t bos, eos, unk;
+    if ((rc = tok_id(l, "tokenizer.ggml.bos_token_id", n, &bos)) || (rc = tok_id(l, "tokenizer.ggml.eos_token_id", n, &eos)) ||
+        (rc = tok_id(l, "tokenizer.ggml.unknown_token_id", n, &unk)))
+        return rc;
+    const char *pre = ipre >= 0 ? gguf_get_str(l->f, (size_t)ipre, NULL) : "default";
+    int llama3 = strcmp(pre, "llama-bpe") == 0 || strcmp(pre, "llama3") == 0;
+    if (!spm && !llama3 && strcmp(pre, "gpt-2") != 0 && strcmp(pre, "default") != 0)
+        log_msg(LLMOPT_LOG_WARN, "%s: tokenizer.ggml.pre '%s' is read as GPT-2's pre-tokenizer, an approximation", l->path, pre);
+    int add_bos = tok_bool(l, "tokenizer.ggml.add_bos_token", spm), add_eos = tok_bool(l, "tokenizer.ggml.add_eos_token", 0);
+    int add_space = tok_bool(l, "tokenizer.ggml.add_space_prefix", 1);
+
+    json_t *vocab = json_object(), *added = json_array(), *merges = json_array();
+    const char *tok_str[3] = {NULL, NULL, NULL};  /* bos, eos, unk as NUL-terminated strings (vocab keys) */
+    for (size_t i = 0; i < n && !rc; i++) {
+        size_t len = 0;
+        const char *s = gguf_arr_str(l->f, (size_t)itok, i, &len);
+        int64_t type = TT_NORMAL;
+        if (itype >= 0) gguf_arr_i64(l->f, (size_t)itype, i, &type);
+        if (type == TT_UNUSED) continue;
+        json_t *content = json_stringn(s, len);
+        if (!content) {
+            rc = error_set(l->err, LLMOPT_EFORMAT, "%s: key 'tokenizer.ggml.tokens': token %zu is not valid UTF-8", l->path, i);
+            break;
+        }
+        if (!json_object_getn(vocab, s, len)) json_object_setn_new(vocab, s, len, json_integer((json_int_t)i));
+        if (type == TT_CONTROL || type == TT_USER_DEFINED || type == TT_UNKNOWN) {
+            json_t *a = json_object();
+            json_object_set_new(a, "id", json_integer((json_int_t)i));
+            json_object_set(a, "content", content);
+            json_object_set_new(a, "single_word", json_false());
+            json_object_set_new(a, "lstrip", json_false());
+            json_object_set_new(a, "rstrip", json_false());
+            json_object_set_new(a, "normalized", json_false());
+            json_object_set_new(a, "special", json_boolean(type != TT_USER_DEFINED));
+            json_array_append_new(added, a);
+        }
+        json_decref(content);  /* vocab keys and added tokens keep their own copies */
+    }
+    int64_t ids[3] = {bos, eos, unk};
+    char *names[3] = {NULL, NULL, NULL};
+    for (int k = 0; k < 3 && !rc; k++) {
+        size_t len = 0;
+        if (ids[k] < 0) continue;
+        const char *s = gguf_arr_str(l->f, (size_t)itok, (size_t)ids[k], &len);
+        if (memchr(s, 0, len) || !(names[k] = strndup(s, len))) continue;
+        tok_str[k] = names[k];
+    }
+    if (!rc && imerge >= 0) {
+        for (size_t j = 0; j < gguf_arr_n(l->f, (size_t)imerge) && !rc; j++) {
+            size_t len = 0;
+            const char *s = gguf_arr_str(l->f, (size_t)imerge, j, &len);
+            json_t *x = json_stringn(s, len);
+            if (!x) rc = error_set(l->err, LLMOPT_EFORMAT, "%s: key 'tokenizer.ggml.merges': merge %zu is not valid UTF-8", l->path, j);
+            else json_array_append_new(merges, x);
+        }
+    } else if (!rc) {
+        rc = merges_from_scores(l, itok, iscore, itype, vocab, merges);
+    }
+
+    json_t *model = typed("BPE");
+    json_object_set_new(model, "dropout", json_null());
+    json_object_set_new(model, "unk_token", spm && tok_str[2] ? json_string(tok_str[2]) : json_null());
+    json_object_set_new(model, "continuing_subword_prefix", json_null());
+    json_object_set_new(model, "end_of_word_suffix", json_null());
+    json_object_set_new(model, "fuse_unk", json_boolean(spm));
+    json_object_set_new(model, "byte_fallback", json_boolean(spm));
+    json_object_set_new(model, "ignore_merges", json_boolean(llama3));
+    json_object_set_new(model, "vocab", vocab);
+    json_object_set_new(model, "merges", merges);
+
+    json_t *root = json_object();
+    json_object_set_new(root, "version", json_string("1.0"));
+    json_object_set_new(root, "truncation", json_null());
+    json_object_set_new(root, "padding", json_null());
+    json_object_set_new(root, "added_tokens", added);
+    const char *bos_s = add_bos ? tok_str[0] : NULL, *eos_s = add_eos ? tok_str[1] : NULL;
+    if (spm) {
+        json_t *norm = typed("Sequence"), *ns = json_array(), *dec = typed("Sequence"), *ds = json_array();
+        if (add_space) {
+            json_t *p = typed("Prepend");
+            json_object_set_new(p, "prepend", json_string("\xe2\x96\x81"));
+            json_array_append_new(ns, p);
+        }
+        json_array_append_new(ns, replace(" ", "\xe2\x96\x81"));
+        json_object_set_new(norm, "normalizers", ns);
+        json_array_append_new(ds, replace("\xe2\x96\x81", " "));
+        json_array_append_new(ds, typed("ByteFallback"));
+        json_array_append_new(ds, typed("Fuse"));
+        if (add_space) {
+            json_t *st = typed("Strip");
+            json_object_set_new(st, "content", json_string(" "));
+            json_object_set_new(st, "start", json_integer(1));
+            json_object_set_new(st, "stop", json_integer(0));
+            json_array_append_new(ds, st);
+        }
+        json_object_set_new(dec, "decoders", ds);
+        json_object_set_new(root, "normalizer", norm);
+        json_object_set_new(root, "pre_tokenizer", json_null());
+        json_object_set_new(root, "post_processor", bos_s || eos_s ? template_processing(bos_s, bos, eos_s, eos) : json_null());
+        json_object_set_new(root, "decoder", dec);
+    } else {
+        json_object_set_new(root, "normalizer", json_null());
+        if (llama3) {
+            json_t *seq = typed("Sequence"), *ps = json_array(), *split = typed("Split");
+            json_object_set_new(split, "pattern", str_obj("Regex", LLAMA3_REGEX));
+            json_object_set_new(split, "behavior", json_string("Isolated"));
+            json_object_set_new(split, "invert", json_false());
+            json_array_append_new(ps, split);
+            json_array_append_new(ps, byte_level(0, 0));
+            json_object_set_new(seq, "pretokenizers", ps);
+            json_object_set_new(root, "pre_tokenizer", seq);
+        } else {
+            json_object_set_new(root, "pre_tokenizer", byte_level(1, 0));
+        }
+        json_object_set_new(root, "post_processor",
+                            bos_s || eos_s ? template_processing(bos_s, bos, eos_s, eos) : byte_level(1, 1));
+        json_object_set_new(root, "decoder", byte_level(1, 1));
+    }
+    json_object_set_new(root, "model", model);
+
+    json_t *tc = json_object(), *gc = json_object();
+    const char *keys[3] = {"bos_token", "eos_token", "unk_token"}, *gkeys[2] = {"bos_token_id", "eos_token_id"};
+    for (int k = 0; k < 3; k++)
+        if (tok_str[k]) json_object_set_new(tc, keys[k], json_string(tok_str[k]));
+    for (int k = 0; k < 2; k++)
+        if (ids[k] >= 0) {
+            json_object_set_new(gc, gkeys[k], json_integer(ids[k]));
+            json_object_set_new(cfg, gkeys[k], json_integer(ids[k]));
+        }
+    json_object_set_new(tc, "add_bos_token", json_boolean(add_bos));
+    json_object_set_new(tc, "add_eos_token", json_boolean(add_eos));
+    if (itmpl >= 0) json_object_set_new(tc, "chat_template", json_string(gguf_get_str(l->f, (size_t)itmpl, NULL)));
+    json_object_set_new(tc, "tokenizer_class", json_string(spm ? "LlamaTokenizerFast" : "PreTrainedTokenizerFast"));
+    if (!rc) rc = set_json_file(l, m, "tokenizer.json", root);
+    if (!rc) rc = set_json_file(l, m, "tokenizer_config.json", tc);
+    if (!rc && json_object_size(gc)) rc = set_json_file(l, m, "generation_config.json", gc);
+    json_decref(root);
+    json_decref(tc);
+    json_decref(gc);
+    for (int k = 0; k < 3; k++) free(names[k]);
+    return rc;
+}
+
+/* ---- loading: tensors ---- */
+
+/* The map entry and layer of a GGUF tensor name ("blk.3.attn_q.weight": layer 3); NULL if none. */
+static const name_map *lookup_gguf(int llama, const char *name, int *layer) {
+    const name_map *tab;
+    size_t n;
+    *layer = -1;
+    if (strncmp(name, "blk.", 4) == 0) {
+        char *end;
+        long b = strtol(name + 4, &end, 10);
+        if (end == name + 4 || *end != '.' || b < 0 || b > 100000 || (name[4] == '0' && end != name + 5)) return NULL;
+        *layer = (int)b;
+        name = end + 1;
+        tab = llama ? llama_layer : gpt2_layer;
+        n = llama ? N_OF(llama_layer) : N_OF(gpt2_layer);
+    } else {
+        tab = llama ? llama_global : gpt2_global;
+        n = llama ? N_OF(llama_global) : N_OF(gpt2_global);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(tab[i].gguf, name) == 0) return &tab[i];
+    return NULL;
+}
+
+/* The Hugging Face checkpoint name (what transformers' save_pretrained writes). */
+static void hf_name(int llama, const name_map *nm, int layer, char *buf, size_t size) {
+    if (llama) {
+        if (layer < 0) snprintf(buf, size, "%s", nm->hf);
+        else snprintf(buf, size, "model.layers.%d.%s", layer, nm->hf);
+    } else if (strcmp(nm->hf, "lm_head.weight") == 0) {
+        snprintf(buf, size, "%s", nm->hf);
+    } else if (layer < 0) {
+        snprintf(buf, size, "transformer.%s", nm->hf);
+    } else {
+        snprintf(buf, size, "transformer.h.%d.%s", layer, nm->hf);
+    }
+}
+
+/* A tensor holding src's bytes transformed (q/k rows un-permuted, GPT-2 weights transposed back
+ * to Conv1D [in, out]; quantized GPT-2 weights are dequantized first, since a transposed block
+ * layout does not exist). */
+static int transformed(ld *l, const gguf_tensor_info *ti, int dtype, int ndim, const int64_t *shape, int xform,
+                       int64_t n_head, llmopt_tensor **out) {
+    const uint8_t *src = l->base + ti->offset;
+    *out = NULL;
+    if (xform == X_PERMUTE_Q || xform == X_PERMUTE_K) {
+        if (shape[0] % (2 * n_head) != 0)
+            return error_set(l->err, LLMOPT_EFORMAT, "%s: tensor '%s': %lld rows are not %lld heads of an even size", l->path,
+                             ti->name, (long long)shape[0], (long long)n_head);
+        if (!(*out = rt_tensor_new(dtype, ndim, shape))) return error_set(l->err, LLMOPT_ENOMEM, "%s: out of memory", l->path);
+        permute_rows((*out)->data, src, shape[0], n_head, ti->nbytes / (size_t)shape[0], 1);
+        return 0;
+    }
+    if (ndim != 2) return error_set(l->err, LLMOPT_EFORMAT, "%s: tensor '%s' must have 2 dims", l->path, ti->name);
+    const llmopt_dtype_traits *tr = rt_dtype_traits(dtype);
+    int64_t R = shape[0], C = shape[1], tshape[2] = {C, R};
+    if (tr->block_size == 1) {
+        if (!(*out = rt_tensor_new(dtype, 2, tshape))) return error_set(l->err, LLMOPT_ENOMEM, "%s: out of memory", l->path);
+        transpose((*out)->data, src, R, C, tr->type_size);
+        return 0;
+    }
+    float *tmp = malloc((size_t)R * (size_t)C * sizeof *tmp);
+    if (!tmp || !(*out = rt_tensor_new(LLMOPT_DTYPE_F32, 2, tshape))) {
+        free(tmp);
+        return error_set(l->err, LLMOPT_ENOMEM, "%s: out of memory", l->path);
+    }
+    dequantize(dtype, src, tmp, R * C);
+    transpose((*out)->data, (const uint8_t *)tmp, R, C, sizeof(float));
+    free(tmp);
+    return 0;
+}
+
+static int load_tensor(ld *l, llmopt_model *m, gg_mapping *map, const gguf_tensor_info *ti, int n_layer, int64_t n_head,
+                       int64_t n_kv) {
+    int llama = strcmp(l->arch, "llama") == 0, layer;
+    const name_map *nm = lookup_gguf(llama, ti->name, &layer);
+    if (!nm)
+        return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: tensor '%s' has no counterpart in a Hugging Face %s model", l->path,
+                         ti->name, l->arch);
+    if (layer >= n_layer)
+        return error_set(l->err, LLMOPT_EFORMAT, "%s: tensor '%s': block %d, but %s.block_count is %d", l->path, ti->name,
+                         layer, l->arch, n_layer);
+    const ggml_type_info *gt = ggml_type(ti->type);
+    if (gt->dtype < 0)
+        return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: tensor '%s' has ggml type %s, which llmopt does not run "
+                         "(f32, f16, bf16, q8_0, q4_0, q4_1)", l->path, ti->name, gt->name);
+    char name[160];
+    hf_name(llama, nm, layer, name, sizeof name);
+    int ndim = (int)ti->n_dims;
+    int64_t shape[LLMOPT_MAX_DIMS] = {1, 1, 1, 1};
+    for (int d = 0; d < ndim; d++) shape[d] = (int64_t)ti->ne[ndim - 1 - d];
+    llmopt_tensor *t = NULL;
+    if (nm->xform != X_NONE) {
+        int rc = transformed(l, ti, gt->dtype, ndim, shape, nm->xform, nm->xform == X_PERMUTE_K ? n_kv : n_head, &t);
+        if (rc) return rc;
+    } else {
+        atomic_fetch_add_explicit(&map->refs, 1, memory_order_relaxed);  /* the tensor's reference */
+        t = rt_tensor_wrap(gt->dtype, ndim, shape, (uint8_t *)map->base + ti->offset, ti->nbytes, mapping_unref, map);
+        if (!t) {
+            mapping_unref(map);
+            return error_set(l->err, LLMOPT_ENOMEM, "%s: tensor '%s': out of memory", l->path, ti->name);
+        }
+    }
+    int rc = rt_model_set(m, name, t);
+    rt_tensor_unref(t);
+    return rc ? error_set(l->err, rc, "%s: tensor '%s': cannot add it to the model", l->path, ti->name) : 0;
+}
+
+/* GPT-2 converters write output.weight as a copy of token_embd.weight (the tied lm_head). */
+static int same_tensor(const gguf_file *f, const uint8_t *base, long a, long b) {
+    const gguf_tensor_info *x = gguf_tensor(f, (size_t)a), *y = gguf_tensor(f, (size_t)b);
+    return x->type == y->type && x->n_dims == y->n_dims && memcmp(x->ne, y->ne, sizeof x->ne) == 0 &&
+           memcmp(base + x->offset, base + y->offset, x->nbytes) == 0;
+}
+
+int gguf_load(const char *path, llmopt_model **out, llmopt_error *err) {
+    *out = NULL;
+    gg_mapping *map = NULL;
+    gguf_file *f = NULL;
+    int rc = map_file(path, &map, err);
+    if (rc) return rc;
+    rc = gguf_parse(path, map->base, map->len, &f, err);
+    if (rc) {
+        mapping_unref(map);
+        return rc;
+    }
+    ld l = {path, f, map->base, NULL, err};
+    long ia = gguf_find_key(f, "general.architecture");
+    l.arch = ia >= 0 ? gguf_get_str(f, (size_t)ia, NULL) : NULL;
+    if (!l.arch) rc = error_set(err, LLMOPT_EFORMAT, "%s: key 'general.architecture' is missing or not a string", path);
+    else if (strcmp(l.arch, "llama") != 0 && strcmp(l.arch, "gpt2") != 0)
+        rc = error_set(err, LLMOPT_EUNSUPPORTED, "%s: general.architecture '%s' is not supported (llama, gpt2)", path, l.arch);
+    long emb = rc ? -1 : gguf_find_tensor(f, "token_embd.weight"), head = rc ? -1 : gguf_find_tensor(f, "output.weight");
+    if (!rc && (emb < 0 || gguf_tensor(f, (size_t)emb)->n_dims != 2))
+        rc = error_set(err, LLMOPT_EFORMAT, "%s: tensor 'token_embd.weight' is missing or not 2-dimensional", path);
+    int gpt2_tied = !rc && strcmp(l.arch, "gpt2") == 0 && head >= 0 && same_tensor(f, map->base, emb, head);
+    json_t *cfg = json_object();
+    uint64_t n_layer = 0, n_head = 0, n_kv = 0;
+    if (!rc) rc = build_config(&l, cfg, head < 0 || gpt2_tied, (int64_t)gguf_tensor(f, (size_t)emb)->ne[1], &n_layer, &n_head, &n_kv);
+    llmopt_model *m = NULL;
+    if (!rc && !(m = rt_model_new(l.arch))) rc = error_set(err, LLMOPT_ENOMEM, "%s: out of memory", path);
+    if (!rc) rc = rebuild_tokenizer(&l, m, cfg);
+    if (!rc) {
+        char *text = json_dumps(cfg, JSON_INDENT(2));
+        rc = text ? rt_model_config_load(m, text, strlen(text), err) : error_set(err, LLMOPT_ENOMEM, "%s: out of memory", path);
+        if (rc && text) error_prefix(err, "%s", path);
+        free(text);
+    }
+    for (size_t i = 0; !rc && i < gguf_n_tensors(f); i++)
+        if (!(gpt2_tied && (long)i == head))
+            rc = load_tensor(&l, m, map, gguf_tensor(f, i), (int)n_layer, (int64_t)n_head, (int64_t)n_kv);
+    json_decref(cfg);
+    gguf_file_free(f);
+    mapping_unref(map);  /* the loader's reference; the mapped tensors keep theirs */
+    if (rc) {
+        rt_model_unref(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+/* ---- writing: metadata into a growing buffer ---- */
+
+typedef struct gbuf {
+    uint8_t *p;
+    size_t n, cap;
+    int oom;
+} gbuf;
+
+static void gb_put(gbuf *b, const void *d, size_t n) {
+    if (b->oom) return;
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + n) cap *= 2;
+        uint8_t *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, d, n);
+    b->n += n;
+}
+
+static void gb_le(gbuf *b, uint64_t v, int n) {
+    uint8_t x[8];
+    for (int i = 0; i < n; i++) x[i] = (uint8_t)(v >> (8 * i));
+    gb_put(b, x, (size_t)n);
+}
+
+static void gb_str(gbuf *b, const char *s, size_t n) {
+    gb_le(b, n, 8);
+    gb_put(b, s, n);
+}
+
+typedef struct wr {
+    gbuf kv;
+    uint64_t n_kv;
+    const char *arch;
+} wr;
+
+static void kv_head(wr *w, const char *key, int type) {
+    gb_str(&w->kv, key, strlen(key));
+    gb_le(&w->kv, (uint64_t)type, 4);
+    w->n_kv++;
+}
+static void kv_u32(wr *w, const char *key, uint32_t v) {
+    kv_head(w, key, GGUF_TYPE_UINT32);
+    gb_le(&w->kv, v, 4);
+}
+static void kv_f32(wr *w, const char *key, float v) {
+    uint32_t b;
+    memcpy(&b, &v, 4);
+    kv_head(w, key, GGUF_TYPE_FLOAT32);
+    gb_le(&w->kv, b, 4);
+}
+static void kv_bool(wr *w, const char *key, int v) {
+    kv_head(w, key, GGUF_TYPE_BOOL);
+    gb_le(&w->kv, v ? 1 : 0, 1);
+}
+static void kv_str(wr *w, const char *key, const char *s) {
+    kv_head(w, key, GGUF_TYPE_STRING);
+    gb_str(&w->kv, s, strlen(s));
+}
+static void kv_arr(wr *w, const char *key, int type, uint64_t n) {
+    kv_head(w, key, GGUF_TYPE_ARRAY);
+    gb_le(&w->kv, (uint64_t)type, 4);
+    gb_le(&w->kv, n, 8);
+}
+/* {arch}.suffix */
+static const char *ak(wr *w, const char *suffix, char *buf, size_t n) {
+    snprintf(buf, n, "%s.%s", w->arch, suffix);
+    return buf;
+}
+
+/* ---- writing: the tokenizer from tokenizer.json ---- */
+
+/* The first object of that "type" in a tokenizer.json component or its Sequence members. */
+static json_t *find_typed(json_t *node, const char *type) {
+    if (!json_is_object(node)) return NULL;
+    const char *t = json_string_value(json_object_get(node, "type"));
+    if (t && strcmp(t, type) == 0) return node;
+    const char *lists[] = {"normalizers", "pretokenizers", "decoders", "processors"};
+    for (int k = 0; k < 4; k++) {
+        json_t *a = json_object_get(node, lists[k]), *x;
+        size_t i;
+        json_array_foreach(a, i, x) {
+            json_t *hit = find_typed(x, type);
+            if (hit) return hit;
+        }
+    }
+    return NULL;
+}
+
+/* The id of a token string (an added token or a vocabulary entry), -1 if none. */
+static int64_t token_id(json_t *vocab, json_t *added, const char *s) {
+    if (!s) return -1;
+    json_t *x;
+    size_t i;
+    json_array_foreach(added, i, x) if (json_is_string(json_object_get(x, "content")) &&
+                                        strcmp(json_string_value(json_object_get(x, "content")), s) == 0)
+        return json_integer_value(json_object_get(x, "id"));
+    x = json_object_get(vocab, s);
+    return json_is_integer(x) ? json_integer_value(x) : -1;
+}
+
+/* tokenizer_config.json's bos_token / eos_token: a string or {"content": ...}. */
+static const char *config_token(json_t *tc, const char *key) {
+    json_t *v = json_object_get(tc, key);
+    if (json_is_object(v)) v = json_object_get(v, "content");
+    return json_string_value(v);
+}
+
+static json_t *load_side_json(const llmopt_model *m, const char *name) {
+    size_t len = 0;
+    const char *text = rt_model_get_file(m, name, &len);
+    json_t *j = text ? json_loadb(text, len, 0, NULL) : NULL;
+    if (j && !json_is_object(j)) {
+        json_decref(j);
+        j = NULL;
+    }
+    return j;
+}
+
+/* The pre-tokenizer of a byte-level BPE, in tokenizer.ggml.pre's terms. */
+static const char *gpt2_pre(json_t *root) {
+    json_t *pre = json_object_get(root, "pre_tokenizer"), *split = find_typed(pre, "Split");
+    const char *rx = split ? json_string_value(json_object_get(json_object_get(split, "pattern"), "Regex")) : NULL;
+    if (rx && strcmp(rx, LLAMA3_REGEX) == 0) return "llama-bpe";
+    json_t *bl = find_typed(pre, "ByteLevel");
+    if (!split && bl && !json_is_false(json_object_get(bl, "use_regex"))) return "gpt-2";
+    return "default";
+}
+
+static int export_tokenizer(wr *w, const llmopt_model *m, int64_t vocab_size, llmopt_error *err) {
+    size_t len = 0;
+    const char *text = rt_model_get_file(m, "tokenizer.json", &len);
+    if (!text) return 0;
+    json_error_t je;
+    json_t *root = json_loadb(text, len, 0, &je);
+    json_t *model = json_object_get(root, "model"), *vocab = json_object_get(model, "vocab");
+    json_t *added = json_object_get(root, "added_tokens"), *merges = json_object_get(model, "merges");
+    const char *type = json_string_value(json_object_get(model, "type"));
+    int rc = 0;
+    if (!root) rc = error_set(err, LLMOPT_EFORMAT, "tokenizer.json: not valid JSON: line %d: %s", je.line, je.text);
+    else if (type && strcmp(type, "BPE") != 0)
+        rc = error_set(err, LLMOPT_EUNSUPPORTED, "tokenizer.json: model type '%s' cannot be written to GGUF (BPE only)", type);
+    else if (!json_is_object(vocab))
+        rc = error_set(err, LLMOPT_EFORMAT, "tokenizer.json: 'model.vocab' is missing or not an object");
+    if (rc) {
+        json_decref(root);
+        return rc;
+    }
+    int spm = json_is_true(json_object_get(model, "byte_fallback"));
+    /* n: every id of the vocabulary, the added tokens and the embedding rows */
+    int64_t n = vocab_size;
+    const char *key;
+    json_t *v;
+    size_t i;
+    json_object_foreach(vocab, key, v) if (json_integer_value(v) + 1 > n) n = json_integer_value(v) + 1;
+    json_array_foreach(added, i, v) if (json_integer_value(json_object_get(v, "id")) + 1 > n)
+        n = json_integer_value(json_object_get(v, "id")) + 1;
+    if (n > (1 << 26)) {
+        json_decref(root);
+        return error_set(err, LLMOPT_EFORMAT, "tokenizer.json: token id %lld is implausibly large", (long long)n - 1);
+    }
+    const char **tok = calloc((size_t)n, sizeof *tok);
+    int32_t *tt = calloc((size_t)n, sizeof *tt);
+    float *score = calloc((size_t)n, sizeof *score);
+    char *pads = malloc((size_t)n * 16);
+    if (!tok || !tt || !score || !pads) rc = error_set(err, LLMOPT_ENOMEM, "out of memory");
+    json_object_foreach(vocab, key, v) {
+        int64_t id = json_integer_value(v);
+        if (rc || id < 0 || tok[id]) continue;
+        tok[id] = key;
+        tt[id] = TT_NORMAL;
+        if (spm && strlen(key) == 6 && strncmp(key, "<0x", 3) == 0 && key[5] == '>') tt[id] = TT_BYTE;
+    }
+    json_array_foreach(added, i, v) {
+        int64_t id = json_integer_value(json_object_get(v, "id"));
+        const char *c = json_string_value(json_object_get(v, "content"));
+        if (rc || id < 0 || !c) continue;
+        tok[id] = c;
+        tt[id] = json_is_true(json_object_get(v, "special")) ? TT_CONTROL : TT_USER_DEFINED;
+    }
+    const char *unk = json_string_value(json_object_get(model, "unk_token"));
+    int64_t unk_id = spm ? token_id(vocab, added, unk) : -1;
+    if (!rc && unk_id >= 0 && unk_id < n) tt[unk_id] = TT_UNKNOWN;
+    for (int64_t id = 0; !rc && id < n; id++)
+        if (!tok[id]) {  /* ids no token uses (padded embeddings), as llama.cpp's converter fills them */
+            snprintf(pads + id * 16, 16, "[PAD%lld]", (long long)id);
+            tok[id] = pads + id * 16;
+            tt[id] = TT_UNUSED;
+        }
+    /* merges as "a b" strings; a merged token's score is minus its merge's rank */
+    size_t n_merges = json_array_size(merges);
+    gbuf mb = {0};
+    for (i = 0; !rc && i < n_merges; i++) {
+        json_t *x = json_array_get(merges, i);
+        const char *a = json_string_value(x), *b = NULL;
+        char *joined = NULL;
+        if (json_is_array(x)) {
+            a = json_string_value(json_array_get(x, 0));
+            b = json_string_value(json_array_get(x, 1));
+        }
+        if (!a || (json_is_array(x) && !b)) {
+            rc = error_set(err, LLMOPT_EFORMAT, "tokenizer.json: merge %zu is neither \"a b\" nor [a, b]", i);
+            break;
+        }
+        size_t la = strlen(a), lb = b ? strlen(b) : 0;
+        if (b) {
+            gb_le(&mb, la + 1 + lb, 8);
+            gb_put(&mb, a, la);
+            gb_put(&mb, " ", 1);
+            gb_put(&mb, b, lb);
+        } else {
+            gb_str(&mb, a, la);
+        }
+        if (spm) {  /* the product of merge i */
+            const char *sp = b ? NULL : strchr(a, ' ');
+            size_t l1 = b ? la : (sp ? (size_t)(sp - a) : la);
+            const char *p2 = b ? b : (sp ? sp + 1 : "");
+            if ((joined = malloc(l1 + strlen(p2) + 1))) {
+                memcpy(joined, a, l1);
+                strcpy(joined + l1, p2);
+                int64_t id = json_integer_value(json_object_get(vocab, joined));
+                if (json_object_get(vocab, joined) && id >= 0 && id < n && score[id] == 0) score[id] = -(float)(i + 1);
+                free(joined);
+            }
+        }
+    }
+    if (mb.oom) rc = error_set(err, LLMOPT_ENOMEM, "out of memory");
+
+    /* bos/eos: tokenizer_config.json, then generation_config.json */
+    json_t *tc = load_side_json(m, "tokenizer_config.json"), *gc = load_side_json(m, "generation_config.json");
+    int64_t bos = token_id(vocab, added, config_token(tc, "bos_token"));
+    int64_t eos = token_id(vocab, added, config_token(tc, "eos_token"));
+    json_t *g;
+    if (bos < 0 && (g = json_object_get(gc, "bos_token_id"))) bos = json_integer_value(json_is_array(g) ? json_array_get(g, 0) : g);
+    if (eos < 0 && (g = json_object_get(gc, "eos_token_id"))) eos = json_integer_value(json_is_array(g) ? json_array_get(g, 0) : g);
+    json_t *ab = json_object_get(tc, "add_bos_token"), *ae = json_object_get(tc, "add_eos_token");
+    json_t *post = find_typed(json_object_get(root, "post_processor"), "TemplateProcessing");
+    json_t *first = json_array_get(json_object_get(post, "single"), 0);
+    int add_bos = json_is_boolean(ab) ? json_is_true(ab) : json_object_get(first, "SpecialToken") != NULL;
+    json_t *tmpl = json_object_get(tc, "chat_template");
+
+    if (!rc) {
+        kv_str(w, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
+        kv_str(w, "tokenizer.ggml.pre", spm ? "default" : gpt2_pre(root));
+        kv_arr(w, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, (uint64_t)n);
+        for (int64_t id = 0; id < n; id++) gb_str(&w->kv, tok[id], strlen(tok[id]));
+        kv_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, (uint64_t)n);
+        for (int64_t id = 0; id < n; id++) gb_le(&w->kv, (uint32_t)tt[id], 4);
+        if (spm) {
+            kv_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, (uint64_t)n);
+            for (int64_t id = 0; id < n; id++) {
+                uint32_t b;
+                memcpy(&b, &score[id], 4);
+                gb_le(&w->kv, b, 4);
+            }
+            json_t *pre = json_object_get(root, "pre_tokenizer"), *ms = find_typed(pre, "Metaspace");
+            const char *scheme = json_string_value(json_object_get(ms, "prepend_scheme"));
+            int space = find_typed(json_object_get(root, "normalizer"), "Prepend") != NULL ||
+                        (ms && (scheme ? strcmp(scheme, "never") != 0 : !json_is_false(json_object_get(ms, "add_prefix_space"))));
+            kv_bool(w, "tokenizer.ggml.add_space_prefix", space);
+        }
+        /* llama.cpp reads merges for gpt2 vocabularies only; for llama ones they keep the BPE exact */
+        if (n_merges) {
+            kv_arr(w, "tokenizer.ggml.merges", GGUF_TYPE_STRING, n_merges);
+            gb_put(&w->kv, mb.p, mb.n);
+        }
+        if (bos >= 0 && bos < n) kv_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)bos);
+        if (eos >= 0 && eos < n) kv_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)eos);
+        if (unk_id >= 0 && unk_id < n) kv_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)unk_id);
+        kv_bool(w, "tokenizer.ggml.add_bos_token", add_bos);
+        if (json_is_boolean(ae)) kv_bool(w, "tokenizer.ggml.add_eos_token", json_is_true(ae));
+        if (json_is_string(tmpl)) kv_str(w, "tokenizer.chat_template", json_string_value(tmpl));
+    }
+    free(mb.p);
+    free(tok);
+    free(tt);
+    free(score);
+    free(pads);
+    json_decref(tc);
+    json_decref(gc);
+    json_decref(root);
+    return rc;
+}
+
+/* ---- writing: the file ---- */
+
+typedef struct wt {
+    char hf[160];
+    char name[96];
+    const llmopt_tensor *t;
+    int xform;
+    int64_t n_head;    /* rows of q/k are n_head heads */
+    uint32_t type;     /* ggml type */
+    uint32_t n_dims;
+    uint64_t ne[GGUF_MAX_DIMS];
+    size_t offset;     /* in the data section */
+} wt;
+
+static int plan_tensor(const arch_config *c, const llmopt_model *m, const name_map *nm, int layer, wt *p, size_t *np,
+                       llmopt_error *err) {
+    wt *w = &p[*np];
+    memset(w, 0, sizeof *w);
+    arch_tensor_name(c, m, layer, nm->hf, w->hf, sizeof w->hf);
+    if (!(w->t = rt_model_get(m, w->hf))) return 0;  /* optional (biases, lm_head) */
+    if (layer < 0) snprintf(w->name, sizeof w->name, "%s", nm->gguf);
+    else snprintf(w->name, sizeof w->name, "blk.%d.%s", layer, nm->gguf);
+    const llmopt_tensor *t = w->t;
+    int type = ggml_from_dtype(t->dtype);
+    const llmopt_dtype_traits *tr = rt_dtype_traits(t->dtype);
+    if (type < 0 || !tr)
+        return error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s': dtype %s has no ggml type", w->hf, tr ? tr->name : "(group-quantized)");
+    if (t->device != LLMOPT_DEVICE_CPU)
+        return error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s': only CPU tensors can be written", w->hf);
+    if (t->ndim < 1) return error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s': a scalar has no GGUF layout here", w->hf);
+    w->type = (uint32_t)type;
+    w->xform = nm->xform;
+    w->n_head = nm->xform == X_PERMUTE_K ? c->n_kv_head : c->n_head;
+    w->n_dims = (uint32_t)t->ndim;
+    for (int d = 0; d < GGUF_MAX_DIMS; d++) w->ne[d] = 1;
+    for (int d = 0; d < t->ndim; d++) w->ne[d] = (uint64_t)t->shape[t->ndim - 1 - d];
+    if (w->xform == X_TRANSPOSE) {
+        if (t->ndim != 2) return error_set(err, LLMOPT_EFORMAT, "tensor '%s' must have 2 dims", w->hf);
+        if (tr->block_size != 1)
+            return error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s': a %s Conv1D weight cannot become GGUF's [out, in] rows "
+                             "without requantizing", w->hf, tr->name);
+        w->ne[0] = (uint64_t)t->shape[0];  /* Conv1D [in, out] is written as [out, in] rows of in */
+        w->ne[1] = (uint64_t)t->shape[1];
+    }
+    if ((w->xform == X_PERMUTE_Q || w->xform == X_PERMUTE_K) && t->shape[0] % (2 * w->n_head) != 0)
+        return error_set(err, LLMOPT_EFORMAT, "tensor '%s': %lld rows are not %lld heads of an even size", w->hf,
+                         (long long)t->shape[0], (long long)w->n_head);
+    (*np)++;
+    return 0;
+}
+
+/* Every tensor of the model, in llama.cpp's names (GPT-2's tied lm_head written out as
+ * output.weight, as convert_hf_to_gguf.py does). */
+static int plan_tensors(const arch_config *c, const llmopt_model *m, wt **out, size_t *np, llmopt_error *err) {
+    int llama = c->family == ARCH_LLAMA;
+    const name_map *g = llama ? llama_global : gpt2_global, *ly = llama ? llama_layer : gpt2_layer;
+    size_t ng = llama ? N_OF(llama_global) : N_OF(gpt2_global), nl = llama ? N_OF(llama_layer) : N_OF(gpt2_layer);
+    wt *p = calloc(ng + 1 + (size_t)c->n_layer * nl, sizeof *p);
+    *out = p;
+    *np = 0;
+    if (!p) return error_set(err, LLMOPT_ENOMEM, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; !rc && i < ng; i++) rc = plan_tensor(c, m, &g[i], -1, p, np, err);
+    if (!rc && !llama && c->tied && !rt_model_get(m, "lm_head.weight")) {
+        p[*np] = p[0];  /* token_embd.weight is planned first */
+        snprintf(p[*np].name, sizeof p[*np].name, "output.weight");
+        (*np)++;
+    }
+    for (int l = 0; !rc && l < c->n_layer; l++)
+        for (size_t i = 0; !rc && i < nl; i++) rc = plan_tensor(c, m, &ly[i], l, p, np, err);
+    for (size_t i = 0; !rc && i < rt_model_n_tensors(m); i++) {
+        const char *name = rt_model_tensor_name(m, i);
+        size_t k = 0, ln = strlen(name);
+        while (k < *np && strcmp(p[k].hf, name) != 0) k++;
+        int mask = ln > 10 && (strcmp(name + ln - 10, ".attn.bias") == 0 || (ln > 17 && strcmp(name + ln - 17, ".attn.masked_bias") == 0));
+        if (k == *np && !(mask && !llama))  /* GPT-2's causal-mask buffers are not weights */
+            rc = error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s' has no GGUF name in a %s model", name, llama ? "llama" : "gpt2");
+    }
+    return rc;
+}
+
+/* llama_ftype: what most 2-D weights are. */
+static uint32_t file_type(const wt *p, size_t n, int *quantized) {
+    size_t count[N_GGML_TYPES] = {0};
+    *quantized = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i].n_dims == 2) count[p[i].type]++;
+        *quantized |= ggml_types[p[i].type].block > 1;
+    }
+    uint32_t best = GGML_TYPE_F32;
+    for (uint32_t t = 0; t < N_GGML_TYPES; t++)
+        if (count[t] > count[best]) best = t;
+    switch (best) {
+    case GGML_TYPE_F16: return 1;
+    case GGML_TYPE_Q4_0: return 2;
+    case GGML_TYPE_Q4_1: return 3;
+    case GGML_TYPE_Q8_0: return 7;
+    case GGML_TYPE_BF16: return 32;
+    default: return 0;
+    }
+}
+
+static void write_metadata(wr *w, const arch_config *c, const llmopt_model *m, const char *path, uint32_t ftype, int quantized) {
+    char k[128];
+    kv_str(w, "general.architecture", w->arch);
+    const char *src = rt_model_cfg_get_str(m, "_name_or_path");
+    const char *base = strrchr(path, '/');
+    char name[256];
+    snprintf(name, sizeof name, "%s", src && *src ? src : base ? base + 1 : path);
+    size_t ln = strlen(name);
+    if (ln > 5 && strcmp(name + ln - 5, ".gguf") == 0) name[ln - 5] = '\0';
+    kv_str(w, "general.name", name);
+    kv_u32(w, "general.file_type", ftype);
+    if (quantized) kv_u32(w, "general.quantization_version", 2);
+    kv_u32(w, "general.alignment", GGUF_DEFAULT_ALIGNMENT);
+    kv_u32(w, ak(w, "context_length", k, sizeof k), (uint32_t)c->n_ctx);
+    kv_u32(w, ak(w, "embedding_length", k, sizeof k), (uint32_t)c->n_embd);
+    kv_u32(w, ak(w, "block_count", k, sizeof k), (uint32_t)c->n_layer);
+    kv_u32(w, ak(w, "feed_forward_length", k, sizeof k), (uint32_t)c->n_ff);
+    kv_u32(w, ak(w, "attention.head_count", k, sizeof k), (uint32_t)c->n_head);
+    kv_u32(w, ak(w, "vocab_size", k, sizeof k), (uint32_t)c->vocab);
+    if (c->family == ARCH_GPT2) {
+        kv_f32(w, ak(w, "attention.layer_norm_epsilon", k, sizeof k), c->norm_eps);
+        return;
+    }
+    kv_u32(w, ak(w, "attention.head_count_kv", k, sizeof k), (uint32_t)c->n_kv_head);
+    kv_f32(w, ak(w, "attention.layer_norm_rms_epsilon", k, sizeof k), c->norm_eps);
+    kv_f32(w, ak(w, "rope.freq_base", k, sizeof k), c->rope_theta);
+    kv_u32(w, ak(w, "rope.dimension_count", k, sizeof k), (uint32_t)c->head_dim);
+    if (c->head_dim * c->n_head != c->n_embd) {
+        kv_u32(w, ak(w, "attention.key_length", k, sizeof k), (uint32_t)c->head_dim);
+        kv_u32(w, ak(w, "attention.value_length", k, sizeof k), (uint32_t)c->head_dim);
+    }
+    if (c->rope_scale != 1.0f) {
+        kv_str(w, ak(w, "rope.scaling.type", k, sizeof k), "linear");
+        kv_f32(w, ak(w, "rope.scaling.factor", k, sizeof k), c->rope_scale);
+    }
+}
+
+static int write_all(FILE *fp, const void *p, size_t n) { return n == 0 || fwrite(p, 1, n, fp) == n ? 0 : -1; }
+
+static int write_pad(FILE *fp, size_t pos) {
+    static const uint8_t zero[GGUF_DEFAULT_ALIGNMENT];
+    return write_all(fp, zero, (GGUF_DEFAULT_ALIGNMENT - pos % GGUF_DEFAULT_ALIGNMENT) % GGUF_DEFAULT_ALIGNMENT);
+}
+
+/* One tensor's bytes in GGUF layout: as stored, or permuted/transposed through scratch. */
+static int write_tensor(FILE *fp, const wt *p, uint8_t **scratch, size_t *cap) {
+    const llmopt_tensor *t = p->t;
+    if (p->xform == X_NONE) return write_all(fp, t->data, t->nbytes);
+    if (*cap < t->nbytes) {
+        uint8_t *s = realloc(*scratch, t->nbytes);
+        if (!s) return -2;
+        *scratch = s;
+        *cap = t->nbytes;
+    }
+    if (p->xform == X_TRANSPOSE) transpose(*scratch, t->data, t->shape[0], t->shape[1], rt_dtype_traits(t->dtype)->type_size);
+    else permute_rows(*scratch, t->data, t->shape[0], p->n_head, t->nbytes / (size_t)t->shape[0], 0);
+    return write_all(fp, *scratch, t->nbytes);
+}
+
+int gguf_write(const llmopt_model *m, const char *path, llmopt_error *err) {
+    arch_config c;
+    int rc = arch_from_model(m, &c, err);
+    if (rc) {
+        error_prefix(err, "%s", path);
+        return rc;
+    }
+    wt *p = NULL;
+    size_t np = 0;
+    wr w = {.arch = c.family == ARCH_LLAMA ? "llama" : "gpt2"};
+    rc = plan_tensors(&c, m, &p, &np, err);
+    int quantized = 0;
+    uint32_t ftype = rc ? 0 : file_type(p, np, &quantized);
+    if (!rc) write_metadata(&w, &c, m, path, ftype, quantized);
+    if (!rc && (rc = export_tokenizer(&w, m, c.vocab, err))) error_prefix(err, "%s", path);
+    gbuf info = {0};
+    size_t off = 0;
+    for (size_t i = 0; !rc && i < np; i++) {
+        p[i].offset = off;
+        off += p[i].t->nbytes;
+        off += (GGUF_DEFAULT_ALIGNMENT - off % GGUF_DEFAULT_ALIGNMENT) % GGUF_DEFAULT_ALIGNMENT;
+        gb_str(&info, p[i].name, strlen(p[i].name));
+        gb_le(&info, p[i].n_dims, 4);
+        for (uint32_t d = 0; d < p[i].n_dims; d++) gb_le(&info, p[i].ne[d], 8);
+        gb_le(&info, p[i].type, 4);
+        gb_le(&info, p[i].offset, 8);
+    }
+    if (!rc && (w.kv.oom || info.oom)) rc = error_set(err, LLMOPT_ENOMEM, "%s: out of memory", path);
+
+    char tmp[4096];
+    FILE *fp = NULL;
+    if (!rc && snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid()) >= (int)sizeof tmp)
+        rc = error_set(err, LLMOPT_EINVAL, "%s: path too long", path);
+    if (!rc && !(fp = fopen(tmp, "wb"))) rc = error_set(err, LLMOPT_EIO, "%s: cannot write: %s", tmp, strerror(errno));
+    if (!rc) {
+        gbuf h = {0};
+        gb_put(&h, "GGUF", 4);
+        gb_le(&h, 3, 4);
+        gb_le(&h, np, 8);
+        gb_le(&h, w.n_kv, 8);
+        size_t pos = h.n + w.kv.n + info.n;
+        int bad = h.oom || write_all(fp, h.p, h.n) || write_all(fp, w.kv.p, w.kv.n) || write_all(fp, info.p, info.n) ||
+                  write_pad(fp, pos);
+        free(h.p);
+        uint8_t *scratch = NULL;
+        size_t cap = 0;
+        for (size_t i = 0; !bad && i < np; i++) {
+            int r = write_tensor(fp, &p[i], &scratch, &cap);
+            if (r == -2) rc = error_set(err, LLMOPT_ENOMEM, "%s: out of memory", path);
+            bad = r || write_pad(fp, p[i].t->nbytes);
+        }
+        free(scratch);
+        int e = errno;
+        bad |= fflush(fp) != 0 || (fsync(fileno(fp)) != 0 && errno != EINVAL);
+        bad |= fclose(fp) != 0;
+        if (bad && !rc) rc = error_set(err, LLMOPT_EIO, "%s: write failed: %s", tmp, strerror(e ? e : errno));
+        if (!rc && rename(tmp, path) != 0) rc = error_set(err, LLMOPT_EIO, "%s: cannot rename into place: %s", path, strerror(errno));
+        if (rc) unlink(tmp);
+    }
+    free(info.p);
+    free(w.kv.p);
+    free(p);
+    return rc;
 }

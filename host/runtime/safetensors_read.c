@@ -2,6 +2,7 @@
  * (model.safetensors.index.json). Each file is mmap'd once and its tensors point into the
  * mapping, no copy; the mapping is refcounted and unmapped with the last tensor that uses it. */
 #include "runtime.h"
+#include "gguf.h"
 #include "../util/fs.h"
 
 #include <errno.h>
@@ -411,6 +412,8 @@ static int load_side_file(llmopt_model *m, const char *dir, const char *name, ll
 
 int rt_model_load(const char *dir, llmopt_model **out, llmopt_error *err) {
     *out = NULL;
+    size_t n = strlen(dir);
+    if (n > 5 && strcmp(dir + n - 5, ".gguf") == 0 && !fs_is_dir(dir)) return gguf_load(dir, out, err);
     llmopt_model *m = NULL;
     int rc = load_config(dir, &m, err);
     if (rc != 0) return rc;

@@ -3,6 +3,7 @@
  * llmopt/kernel_ops.h, storage large enough for the shape, and the aliasing rules. A bad call
  * returns LLMOPT_EINVAL before any output is written. */
 #include "cpu.h"
+#include "backward.h"
 
 #include <math.h>
 
@@ -190,5 +191,155 @@ int cpu_check_cross_entropy(const llmopt_tensor *const *in, int n_in, const llmo
     const int32_t *tg = targets->data;
     for (int64_t t = 0; t < d->rows; t++)
         if (tg[t] != ignore && (tg[t] < 0 || tg[t] >= d->cols)) return LLMOPT_EINVAL;
+    return 0;
+}
+
+/* ---- backward ops and adamw (declared in backward.h) ---- */
+
+/* An optional output passed in a params struct: an f32 tensor of n elements overlapping none
+ * of the inputs nor out. */
+static int grad_out_ok(const llmopt_tensor *g, int64_t n, const llmopt_tensor *const *in, int n_in,
+                       const llmopt_tensor *out) {
+    if (!tensor_ok(g, LLMOPT_DTYPE_F32) || numel(g) != n) return 0;
+    for (int i = 0; i < n_in; i++)
+        if (overlaps(g, in[i])) return 0;
+    return !(out && out->data && overlaps(g, out));
+}
+
+int cpu_check_matmul_backward(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                              const void *params, cpu_mm_dims *d, int *want_dx) {
+    if (!in || n_in != 3 || !out || !PARAMS_OK(params, llmopt_op_matmul_backward)) return LLMOPT_EINVAL;
+    const llmopt_op_matmul_backward *p = params;
+    const llmopt_tensor *x = in[0], *w = in[1], *dy = in[2];
+    if (!tensor_ok(x, LLMOPT_DTYPE_F32) || !w || !is_weight_dtype(w->dtype) || !tensor_ok(w, w->dtype) ||
+        w->ndim != 2 || !tensor_ok(dy, LLMOPT_DTYPE_F32))
+        return LLMOPT_EINVAL;
+    if (p->w_layout != LLMOPT_W_OUT_IN && p->w_layout != LLMOPT_W_IN_OUT) return LLMOPT_EINVAL;
+    d->K = last_dim(x);
+    d->M = numel(x) / d->K;
+    d->layout = p->w_layout;
+    d->accumulate = p->accumulate_dx != 0;
+    d->has_bias = p->db != NULL;
+    int64_t wk = p->w_layout == LLMOPT_W_OUT_IN ? w->shape[1] : w->shape[0];
+    d->N = p->w_layout == LLMOPT_W_OUT_IN ? w->shape[0] : w->shape[1];
+    if (wk != d->K || last_dim(dy) != d->N || numel(dy) != d->M * d->N) return LLMOPT_EINVAL;
+    *want_dx = out->data != NULL;
+    if (*want_dx && (!tensor_ok(out, LLMOPT_DTYPE_F32) || last_dim(out) != d->K || numel(out) != d->M * d->K ||
+                     overlaps(out, x) || overlaps(out, w) || overlaps(out, dy)))
+        return LLMOPT_EINVAL;
+    if (p->dw && (w->dtype != LLMOPT_DTYPE_F32 || !grad_out_ok(p->dw, d->N * d->K, in, n_in, out) ||
+                  !same_shape(p->dw, w)))
+        return LLMOPT_EINVAL;
+    if (p->db && (!grad_out_ok(p->db, d->N, in, n_in, out) || (p->dw && overlaps(p->db, p->dw))))
+        return LLMOPT_EINVAL;
+    if (!*want_dx && !p->dw && !p->db) return LLMOPT_EINVAL; /* nothing to compute */
+    return 0;
+}
+
+int cpu_check_norm_backward(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                            const void *params, int with_beta, cpu_rows *d) {
+    if (!in || n_in != 3 || !PARAMS_OK(params, llmopt_op_norm_backward)) return LLMOPT_EINVAL;
+    const llmopt_op_norm_backward *p = params;
+    if (!(p->eps >= 0.0f) || !isfinite(p->eps)) return LLMOPT_EINVAL;
+    const llmopt_tensor *x = in[0], *gamma = in[1], *dy = in[2];
+    if (!tensor_ok(x, LLMOPT_DTYPE_F32) || !tensor_ok(dy, LLMOPT_DTYPE_F32) || !same_shape(x, dy) ||
+        !tensor_ok(out, LLMOPT_DTYPE_F32) || !same_shape(x, out))
+        return LLMOPT_EINVAL;
+    d->cols = last_dim(x);
+    d->rows = numel(x) / d->cols;
+    if (!tensor_ok(gamma, LLMOPT_DTYPE_F32) || numel(gamma) != d->cols) return LLMOPT_EINVAL;
+    if (overlaps(out, x) || overlaps(out, gamma) || overlaps(out, dy)) return LLMOPT_EINVAL;
+    if (!p->dgamma || !grad_out_ok(p->dgamma, d->cols, in, n_in, out)) return LLMOPT_EINVAL;
+    if (with_beta ? (!p->dbeta || !grad_out_ok(p->dbeta, d->cols, in, n_in, out) || overlaps(p->dbeta, p->dgamma))
+                  : p->dbeta != NULL)
+        return LLMOPT_EINVAL;
+    return 0;
+}
+
+int cpu_check_attention_backward(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                                 const void *params, cpu_attn_dims *d) {
+    if (!in || n_in != 4 || !PARAMS_OK(params, llmopt_op_attention_backward)) return LLMOPT_EINVAL;
+    const llmopt_op_attention_backward *p = params;
+    const llmopt_tensor *q = in[0], *k = in[1], *v = in[2], *dy = in[3];
+    for (int i = 0; i < 4; i++)
+        if (!tensor_ok(in[i], LLMOPT_DTYPE_F32) || in[i]->ndim != 3) return LLMOPT_EINVAL;
+    if (!same_shape(k, v) || !same_shape(q, dy) || !tensor_ok(out, LLMOPT_DTYPE_F32) || !same_shape(q, out))
+        return LLMOPT_EINVAL;
+    d->T = q->shape[0], d->Hq = q->shape[1], d->D = q->shape[2];
+    d->S = k->shape[0], d->Hkv = k->shape[1];
+    if (d->S != d->T || k->shape[2] != d->D || d->Hq % d->Hkv != 0 || !isfinite(p->scale)) return LLMOPT_EINVAL;
+    for (int i = 0; i < 4; i++)
+        if (overlaps(out, in[i])) return LLMOPT_EINVAL;
+    if (!p->dk || !p->dv || !same_shape(p->dk, k) || !same_shape(p->dv, k) ||
+        !grad_out_ok(p->dk, numel(k), in, n_in, out) || !grad_out_ok(p->dv, numel(k), in, n_in, out) ||
+        overlaps(p->dk, p->dv))
+        return LLMOPT_EINVAL;
+    return 0;
+}
+
+int cpu_check_swiglu_backward(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                              const void *params, int64_t *n) {
+    if (!PARAMS_OK(params, llmopt_op_swiglu_backward)) return LLMOPT_EINVAL;
+    int rc = cpu_check_elementwise(in, n_in, out, 3, n);
+    if (rc) return rc;
+    /* dup is written element by element after every input of that element is read, so it may
+     * be one of the inputs exactly, but not out */
+    const llmopt_tensor *dup = ((const llmopt_op_swiglu_backward *)params)->dup;
+    if (!tensor_ok(dup, LLMOPT_DTYPE_F32) || !same_shape(dup, out) || overlaps(dup, out)) return LLMOPT_EINVAL;
+    for (int i = 0; i < n_in; i++)
+        if (!alias_ok(dup, in[i])) return LLMOPT_EINVAL;
+    return 0;
+}
+
+int cpu_check_embedding_backward(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                                 cpu_rows *d, int64_t *V) {
+    if (!in || n_in != 2) return LLMOPT_EINVAL;
+    const llmopt_tensor *ids = in[0], *dy = in[1];
+    if (!tensor_ok(ids, LLMOPT_DTYPE_I32) || !tensor_ok(dy, LLMOPT_DTYPE_F32) || !tensor_ok(out, LLMOPT_DTYPE_F32) ||
+        out->ndim != 2)
+        return LLMOPT_EINVAL;
+    *V = out->shape[0];
+    d->cols = out->shape[1];
+    d->rows = numel(ids);
+    if (last_dim(dy) != d->cols || numel(dy) != d->rows * d->cols || overlaps(out, ids) || overlaps(out, dy))
+        return LLMOPT_EINVAL;
+    const int32_t *id = ids->data;
+    for (int64_t t = 0; t < d->rows; t++)
+        if (id[t] < 0 || id[t] >= *V) return LLMOPT_EINVAL;
+    return 0;
+}
+
+int cpu_check_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                                     const void *params, cpu_rows *d) {
+    if (!in || n_in != 2 || !PARAMS_OK(params, llmopt_op_cross_entropy_backward)) return LLMOPT_EINVAL;
+    const llmopt_op_cross_entropy_backward *p = params;
+    const llmopt_tensor *logits = in[0], *targets = in[1];
+    if (!tensor_ok(logits, LLMOPT_DTYPE_F32) || !tensor_ok(targets, LLMOPT_DTYPE_I32) ||
+        !tensor_ok(out, LLMOPT_DTYPE_F32) || !same_shape(out, logits) || !isfinite(p->scale))
+        return LLMOPT_EINVAL;
+    d->cols = last_dim(logits);
+    d->rows = numel(logits) / d->cols;
+    if (numel(targets) != d->rows || overlaps(out, logits) || overlaps(out, targets)) return LLMOPT_EINVAL;
+    const int32_t *tg = targets->data;
+    for (int64_t t = 0; t < d->rows; t++)
+        if (tg[t] != p->ignore_index && (tg[t] < 0 || tg[t] >= d->cols)) return LLMOPT_EINVAL;
+    return 0;
+}
+
+int cpu_check_adamw(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, const void *params,
+                    int64_t *n) {
+    if (!in || n_in != 1 || !PARAMS_OK(params, llmopt_op_adamw)) return LLMOPT_EINVAL;
+    const llmopt_op_adamw *p = params;
+    if (!tensor_ok(in[0], LLMOPT_DTYPE_F32) || !tensor_ok(out, LLMOPT_DTYPE_F32) || numel(out) != numel(in[0]) ||
+        overlaps(out, in[0]))
+        return LLMOPT_EINVAL;
+    *n = numel(out);
+    if (!p->m || !p->v || !grad_out_ok(p->m, *n, in, n_in, out) || !grad_out_ok(p->v, *n, in, n_in, out) ||
+        overlaps(p->m, p->v))
+        return LLMOPT_EINVAL;
+    if (p->step < 1 || !(p->beta1 >= 0.0f && p->beta1 < 1.0f) || !(p->beta2 >= 0.0f && p->beta2 < 1.0f) ||
+        !(p->eps >= 0.0f) || !isfinite(p->lr) || !isfinite(p->weight_decay) || !isfinite(p->grad_scale) ||
+        !isfinite(p->eps))
+        return LLMOPT_EINVAL;
     return 0;
 }

@@ -4,6 +4,11 @@
  * (ref|generic|avx2|avx512) overrides the choice (ref registers the reference loops). */
 #include "cpu.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+#include "backward.h"
+
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,13 +27,22 @@ static const char *const path_label[PATH_COUNT] = {"reference loops", "portable 
 /* The descriptor is constant data; its summary points here and init writes the chosen path. */
 static char g_summary[160] = "CPU kernels for every op (OpenBLAS + SIMD, path chosen at init)";
 
+/* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not know "f16c". */
+static int has_f16c(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+#else
+    return 0;
+#endif
+}
+
 static int cpu_has(cpu_path p) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     if (p == PATH_AVX512) return __builtin_cpu_supports("avx512f") != 0;
     if (p == PATH_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
 #endif
     return p == PATH_REF || p == PATH_GENERIC;
 }
@@ -60,8 +74,8 @@ static const int quant_dtypes[] = {
 
 static char g_qsummary[2][160];
 
-/* matmul and embedding for every quantized dtype. A host whose registry refuses GQ keys (one
- * built before them) keeps the ggml types; the GQ ones are skipped with a warning. */
+/* matmul and embedding for every quantized dtype (the registry accepts any dtype that has
+ * traits, group-quantized ones included). */
 static int register_quant(const llmopt_host_api *host, llmopt_registrar *reg, cpu_path path) {
     if (path == PATH_REF) {
         snprintf(g_qsummary[0], sizeof g_qsummary[0], "reference loops, one thread");
@@ -82,11 +96,6 @@ static int register_quant(const llmopt_host_api *host, llmopt_registrar *reg, cp
              .summary = g_qsummary[1]}};
         for (int o = 0; o < 2; o++) {
             int rc = reg->add_kernel(reg, &k[o]);
-            if (rc == LLMOPT_EINVAL && LLMOPT_DTYPE_IS_GQ(quant_dtypes[i])) {
-                host->log(LLMOPT_LOG_WARN, "cpu: this host's registry refuses group-quantized kernel keys; "
-                          "GQ weights have no cpu kernels");
-                return 0;
-            }
             if (rc) {
                 reg->set_error(reg, "registering %s kernel for %s failed (%d)", k[o].op,
                                host->dtype_traits(quant_dtypes[i])->name, rc);
@@ -180,6 +189,7 @@ static int cpu_init(const llmopt_host_api *host, llmopt_registrar *reg) {
     }
     int rc = register_quant(host, reg, path);
     if (rc) return rc;
+    if ((rc = cpu_register_backward(reg, path == PATH_REF))) return rc;
     host->log(LLMOPT_LOG_DEBUG, "cpu: %s", g_summary);
     return 0;
 }

@@ -43,8 +43,9 @@ VNNI static void vnni_codes_to_f32(float *dst, const uint8_t *u, const float *s,
     }
 }
 
-const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", vnni_dot_u8s8, vnni_codes_to_f32};
+/* the fused 4/8-bit row dots of quant_avx2.c: maddubs is not the bottleneck there */
+const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", vnni_dot_u8s8, vnni_codes_to_f32, cpu_q_row_dot_avx2};
 
 #else
-const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", NULL, NULL};
+const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", NULL, NULL, NULL};
 #endif

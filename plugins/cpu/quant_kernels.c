@@ -49,7 +49,15 @@ static void qmm_int_rows(void *arg, int64_t n0, int64_t n1) {
     }
     float *s = (float *)(void *)(u + K), *m = s + nb, *c = m + nb; /* K % 32 == 0: aligned */
     for (int64_t n = n0; n < n1; n++) {
-        cpu_q_unpack_row(j->wt, j->w + (size_t)n * j->row_bytes, K, u, s, m);
+        const uint8_t *row = j->w + (size_t)n * j->row_bytes;
+        if (cpu_qisa->row_dot) { /* fused SIMD for the common formats */
+            int64_t r = 0;
+            float v;
+            for (; r < j->d.M && cpu_qisa->row_dot(j->wt, row, j->xq + r * K, j->dx + r * nb, j->xsum + r * nb, K, &v) == 0; r++)
+                store(j, r, n, v);
+            if (r == j->d.M) continue;
+        }
+        cpu_q_unpack_row(j->wt, row, K, u, s, m);
         for (int64_t r = 0; r < j->d.M; r++) {
             const float *dx = j->dx + r * nb;
             const int32_t *xsum = j->xsum + r * nb;

@@ -230,7 +230,7 @@ static void plugin_registers_every_op_for_the_cpu_and_names_its_path(void **stat
             const kernel_rec *k = registry_find_kernel(g_reg, half_ops[i], LLMOPT_DEVICE_CPU, dt);
             if (!k || k->desc.dtype != dt) fail_msg("%s dtype %d not registered", half_ops[i], dt);
         }
-    assert_int_equal(g_cpu->n_kernels, 17);
+    assert_true(g_cpu->n_kernels >= 17); /* the 17 forward ops; quantized and backward kernels add more */
 }
 
 /* ---- f16 / bf16 conversions ---- */

@@ -85,6 +85,92 @@ typedef struct llmopt_op_cross_entropy {
     int32_t ignore_index; /**< -100 as in torch */
 } llmopt_op_cross_entropy;
 
+/* ---- backward ops (training). Gradients are f32. "accumulate" outputs are added to (+=), so
+ * a caller zeroes them once per step; other outputs are overwritten. Ops that produce more than
+ * one gradient take the extra output tensors in their params struct. ---- */
+
+/** matmul_backward: for out = x·W (+ b): dx = dy·Wᵀ into out [M,K] (+= when accumulate_dx),
+ *  dW += xᵀ·dy in W's layout (when dw), db += column sums of dy (when db).
+ *  in[0] x [M,K] f32; in[1] W of the key dtype (for frozen quantized weights only dx is
+ *  computed: dw must be NULL); in[2] dy [M,N]. out may be NULL-data (skip dx) when only dW is
+ *  wanted: pass out->data == NULL. */
+#define LLMOPT_OP_MATMUL_BACKWARD "matmul_backward"
+struct llmopt_tensor;
+typedef struct llmopt_op_matmul_backward {
+    uint32_t struct_size;
+    int32_t w_layout;            /**< as in the forward call */
+    int32_t accumulate_dx;
+    struct llmopt_tensor *dw;    /**< [N,K] or [K,N] like W, f32, accumulated; NULL: skip */
+    struct llmopt_tensor *db;    /**< [N] f32, accumulated; NULL: skip */
+} llmopt_op_matmul_backward;
+
+/** layernorm_backward / rmsnorm_backward: in[0] x [M,C]; in[1] gamma [C]; in[2] dy [M,C];
+ *  out dx [M,C] (overwritten); dgamma (and dbeta for layernorm) accumulated. Statistics are
+ *  recomputed from x. */
+#define LLMOPT_OP_LAYERNORM_BACKWARD "layernorm_backward"
+#define LLMOPT_OP_RMSNORM_BACKWARD "rmsnorm_backward"
+typedef struct llmopt_op_norm_backward {
+    uint32_t struct_size;
+    float eps;
+    struct llmopt_tensor *dgamma;  /**< [C], accumulated */
+    struct llmopt_tensor *dbeta;   /**< [C], accumulated; NULL for rmsnorm */
+} llmopt_op_norm_backward;
+
+/** rope_backward: the gradient of rope is the inverse rotation. in[0] dy [T,H,D]; out dx,
+ *  may alias in[0]; params as rope (llmopt_op_rope). */
+#define LLMOPT_OP_ROPE_BACKWARD "rope_backward"
+
+/** attention_backward: in[0] q [T,Hq,D]; in[1] k [T,Hkv,D]; in[2] v [T,Hkv,D]; in[3] dy
+ *  [T,Hq,D] (gradient of the attention output); out dq [T,Hq,D] (overwritten); dk, dv
+ *  [T,Hkv,D] (overwritten). Training runs whole sequences: n_past must be 0, causal as given.
+ *  Probabilities are recomputed. */
+#define LLMOPT_OP_ATTENTION_BACKWARD "attention_backward"
+typedef struct llmopt_op_attention_backward {
+    uint32_t struct_size;
+    int32_t causal;
+    float scale;
+    struct llmopt_tensor *dk;
+    struct llmopt_tensor *dv;
+} llmopt_op_attention_backward;
+
+/** gelu_backward, gelu_erf_backward, silu_backward: in[0] x (the forward input); in[1] dy;
+ *  out dx = dy * f'(x), may alias in[1]. */
+#define LLMOPT_OP_GELU_BACKWARD "gelu_backward"
+#define LLMOPT_OP_GELU_ERF_BACKWARD "gelu_erf_backward"
+#define LLMOPT_OP_SILU_BACKWARD "silu_backward"
+/** swiglu_backward: in[0] gate; in[1] up; in[2] dy; out dgate (overwritten); dup in params
+ *  (overwritten). */
+#define LLMOPT_OP_SWIGLU_BACKWARD "swiglu_backward"
+typedef struct llmopt_op_swiglu_backward {
+    uint32_t struct_size;
+    struct llmopt_tensor *dup;
+} llmopt_op_swiglu_backward;
+
+/** embedding_backward: in[0] ids [T] i32; in[1] dy [T,C]; out dtable [V,C] f32, accumulated
+ *  (rows of repeated ids add up). */
+#define LLMOPT_OP_EMBEDDING_BACKWARD "embedding_backward"
+
+/** cross_entropy_backward: in[0] logits [T,V]; in[1] targets [T] i32; out dlogits [T,V] =
+ *  (softmax(logits) - onehot(target)) * scale, and 0 rows where the target is ignore_index. */
+#define LLMOPT_OP_CROSS_ENTROPY_BACKWARD "cross_entropy_backward"
+typedef struct llmopt_op_cross_entropy_backward {
+    uint32_t struct_size;
+    int32_t ignore_index;
+    float scale;              /**< usually 1 / (number of non-ignored targets in the batch) */
+} llmopt_op_cross_entropy_backward;
+
+/** adamw: one AdamW step (Loshchilov & Hutter; decoupled weight decay, bias correction) on a
+ *  parameter. in[0] grad [n] f32; out param [n] f32 (updated in place); state m, v in params. */
+#define LLMOPT_OP_ADAMW "adamw"
+typedef struct llmopt_op_adamw {
+    uint32_t struct_size;
+    float lr, beta1, beta2, eps, weight_decay;
+    float grad_scale;         /**< grads are multiplied by this first (clipping, accumulation) */
+    int32_t step;             /**< 1-based, for the bias corrections */
+    struct llmopt_tensor *m;  /**< first moment [n] f32 */
+    struct llmopt_tensor *v;  /**< second moment [n] f32 */
+} llmopt_op_adamw;
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,89 @@
+/* The training engine: forward with saved activations and backward for GPT-2 and Llama (full
+ * sequences, batch B x T), over registered kernels (forward ops and the *_backward ops of
+ * kernel_ops.h), LoRA adapters on chosen linear layers (Hu et al. 2021: W x + (alpha/r) B A x,
+ * A random, B zero), and AdamW (Loshchilov & Hutter) with decoupled weight decay and bias
+ * correction. Deterministic for a given seed and thread count. */
+#ifndef HOST_RUNTIME_TRAIN_H
+#define HOST_RUNTIME_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <llmopt/llmopt.h>
+#include "../util/error.h"
+
+typedef struct tr_trainer tr_trainer;
+
+typedef struct tr_options {
+    int batch;                      /* B sequences per micro-batch */
+    int seq;                        /* T tokens per sequence (<= the model's context) */
+    /* full fine-tuning: checkpoint names (glob patterns, '*' wildcard) of the tensors to train;
+     * NULL/0 with lora_rank == 0 trains every floating-point tensor */
+    const char *const *trainable;
+    size_t n_trainable;
+    /* LoRA: rank > 0 freezes the base and trains adapters on the linear layers whose module name
+     * (the checkpoint name without ".weight", matched on its last component: "c_attn", "q_proj",
+     * or a glob over the full name) is in targets */
+    int lora_rank;
+    float lora_alpha;
+    float lora_dropout;             /* on the adapter's input, as PEFT */
+    const char *const *lora_targets;
+    size_t n_lora_targets;
+    /* AdamW */
+    float beta1, beta2, eps, weight_decay;
+    uint64_t seed;                  /* adapter init and dropout */
+} tr_options;
+
+/* Defaults: batch 1, seq 128, full fine-tuning of every floating-point tensor, lora_alpha 16,
+ * no dropout, AdamW betas (0.9, 0.999), eps 1e-8, weight decay 0.01 (torch.optim.AdamW's). */
+void tr_options_default(tr_options *o);
+
+/* Binds a model for training: trainable tensors get f32 master copies, gradients and AdamW
+ * state. LLMOPT_EINVAL naming the pattern when a trainable pattern or LoRA target matches
+ * nothing. The model is referenced; its tensors are never written. */
+int tr_new(llmopt_model *m, const tr_options *o, tr_trainer **out, llmopt_error *err);
+void tr_free(tr_trainer *t);
+
+/* Trainable parameter count (adapters only, for LoRA). */
+size_t tr_n_trainable(const tr_trainer *t);
+/* The trainable tensors: full fine-tuning in checkpoint order (a tied embedding once), LoRA
+ * adapters in forward order, named as tr_lora_export names them. value is the f32 master copy,
+ * grad the gradient of the summed loss accumulated since the last step (borrowed, live). */
+size_t tr_n_params(const tr_trainer *t);
+const char *tr_param_name(const tr_trainer *t, size_t i);
+const llmopt_tensor *tr_param_value(const tr_trainer *t, size_t i);
+const llmopt_tensor *tr_param_grad(const tr_trainer *t, size_t i);
+
+/* Forward and backward over one micro-batch: inputs and targets are [B, T] token ids, a target
+ * of -100 is ignored. Gradients of the summed loss are accumulated; *loss_sum and *n_targets
+ * receive this batch's summed cross-entropy and its non-ignored target count. */
+int tr_forward_backward(tr_trainer *t, const int32_t *inputs, const int32_t *targets, double *loss_sum,
+                        size_t *n_targets, llmopt_error *err);
+/* Forward only (evaluation, no dropout): summed loss and target count. */
+int tr_eval(tr_trainer *t, const int32_t *inputs, const int32_t *targets, double *loss_sum, size_t *n_targets,
+            llmopt_error *err);
+
+/* One AdamW step on the accumulated gradients, divided by the targets accumulated since the
+ * last step (mean loss over the accumulated micro-batches), clipped to global norm `clip`
+ * (0: no clipping); *grad_norm gets the norm before clipping. Zeroes the gradients. */
+int tr_step(tr_trainer *t, float lr, float clip, float *grad_norm, llmopt_error *err);
+/* Drops the accumulated gradients and target count without a step. */
+void tr_zero_grad(tr_trainer *t);
+/* Optimizer steps taken. */
+int tr_steps(const tr_trainer *t);
+
+/* A new model with the trained weights: full fine-tuning replaces the trained tensors (others
+ * stay shared with the input); LoRA with merge adds (alpha/r) B A into the targets, without
+ * merge the base is returned unchanged (save the adapters with tr_lora_export). */
+int tr_export(tr_trainer *t, int merge_lora, llmopt_model **out, llmopt_error *err);
+/* The adapters as tensors named as PEFT saves them ("base_model.model.<module>.lora_A.weight"
+ * [r, in], "...lora_B.weight" [out, r]) in a new model (no architecture config). */
+int tr_lora_export(tr_trainer *t, llmopt_model **out, llmopt_error *err);
+
+/* Checkpoints: trainable weights, AdamW moments, step and RNG state, written atomically into
+ * dir (a checkpoint of another model or other options is refused on load, saying why).
+ * Gradients accumulated since the last step are not saved; loading drops them. Batch and seq
+ * may differ on resume; every other option must match. */
+int tr_save_state(const tr_trainer *t, const char *dir, llmopt_error *err);
+int tr_load_state(tr_trainer *t, const char *dir, llmopt_error *err);
+
+#endif

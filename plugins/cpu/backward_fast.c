@@ -1,0 +1,527 @@
+/* Fast backward kernels and AdamW: the reference math (backward_ref.c) split over the host's
+ * compute threads. matmul_backward runs OpenBLAS sgemm per block of the output it writes (dx by
+ * column blocks, dW by blocks of N), so no two threads write one element. Reductions over rows
+ * (dgamma, dbeta, db) use fixed chunks of rows, independent of the thread count: each chunk
+ * writes its own partial sums and the partials are added in chunk order, so results do not
+ * depend on which thread ran which chunk. attention_backward keeps the probabilities and their
+ * gradients of each (head, query row), then sums dk and dv per (key row, kv head). */
+#include "backward.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Rows per reduction chunk (fixed, so the summation order is the same for any thread count). */
+#define RED_ROWS 32
+#define EW_GRAIN 8192
+/* Columns of W converted to f32 per sgemm call for f16/bf16 weights. */
+#define HALF_TILE 128
+
+static int64_t row_grain(int64_t cols) { return cols >= 16384 ? 1 : 16384 / cols; }
+
+/* ---- matmul_backward ---- */
+
+typedef struct mmb_job {
+    const float *x, *dy;
+    const void *w;
+    int wt;
+    float *dx, *dw, *db;
+    cpu_mm_dims d;
+    atomic_int failed;
+} mmb_job;
+
+/* W[r, c0:c0+n] as f32 into dst. */
+static void w_to_f32(const mmb_job *j, int64_t r, int64_t row_len, int64_t c0, int64_t n, float *dst) {
+    int64_t at = r * row_len + c0;
+    if (j->wt == LLMOPT_DTYPE_F32) memcpy(dst, (const float *)j->w + at, (size_t)n * sizeof(float));
+    else if (j->wt == LLMOPT_DTYPE_F16) cpu_isa->f16_to_f32(dst, (const uint16_t *)j->w + at, n);
+    else cpu_isa->bf16_to_f32(dst, (const uint16_t *)j->w + at, n);
+}
+
+/* dx[:, k0:k1] (+)= dy[M,N] · (W as [N,K])[:, k0:k1]. */
+static void dx_cols(void *arg, int64_t k0, int64_t k1) {
+    mmb_job *j = arg;
+    const cpu_mm_dims *d = &j->d;
+    int M = (int)d->M, N = (int)d->N, K = (int)d->K, kc = (int)(k1 - k0);
+    float beta = d->accumulate ? 1.0f : 0.0f;
+    if (j->wt == LLMOPT_DTYPE_F32) {
+        const float *w = j->w;
+        if (d->layout == LLMOPT_W_OUT_IN) /* W [N,K]: the block is W[:, k0:k1], leading dim K */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, kc, N, 1.0f, j->dy, N, w + k0, K, beta,
+                        j->dx + k0, K);
+        else /* W [K,N]: rows k0..k1 of W, transposed */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, kc, N, 1.0f, j->dy, N, w + k0 * d->N, N, beta,
+                        j->dx + k0, K);
+        return;
+    }
+    /* f16/bf16: HALF_TILE columns of dx at a time, their slice of W converted to [rows, N] f32 */
+    float *tile = malloc((size_t)HALF_TILE * (size_t)N * sizeof(float));
+    float *row = malloc((size_t)HALF_TILE * sizeof(float));
+    if (!tile || !row) {
+        free(tile), free(row);
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    for (int64_t c0 = k0; c0 < k1; c0 += HALF_TILE) {
+        int64_t c1 = c0 + HALF_TILE < k1 ? c0 + HALF_TILE : k1, nc = c1 - c0;
+        if (d->layout == LLMOPT_W_IN_OUT) {
+            for (int64_t k = c0; k < c1; k++) w_to_f32(j, k, d->N, 0, d->N, tile + (k - c0) * d->N);
+        } else {
+            for (int64_t n = 0; n < d->N; n++) {
+                w_to_f32(j, n, d->K, c0, nc, row);
+                for (int64_t c = 0; c < nc; c++) tile[c * d->N + n] = row[c];
+            }
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, (int)nc, N, 1.0f, j->dy, N, tile, N, beta, j->dx + c0,
+                    K);
+    }
+    free(tile), free(row);
+}
+
+/* dW for outputs n0..n1: OUT_IN dW[n0:n1, :] += dy[:, n0:n1]ᵀ x; IN_OUT dW[:, n0:n1] += xᵀ dy[:, n0:n1]. */
+static void dw_cols(void *arg, int64_t n0, int64_t n1) {
+    mmb_job *j = arg;
+    const cpu_mm_dims *d = &j->d;
+    int M = (int)d->M, N = (int)d->N, K = (int)d->K, nc = (int)(n1 - n0);
+    if (d->layout == LLMOPT_W_OUT_IN)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nc, K, M, 1.0f, j->dy + n0, N, j->x, K, 1.0f,
+                    j->dw + n0 * d->K, K);
+    else
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, nc, M, 1.0f, j->x, K, j->dy + n0, N, 1.0f,
+                    j->dw + n0, N);
+}
+
+/* db[n] += sum over rows of dy[:, n], rows in order. */
+static void db_cols(void *arg, int64_t n0, int64_t n1) {
+    mmb_job *j = arg;
+    for (int64_t m = 0; m < j->d.M; m++) {
+        const float *g = j->dy + m * j->d.N;
+        for (int64_t n = n0; n < n1; n++) j->db[n] += g[n];
+    }
+}
+
+int cpu_matmul_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // x is (M,K), W is (N,K) for OUT_IN or (K,N) for IN_OUT, dy is (M,N); dx is (M,K), dW like W, db is (N)
+    cpu_mm_dims d;
+    int want_dx;
+    int rc = cpu_check_matmul_backward(in, n_in, out, p, &d, &want_dx);
+    if (rc) return rc;
+    if (d.M > INT32_MAX || d.N > INT32_MAX || d.K > INT32_MAX) return LLMOPT_EUNSUPPORTED; /* BLAS ints */
+    const llmopt_op_matmul_backward *mb = p;
+    mmb_job j = {.x = in[0]->data, .dy = in[2]->data, .w = in[1]->data, .wt = in[1]->dtype, .dx = out->data,
+                 .dw = mb->dw ? mb->dw->data : NULL, .db = mb->db ? mb->db->data : NULL, .d = d};
+    atomic_init(&j.failed, 0);
+    if (want_dx) cpu_api->parallel_for(d.K, 32, dx_cols, &j);
+    if (j.dw) cpu_api->parallel_for(d.N, 32, dw_cols, &j);
+    if (j.db) cpu_api->parallel_for(d.N, 256, db_cols, &j);
+    return atomic_load(&j.failed) ? LLMOPT_ENOMEM : 0;
+}
+
+/* ---- layernorm_backward, rmsnorm_backward ---- */
+
+typedef struct normb_job {
+    const float *x, *gamma, *dy;
+    float *dx, *part;   /* part: [n_chunks][2][C] partial dgamma, dbeta */
+    int64_t rows, C;
+    float eps;
+} normb_job;
+
+static void layernorm_b_chunks(void *arg, int64_t c0, int64_t c1) {
+    const normb_job *j = arg;
+    int64_t C = j->C;
+    for (int64_t chunk = c0; chunk < c1; chunk++) {
+        float *dg = j->part + chunk * 2 * C, *dbeta = dg + C;
+        memset(dg, 0, (size_t)(2 * C) * sizeof(float));
+        int64_t r1 = (chunk + 1) * RED_ROWS < j->rows ? (chunk + 1) * RED_ROWS : j->rows;
+        for (int64_t m = chunk * RED_ROWS; m < r1; m++) {
+            const float *x = j->x + m * C, *dy = j->dy + m * C;
+            float *dx = j->dx + m * C;
+            float mean = 0.0f, var = 0.0f;
+            for (int64_t c = 0; c < C; c++) mean += x[c];
+            mean /= (float)C;
+            for (int64_t c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
+            float rstd = 1.0f / sqrtf(var / (float)C + j->eps);
+            float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+            for (int64_t c = 0; c < C; c++) {
+                float norm = (x[c] - mean) * rstd, dnorm = dy[c] * j->gamma[c];
+                dnorm_mean += dnorm;
+                dnorm_norm_mean += dnorm * norm;
+            }
+            dnorm_mean /= (float)C;
+            dnorm_norm_mean /= (float)C;
+            for (int64_t c = 0; c < C; c++) {
+                float norm = (x[c] - mean) * rstd;
+                dg[c] += norm * dy[c];
+                dbeta[c] += dy[c];
+                dx[c] = (dy[c] * j->gamma[c] - dnorm_mean - norm * dnorm_norm_mean) * rstd;
+            }
+        }
+    }
+}
+
+static void rmsnorm_b_chunks(void *arg, int64_t c0, int64_t c1) {
+    const normb_job *j = arg;
+    int64_t C = j->C;
+    for (int64_t chunk = c0; chunk < c1; chunk++) {
+        float *dg = j->part + chunk * 2 * C;
+        memset(dg, 0, (size_t)C * sizeof(float));
+        int64_t r1 = (chunk + 1) * RED_ROWS < j->rows ? (chunk + 1) * RED_ROWS : j->rows;
+        for (int64_t m = chunk * RED_ROWS; m < r1; m++) {
+            const float *x = j->x + m * C, *dy = j->dy + m * C;
+            float *dx = j->dx + m * C;
+            float rstd = 1.0f / sqrtf(cpu_isa->dot(x, x, C) / (float)C + j->eps);
+            float dot = 0.0f;
+            for (int64_t c = 0; c < C; c++) dot += dy[c] * j->gamma[c] * x[c];
+            dot /= (float)C;
+            float r3 = rstd * rstd * rstd;
+            for (int64_t c = 0; c < C; c++) {
+                dg[c] += dy[c] * x[c] * rstd;
+                dx[c] = rstd * dy[c] * j->gamma[c] - x[c] * r3 * dot;
+            }
+        }
+    }
+}
+
+static int norm_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p, int ln) {
+    cpu_rows d;
+    int rc = cpu_check_norm_backward(in, n_in, out, p, ln, &d);
+    if (rc) return rc;
+    const llmopt_op_norm_backward *nb = p;
+    int64_t n_chunks = (d.rows + RED_ROWS - 1) / RED_ROWS;
+    normb_job j = {in[0]->data, in[1]->data, in[2]->data, out->data, NULL, d.rows, d.cols, nb->eps};
+    if (!(j.part = malloc((size_t)(n_chunks * 2 * d.cols) * sizeof(float)))) return LLMOPT_ENOMEM;
+    cpu_api->parallel_for(n_chunks, 1, ln ? layernorm_b_chunks : rmsnorm_b_chunks, &j);
+    float *dgamma = nb->dgamma->data, *dbeta = ln ? nb->dbeta->data : NULL;
+    for (int64_t chunk = 0; chunk < n_chunks; chunk++) {
+        const float *pg = j.part + chunk * 2 * d.cols;
+        for (int64_t c = 0; c < d.cols; c++) dgamma[c] += pg[c];
+        if (dbeta)
+            for (int64_t c = 0; c < d.cols; c++) dbeta[c] += pg[d.cols + c];
+    }
+    free(j.part);
+    return 0;
+}
+
+int cpu_layernorm_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // x, dy, dx are (M,C); gamma, dgamma, dbeta are (C)
+    return norm_backward(in, n_in, out, p, 1);
+}
+
+int cpu_rmsnorm_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // x, dy, dx are (M,C); gamma, dgamma are (C)
+    return norm_backward(in, n_in, out, p, 0);
+}
+
+/* ---- rope_backward ---- */
+
+typedef struct ropeb_job { const float *dy; float *dx; int64_t H, D; const llmopt_op_rope *r; } ropeb_job;
+
+static void rope_b_rows(void *arg, int64_t begin, int64_t end) {
+    const ropeb_job *j = arg;
+    int64_t H = j->H, D = j->D, half = j->r->rot_dim / 2;
+    for (int64_t t = begin; t < end; t++) {
+        double pos = (double)(j->r->n_past + t) / j->r->scale;
+        for (int64_t i = 0; i < half; i++) {
+            double angle = pos * pow(j->r->theta, -2.0 * (double)i / (double)j->r->rot_dim);
+            float cos_a = (float)cos(angle), sin_a = (float)sin(angle);
+            for (int64_t h = 0; h < H; h++) {
+                const float *g = j->dy + (t * H + h) * D;
+                float *o = j->dx + (t * H + h) * D;
+                float g1 = g[i], g2 = g[i + half];
+                o[i] = g1 * cos_a + g2 * sin_a;
+                o[i + half] = g2 * cos_a - g1 * sin_a;
+            }
+        }
+        if (j->dx != j->dy && j->r->rot_dim < D)
+            for (int64_t h = 0; h < H; h++)
+                memcpy(j->dx + (t * H + h) * D + j->r->rot_dim, j->dy + (t * H + h) * D + j->r->rot_dim,
+                       (size_t)(D - j->r->rot_dim) * sizeof(float));
+    }
+}
+
+int cpu_rope_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // dy and dx are (T,H,D); dx may be dy
+    int rc = cpu_check_rope(in, n_in, out, p);
+    if (rc) return rc;
+    ropeb_job j = {in[0]->data, out->data, in[0]->shape[1], in[0]->shape[2], p};
+    cpu_api->parallel_for(in[0]->shape[0], row_grain(j.H * j.D), rope_b_rows, &j);
+    return 0;
+}
+
+/* ---- attention_backward ---- */
+
+typedef struct attnb_job {
+    const float *q, *k, *v, *dy;
+    float *dq, *dk, *dv;
+    float *P, *dS;      /* [Hq][T][T]: probabilities, and scale * their score gradients */
+    cpu_attn_dims d;
+    int causal;
+    float scale;
+} attnb_job;
+
+/* Pass 1, one task per (query row t, head h) = t * Hq + h: P, dS and dq of that row. */
+static void attn_b_rows(void *arg, int64_t begin, int64_t end) {
+    const attnb_job *j = arg;
+    const cpu_attn_dims *d = &j->d;
+    int64_t group = d->Hq / d->Hkv, D = d->D;
+    for (int64_t task = begin; task < end; task++) {
+        int64_t t = task / d->Hq, h = task % d->Hq, kvh = h / group;
+        int64_t n_keys = j->causal ? t + 1 : d->T;
+        const float *q = j->q + task * D, *dy = j->dy + task * D;
+        float *P = j->P + (h * d->T + t) * d->T, *dS = j->dS + (h * d->T + t) * d->T;
+        float maxval = -INFINITY, sum = 0.0f;
+        for (int64_t s = 0; s < n_keys; s++) {
+            P[s] = cpu_isa->dot(q, j->k + (s * d->Hkv + kvh) * D, D) * j->scale;
+            if (P[s] > maxval) maxval = P[s];
+        }
+        for (int64_t s = 0; s < n_keys; s++) {
+            P[s] = expf(P[s] - maxval);
+            sum += P[s];
+        }
+        float inv = 1.0f / sum, dot = 0.0f;
+        for (int64_t s = 0; s < n_keys; s++) {
+            P[s] *= inv;
+            dS[s] = cpu_isa->dot(dy, j->v + (s * d->Hkv + kvh) * D, D);
+            dot += P[s] * dS[s];
+        }
+        float *dq = j->dq + task * D;
+        memset(dq, 0, (size_t)D * sizeof(float));
+        for (int64_t s = 0; s < n_keys; s++) {
+            dS[s] = P[s] * (dS[s] - dot) * j->scale;
+            cpu_isa->axpy(dq, dS[s], j->k + (s * d->Hkv + kvh) * D, D);
+        }
+    }
+}
+
+/* Pass 2, one task per (key row s, kv head g) = s * Hkv + g: dk, dv summed over the query rows
+ * that see s and the query heads of group g, in a fixed order. */
+static void attn_b_keys(void *arg, int64_t begin, int64_t end) {
+    const attnb_job *j = arg;
+    const cpu_attn_dims *d = &j->d;
+    int64_t group = d->Hq / d->Hkv, D = d->D;
+    for (int64_t task = begin; task < end; task++) {
+        int64_t s = task / d->Hkv, g = task % d->Hkv;
+        float *dk = j->dk + task * D, *dv = j->dv + task * D;
+        memset(dk, 0, (size_t)D * sizeof(float));
+        memset(dv, 0, (size_t)D * sizeof(float));
+        for (int64_t h = g * group; h < (g + 1) * group; h++)
+            for (int64_t t = j->causal ? s : 0; t < d->T; t++) {
+                int64_t at = (h * d->T + t) * d->T + s;
+                cpu_isa->axpy(dk, j->dS[at], j->q + (t * d->Hq + h) * D, D);
+                cpu_isa->axpy(dv, j->P[at], j->dy + (t * d->Hq + h) * D, D);
+            }
+    }
+}
+
+int cpu_attention_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // q, dy, dq are (T,Hq,D); k, v, dk, dv are (T,Hkv,D)
+    cpu_attn_dims d;
+    int rc = cpu_check_attention_backward(in, n_in, out, p, &d);
+    if (rc) return rc;
+    const llmopt_op_attention_backward *a = p;
+    size_t n = (size_t)(d.Hq * d.T * d.T);
+    attnb_job j = {in[0]->data, in[1]->data, in[2]->data, in[3]->data, out->data, a->dk->data, a->dv->data,
+                   malloc(n * sizeof(float)), malloc(n * sizeof(float)), d, a->causal, a->scale};
+    if (!j.P || !j.dS) {
+        free(j.P), free(j.dS);
+        return LLMOPT_ENOMEM;
+    }
+    cpu_api->parallel_for(d.T * d.Hq, 1, attn_b_rows, &j);
+    cpu_api->parallel_for(d.T * d.Hkv, 1, attn_b_keys, &j);
+    free(j.P), free(j.dS);
+    return 0;
+}
+
+/* ---- elementwise ---- */
+
+typedef struct ewb_job { const float *a, *b, *dy; float *out, *out2; float (*grad)(float); } ewb_job;
+
+static void act_b_range(void *arg, int64_t begin, int64_t end) {
+    const ewb_job *j = arg;
+    for (int64_t i = begin; i < end; i++) j->out[i] = j->b[i] * j->grad(j->a[i]);
+}
+
+static int act_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, float (*grad)(float)) {
+    int64_t n;
+    int rc = cpu_check_elementwise(in, n_in, out, 2, &n);
+    if (rc) return rc;
+    ewb_job j = {.a = in[0]->data, .b = in[1]->data, .out = out->data, .grad = grad};
+    cpu_api->parallel_for(n, EW_GRAIN, act_b_range, &j);
+    return 0;
+}
+
+int cpu_gelu_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    (void)p;
+    return act_backward(in, n_in, out, cpu_gelu_grad);
+}
+
+int cpu_gelu_erf_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    (void)p;
+    return act_backward(in, n_in, out, cpu_gelu_erf_grad);
+}
+
+int cpu_silu_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    (void)p;
+    return act_backward(in, n_in, out, cpu_silu_grad);
+}
+
+static void swiglu_b_range(void *arg, int64_t begin, int64_t end) {
+    const ewb_job *j = arg;
+    for (int64_t i = begin; i < end; i++) {
+        float g = j->a[i], u = j->b[i], gy = j->dy[i];
+        j->out[i] = gy * u * cpu_silu_grad(g);
+        j->out2[i] = gy * g / (1.0f + expf(-g));
+    }
+}
+
+int cpu_swiglu_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // gate, up, dy, dgate, dup are (M,F)
+    int64_t n;
+    int rc = cpu_check_swiglu_backward(in, n_in, out, p, &n);
+    if (rc) return rc;
+    ewb_job j = {in[0]->data, in[1]->data, in[2]->data, out->data, ((const llmopt_op_swiglu_backward *)p)->dup->data,
+                 NULL};
+    cpu_api->parallel_for(n, EW_GRAIN, swiglu_b_range, &j);
+    return 0;
+}
+
+/* ---- embedding_backward: threads own column ranges, each adds the rows in id order ---- */
+
+typedef struct embb_job { const int32_t *ids; const float *dy; float *dt; int64_t T, C; } embb_job;
+
+static void emb_b_cols(void *arg, int64_t c0, int64_t c1) {
+    const embb_job *j = arg;
+    for (int64_t t = 0; t < j->T; t++) {
+        float *row = j->dt + (int64_t)j->ids[t] * j->C;
+        const float *g = j->dy + t * j->C;
+        for (int64_t c = c0; c < c1; c++) row[c] += g[c];
+    }
+}
+
+int cpu_embedding_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // ids is (T), dy is (T,C), dtable is (V,C), accumulated
+    (void)p;
+    cpu_rows d;
+    int64_t V;
+    int rc = cpu_check_embedding_backward(in, n_in, out, &d, &V);
+    if (rc) return rc;
+    embb_job j = {in[0]->data, in[1]->data, out->data, d.rows, d.cols};
+    cpu_api->parallel_for(d.cols, 64, emb_b_cols, &j);
+    return 0;
+}
+
+/* ---- cross_entropy_backward ---- */
+
+typedef struct ceb_job { const float *logits; const int32_t *targets; float *out; int64_t V; int32_t ignore; float scale; } ceb_job;
+
+static void ce_b_rows(void *arg, int64_t begin, int64_t end) {
+    const ceb_job *j = arg;
+    int64_t V = j->V;
+    for (int64_t t = begin; t < end; t++) {
+        const float *x = j->logits + t * V;
+        float *o = j->out + t * V;
+        if (j->targets[t] == j->ignore) {
+            memset(o, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        float maxval = -INFINITY, sum = 0.0f;
+        for (int64_t i = 0; i < V; i++) maxval = x[i] > maxval ? x[i] : maxval;
+        for (int64_t i = 0; i < V; i++) {
+            o[i] = expf(x[i] - maxval);
+            sum += o[i];
+        }
+        float k = j->scale / sum;
+        for (int64_t i = 0; i < V; i++) o[i] *= k;
+        o[j->targets[t]] -= j->scale;
+    }
+}
+
+int cpu_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // logits, dlogits are (T,V); targets is (T)
+    cpu_rows d;
+    int rc = cpu_check_cross_entropy_backward(in, n_in, out, p, &d);
+    if (rc) return rc;
+    const llmopt_op_cross_entropy_backward *ce = p;
+    ceb_job j = {in[0]->data, in[1]->data, out->data, d.cols, ce->ignore_index, ce->scale};
+    cpu_api->parallel_for(d.rows, row_grain(d.cols), ce_b_rows, &j);
+    return 0;
+}
+
+/* ---- adamw ---- */
+
+typedef struct adamw_job {
+    const float *grad;
+    float *param, *m, *v;
+    float b1, b2, eps, decay, step_size, bc2_sqrt, grad_scale;
+} adamw_job;
+
+static void adamw_range(void *arg, int64_t begin, int64_t end) {
+    const adamw_job *j = arg;
+    for (int64_t i = begin; i < end; i++) {
+        float g = j->grad[i] * j->grad_scale;
+        j->m[i] = j->b1 * j->m[i] + (1.0f - j->b1) * g;
+        j->v[i] = j->b2 * j->v[i] + (1.0f - j->b2) * g * g;
+        j->param[i] *= j->decay;
+        j->param[i] -= j->step_size * j->m[i] / (sqrtf(j->v[i]) / j->bc2_sqrt + j->eps);
+    }
+}
+
+int cpu_adamw(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // grad, param, m, v are (n); the update of cpu_ref_adamw
+    int64_t n;
+    int rc = cpu_check_adamw(in, n_in, out, p, &n);
+    if (rc) return rc;
+    const llmopt_op_adamw *a = p;
+    adamw_job j = {in[0]->data, out->data, a->m->data, a->v->data, a->beta1, a->beta2, a->eps,
+                   1.0f - a->lr * a->weight_decay, a->lr / (float)(1.0 - pow((double)a->beta1, a->step)),
+                   (float)sqrt(1.0 - pow((double)a->beta2, a->step)), a->grad_scale};
+    cpu_api->parallel_for(n, EW_GRAIN, adamw_range, &j);
+    return 0;
+}
+
+/* ---- registration ---- */
+
+typedef struct bw_entry { const char *op; int dtype; llmopt_kernel_fn fast, ref; const char *how; } bw_entry;
+
+static const bw_entry bw_ops[] = {
+    {LLMOPT_OP_MATMUL_BACKWARD, LLMOPT_DTYPE_F32, cpu_matmul_backward, cpu_ref_matmul_backward,
+     "OpenBLAS sgemm: dx by column blocks, dW by output blocks on host threads"},
+    {LLMOPT_OP_MATMUL_BACKWARD, LLMOPT_DTYPE_F16, cpu_matmul_backward, cpu_ref_matmul_backward,
+     "dx only: f16->f32 tiles + OpenBLAS sgemm"},
+    {LLMOPT_OP_MATMUL_BACKWARD, LLMOPT_DTYPE_BF16, cpu_matmul_backward, cpu_ref_matmul_backward,
+     "dx only: bf16->f32 tiles + OpenBLAS sgemm"},
+    {LLMOPT_OP_LAYERNORM_BACKWARD, LLMOPT_DTYPE_F32, cpu_layernorm_backward, cpu_ref_layernorm_backward,
+     "row chunks on host threads, partial sums added in chunk order"},
+    {LLMOPT_OP_RMSNORM_BACKWARD, LLMOPT_DTYPE_F32, cpu_rmsnorm_backward, cpu_ref_rmsnorm_backward,
+     "row chunks on host threads, partial sums added in chunk order"},
+    {LLMOPT_OP_ROPE_BACKWARD, LLMOPT_DTYPE_F32, cpu_rope_backward, cpu_ref_rope_backward, "rows on host threads"},
+    {LLMOPT_OP_ATTENTION_BACKWARD, LLMOPT_DTYPE_F32, cpu_attention_backward, cpu_ref_attention_backward,
+     "(row, head) then (key, kv head) tasks on host threads"},
+    {LLMOPT_OP_GELU_BACKWARD, LLMOPT_DTYPE_F32, cpu_gelu_backward, cpu_ref_gelu_backward, "ranges on host threads"},
+    {LLMOPT_OP_GELU_ERF_BACKWARD, LLMOPT_DTYPE_F32, cpu_gelu_erf_backward, cpu_ref_gelu_erf_backward,
+     "ranges on host threads"},
+    {LLMOPT_OP_SILU_BACKWARD, LLMOPT_DTYPE_F32, cpu_silu_backward, cpu_ref_silu_backward, "ranges on host threads"},
+    {LLMOPT_OP_SWIGLU_BACKWARD, LLMOPT_DTYPE_F32, cpu_swiglu_backward, cpu_ref_swiglu_backward,
+     "ranges on host threads"},
+    {LLMOPT_OP_EMBEDDING_BACKWARD, LLMOPT_DTYPE_F32, cpu_embedding_backward, cpu_ref_embedding_backward,
+     "column ranges on host threads"},
+    {LLMOPT_OP_CROSS_ENTROPY_BACKWARD, LLMOPT_DTYPE_F32, cpu_cross_entropy_backward, cpu_ref_cross_entropy_backward,
+     "rows on host threads"},
+    {LLMOPT_OP_ADAMW, LLMOPT_DTYPE_F32, cpu_adamw, cpu_ref_adamw, "ranges on host threads"},
+};
+
+int cpu_register_backward(llmopt_registrar *reg, int use_ref) {
+    for (size_t i = 0; i < sizeof bw_ops / sizeof bw_ops[0]; i++) {
+        llmopt_kernel_desc k = {.struct_size = sizeof k, .device = LLMOPT_DEVICE_CPU, .op = bw_ops[i].op,
+                                .dtype = bw_ops[i].dtype, .fn = use_ref ? bw_ops[i].ref : bw_ops[i].fast,
+                                .summary = use_ref ? "reference loops, one thread" : bw_ops[i].how};
+        int rc = reg->add_kernel(reg, &k);
+        if (rc) {
+            reg->set_error(reg, "registering %s kernel failed (%d)", bw_ops[i].op, rc);
+            return rc;
+        }
+    }
+    return 0;
+}

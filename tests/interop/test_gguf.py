@@ -1,0 +1,299 @@
+"""GGUF against the `gguf` package (llama.cpp's own Python reader and writer): files we write read
+back in GGUFReader with llama.cpp's names, shapes, types and layout (Llama q/k rows permuted for
+ggml's rope, GPT-2 Conv1D weights transposed, as convert_hf_to_gguf.py does), and files its
+GGUFWriter makes load in llmopt and give transformers' logits. The writer side is driven by the
+test executable gguf_convert (a model directory or .gguf in, GGUF out) until a stage writes GGUF."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import MODEL_SPECS, load_reference_model
+
+gguf = pytest.importorskip("gguf")
+from gguf import GGMLQuantizationType as QT  # noqa: E402
+
+LOGITS_ATOL = 1e-4
+IDS = np.random.default_rng(0).integers(0, 300, size=48).tolist()
+
+
+@pytest.fixture(scope="session")
+def convert(host_exe):
+    exe = Path(host_exe).resolve().parents[1] / "tests" / "unit" / "gguf_convert"
+    if not os.access(exe, os.X_OK):
+        pytest.skip(f"no gguf_convert at {exe} (built with the unit tests)")
+
+    def run(src, dst):
+        p = subprocess.run([str(exe), str(src), str(dst)], capture_output=True, timeout=300)
+        assert p.returncode == 0, p.stderr.decode(errors="replace")
+        return dst
+
+    return run
+
+
+def hf_tensors(model_dir):
+    from safetensors.numpy import load_file
+
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def permute(w, n_head):
+    """llama.cpp's q/k row order: each head's [x0..x(D/2-1), y0..] becomes [x0, y0, x1, y1, ...]."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_names(cfg):
+    """{GGUF name: (HF name, numpy transform)} the way convert_hf_to_gguf.py maps a checkpoint."""
+    same = lambda w: w  # noqa: E731
+    if cfg["model_type"] == "gpt2":
+        g = {"token_embd.weight": "transformer.wte.weight", "position_embd.weight": "transformer.wpe.weight",
+             "output_norm.weight": "transformer.ln_f.weight", "output_norm.bias": "transformer.ln_f.bias"}
+        out = {k: (v, same) for k, v in g.items()}
+        out["output.weight"] = ("transformer.wte.weight", same)  # tied: written out, as the converter does
+        per = {"attn_norm": ("ln_1", same), "attn_qkv": ("attn.c_attn", np.transpose),
+               "attn_output": ("attn.c_proj", np.transpose), "ffn_norm": ("ln_2", same),
+               "ffn_up": ("mlp.c_fc", np.transpose), "ffn_down": ("mlp.c_proj", np.transpose)}
+        for b in range(cfg["n_layer"]):
+            for k, (v, f) in per.items():
+                out[f"blk.{b}.{k}.weight"] = (f"transformer.h.{b}.{v}.weight", f)
+                out[f"blk.{b}.{k}.bias"] = (f"transformer.h.{b}.{v}.bias", same)
+        return out
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    out = {"token_embd.weight": ("model.embed_tokens.weight", same),
+           "output_norm.weight": ("model.norm.weight", same)}
+    if not cfg.get("tie_word_embeddings"):
+        out["output.weight"] = ("lm_head.weight", same)
+    per = {"attn_norm": ("input_layernorm", same), "attn_q": ("self_attn.q_proj", lambda w: permute(w, nh)),
+           "attn_k": ("self_attn.k_proj", lambda w: permute(w, nkv)), "attn_v": ("self_attn.v_proj", same),
+           "attn_output": ("self_attn.o_proj", same), "ffn_norm": ("post_attention_layernorm", same),
+           "ffn_gate": ("mlp.gate_proj", same), "ffn_up": ("mlp.up_proj", same), "ffn_down": ("mlp.down_proj", same)}
+    for b in range(cfg["num_hidden_layers"]):
+        for k, (v, f) in per.items():
+            out[f"blk.{b}.{k}.weight"] = (f"model.layers.{b}.{v}.weight", f)
+    return out
+
+
+def field(reader, key):
+    f = reader.get_field(key)
+    assert f is not None, f"missing key {key}"
+    return f.contents()
+
+
+def as_array(t):
+    """A ReaderTensor's values in HF (row-major, outermost-first) shape, dequantized."""
+    shape = tuple(int(d) for d in reversed(t.shape))
+    return gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
+
+
+# ---- files we write, read by GGUFReader ----
+
+@pytest.mark.parametrize("name", list(MODEL_SPECS))
+def test_gguf_reader_reads_our_metadata(models, convert, tmp_path, name):
+    cfg = json.loads((models[name] / "config.json").read_text())
+    r = gguf.GGUFReader(convert(models[name], tmp_path / "m.gguf"))
+    arch = cfg["model_type"]
+    assert field(r, "general.architecture") == arch
+    assert field(r, "general.alignment") == 32
+    assert field(r, "general.file_type") == 0  # all F32
+    if arch == "gpt2":
+        want = {"block_count": cfg["n_layer"], "embedding_length": cfg["n_embd"], "attention.head_count": cfg["n_head"],
+                "context_length": cfg["n_positions"], "feed_forward_length": 4 * cfg["n_embd"]}
+        assert field(r, "gpt2.attention.layer_norm_epsilon") == pytest.approx(cfg["layer_norm_epsilon"])
+    else:
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        want = {"block_count": cfg["num_hidden_layers"], "embedding_length": cfg["hidden_size"],
+                "attention.head_count": cfg["num_attention_heads"],
+                "attention.head_count_kv": cfg["num_key_value_heads"],
+                "feed_forward_length": cfg["intermediate_size"], "context_length": cfg["max_position_embeddings"],
+                "rope.dimension_count": head_dim, "vocab_size": cfg["vocab_size"]}
+        assert field(r, "llama.rope.freq_base") == pytest.approx(cfg["rope_theta"])
+        assert field(r, "llama.attention.layer_norm_rms_epsilon") == pytest.approx(cfg["rms_norm_eps"])
+        if cfg.get("rope_scaling"):
+            assert field(r, "llama.rope.scaling.type") == "linear"
+            assert field(r, "llama.rope.scaling.factor") == pytest.approx(cfg["rope_scaling"]["factor"])
+        else:
+            assert r.get_field("llama.rope.scaling.type") is None
+    for k, v in want.items():
+        assert field(r, f"{arch}.{k}") == v, k
+
+
+@pytest.mark.parametrize("name", list(MODEL_SPECS))
+def test_gguf_reader_reads_our_tensors_in_llama_cpp_layout(models, convert, tmp_path, name):
+    cfg = json.loads((models[name] / "config.json").read_text())
+    r = gguf.GGUFReader(convert(models[name], tmp_path / "m.gguf"))
+    hf = hf_tensors(models[name])
+    names = gguf_names(cfg)
+    assert sorted(t.name for t in r.tensors) == sorted(names)
+    for t in r.tensors:
+        src, f = names[t.name]
+        want = f(hf[src])
+        assert t.tensor_type == QT.F32, t.name
+        assert tuple(int(d) for d in t.shape) == tuple(reversed(want.shape)), t.name  # ne[0] is the row length
+        np.testing.assert_array_equal(as_array(t), want, err_msg=t.name)
+        assert t.data_offset % 32 == 0
+
+
+# ---- files the gguf package writes, run by llmopt ----
+
+def write_with_gguf_package(model_dir, out, wtype=QT.F32, only=lambda name, f: True):
+    """A GGUF of a transformers checkpoint made with GGUFWriter, named and laid out as llama.cpp's
+    converter does; 2-D weights in wtype where only(name, transform) (norms and biases stay F32)."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    arch = cfg["model_type"]
+    w = gguf.GGUFWriter(str(out), arch)
+    if arch == "gpt2":
+        w.add_block_count(cfg["n_layer"])
+        w.add_context_length(cfg["n_positions"])
+        w.add_embedding_length(cfg["n_embd"])
+        w.add_feed_forward_length(4 * cfg["n_embd"])
+        w.add_head_count(cfg["n_head"])
+        w.add_layer_norm_eps(cfg["layer_norm_epsilon"])
+    else:
+        w.add_block_count(cfg["num_hidden_layers"])
+        w.add_context_length(cfg["max_position_embeddings"])
+        w.add_embedding_length(cfg["hidden_size"])
+        w.add_feed_forward_length(cfg["intermediate_size"])
+        w.add_head_count(cfg["num_attention_heads"])
+        w.add_head_count_kv(cfg["num_key_value_heads"])
+        w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+        w.add_rope_freq_base(cfg["rope_theta"])
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        w.add_rope_dimension_count(head_dim)
+        if head_dim * cfg["num_attention_heads"] != cfg["hidden_size"]:
+            w.add_key_length(head_dim)
+            w.add_value_length(head_dim)
+        if cfg.get("rope_scaling"):
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(cfg["rope_scaling"]["factor"])
+    w.add_file_type({QT.F32: 0, QT.F16: 1, QT.Q4_0: 2, QT.Q4_1: 3, QT.Q8_0: 7}[wtype])
+    hf = hf_tensors(model_dir)
+    for name, (src, f) in gguf_names(cfg).items():
+        data = np.ascontiguousarray(f(hf[src]))
+        if not only(name, f):
+            w.add_tensor(name, data)
+        elif data.ndim == 2 and wtype == QT.F16:
+            w.add_tensor(name, data.astype(np.float16))
+        elif data.ndim == 2 and wtype != QT.F32 and data.shape[-1] % 32 == 0:  # else F32, as llama.cpp falls back
+            q = gguf.quants.quantize(data, wtype)
+            w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=wtype)
+        else:
+            w.add_tensor(name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+def run_forward(host, model, out):
+    host.run("forward", model, "--ids", ",".join(map(str, IDS)), "--out", out)
+    return np.fromfile(out, dtype="<f4")
+
+
+@pytest.mark.parametrize("name", list(MODEL_SPECS))
+def test_gguf_written_by_gguf_package_gives_transformers_logits(host, models, tmp_path, name):
+    host.require_command("forward")
+    path = write_with_gguf_package(models[name], tmp_path / "ref.gguf")
+    with torch.no_grad():
+        ref = load_reference_model(models[name])(torch.tensor([IDS])).logits[0].numpy()
+    got = run_forward(host, path, tmp_path / "logits.f32").reshape(ref.shape)
+    err = np.abs(got - ref)
+    assert err.max() <= LOGITS_ATOL, f"max |ours - transformers| = {err.max():.3g}"
+
+
+@pytest.mark.parametrize("wtype", [QT.F16, QT.Q8_0, QT.Q4_0, QT.Q4_1], ids=lambda t: t.name)
+def test_quantized_gguf_round_trips_through_llmopt(models, convert, tmp_path, wtype):
+    # gguf package -> llmopt (gguf_load) -> gguf_write -> GGUFReader: every tensor keeps its type
+    # and dequantizes to the values the gguf package wrote.
+    src = write_with_gguf_package(models["llama_gqa"], tmp_path / "ref.gguf", wtype)
+    ours = gguf.GGUFReader(convert(src, tmp_path / "ours.gguf"))
+    ref = {t.name: t for t in gguf.GGUFReader(src).tensors}
+    assert sorted(ref) == sorted(t.name for t in ours.tensors)
+    for t in ours.tensors:
+        assert t.tensor_type == ref[t.name].tensor_type, t.name
+        assert list(t.shape) == list(ref[t.name].shape), t.name
+        np.testing.assert_array_equal(as_array(t), as_array(ref[t.name]), err_msg=t.name)
+
+
+def test_quantized_gpt2_conv1d_weights_load_dequantized(host, models, tmp_path):
+    # Q8_0 blocks cannot survive the transpose back to Conv1D [in, out]: those weights load as the
+    # f32 values the blocks hold, so the logits are those of transformers on the same values.
+    host.require_command("forward")
+    path = write_with_gguf_package(models["gpt2"], tmp_path / "q8.gguf", QT.Q8_0, lambda n, f: f is np.transpose)
+    r = gguf.GGUFReader(path)
+    assert {t.tensor_type for t in r.tensors} == {QT.F32, QT.Q8_0}
+    model = load_reference_model(models["gpt2"])
+    sd = model.state_dict()
+    names = gguf_names(json.loads((models["gpt2"] / "config.json").read_text()))
+    with torch.no_grad():
+        for t in r.tensors:
+            src, f = names[t.name]
+            v = as_array(t)
+            sd[src].copy_(torch.from_numpy(np.ascontiguousarray(v.T if f is np.transpose else v)))
+        ref = model(torch.tensor([IDS])).logits[0].numpy()
+    got = run_forward(host, path, tmp_path / "logits.f32").reshape(ref.shape)
+    assert np.abs(got - ref).max() <= LOGITS_ATOL
+
+
+# ---- tokenizers ----
+
+@pytest.mark.parametrize("name", ["gpt2_byte_level", "llama_llama_bpe"])
+def test_gguf_carries_the_tokenizer(models_with_tokenizer, convert, tmp_path, name):
+    d = models_with_tokenizer[name]
+    tj = json.loads((d / "tokenizer.json").read_text())
+    r = gguf.GGUFReader(convert(d, tmp_path / "m.gguf"))
+    spm = tj["model"].get("byte_fallback", False)
+    assert field(r, "tokenizer.ggml.model") == ("llama" if spm else "gpt2")
+    tokens = field(r, "tokenizer.ggml.tokens")
+    vocab = {t["content"]: t["id"] for t in tj["added_tokens"]} | tj["model"]["vocab"]
+    assert len(tokens) == max(vocab.values()) + 1
+    assert all(tokens[i] == t for t, i in vocab.items())
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+    assert field(r, "tokenizer.ggml.merges") == merges
+    types = field(r, "tokenizer.ggml.token_type")
+    assert types[vocab["<|endoftext|>" if not spm else "<s>"]] == 3  # CONTROL
+    if spm:
+        assert types[vocab["<0x41>"]] == 6  # BYTE
+        assert types[vocab["<unk>"]] == 2   # UNKNOWN
+        assert field(r, "tokenizer.ggml.bos_token_id") == vocab["<s>"]
+        assert field(r, "tokenizer.ggml.add_bos_token") is True
+        assert len(field(r, "tokenizer.ggml.scores")) == len(tokens)
+    else:
+        assert field(r, "tokenizer.ggml.pre") == "gpt-2"
+
+
+@pytest.mark.parametrize("name", ["gpt2_byte_level", "llama_llama_bpe"])
+def test_generate_from_gguf_matches_the_directory(host, models_with_tokenizer, convert, tmp_path, name):
+    host.require_command("generate")
+    d = models_with_tokenizer[name]
+    path = convert(d, tmp_path / "m.gguf")
+    args = ["-p", "In the beginning God created", "--max-tokens", 12, "--greedy", "--print-ids"]
+    p = host.run("generate", path, *args, check=False)
+    if b"has no tokenizer.json" in p.stderr:
+        pytest.skip("generate reads tokenizer.json from a directory, not the model's side files (host/cli/cmd_model.c)")
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    want = host.run("generate", d, *args).stdout
+    assert json.loads(p.stdout)["ids"] == json.loads(want)["ids"]
+
+
+# ---- llama-cpp-python (optional: tests/interop/requirements-llama-cpp.txt) ----
+
+def test_llama_cpp_python_logits_match_transformers(models_with_tokenizer, convert, tmp_path):
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (optional: pip install -r "
+        "tests/interop/requirements-llama-cpp.txt; it builds llama.cpp from source)")
+    name = "llama_llama_bpe"  # llama.cpp needs a vocabulary
+    path = convert(models_with_tokenizer[name], tmp_path / "m.gguf")
+    # F32 KV cache (llama.cpp defaults to F16, which alone moves logits by ~1e-2)
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=128, n_threads=2, verbose=False,
+                          type_k=0, type_v=0)
+    llm.eval(IDS)
+    got = np.array(llm.scores[: len(IDS)], dtype=np.float32)
+    with torch.no_grad():
+        ref = load_reference_model(models_with_tokenizer[name])(torch.tensor([IDS])).logits[0].numpy()
+    assert np.abs(got - ref).max() <= LOGITS_ATOL

@@ -1,0 +1,157 @@
+"""llmopt's training engine against torch autograd on the same checkpoints: the gradient of every
+parameter of transformers' loss (mean cross-entropy over the shifted labels), ten AdamW steps
+against torch.optim.AdamW, and LoRA adapter gradients against a hand-made torch LoRA on the same
+adapter weights. The C side is <build>/tests/unit/train_driver (tests/interop/train_driver.c).
+Errors are norm-wise per tensor: ||ours - torch|| / ||torch||."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from conftest import MODEL_SPECS, _llama_config, load_reference_model, save_random_model
+
+GRAD_RTOL = 1e-4
+ADAMW_RTOL = 1e-5
+SEQ = 24
+BATCH = 2
+
+
+@pytest.fixture(scope="session")
+def driver(host_exe):
+    exe = Path(host_exe).parent.parent / "tests" / "unit" / "train_driver"
+    if not os.access(exe, os.X_OK):
+        pytest.skip(f"no train driver at {exe}")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def train_models(models, session_dir):
+    """The shared tiny models, plus a Llama with attention and MLP biases."""
+    out = dict(models)
+    d = session_dir / "models" / "llama_bias"
+    if not (d / "model.safetensors").exists():
+        save_random_model("LlamaForCausalLM", _llama_config(attention_bias=True, mlp_bias=True), 5, d)
+    out["llama_bias"] = d
+    return out
+
+
+def token_batch(vocab, seed=0):
+    ids = np.random.default_rng(seed).integers(0, vocab, size=(BATCH, SEQ))
+    # transformers shifts labels inside the model: position t predicts ids[t + 1]
+    targets = np.concatenate([ids[:, 1:], np.full((BATCH, 1), -100)], axis=1)
+    targets[0, 5] = -100  # an ignored target inside a sequence
+    return ids, targets
+
+
+def run_driver(driver, plugin_dir, model_dir, out, ids, targets, **job):
+    job = dict(model=str(model_dir), out=str(out), inputs=ids.tolist(), targets=targets.tolist(), threads=2, **job)
+    p = subprocess.run([str(driver), str(plugin_dir)], input=json.dumps(job).encode(), capture_output=True, timeout=600)
+    if p.returncode != 0:
+        pytest.fail(f"train_driver exited {p.returncode}: {p.stderr.decode(errors='replace')[-2000:]}")
+    return json.loads((out / "result.json").read_text())
+
+
+def torch_loss(model, ids, targets):
+    labels = torch.tensor(ids)
+    # transformers' labels are the inputs; our ignored target at [0, 5] is label [0, 6]
+    labels[0, 6] = -100
+    return model(torch.tensor(ids), labels=labels).loss
+
+
+def rel_err(ours, ref):
+    return float(np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "llama_tied_odd_heads", "llama_rope_linear", "llama_bias"])
+def test_gradients_of_every_parameter_match_torch_autograd(driver, plugin_dir, train_models, tmp_path, name):
+    model = load_reference_model(train_models[name])
+    ids, targets = token_batch(model.config.vocab_size)
+    run_driver(driver, plugin_dir, train_models[name], tmp_path, ids, targets, steps=0, grads=True)
+    ours = load_file(tmp_path / "grads" / "model.safetensors")
+    model.zero_grad()
+    torch_loss(model, ids, targets).backward()
+    params = dict(model.named_parameters())
+    assert set(ours) == set(params), f"ours {sorted(set(ours) ^ set(params))} differ"
+    errs = {n: rel_err(ours[n], p.grad.numpy()) for n, p in params.items()}
+    worst = max(errs, key=errs.get)
+    print(f"{name}: max gradient error {errs[worst]:.3g} ({worst})")
+    assert errs[worst] < GRAD_RTOL, f"{worst}: ||ours - torch|| / ||torch|| = {errs[worst]:.3g}"
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "llama_bias"])
+def test_ten_adamw_steps_end_at_torch_adamw_weights(driver, plugin_dir, train_models, tmp_path, name):
+    model = load_reference_model(train_models[name])
+    ids, targets = token_batch(model.config.vocab_size, seed=1)
+    res = run_driver(driver, plugin_dir, train_models[name], tmp_path, ids, targets, steps=10, lr=1e-3,
+                     weight_decay=0.01, betas=[0.9, 0.999], eps=1e-8, clip=0, grads=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = torch_loss(model, ids, targets)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    np.testing.assert_allclose(res["losses"], losses, rtol=1e-4)
+    ours = load_file(tmp_path / "params" / "model.safetensors")
+    errs = {}
+    for n, p in model.named_parameters():
+        o, t = ours[n].copy(), p.detach().numpy().copy()
+        key = key_bias_slice(n, model.config)
+        if key is not None:
+            # Without rope the key bias adds q.b_k to every score of a query row, which softmax
+            # ignores: its true gradient is exactly 0 and both sides see only rounding noise,
+            # which AdamW normalises into steps of up to lr. Bounded there; compared elsewhere.
+            assert np.abs(o[key] - t[key]).max() <= 2 * 10 * 1e-3 + 1e-6
+            o[key], t[key] = 0, 0
+        errs[n] = rel_err(o, t)
+    worst = max(errs, key=errs.get)
+    print(f"{name}: max weight error after 10 AdamW steps {errs[worst]:.3g} ({worst})")
+    assert errs[worst] < ADAMW_RTOL, f"{worst}: relative error {errs[worst]:.3g}"
+
+
+def key_bias_slice(param, cfg):
+    """GPT-2's key bias in c_attn (true gradient 0), or None. (With rope, Llama's k_proj bias
+    rotates differently at each position and has a real gradient.)"""
+    if param.endswith("attn.c_attn.bias"):
+        return slice(cfg.n_embd, 2 * cfg.n_embd)
+    return None
+
+
+LORA_TARGETS = {"gpt2": ["c_attn", "c_fc"], "llama_gqa": ["q_proj", "v_proj", "down_proj"]}
+
+
+@pytest.mark.parametrize("name", list(LORA_TARGETS))
+def test_lora_gradients_match_a_torch_lora_on_the_same_adapters(driver, plugin_dir, train_models, tmp_path, name):
+    model = load_reference_model(train_models[name])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ids, targets = token_batch(model.config.vocab_size, seed=2)
+    rank, alpha = 4, 8.0
+    # one step first, so B is no longer zero and dA is not trivially zero
+    run_driver(driver, plugin_dir, train_models[name], tmp_path, ids, targets, steps=1, lr=1e-2, grads=True,
+               lora={"rank": rank, "alpha": alpha, "targets": LORA_TARGETS[name]})
+    adapters = load_file(tmp_path / "params" / "model.safetensors")
+    grads = load_file(tmp_path / "grads" / "model.safetensors")
+    weights = {}
+    for mod_name, mod in model.named_modules():
+        full = f"base_model.model.{mod_name}"
+        if f"{full}.lora_A.weight" not in adapters:
+            continue
+        A = torch.tensor(adapters[f"{full}.lora_A.weight"], requires_grad=True)
+        B = torch.tensor(adapters[f"{full}.lora_B.weight"], requires_grad=True)
+        weights[f"{full}.lora_A.weight"], weights[f"{full}.lora_B.weight"] = A, B
+        # PEFT's LoRA: y = base(x) + (alpha / r) * (x A^T) B^T (GPT-2's Conv1D too: A is [r, in])
+        mod.register_forward_hook(lambda m, inp, out, A=A, B=B: out + (alpha / rank) * (inp[0] @ A.T) @ B.T)
+    assert set(weights) == set(adapters) and len(weights) > 0
+    torch_loss(model, ids, targets).backward()
+    errs = {n: rel_err(grads[n], w.grad.numpy()) for n, w in weights.items()}
+    worst = max(errs, key=errs.get)
+    print(f"{name}: max LoRA gradient error {errs[worst]:.3g} ({worst})")
+    assert errs[worst] < GRAD_RTOL, f"{worst}: relative error {errs[worst]:.3g}"

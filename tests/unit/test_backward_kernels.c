@@ -1,0 +1,499 @@
+/* Backward kernels and AdamW of the cpu plugin. The reference backward (plugins/cpu/backward_ref.c,
+ * compiled in) is held to the forward reference (ref.c) by central finite differences: for a
+ * random upstream gradient w, the loss L = sum(w * forward(inputs)) is evaluated in double over
+ * the f32 forward with each input element moved by +-eps (eps = 1e-3, inputs uniform in
+ * [-1, 1]); the gradient tensor must match norm-wise, ||num - ana|| / ||num|| < 1e-2 (f32
+ * forward rounding divided by 2 eps is ~1e-4 of a unit gradient). The registered (fast) kernels
+ * are compared with the reference on awkward sizes within 1e-4 relative + 1e-5 absolute (sgemm
+ * and chunked row sums add in another order). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "plugin/loader.h"
+#include "runtime/threadpool.h"
+#include "sched/stage_ctx.h"
+#include "backward.h"
+
+#define FD_EPS 1e-3
+#define FD_RTOL 1e-2
+#define FAST_RTOL 1e-4
+#define FAST_ATOL 1e-5
+
+static registry *g_reg;
+static char g_dir[256];
+
+/* ---- tensors ---- */
+
+static size_t esize(int dtype) { return dtype == LLMOPT_DTYPE_F16 || dtype == LLMOPT_DTYPE_BF16 ? 2 : 4; }
+
+static llmopt_tensor *tnew(int dtype, int ndim, int64_t a, int64_t b, int64_t c) {
+    llmopt_tensor *t = calloc(1, sizeof *t);
+    assert_non_null(t);
+    t->struct_size = sizeof *t;
+    t->dtype = dtype;
+    t->device = LLMOPT_DEVICE_CPU;
+    t->ndim = ndim;
+    int64_t s[4] = {a, ndim > 1 ? b : 1, ndim > 2 ? c : 1, 1};
+    memcpy(t->shape, s, sizeof s);
+    int64_t n = s[0] * s[1] * s[2];
+    t->nbytes = (size_t)n * esize(dtype);
+    t->data = calloc((size_t)n, esize(dtype));
+    assert_non_null(t->data);
+    return t;
+}
+
+static void tfree(llmopt_tensor *t) {
+    if (t) free(t->data);
+    free(t);
+}
+
+static int64_t numel(const llmopt_tensor *t) { return (int64_t)(t->nbytes / esize(t->dtype)); }
+static float *F(const llmopt_tensor *t) { return t->data; }
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static float frand(float lo, float hi) {
+    g_rng ^= g_rng >> 12, g_rng ^= g_rng << 25, g_rng ^= g_rng >> 27;
+    return lo + (hi - lo) * (float)((double)((g_rng * 2685821657736338717ull) >> 40) / 16777216.0);
+}
+
+static llmopt_tensor *trand(int ndim, int64_t a, int64_t b, int64_t c, float lo, float hi) {
+    llmopt_tensor *t = tnew(LLMOPT_DTYPE_F32, ndim, a, b, c);
+    for (int64_t i = 0; i < numel(t); i++) F(t)[i] = frand(lo, hi);
+    return t;
+}
+
+static llmopt_tensor *tclone(const llmopt_tensor *s) {
+    llmopt_tensor *t = tnew(s->dtype, s->ndim, s->shape[0], s->shape[1], s->shape[2]);
+    memcpy(t->data, s->data, s->nbytes);
+    return t;
+}
+
+static int run(llmopt_kernel_fn fn, llmopt_tensor *out, const void *params, int n_in, ...) {
+    const llmopt_tensor *in[4] = {0};
+    va_list ap;
+    va_start(ap, n_in);
+    for (int i = 0; i < n_in; i++) in[i] = va_arg(ap, const llmopt_tensor *);
+    va_end(ap);
+    return fn(in, n_in, out, params);
+}
+
+static llmopt_kernel_fn kernel(const char *op, int dtype) {
+    const kernel_rec *k = registry_find_kernel(g_reg, op, LLMOPT_DEVICE_CPU, dtype);
+    if (!k) fail_msg("no CPU kernel for %s dtype %d", op, dtype);
+    return k->desc.fn;
+}
+
+static void assert_close(const llmopt_tensor *got, const llmopt_tensor *want, const char *what) {
+    assert_int_equal(numel(got), numel(want));
+    for (int64_t i = 0; i < numel(got); i++) {
+        double e = fabs((double)F(got)[i] - F(want)[i]);
+        if (!(e <= FAST_ATOL + FAST_RTOL * fabs((double)F(want)[i])))
+            fail_msg("%s: element %lld is %.9g, reference %.9g", what, (long long)i, (double)F(got)[i], (double)F(want)[i]);
+    }
+}
+
+/* ---- finite differences ---- */
+
+/* A forward whose output is dotted with w: L = sum(w * out). */
+typedef struct fd_case {
+    int (*forward)(struct fd_case *c, llmopt_tensor *out);
+    llmopt_tensor *in[4];
+    int n_in;
+    const void *params;
+    llmopt_kernel_fn fn;
+    llmopt_tensor *w;
+} fd_case;
+
+static int fwd_plain(fd_case *c, llmopt_tensor *out) {
+    const llmopt_tensor *in[4] = {c->in[0], c->in[1], c->in[2], c->in[3]};
+    return c->fn(in, c->n_in, out, c->params);
+}
+
+static double loss(fd_case *c) {
+    llmopt_tensor *out = tnew(LLMOPT_DTYPE_F32, c->w->ndim, c->w->shape[0], c->w->shape[1], c->w->shape[2]);
+    assert_int_equal(c->forward(c, out), 0);
+    double L = 0;
+    for (int64_t i = 0; i < numel(out); i++) L += (double)F(c->w)[i] * F(out)[i];
+    tfree(out);
+    return L;
+}
+
+/* Checks grad (the analytic d L / d c->in[which]) against central differences. */
+static void fd_check(fd_case *c, int which, const llmopt_tensor *grad, const char *what) {
+    llmopt_tensor *x = c->in[which];
+    double num2 = 0, diff2 = 0;
+    for (int64_t i = 0; i < numel(x); i++) {
+        float keep = F(x)[i];
+        F(x)[i] = keep + (float)FD_EPS;
+        double up = loss(c);
+        F(x)[i] = keep - (float)FD_EPS;
+        double down = loss(c);
+        F(x)[i] = keep;
+        double num = (up - down) / (2 * FD_EPS);
+        num2 += num * num;
+        diff2 += (num - F(grad)[i]) * (num - F(grad)[i]);
+    }
+    double rel = sqrt(diff2) / (sqrt(num2) + 1e-12);
+    if (!(rel < FD_RTOL)) fail_msg("%s: finite differences differ by %.3g (norm-wise relative)", what, rel);
+}
+
+/* ---- setup ---- */
+
+static int group_setup(void **state) {
+    (void)state;
+    const char *build = getenv("LLMOPT_BUILD_PLUGINS");
+    if (!build) return -1;
+    snprintf(g_dir, sizeof g_dir, "/tmp/llmopt-bw-test-XXXXXX");
+    if (!mkdtemp(g_dir)) return -1;
+    char src[4096], dst[512];
+    snprintf(src, sizeof src, "%s/cpu%s", build, LLMOPT_PLUGIN_SUFFIX);
+    snprintf(dst, sizeof dst, "%s/cpu%s", g_dir, LLMOPT_PLUGIN_SUFFIX);
+    if (symlink(src, dst) != 0) return -1;
+    tp_set_threads(3);
+    g_reg = registry_new();
+    const char *dirs[] = {g_dir};
+    llmopt_error err;
+    error_clear(&err);
+    if (!g_reg || loader_load_dirs(g_reg, dirs, 1, host_api_table(), &err) != 0 || g_reg->n_plugins != 1 ||
+        g_reg->plugins[0]->state != PLUGIN_LOADED) {
+        fprintf(stderr, "loading %s failed: %s\n", dst, err.msg);
+        return -1;
+    }
+    host_api_set_registry(g_reg);
+    return 0;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    char dst[512];
+    snprintf(dst, sizeof dst, "%s/cpu%s", g_dir, LLMOPT_PLUGIN_SUFFIX);
+    unlink(dst);
+    rmdir(g_dir);
+    host_api_set_registry(NULL);
+    registry_free(g_reg);
+    return 0;
+}
+
+/* ---- gradient checks ---- */
+
+static void matmul_backward_matches_finite_differences_in_both_layouts(void **state) {
+    (void)state;
+    int64_t M = 3, K = 5, N = 4;
+    for (int layout = 0; layout < 2; layout++) {
+        llmopt_tensor *x = trand(2, M, K, 1, -1, 1), *b = trand(1, N, 1, 1, -1, 1);
+        llmopt_tensor *W = layout == LLMOPT_W_OUT_IN ? trand(2, N, K, 1, -1, 1) : trand(2, K, N, 1, -1, 1);
+        llmopt_tensor *dy = trand(2, M, N, 1, -1, 1), *dx = tnew(LLMOPT_DTYPE_F32, 2, M, K, 1);
+        llmopt_tensor *dW = tnew(LLMOPT_DTYPE_F32, 2, W->shape[0], W->shape[1], 1), *db = tnew(LLMOPT_DTYPE_F32, 1, N, 1, 1);
+        llmopt_op_matmul_backward p = {sizeof p, layout, 0, dW, db};
+        assert_int_equal(run(cpu_ref_matmul_backward, dx, &p, 3, x, W, dy), 0);
+        llmopt_op_matmul fp = {sizeof fp, layout, 0};
+        fd_case c = {fwd_plain, {x, W, b}, 3, &fp, cpu_ref_matmul, dy};
+        fd_check(&c, 0, dx, "matmul dx");
+        fd_check(&c, 1, dW, "matmul dW");
+        fd_check(&c, 2, db, "matmul db");
+        tfree(x), tfree(b), tfree(W), tfree(dy), tfree(dx), tfree(dW), tfree(db);
+    }
+}
+
+static void norm_backwards_match_finite_differences(void **state) {
+    (void)state;
+    int64_t M = 3, C = 7;
+    for (int ln = 0; ln < 2; ln++) {
+        llmopt_tensor *x = trand(2, M, C, 1, -1, 1), *g = trand(1, C, 1, 1, 0.5f, 1.5f), *b = trand(1, C, 1, 1, -1, 1);
+        llmopt_tensor *dy = trand(2, M, C, 1, -1, 1), *dx = tnew(LLMOPT_DTYPE_F32, 2, M, C, 1);
+        llmopt_tensor *dg = tnew(LLMOPT_DTYPE_F32, 1, C, 1, 1), *dbeta = tnew(LLMOPT_DTYPE_F32, 1, C, 1, 1);
+        llmopt_op_norm_backward p = {sizeof p, 1e-5f, dg, ln ? dbeta : NULL};
+        assert_int_equal(run(ln ? cpu_ref_layernorm_backward : cpu_ref_rmsnorm_backward, dx, &p, 3, x, g, dy), 0);
+        llmopt_op_norm fp = {sizeof fp, 1e-5f};
+        fd_case c = {fwd_plain, {x, g, b}, ln ? 3 : 2, &fp, ln ? cpu_ref_layernorm : cpu_ref_rmsnorm, dy};
+        fd_check(&c, 0, dx, ln ? "layernorm dx" : "rmsnorm dx");
+        fd_check(&c, 1, dg, ln ? "layernorm dgamma" : "rmsnorm dgamma");
+        if (ln) fd_check(&c, 2, dbeta, "layernorm dbeta");
+        tfree(x), tfree(g), tfree(b), tfree(dy), tfree(dx), tfree(dg), tfree(dbeta);
+    }
+}
+
+static void rope_backward_matches_finite_differences_with_linear_scaling(void **state) {
+    (void)state;
+    llmopt_tensor *x = trand(3, 5, 2, 6, -1, 1), *dy = trand(3, 5, 2, 6, -1, 1), *dx = tnew(LLMOPT_DTYPE_F32, 3, 5, 2, 6);
+    llmopt_op_rope p = {sizeof p, 3, 4, 100.0f, 2.0f}; /* 2 of 6 dims pass through */
+    assert_int_equal(run(cpu_ref_rope_backward, dx, &p, 1, dy), 0);
+    fd_case c = {fwd_plain, {x}, 1, &p, cpu_ref_rope, dy};
+    fd_check(&c, 0, dx, "rope dx");
+    tfree(x), tfree(dy), tfree(dx);
+}
+
+static void attention_backward_matches_finite_differences_with_grouped_heads(void **state) {
+    (void)state;
+    int64_t T = 5, Hq = 4, Hkv = 2, D = 3;
+    for (int causal = 0; causal < 2; causal++) {
+        llmopt_tensor *q = trand(3, T, Hq, D, -1, 1), *k = trand(3, T, Hkv, D, -1, 1), *v = trand(3, T, Hkv, D, -1, 1);
+        llmopt_tensor *dy = trand(3, T, Hq, D, -1, 1), *dq = tnew(LLMOPT_DTYPE_F32, 3, T, Hq, D);
+        llmopt_tensor *dk = tnew(LLMOPT_DTYPE_F32, 3, T, Hkv, D), *dv = tnew(LLMOPT_DTYPE_F32, 3, T, Hkv, D);
+        llmopt_op_attention_backward p = {sizeof p, causal, 0.7f, dk, dv};
+        assert_int_equal(run(cpu_ref_attention_backward, dq, &p, 4, q, k, v, dy), 0);
+        llmopt_op_attention fp = {sizeof fp, 0, causal, 0.7f};
+        fd_case c = {fwd_plain, {q, k, v}, 3, &fp, cpu_ref_attention, dy};
+        fd_check(&c, 0, dq, "attention dq");
+        fd_check(&c, 1, dk, "attention dk");
+        fd_check(&c, 2, dv, "attention dv");
+        tfree(q), tfree(k), tfree(v), tfree(dy), tfree(dq), tfree(dk), tfree(dv);
+    }
+}
+
+static void activation_backwards_match_finite_differences(void **state) {
+    (void)state;
+    llmopt_kernel_fn fwd[] = {cpu_ref_gelu, cpu_ref_gelu_erf, cpu_ref_silu};
+    llmopt_kernel_fn bwd[] = {cpu_ref_gelu_backward, cpu_ref_gelu_erf_backward, cpu_ref_silu_backward};
+    const char *names[] = {"gelu dx", "gelu_erf dx", "silu dx"};
+    for (int i = 0; i < 3; i++) {
+        llmopt_tensor *x = trand(1, 40, 1, 1, -4, 4), *dy = trand(1, 40, 1, 1, -1, 1), *dx = tnew(LLMOPT_DTYPE_F32, 1, 40, 1, 1);
+        assert_int_equal(run(bwd[i], dx, NULL, 2, x, dy), 0);
+        fd_case c = {fwd_plain, {x}, 1, NULL, fwd[i], dy};
+        fd_check(&c, 0, dx, names[i]);
+        tfree(x), tfree(dy), tfree(dx);
+    }
+    llmopt_tensor *g = trand(2, 3, 7, 1, -3, 3), *u = trand(2, 3, 7, 1, -1, 1), *dy = trand(2, 3, 7, 1, -1, 1);
+    llmopt_tensor *dg = tnew(LLMOPT_DTYPE_F32, 2, 3, 7, 1), *du = tnew(LLMOPT_DTYPE_F32, 2, 3, 7, 1);
+    llmopt_op_swiglu_backward p = {sizeof p, du};
+    assert_int_equal(run(cpu_ref_swiglu_backward, dg, &p, 3, g, u, dy), 0);
+    fd_case c = {fwd_plain, {g, u}, 2, NULL, cpu_ref_swiglu, dy};
+    fd_check(&c, 0, dg, "swiglu dgate");
+    fd_check(&c, 1, du, "swiglu dup");
+    tfree(g), tfree(u), tfree(dy), tfree(dg), tfree(du);
+}
+
+static void embedding_backward_adds_rows_of_repeated_ids(void **state) {
+    (void)state;
+    llmopt_tensor *table = trand(2, 5, 3, 1, -1, 1), *ids = tnew(LLMOPT_DTYPE_I32, 1, 4, 1, 1);
+    int32_t *id = ids->data;
+    id[0] = 2, id[1] = 0, id[2] = 2, id[3] = 4;
+    llmopt_tensor *dy = trand(2, 4, 3, 1, -1, 1), *dt = tnew(LLMOPT_DTYPE_F32, 2, 5, 3, 1);
+    assert_int_equal(run(cpu_ref_embedding_backward, dt, NULL, 2, ids, dy), 0);
+    fd_case c = {fwd_plain, {table, ids}, 2, NULL, cpu_ref_embedding, dy};
+    fd_check(&c, 0, dt, "embedding dtable");
+    /* row 2 is the sum of dy rows 0 and 2; rows 1 and 3 are untouched */
+    assert_true(F(dt)[2 * 3] == F(dy)[0] + F(dy)[2 * 3]);
+    assert_true(F(dt)[1 * 3] == 0.0f && F(dt)[3 * 3 + 2] == 0.0f);
+    id[3] = 5;
+    assert_int_equal(run(cpu_ref_embedding_backward, dt, NULL, 2, ids, dy), LLMOPT_EINVAL);
+    tfree(table), tfree(ids), tfree(dy), tfree(dt);
+}
+
+/* L = sum_t w_t loss_t, so scale takes the role of w (one value for every row). */
+static void cross_entropy_backward_matches_finite_differences_and_zeroes_ignored_rows(void **state) {
+    (void)state;
+    llmopt_tensor *logits = trand(2, 4, 6, 1, -3, 3), *tg = tnew(LLMOPT_DTYPE_I32, 1, 4, 1, 1);
+    int32_t *t = tg->data;
+    t[0] = 1, t[1] = -100, t[2] = 5, t[3] = 0;
+    llmopt_tensor *w = tnew(LLMOPT_DTYPE_F32, 1, 4, 1, 1), *dl = tnew(LLMOPT_DTYPE_F32, 2, 4, 6, 1);
+    for (int i = 0; i < 4; i++) F(w)[i] = 0.25f;
+    llmopt_op_cross_entropy_backward p = {sizeof p, -100, 0.25f};
+    assert_int_equal(run(cpu_ref_cross_entropy_backward, dl, &p, 2, logits, tg), 0);
+    llmopt_op_cross_entropy fp = {sizeof fp, -100};
+    fd_case c = {fwd_plain, {logits, tg}, 2, &fp, cpu_ref_cross_entropy, w};
+    fd_check(&c, 0, dl, "cross_entropy dlogits");
+    for (int i = 0; i < 6; i++) assert_true(F(dl)[6 + i] == 0.0f);
+    tfree(logits), tfree(tg), tfree(w), tfree(dl);
+}
+
+/* ---- the registered kernels against the reference ---- */
+
+static void matmul_backward_fast_matches_reference_on_awkward_sizes(void **state) {
+    (void)state;
+    static const int64_t sizes[][3] = {{1, 1, 1}, {3, 7, 130}, {17, 129, 33}, {64, 65, 300}};
+    int dtypes[] = {LLMOPT_DTYPE_F32, LLMOPT_DTYPE_F16, LLMOPT_DTYPE_BF16};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (int layout = 0; layout < 2; layout++)
+            for (int di = 0; di < 3; di++) {
+                int64_t M = sizes[s][0], K = sizes[s][1], N = sizes[s][2];
+                llmopt_tensor *x = trand(2, M, K, 1, -1, 1), *dy = trand(2, M, N, 1, -1, 1);
+                llmopt_tensor *W = layout == LLMOPT_W_OUT_IN ? tnew(dtypes[di], 2, N, K, 1) : tnew(dtypes[di], 2, K, N, 1);
+                for (int64_t i = 0; i < numel(W); i++) {
+                    float v = frand(-1, 1);
+                    if (dtypes[di] == LLMOPT_DTYPE_F32) F(W)[i] = v;
+                    else ((uint16_t *)W->data)[i] = dtypes[di] == LLMOPT_DTYPE_F16 ? cpu_f32_to_f16(v) : cpu_f32_to_bf16(v);
+                }
+                int f32 = dtypes[di] == LLMOPT_DTYPE_F32;
+                llmopt_tensor *dx0 = trand(2, M, K, 1, -1, 1), *dx1 = tclone(dx0);
+                llmopt_tensor *dw0 = trand(2, W->shape[0], W->shape[1], 1, -1, 1), *dw1 = tclone(dw0);
+                llmopt_tensor *db0 = trand(1, N, 1, 1, -1, 1), *db1 = tclone(db0);
+                llmopt_op_matmul_backward p0 = {sizeof p0, layout, 1, f32 ? dw0 : NULL, db0};
+                llmopt_op_matmul_backward p1 = {sizeof p1, layout, 1, f32 ? dw1 : NULL, db1};
+                assert_int_equal(run(cpu_ref_matmul_backward, dx0, &p0, 3, x, W, dy), 0);
+                assert_int_equal(run(kernel(LLMOPT_OP_MATMUL_BACKWARD, dtypes[di]), dx1, &p1, 3, x, W, dy), 0);
+                assert_close(dx1, dx0, "matmul_backward dx (accumulated)");
+                assert_close(dw1, dw0, "matmul_backward dW");
+                assert_close(db1, db0, "matmul_backward db");
+                tfree(x), tfree(dy), tfree(W), tfree(dx0), tfree(dx1), tfree(dw0), tfree(dw1), tfree(db0), tfree(db1);
+            }
+}
+
+static void matmul_backward_refuses_dw_of_half_weights_and_empty_calls(void **state) {
+    (void)state;
+    llmopt_tensor *x = trand(2, 2, 3, 1, -1, 1), *dy = trand(2, 2, 4, 1, -1, 1), *W = tnew(LLMOPT_DTYPE_F16, 2, 4, 3, 1);
+    llmopt_tensor *dx = tnew(LLMOPT_DTYPE_F32, 2, 2, 3, 1), *dw = tnew(LLMOPT_DTYPE_F32, 2, 4, 3, 1);
+    llmopt_op_matmul_backward p = {sizeof p, LLMOPT_W_OUT_IN, 0, dw, NULL};
+    llmopt_kernel_fn fns[] = {cpu_ref_matmul_backward, kernel(LLMOPT_OP_MATMUL_BACKWARD, LLMOPT_DTYPE_F16)};
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(run(fns[i], dx, &p, 3, x, W, dy), LLMOPT_EINVAL);
+        llmopt_tensor none = *dx;
+        none.data = NULL;
+        llmopt_op_matmul_backward q = {sizeof q, LLMOPT_W_OUT_IN, 0, NULL, NULL};
+        assert_int_equal(run(fns[i], &none, &q, 3, x, W, dy), LLMOPT_EINVAL);
+    }
+    tfree(x), tfree(dy), tfree(W), tfree(dx), tfree(dw);
+}
+
+static void row_and_elementwise_backwards_fast_match_reference(void **state) {
+    (void)state;
+    static const int64_t rows[] = {1, 33, 100};
+    static const int64_t cols[] = {1, 7, 1000};
+    for (size_t r = 0; r < 3; r++)
+        for (size_t cc = 0; cc < 3; cc++) {
+            int64_t M = rows[r], C = cols[cc];
+            llmopt_tensor *x = trand(2, M, C, 1, -2, 2), *g = trand(1, C, 1, 1, 0.5f, 1.5f), *dy = trand(2, M, C, 1, -1, 1);
+            for (int ln = 0; ln < 2; ln++) {
+                llmopt_tensor *dx0 = tnew(LLMOPT_DTYPE_F32, 2, M, C, 1), *dx1 = tnew(LLMOPT_DTYPE_F32, 2, M, C, 1);
+                llmopt_tensor *dg0 = trand(1, C, 1, 1, -1, 1), *dg1 = tclone(dg0), *db0 = trand(1, C, 1, 1, -1, 1), *db1 = tclone(db0);
+                llmopt_op_norm_backward p0 = {sizeof p0, 1e-5f, dg0, ln ? db0 : NULL}, p1 = {sizeof p1, 1e-5f, dg1, ln ? db1 : NULL};
+                const char *op = ln ? LLMOPT_OP_LAYERNORM_BACKWARD : LLMOPT_OP_RMSNORM_BACKWARD;
+                assert_int_equal(run(ln ? cpu_ref_layernorm_backward : cpu_ref_rmsnorm_backward, dx0, &p0, 3, x, g, dy), 0);
+                assert_int_equal(run(kernel(op, LLMOPT_DTYPE_F32), dx1, &p1, 3, x, g, dy), 0);
+                assert_close(dx1, dx0, "norm dx");
+                assert_close(dg1, dg0, "norm dgamma");
+                assert_close(db1, db0, "norm dbeta");
+                tfree(dx0), tfree(dx1), tfree(dg0), tfree(dg1), tfree(db0), tfree(db1);
+            }
+            const char *ops[] = {LLMOPT_OP_GELU_BACKWARD, LLMOPT_OP_GELU_ERF_BACKWARD, LLMOPT_OP_SILU_BACKWARD};
+            llmopt_kernel_fn refs[] = {cpu_ref_gelu_backward, cpu_ref_gelu_erf_backward, cpu_ref_silu_backward};
+            for (int i = 0; i < 3; i++) {
+                llmopt_tensor *o0 = tnew(LLMOPT_DTYPE_F32, 2, M, C, 1), *o1 = tclone(dy);
+                assert_int_equal(run(refs[i], o0, NULL, 2, x, dy), 0);
+                assert_int_equal(run(kernel(ops[i], LLMOPT_DTYPE_F32), o1, NULL, 2, x, o1), 0); /* in place on dy */
+                assert_close(o1, o0, ops[i]);
+                tfree(o0), tfree(o1);
+            }
+            llmopt_tensor *dg0 = tnew(LLMOPT_DTYPE_F32, 2, M, C, 1), *du0 = tnew(LLMOPT_DTYPE_F32, 2, M, C, 1);
+            llmopt_tensor *dg1 = tnew(LLMOPT_DTYPE_F32, 2, M, C, 1), *du1 = tnew(LLMOPT_DTYPE_F32, 2, M, C, 1);
+            llmopt_op_swiglu_backward s0 = {sizeof s0, du0}, s1 = {sizeof s1, du1};
+            assert_int_equal(run(cpu_ref_swiglu_backward, dg0, &s0, 3, x, dy, dy), 0);
+            assert_int_equal(run(kernel(LLMOPT_OP_SWIGLU_BACKWARD, LLMOPT_DTYPE_F32), dg1, &s1, 3, x, dy, dy), 0);
+            assert_close(dg1, dg0, "swiglu dgate");
+            assert_close(du1, du0, "swiglu dup");
+            /* embedding: ids cycle over a table of 5 rows, so rows repeat */
+            llmopt_tensor *ids = tnew(LLMOPT_DTYPE_I32, 1, M, 1, 1);
+            for (int64_t i = 0; i < M; i++) ((int32_t *)ids->data)[i] = (int32_t)((i * 3) % 5);
+            llmopt_tensor *t0 = trand(2, 5, C, 1, -1, 1), *t1 = tclone(t0);
+            assert_int_equal(run(cpu_ref_embedding_backward, t0, NULL, 2, ids, dy), 0);
+            assert_int_equal(run(kernel(LLMOPT_OP_EMBEDDING_BACKWARD, LLMOPT_DTYPE_F32), t1, NULL, 2, ids, dy), 0);
+            assert_close(t1, t0, "embedding dtable");
+            /* cross-entropy over C classes, every third row ignored */
+            for (int64_t i = 0; i < M; i++) ((int32_t *)ids->data)[i] = i % 3 == 2 ? -100 : (int32_t)((i * 7) % C);
+            llmopt_op_cross_entropy_backward cp = {sizeof cp, -100, 0.5f};
+            assert_int_equal(run(cpu_ref_cross_entropy_backward, dg0, &cp, 2, x, ids), 0);
+            assert_int_equal(run(kernel(LLMOPT_OP_CROSS_ENTROPY_BACKWARD, LLMOPT_DTYPE_F32), dg1, &cp, 2, x, ids), 0);
+            assert_close(dg1, dg0, "cross_entropy dlogits");
+            tfree(dg0), tfree(du0), tfree(dg1), tfree(du1), tfree(ids), tfree(t0), tfree(t1);
+            tfree(x), tfree(g), tfree(dy);
+        }
+}
+
+static void rope_and_attention_backwards_fast_match_reference(void **state) {
+    (void)state;
+    static const int64_t shapes[][4] = {{1, 1, 1, 2}, {7, 4, 2, 6}, {33, 6, 3, 16}, {130, 2, 1, 8}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int64_t T = shapes[s][0], Hq = shapes[s][1], Hkv = shapes[s][2], D = shapes[s][3];
+        llmopt_tensor *dy = trand(3, T, Hq, D, -1, 1), *o0 = tnew(LLMOPT_DTYPE_F32, 3, T, Hq, D), *o1 = tclone(dy);
+        llmopt_op_rope rp = {sizeof rp, 0, (int32_t)(D >= 4 ? D - 2 : D), 10000.0f, 1.5f};
+        assert_int_equal(run(cpu_ref_rope_backward, o0, &rp, 1, dy), 0);
+        assert_int_equal(run(kernel(LLMOPT_OP_ROPE_BACKWARD, LLMOPT_DTYPE_F32), o1, &rp, 1, o1), 0); /* in place */
+        assert_close(o1, o0, "rope dx");
+        for (int causal = 0; causal < 2; causal++) {
+            llmopt_tensor *q = trand(3, T, Hq, D, -1, 1), *k = trand(3, T, Hkv, D, -1, 1), *v = trand(3, T, Hkv, D, -1, 1);
+            llmopt_tensor *dq0 = tnew(LLMOPT_DTYPE_F32, 3, T, Hq, D), *dq1 = tnew(LLMOPT_DTYPE_F32, 3, T, Hq, D);
+            llmopt_tensor *dk0 = tnew(LLMOPT_DTYPE_F32, 3, T, Hkv, D), *dk1 = trand(3, T, Hkv, D, -1, 1);
+            llmopt_tensor *dv0 = tnew(LLMOPT_DTYPE_F32, 3, T, Hkv, D), *dv1 = trand(3, T, Hkv, D, -1, 1);
+            llmopt_op_attention_backward p0 = {sizeof p0, causal, 0.4f, dk0, dv0}, p1 = {sizeof p1, causal, 0.4f, dk1, dv1};
+            assert_int_equal(run(cpu_ref_attention_backward, dq0, &p0, 4, q, k, v, dy), 0);
+            assert_int_equal(run(kernel(LLMOPT_OP_ATTENTION_BACKWARD, LLMOPT_DTYPE_F32), dq1, &p1, 4, q, k, v, dy), 0);
+            assert_close(dq1, dq0, "attention dq");
+            assert_close(dk1, dk0, "attention dk (overwritten)");
+            assert_close(dv1, dv0, "attention dv (overwritten)");
+            tfree(q), tfree(k), tfree(v), tfree(dq0), tfree(dq1), tfree(dk0), tfree(dk1), tfree(dv0), tfree(dv1);
+        }
+        tfree(dy), tfree(o0), tfree(o1);
+    }
+}
+
+/* ---- AdamW ---- */
+
+static void adamw_step_matches_hand_computed_values(void **state) {
+    (void)state;
+    llmopt_kernel_fn fns[] = {cpu_ref_adamw, kernel(LLMOPT_OP_ADAMW, LLMOPT_DTYPE_F32)};
+    for (int i = 0; i < 2; i++) {
+        llmopt_tensor *g = tnew(LLMOPT_DTYPE_F32, 1, 1, 1, 1), *p = tnew(LLMOPT_DTYPE_F32, 1, 1, 1, 1);
+        llmopt_tensor *m = tnew(LLMOPT_DTYPE_F32, 1, 1, 1, 1), *v = tnew(LLMOPT_DTYPE_F32, 1, 1, 1, 1);
+        F(g)[0] = 0.5f, F(p)[0] = 1.0f;
+        /* step 1, grad 0.5 * grad_scale 2 = 1: m = 0.1, v = 0.001, both bias-corrected to 1;
+         * p = 1 * (1 - 0.1 * 0.01) - 0.1 * 1 / (1 + 1e-8) = 0.899 */
+        llmopt_op_adamw a = {sizeof a, 0.1f, 0.9f, 0.999f, 1e-8f, 0.01f, 2.0f, 1, m, v};
+        assert_int_equal(fns[i](( const llmopt_tensor *const[]){g}, 1, p, &a), 0);
+        assert_float_equal(F(m)[0], 0.1f, 1e-7);
+        assert_float_equal(F(v)[0], 0.001f, 2e-8); /* 1 - 0.999f is 0.001 to 1.3e-5 relative */
+        assert_float_equal(F(p)[0], 0.899f, 1e-6);
+        /* step 2 with grad -1: m = 0.09 - 0.1 = -0.01, v = 0.000999 + 0.001 = 0.001999;
+         * mhat = -0.01 / 0.19, vhat = 0.001999 / 0.001999 = 1; p = 0.899 (1 - 0.001) + 0.1 * 0.01 / 0.19 */
+        F(g)[0] = -0.5f;
+        a.step = 2;
+        assert_int_equal(fns[i]((const llmopt_tensor *const[]){g}, 1, p, &a), 0);
+        double want = 0.899 * 0.999 + 0.1 * (0.01 / 0.19) / (sqrt(0.001999 / (1 - 0.999 * 0.999)) + 1e-8);
+        assert_float_equal(F(p)[0], want, 2e-6);
+        a.step = 0; /* bias corrections are 1-based */
+        assert_int_equal(fns[i]((const llmopt_tensor *const[]){g}, 1, p, &a), LLMOPT_EINVAL);
+        tfree(g), tfree(p), tfree(m), tfree(v);
+    }
+}
+
+static void adamw_fast_matches_reference(void **state) {
+    (void)state;
+    int64_t n = 100003;
+    llmopt_tensor *g = trand(1, n, 1, 1, -1, 1), *p0 = trand(1, n, 1, 1, -1, 1), *p1 = tclone(p0);
+    llmopt_tensor *m0 = trand(1, n, 1, 1, -0.1f, 0.1f), *m1 = tclone(m0), *v0 = trand(1, n, 1, 1, 0, 0.01f), *v1 = tclone(v0);
+    llmopt_op_adamw a0 = {sizeof a0, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.5f, 7, m0, v0};
+    llmopt_op_adamw a1 = a0;
+    a1.m = m1, a1.v = v1;
+    assert_int_equal(cpu_ref_adamw((const llmopt_tensor *const[]){g}, 1, p0, &a0), 0);
+    assert_int_equal(kernel(LLMOPT_OP_ADAMW, LLMOPT_DTYPE_F32)((const llmopt_tensor *const[]){g}, 1, p1, &a1), 0);
+    assert_close(p1, p0, "adamw param");
+    assert_close(m1, m0, "adamw m");
+    assert_close(v1, v0, "adamw v");
+    tfree(g), tfree(p0), tfree(p1), tfree(m0), tfree(m1), tfree(v0), tfree(v1);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(matmul_backward_matches_finite_differences_in_both_layouts),
+        cmocka_unit_test(norm_backwards_match_finite_differences),
+        cmocka_unit_test(rope_backward_matches_finite_differences_with_linear_scaling),
+        cmocka_unit_test(attention_backward_matches_finite_differences_with_grouped_heads),
+        cmocka_unit_test(activation_backwards_match_finite_differences),
+        cmocka_unit_test(embedding_backward_adds_rows_of_repeated_ids),
+        cmocka_unit_test(cross_entropy_backward_matches_finite_differences_and_zeroes_ignored_rows),
+        cmocka_unit_test(matmul_backward_fast_matches_reference_on_awkward_sizes),
+        cmocka_unit_test(matmul_backward_refuses_dw_of_half_weights_and_empty_calls),
+        cmocka_unit_test(row_and_elementwise_backwards_fast_match_reference),
+        cmocka_unit_test(rope_and_attention_backwards_fast_match_reference),
+        cmocka_unit_test(adamw_step_matches_hand_computed_values),
+        cmocka_unit_test(adamw_fast_matches_reference),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,0 +1,459 @@
+/* The training engine (host/runtime/train.h) on a tiny random GPT-2 (tied embeddings, biases,
+ * layernorm, gelu) and a tiny Llama (grouped-query attention, linear rope scaling, attention
+ * biases, untied head), built here by hand, with the cpu plugin's kernels. Gradients themselves
+ * are held to torch autograd by tests/interop/test_train.py; here, the engine's behaviour. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "plugin/loader.h"
+#include "runtime/runtime.h"
+#include "runtime/threadpool.h"
+#include "runtime/train.h"
+#include "sched/stage_ctx.h"
+#include "testutil.h"
+
+#define VOCAB 23
+#define B 2
+#define T 8
+
+static registry *g_reg;
+static char g_dir[256];
+static uint64_t g_rng;
+
+static float frand(float lo, float hi) {
+    g_rng ^= g_rng >> 12, g_rng ^= g_rng << 25, g_rng ^= g_rng >> 27;
+    return lo + (hi - lo) * (float)((double)((g_rng * 2685821657736338717ull) >> 40) / 16777216.0);
+}
+
+static void put(llmopt_model *m, const char *name, int64_t d0, int64_t d1, float lo, float hi) {
+    int64_t shape[2] = {d0, d1};
+    llmopt_tensor *t = rt_tensor_new(LLMOPT_DTYPE_F32, d1 ? 2 : 1, shape);
+    assert_non_null(t);
+    float *v = t->data;
+    for (int64_t i = 0; i < rt_tensor_numel(t); i++) v[i] = frand(lo, hi);
+    assert_int_equal(rt_model_set(m, name, t), 0);
+    rt_tensor_unref(t);
+}
+
+static void config(llmopt_model *m, const char *json) {
+    llmopt_error err = {0};
+    assert_int_equal(rt_model_config_load(m, json, strlen(json), &err), 0);
+}
+
+/* GPT-2: 2 layers, width 16, 2 heads, MLP 64, 16 positions, tied embeddings. */
+static llmopt_model *tiny_gpt2(uint64_t seed, int n_layer) {
+    g_rng = seed;
+    llmopt_model *m = rt_model_new("gpt2");
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"gpt2\", \"n_layer\": %d, \"n_embd\": 16, \"n_head\": 2, "
+             "\"vocab_size\": %d, \"n_positions\": 16}", n_layer, VOCAB);
+    config(m, cfg);
+    put(m, "wte.weight", VOCAB, 16, -0.3f, 0.3f);
+    put(m, "wpe.weight", 16, 16, -0.1f, 0.1f);
+    for (int l = 0; l < n_layer; l++) {
+        char n[96];
+#define P(what, a, b, lo, hi) (snprintf(n, sizeof n, "h.%d.%s", l, what), put(m, n, a, b, lo, hi))
+        P("ln_1.weight", 16, 0, 0.8f, 1.2f), P("ln_1.bias", 16, 0, -0.1f, 0.1f);
+        P("attn.c_attn.weight", 16, 48, -0.3f, 0.3f), P("attn.c_attn.bias", 48, 0, -0.1f, 0.1f);
+        P("attn.c_proj.weight", 16, 16, -0.3f, 0.3f), P("attn.c_proj.bias", 16, 0, -0.1f, 0.1f);
+        P("ln_2.weight", 16, 0, 0.8f, 1.2f), P("ln_2.bias", 16, 0, -0.1f, 0.1f);
+        P("mlp.c_fc.weight", 16, 64, -0.3f, 0.3f), P("mlp.c_fc.bias", 64, 0, -0.1f, 0.1f);
+        P("mlp.c_proj.weight", 64, 16, -0.2f, 0.2f), P("mlp.c_proj.bias", 16, 0, -0.1f, 0.1f);
+#undef P
+    }
+    put(m, "ln_f.weight", 16, 0, 0.8f, 1.2f);
+    put(m, "ln_f.bias", 16, 0, -0.1f, 0.1f);
+    return m;
+}
+
+/* Llama: 2 layers, width 16, 4 query heads and 2 kv heads of 4, MLP 24, attention biases,
+ * linear rope scaling 2, untied head. */
+static llmopt_model *tiny_llama(uint64_t seed) {
+    g_rng = seed;
+    llmopt_model *m = rt_model_new("llama");
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", \"hidden_size\": 16, \"num_attention_heads\": 4, "
+             "\"num_key_value_heads\": 2, \"intermediate_size\": 24, \"vocab_size\": %d, \"num_hidden_layers\": 2, "
+             "\"max_position_embeddings\": 16, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": false, "
+             "\"attention_bias\": true, \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}", VOCAB);
+    config(m, cfg);
+    put(m, "model.embed_tokens.weight", VOCAB, 16, -0.3f, 0.3f);
+    put(m, "model.norm.weight", 16, 0, 0.8f, 1.2f);
+    put(m, "lm_head.weight", VOCAB, 16, -0.3f, 0.3f);
+    for (int l = 0; l < 2; l++) {
+        char n[96];
+#define P(what, a, b, lo, hi) (snprintf(n, sizeof n, "model.layers.%d.%s", l, what), put(m, n, a, b, lo, hi))
+        P("input_layernorm.weight", 16, 0, 0.8f, 1.2f), P("post_attention_layernorm.weight", 16, 0, 0.8f, 1.2f);
+        P("self_attn.q_proj.weight", 16, 16, -0.3f, 0.3f), P("self_attn.q_proj.bias", 16, 0, -0.1f, 0.1f);
+        P("self_attn.k_proj.weight", 8, 16, -0.3f, 0.3f), P("self_attn.k_proj.bias", 8, 0, -0.1f, 0.1f);
+        P("self_attn.v_proj.weight", 8, 16, -0.3f, 0.3f), P("self_attn.v_proj.bias", 8, 0, -0.1f, 0.1f);
+        P("self_attn.o_proj.weight", 16, 16, -0.3f, 0.3f), P("self_attn.o_proj.bias", 16, 0, -0.1f, 0.1f);
+        P("mlp.gate_proj.weight", 24, 16, -0.3f, 0.3f), P("mlp.up_proj.weight", 24, 16, -0.3f, 0.3f);
+        P("mlp.down_proj.weight", 16, 24, -0.3f, 0.3f);
+#undef P
+    }
+    return m;
+}
+
+/* A batch: random tokens, targets the inputs shifted by one, the first target ignored. */
+static void batch(uint64_t seed, int n, int32_t *in, int32_t *tg) {
+    g_rng = seed * 7919 + 1;
+    for (int s = 0; s < n; s++) {
+        for (int i = 0; i < T; i++) in[s * T + i] = (int32_t)(frand(0, 1) * VOCAB) % VOCAB;
+        for (int i = 0; i < T; i++) tg[s * T + i] = i + 1 < T ? in[s * T + i + 1] : (int32_t)((s * 5 + 3) % VOCAB);
+        tg[s * T] = -100;
+    }
+}
+
+static tr_options opts(int batch) {
+    tr_options o;
+    tr_options_default(&o);
+    o.batch = batch;
+    o.seq = T;
+    o.seed = 42;
+    return o;
+}
+
+static tr_trainer *trainer(llmopt_model *m, const tr_options *o) {
+    tr_trainer *t = NULL;
+    llmopt_error err = {0};
+    if (tr_new(m, o, &t, &err) != 0) fail_msg("tr_new: %s", err.msg);
+    return t;
+}
+
+static double fb(tr_trainer *t, const int32_t *in, const int32_t *tg) {
+    double loss;
+    size_t n;
+    llmopt_error err = {0};
+    if (tr_forward_backward(t, in, tg, &loss, &n, &err) != 0) fail_msg("forward_backward: %s", err.msg);
+    return loss / (double)n;
+}
+
+static double eval(tr_trainer *t, const int32_t *in, const int32_t *tg) {
+    double loss;
+    size_t n;
+    llmopt_error err = {0};
+    if (tr_eval(t, in, tg, &loss, &n, &err) != 0) fail_msg("eval: %s", err.msg);
+    return loss / (double)n;
+}
+
+static void step(tr_trainer *t, float lr) {
+    llmopt_error err = {0};
+    float norm;
+    if (tr_step(t, lr, 1.0f, &norm, &err) != 0) fail_msg("step: %s", err.msg);
+}
+
+static llmopt_model *model(int which) { return which == 0 ? tiny_gpt2(1, 2) : tiny_llama(2); }
+static const char *const model_name[] = {"gpt2", "llama"};
+
+static int group_setup(void **state) {
+    (void)state;
+    const char *build = getenv("LLMOPT_BUILD_PLUGINS");
+    if (!build) return -1;
+    snprintf(g_dir, sizeof g_dir, "/tmp/llmopt-train-test-XXXXXX");
+    if (!mkdtemp(g_dir)) return -1;
+    char src[4096], dst[512];
+    snprintf(src, sizeof src, "%s/cpu%s", build, LLMOPT_PLUGIN_SUFFIX);
+    snprintf(dst, sizeof dst, "%s/cpu%s", g_dir, LLMOPT_PLUGIN_SUFFIX);
+    if (symlink(src, dst) != 0) return -1;
+    tp_set_threads(2);
+    g_reg = registry_new();
+    const char *dirs[] = {g_dir};
+    llmopt_error err = {0};
+    if (!g_reg || loader_load_dirs(g_reg, dirs, 1, host_api_table(), &err) != 0 || g_reg->n_plugins != 1 ||
+        g_reg->plugins[0]->state != PLUGIN_LOADED)
+        return -1;
+    host_api_set_registry(g_reg);
+    return 0;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    char dst[512];
+    snprintf(dst, sizeof dst, "%s/cpu%s", g_dir, LLMOPT_PLUGIN_SUFFIX);
+    unlink(dst);
+    rmdir(g_dir);
+    host_api_set_registry(NULL);
+    registry_free(g_reg);
+    return 0;
+}
+
+/* ---- tests ---- */
+
+static void loss_falls_below_half_when_overfitting_one_batch_for_30_steps(void **state) {
+    (void)state;
+    for (int w = 0; w < 2; w++) {
+        llmopt_model *m = model(w);
+        tr_options o = opts(B);
+        tr_trainer *t = trainer(m, &o);
+        int32_t in[B * T], tg[B * T];
+        batch(1, B, in, tg);
+        double first = fb(t, in, tg), last = first;
+        step(t, 1e-2f);
+        for (int i = 1; i < 30; i++) {
+            last = fb(t, in, tg);
+            step(t, 1e-2f);
+        }
+        if (!(last < 0.5 * first)) fail_msg("%s: loss %.4f -> %.4f after 30 steps", model_name[w], first, last);
+        assert_int_equal(tr_steps(t), 30);
+        tr_free(t);
+        rt_model_unref(m);
+    }
+}
+
+/* Norm-wise relative difference of two f32 tensors. */
+static double rel_diff(const llmopt_tensor *a, const llmopt_tensor *b) {
+    const float *x = a->data, *y = b->data;
+    double d = 0, n = 0;
+    for (int64_t i = 0; i < rt_tensor_numel(a); i++) d += ((double)x[i] - y[i]) * ((double)x[i] - y[i]), n += (double)y[i] * y[i];
+    return sqrt(d) / (sqrt(n) + 1e-30);
+}
+
+static void two_micro_batches_accumulate_to_the_gradient_of_one_batch_of_both(void **state) {
+    (void)state;
+    for (int w = 0; w < 2; w++) {
+        llmopt_model *m = model(w);
+        tr_options o2 = opts(2), o1 = opts(1);
+        tr_trainer *both = trainer(m, &o2), *one = trainer(m, &o1);
+        int32_t in[2 * T], tg[2 * T];
+        batch(3, 2, in, tg);
+        fb(both, in, tg);
+        fb(one, in, tg);
+        fb(one, in + T, tg + T);
+        assert_int_equal(tr_n_params(both), tr_n_params(one));
+        double worst = 0;
+        for (size_t i = 0; i < tr_n_params(one); i++) {
+            double r = rel_diff(tr_param_grad(one, i), tr_param_grad(both, i));
+            if (r > worst) worst = r;
+            if (!(r < 1e-5)) fail_msg("%s: gradient of %s differs by %.3g", model_name[w], tr_param_name(one, i), r);
+        }
+        tr_free(both), tr_free(one);
+        rt_model_unref(m);
+    }
+}
+
+static void same_seed_gives_identical_weights_after_five_steps(void **state) {
+    (void)state;
+    llmopt_model *m = model(1);
+    tr_options o = opts(B);
+    const char *targets[] = {"q_proj", "down_proj"};
+    o.lora_rank = 4, o.lora_dropout = 0.2f, o.lora_targets = targets, o.n_lora_targets = 2;
+    tr_trainer *a = trainer(m, &o), *b = trainer(m, &o);
+    int32_t in[B * T], tg[B * T];
+    for (int s = 0; s < 5; s++) {
+        batch((uint64_t)s, B, in, tg);
+        fb(a, in, tg), step(a, 1e-2f);
+        fb(b, in, tg), step(b, 1e-2f);
+    }
+    for (size_t i = 0; i < tr_n_params(a); i++) {
+        const llmopt_tensor *x = tr_param_value(a, i), *y = tr_param_value(b, i);
+        assert_memory_equal(x->data, y->data, x->nbytes);
+    }
+    tr_free(a), tr_free(b);
+    rt_model_unref(m);
+}
+
+static void lora_starts_at_the_base_loss_and_trains_only_adapters(void **state) {
+    (void)state;
+    for (int w = 0; w < 2; w++) {
+        llmopt_model *m = model(w);
+        llmopt_model *before = rt_model_clone(m);
+        /* keep private copies of the base weights to compare after training */
+        size_t nt = rt_model_n_tensors(m);
+        float **copies = calloc(nt, sizeof *copies);
+        for (size_t i = 0; i < nt; i++) {
+            const llmopt_tensor *x = rt_model_get(m, rt_model_tensor_name(m, i));
+            copies[i] = malloc(x->nbytes);
+            memcpy(copies[i], x->data, x->nbytes);
+        }
+        tr_options full = opts(B), lo = opts(B);
+        const char *targets[] = {w == 0 ? "c_attn" : "v_proj", w == 0 ? "c_fc" : "gate_proj"};
+        lo.lora_rank = 2, lo.lora_alpha = 4, lo.lora_targets = targets, lo.n_lora_targets = 2;
+        tr_trainer *base = trainer(m, &full), *t = trainer(m, &lo);
+        int32_t in[B * T], tg[B * T];
+        batch(5, B, in, tg);
+        assert_true(eval(t, in, tg) == eval(base, in, tg)); /* B = 0: the adapters add exactly 0 */
+        assert_int_equal(tr_n_params(t), 2 * 2 * 2); /* A and B on two modules in two layers */
+        for (int s = 0; s < 5; s++) fb(t, in, tg), step(t, 1e-2f);
+        for (size_t i = 0; i < nt; i++) {
+            const llmopt_tensor *x = rt_model_get(m, rt_model_tensor_name(m, i));
+            assert_memory_equal(x->data, copies[i], x->nbytes);
+            free(copies[i]);
+        }
+        free(copies);
+        for (size_t i = 0; i < tr_n_params(t); i++)
+            if (strstr(tr_param_name(t, i), "lora_B")) {
+                const float *v = tr_param_value(t, i)->data;
+                double s = 0;
+                for (int64_t j = 0; j < rt_tensor_numel(tr_param_value(t, i)); j++) s += fabs(v[j]);
+                assert_true(s > 0);
+            }
+        /* without merge the exported model shares every base tensor */
+        llmopt_model *ex = NULL;
+        llmopt_error err = {0};
+        assert_int_equal(tr_export(t, 0, &ex, &err), 0);
+        for (size_t i = 0; i < nt; i++) {
+            const char *name = rt_model_tensor_name(m, i);
+            assert_ptr_equal(rt_model_get(ex, name), rt_model_get(before, name));
+        }
+        rt_model_unref(ex);
+        tr_free(base), tr_free(t);
+        rt_model_unref(before);
+        rt_model_unref(m);
+    }
+}
+
+static void merged_model_forward_equals_the_lora_forward(void **state) {
+    (void)state;
+    for (int w = 0; w < 2; w++) {
+        llmopt_model *m = model(w);
+        tr_options lo = opts(B), full = opts(B);
+        const char *targets[] = {"*"};
+        lo.lora_rank = 3, lo.lora_alpha = 6, lo.lora_targets = targets, lo.n_lora_targets = 1;
+        tr_trainer *t = trainer(m, &lo);
+        int32_t in[B * T], tg[B * T];
+        batch(6, B, in, tg);
+        for (int s = 0; s < 5; s++) fb(t, in, tg), step(t, 3e-2f);
+        llmopt_model *merged = NULL;
+        llmopt_error err = {0};
+        assert_int_equal(tr_export(t, 1, &merged, &err), 0);
+        tr_trainer *plain = trainer(merged, &full);
+        double a = eval(t, in, tg), b = eval(plain, in, tg), base;
+        tr_trainer *orig = trainer(m, &full);
+        base = eval(orig, in, tg);
+        if (!(fabs(a - b) <= 1e-5 * fabs(a))) fail_msg("%s: LoRA loss %.8f, merged %.8f", model_name[w], a, b);
+        assert_true(fabs(a - base) > 1e-4); /* the adapters changed something */
+        tr_free(t), tr_free(plain), tr_free(orig);
+        rt_model_unref(merged);
+        rt_model_unref(m);
+    }
+}
+
+static void expect_new_error(llmopt_model *m, const tr_options *o, const char *text) {
+    tr_trainer *t = NULL;
+    llmopt_error err = {0};
+    assert_int_equal(tr_new(m, o, &t, &err), LLMOPT_EINVAL);
+    assert_null(t);
+    if (!strstr(err.msg, text)) fail_msg("message '%s' lacks '%s'", err.msg, text);
+}
+
+static void unmatched_trainable_pattern_or_lora_target_is_an_error_naming_it(void **state) {
+    (void)state;
+    llmopt_model *m = model(0);
+    tr_options o = opts(B);
+    const char *pats[] = {"h.*.ln_1.weight", "h.*.mlp.nothing*"};
+    o.trainable = pats, o.n_trainable = 2;
+    expect_new_error(m, &o, "trainable pattern 'h.*.mlp.nothing*' matches no tensor");
+    o = opts(B);
+    const char *targets[] = {"c_attn", "q_proj"};
+    o.lora_rank = 2, o.lora_targets = targets, o.n_lora_targets = 2;
+    expect_new_error(m, &o, "LoRA target 'q_proj' matches no linear layer");
+    /* a pattern that matches trains exactly what it names */
+    o = opts(B);
+    o.trainable = pats, o.n_trainable = 1;
+    tr_trainer *t = trainer(m, &o);
+    assert_int_equal(tr_n_params(t), 2);
+    assert_string_equal(tr_param_name(t, 1), "h.1.ln_1.weight");
+    tr_free(t);
+    rt_model_unref(m);
+}
+
+static void resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run(void **state) {
+    (void)state;
+    for (int w = 0; w < 2; w++) {
+        llmopt_model *m = model(w);
+        tr_options o = opts(B);
+        const char *targets[] = {"*"};
+        if (w == 1) o.lora_rank = 2, o.lora_dropout = 0.1f, o.lora_targets = targets, o.n_lora_targets = 1;
+        tr_trainer *a = trainer(m, &o), *b = trainer(m, &o);
+        char *dir = make_test_dir("train-state");
+        int32_t in[B * T], tg[B * T];
+        llmopt_error err = {0};
+        for (int s = 0; s < 6; s++) {
+            batch((uint64_t)s, B, in, tg);
+            fb(a, in, tg), step(a, 1e-2f);
+            if (s < 3) fb(b, in, tg), step(b, 1e-2f);
+            if (s == 2) {
+                if (tr_save_state(b, dir, &err) != 0) fail_msg("save: %s", err.msg);
+                tr_free(b);
+                b = trainer(m, &o);
+                if (tr_load_state(b, dir, &err) != 0) fail_msg("load: %s", err.msg);
+                assert_int_equal(tr_steps(b), 3);
+            }
+            if (s >= 3) fb(b, in, tg), step(b, 1e-2f);
+        }
+        for (size_t i = 0; i < tr_n_params(a); i++) {
+            const llmopt_tensor *x = tr_param_value(a, i), *y = tr_param_value(b, i);
+            if (memcmp(x->data, y->data, x->nbytes) != 0)
+                fail_msg("%s: %s differs after resuming", model_name[w], tr_param_name(a, i));
+        }
+        tr_free(a), tr_free(b);
+        remove_dir(dir);
+        rt_model_unref(m);
+    }
+}
+
+static void a_checkpoint_of_another_model_is_refused_saying_what_differs(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_gpt2(1, 2), *same_shape = tiny_gpt2(99, 2), *deeper = tiny_gpt2(1, 3);
+    tr_options o = opts(B);
+    tr_trainer *t = trainer(m, &o), *u = trainer(same_shape, &o), *v = trainer(deeper, &o);
+    char *dir = make_test_dir("train-state-other");
+    llmopt_error err = {0};
+    assert_int_equal(tr_save_state(t, dir, &err), 0);
+    assert_int_equal(tr_load_state(u, dir, &err), LLMOPT_EINVAL);
+    if (!strstr(err.msg, "another model")) fail_msg("message '%s'", err.msg);
+    assert_int_equal(tr_load_state(v, dir, &err), LLMOPT_EINVAL);
+    if (!strstr(err.msg, "n_layer = 2; this trainer has 3")) fail_msg("message '%s'", err.msg);
+    tr_options lo = opts(B);
+    lo.weight_decay = 0.1f;
+    tr_trainer *x = trainer(m, &lo);
+    assert_int_equal(tr_load_state(x, dir, &err), LLMOPT_EINVAL);
+    if (!strstr(err.msg, "weight_decay")) fail_msg("message '%s'", err.msg);
+    tr_free(t), tr_free(u), tr_free(v), tr_free(x);
+    remove_dir(dir);
+    rt_model_unref(m), rt_model_unref(same_shape), rt_model_unref(deeper);
+}
+
+static void bad_targets_are_refused_before_any_work(void **state) {
+    (void)state;
+    llmopt_model *m = model(0);
+    tr_options o = opts(1);
+    tr_trainer *t = trainer(m, &o);
+    int32_t in[T] = {0}, tg[T];
+    for (int i = 0; i < T; i++) tg[i] = -100;
+    double loss;
+    size_t n;
+    llmopt_error err = {0};
+    assert_int_equal(tr_forward_backward(t, in, tg, &loss, &n, &err), 0);
+    assert_int_equal((int)n, 0);
+    assert_int_equal(tr_step(t, 1e-3f, 0, NULL, &err), LLMOPT_EINVAL); /* nothing to average */
+    tg[3] = VOCAB;
+    assert_int_equal(tr_forward_backward(t, in, tg, &loss, &n, &err), LLMOPT_EINVAL);
+    if (!strstr(err.msg, "target 3")) fail_msg("message '%s'", err.msg);
+    tr_free(t);
+    rt_model_unref(m);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(loss_falls_below_half_when_overfitting_one_batch_for_30_steps),
+        cmocka_unit_test(two_micro_batches_accumulate_to_the_gradient_of_one_batch_of_both),
+        cmocka_unit_test(same_seed_gives_identical_weights_after_five_steps),
+        cmocka_unit_test(lora_starts_at_the_base_loss_and_trains_only_adapters),
+        cmocka_unit_test(merged_model_forward_equals_the_lora_forward),
+        cmocka_unit_test(unmatched_trainable_pattern_or_lora_target_is_an_error_naming_it),
+        cmocka_unit_test(resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run),
+        cmocka_unit_test(a_checkpoint_of_another_model_is_refused_saying_what_differs),
+        cmocka_unit_test(bad_targets_are_refused_before_any_work),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
