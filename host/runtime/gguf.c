@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "arch.h"
+#include "mapping.h"
 #include "../util/log.h"
 #include "runtime.h"
 
@@ -632,51 +633,6 @@ static void dequantize(int dtype, const uint8_t *src, float *dst, int64_t n) {
 
 /* ---- loading: a refcounted read-only mapping that the untransformed tensors point into ---- */
 
-typedef struct gg_mapping {
-    atomic_long refs;  /* the loader's reference plus one per tensor */
-    void *base;
-    size_t len;
-} gg_mapping;
-
-static void mapping_unref(void *owner) {
-    gg_mapping *map = owner;
-    if (atomic_fetch_sub_explicit(&map->refs, 1, memory_order_acq_rel) != 1) return;
-    if (map->base) munmap(map->base, map->len);
-    free(map);
-}
-
-static int map_file(const char *path, gg_mapping **out, llmopt_error *err) {
-    *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return error_set(err, errno == ENOENT ? LLMOPT_ENOTFOUND : LLMOPT_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return error_set(err, LLMOPT_EIO, "%s: not a regular file", path);
-    }
-    gg_mapping *map = calloc(1, sizeof *map);
-    if (!map) {
-        close(fd);
-        return error_set(err, LLMOPT_ENOMEM, "%s: out of memory", path);
-    }
-    atomic_init(&map->refs, 1);
-    map->len = (size_t)st.st_size;
-    if (map->len > 0) {
-        void *p = mmap(NULL, map->len, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (p == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            free(map);
-            return error_set(err, LLMOPT_EIO, "%s: cannot mmap: %s", path, strerror(e));
-        }
-        map->base = p;
-    }
-    close(fd);
-    *out = map;
-    return 0;
-}
-
 typedef struct ld {
     const char *path;
     const gguf_file *f;
@@ -1193,7 +1149,7 @@ static int transformed(ld *l, const gguf_tensor_info *ti, int dtype, int ndim, c
     return 0;
 }
 
-static int load_tensor(ld *l, llmopt_model *m, gg_mapping *map, const gguf_tensor_info *ti, int n_layer, int64_t n_head,
+static int load_tensor(ld *l, llmopt_model *m, rt_mapping *map, const gguf_tensor_info *ti, int n_layer, int64_t n_head,
                        int64_t n_kv) {
     int llama = strcmp(l->arch, "llama") == 0, layer;
     const name_map *nm = lookup_gguf(llama, ti->name, &layer);
@@ -1217,10 +1173,10 @@ static int load_tensor(ld *l, llmopt_model *m, gg_mapping *map, const gguf_tenso
         int rc = transformed(l, ti, gt->dtype, ndim, shape, nm->xform, nm->xform == X_PERMUTE_K ? n_kv : n_head, &t);
         if (rc) return rc;
     } else {
-        atomic_fetch_add_explicit(&map->refs, 1, memory_order_relaxed);  /* the tensor's reference */
-        t = rt_tensor_wrap(gt->dtype, ndim, shape, (uint8_t *)map->base + ti->offset, ti->nbytes, mapping_unref, map);
+        rt_mapping_ref(map);  /* the tensor's reference */
+        t = rt_tensor_wrap(gt->dtype, ndim, shape, (uint8_t *)map->base + ti->offset, ti->nbytes, rt_mapping_unref, map);
         if (!t) {
-            mapping_unref(map);
+            rt_mapping_unref(map);
             return error_set(l->err, LLMOPT_ENOMEM, "%s: tensor '%s': out of memory", l->path, ti->name);
         }
     }
@@ -1238,13 +1194,13 @@ static int same_tensor(const gguf_file *f, const uint8_t *base, long a, long b) 
 
 int gguf_load(const char *path, llmopt_model **out, llmopt_error *err) {
     *out = NULL;
-    gg_mapping *map = NULL;
+    rt_mapping *map = NULL;
     gguf_file *f = NULL;
-    int rc = map_file(path, &map, err);
+    int rc = rt_mapping_open(path, &map, err);
     if (rc) return rc;
     rc = gguf_parse(path, map->base, map->len, &f, err);
     if (rc) {
-        mapping_unref(map);
+        rt_mapping_unref(map);
         return rc;
     }
     ld l = {path, f, map->base, NULL, err};
@@ -1274,7 +1230,7 @@ int gguf_load(const char *path, llmopt_model **out, llmopt_error *err) {
             rc = load_tensor(&l, m, map, gguf_tensor(f, i), (int)n_layer, (int64_t)n_head, (int64_t)n_kv);
     json_decref(cfg);
     gguf_file_free(f);
-    mapping_unref(map);  /* the loader's reference; the mapped tensors keep theirs */
+    rt_mapping_unref(map);  /* the loader's reference; the mapped tensors keep theirs */
     if (rc) {
         rt_model_unref(m);
         return rc;

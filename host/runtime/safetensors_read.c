@@ -2,6 +2,7 @@
  * (model.safetensors.index.json). Each file is mmap'd once and its tensors point into the
  * mapping, no copy; the mapping is refcounted and unmapped with the last tensor that uses it. */
 #include "runtime.h"
+#include "mapping.h"
 #include "gguf.h"
 #include "../util/fs.h"
 
@@ -191,63 +192,15 @@ int rt_safetensors_parse_header(const char *file, const uint8_t *buf, size_t len
 
 /* ---- one file: a refcounted read-only mapping that its tensors point into ---- */
 
-typedef struct st_mapping {
-    atomic_long refs;  /* the loader's reference plus one per tensor */
-    void *base;        /* NULL for an empty file, which mmap cannot map */
-    size_t len;
-} st_mapping;
-
-static void mapping_unref(void *owner) {
-    st_mapping *map = owner;
-    if (atomic_fetch_sub_explicit(&map->refs, 1, memory_order_acq_rel) != 1) return;
-    if (map->base) munmap(map->base, map->len);
-    free(map);
-}
-
-static int map_file(const char *path, st_mapping **out, llmopt_error *err) {
-    *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return error_set(err, errno == ENOENT ? LLMOPT_ENOTFOUND : LLMOPT_EIO, "%s: cannot open: %s",
-                         path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return error_set(err, LLMOPT_EIO, "%s: not a regular file", path);
-    }
-    st_mapping *map = calloc(1, sizeof *map);
-    if (!map) {
-        close(fd);
-        return error_set(err, LLMOPT_ENOMEM, "%s: out of memory", path);
-    }
-    atomic_init(&map->refs, 1);
-    map->len = (size_t)st.st_size;
-    if (map->len > 0) {
-        /* MAP_PRIVATE + PROT_READ: tensors shared between models are immutable anyway, and
-         * a change to the file on disk while we run is not ours to see. */
-        void *p = mmap(NULL, map->len, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (p == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            free(map);
-            return error_set(err, LLMOPT_EIO, "%s: cannot mmap: %s", path, strerror(e));
-        }
-        map->base = p;
-    }
-    close(fd);  /* the mapping stays valid without the descriptor */
-    *out = map;
-    return 0;
-}
-
-static int add_tensor(llmopt_model *m, const char *path, st_mapping *map,
+static int add_tensor(llmopt_model *m, const char *path, rt_mapping *map,
                       const rt_safetensors_entry *e, llmopt_error *err) {
     if (rt_model_get(m, e->name))
         return error_set(err, LLMOPT_EFORMAT, "%s: tensor '%s' is also in another shard", path, e->name);
-    atomic_fetch_add_explicit(&map->refs, 1, memory_order_relaxed);  /* the tensor's reference */
+    rt_mapping_ref(map);  /* the tensor's reference */
     llmopt_tensor *t = rt_tensor_wrap(e->dtype, e->ndim, e->shape, (uint8_t *)map->base + e->offset,
-                                      e->nbytes, mapping_unref, map);
+                                      e->nbytes, rt_mapping_unref, map);
     if (!t) {
-        mapping_unref(map);
+        rt_mapping_unref(map);
         return error_set(err, LLMOPT_ENOMEM, "%s: tensor '%s': out of memory", path, e->name);
     }
     int rc = rt_model_set(m, e->name, t);
@@ -280,8 +233,8 @@ static int check_shard_names(const char *path, const char *index, const rt_safet
  * and want (the names the index maps to it) are given and checked. */
 static int load_file(llmopt_model *m, const char *path, const char *index, const char **want,
                      size_t nwant, llmopt_error *err) {
-    st_mapping *map = NULL;
-    int rc = map_file(path, &map, err);
+    rt_mapping *map = NULL;
+    int rc = rt_mapping_open(path, &map, err);
     if (rc != 0) return rc;
     rt_safetensors_entry *es = NULL;
     size_t n = 0;
@@ -289,7 +242,7 @@ static int load_file(llmopt_model *m, const char *path, const char *index, const
     for (size_t i = 0; rc == 0 && i < n; i++) rc = add_tensor(m, path, map, &es[i], err);
     if (rc == 0 && index) rc = check_shard_names(path, index, es, n, want, nwant, err);
     rt_safetensors_free(es, n);
-    mapping_unref(map);  /* the loader's reference; the tensors keep theirs */
+    rt_mapping_unref(map);  /* the loader's reference; the tensors keep theirs */
     return rc;
 }
 

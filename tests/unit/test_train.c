@@ -305,6 +305,16 @@ static void lora_starts_at_the_base_loss_and_trains_only_adapters(void **state) 
             assert_ptr_equal(rt_model_get(ex, name), rt_model_get(before, name));
         }
         rt_model_unref(ex);
+        /* the adapters alone, named as PEFT saves them */
+        assert_int_equal(tr_lora_export(t, &ex, &err), 0);
+        assert_int_equal(rt_model_n_tensors(ex), tr_n_params(t));
+        char want[160];
+        snprintf(want, sizeof want, "base_model.model.%s.lora_A.weight",
+                 w == 0 ? "h.0.attn.c_attn" : "model.layers.0.self_attn.v_proj");
+        const llmopt_tensor *A = rt_model_get(ex, want);
+        assert_non_null(A);
+        assert_int_equal(A->shape[0], 2);
+        rt_model_unref(ex);
         tr_free(base), tr_free(t);
         rt_model_unref(before);
         rt_model_unref(m);

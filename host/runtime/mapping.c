@@ -1,0 +1,54 @@
+/* Read-only, refcounted file mappings for checkpoint loaders. */
+#include "mapping.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int rt_mapping_open(const char *path, rt_mapping **out, llmopt_error *err) {
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return error_set(err, errno == ENOENT ? LLMOPT_ENOTFOUND : LLMOPT_EIO, "%s: cannot open: %s", path,
+                         strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return error_set(err, LLMOPT_EIO, "%s: not a regular file", path);
+    }
+    rt_mapping *map = calloc(1, sizeof *map);
+    if (!map) {
+        close(fd);
+        return error_set(err, LLMOPT_ENOMEM, "%s: out of memory", path);
+    }
+    atomic_init(&map->refs, 1);
+    map->len = (size_t)st.st_size;
+    if (map->len > 0) {
+        /* MAP_PRIVATE + PROT_READ: tensors shared between models are immutable anyway, and a
+         * change to the file on disk while we run is not ours to see. */
+        void *p = mmap(NULL, map->len, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            free(map);
+            return error_set(err, LLMOPT_EIO, "%s: cannot mmap: %s", path, strerror(e));
+        }
+        map->base = p;
+    }
+    close(fd); /* the mapping stays valid without the descriptor */
+    *out = map;
+    return 0;
+}
+
+void rt_mapping_ref(rt_mapping *map) { atomic_fetch_add_explicit(&map->refs, 1, memory_order_relaxed); }
+
+void rt_mapping_unref(void *owner) {
+    rt_mapping *map = owner;
+    if (!map || atomic_fetch_sub_explicit(&map->refs, 1, memory_order_acq_rel) != 1) return;
+    if (map->base) munmap(map->base, map->len);
+    free(map);
+}

@@ -1,0 +1,22 @@
+/* A checkpoint file mapped read-only and refcounted: tensors point into it (no copy) and the
+ * last one released unmaps it. Shared by the safetensors and GGUF loaders. */
+#ifndef HOST_RUNTIME_MAPPING_H
+#define HOST_RUNTIME_MAPPING_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include "../util/error.h"
+
+typedef struct rt_mapping {
+    atomic_long refs;  /* the loader's reference plus one per tensor */
+    void *base;        /* NULL for an empty file, which mmap cannot map */
+    size_t len;
+} rt_mapping;
+
+/* Maps a regular file (refcount 1). */
+int rt_mapping_open(const char *path, rt_mapping **out, llmopt_error *err);
+/* Takes a reference for a tensor; release with rt_mapping_unref (an rt_tensor_wrap release). */
+void rt_mapping_ref(rt_mapping *map);
+void rt_mapping_unref(void *map);
+
+#endif
