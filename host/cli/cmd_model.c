@@ -79,10 +79,29 @@ int cmd_forward(const cli_opts *o) {
     if (!o->out && !out_path) out_path = NULL;
     if (o->out) out_path = o->out; /* the global --out also works */
     if (!dir || !ids_arg) return fprintf(stderr, "usage: llmopt-host forward MODEL_DIR --ids 1,2,3 [--out FILE] [--kv-cache]\n"), EXIT_USAGE;
+    /* one sequence "1,2,3", or a batch of equally long ones "1,2,3;4,5,6" */
     int32_t *ids = NULL;
-    size_t n = 0;
-    if (parse_ids(ids_arg, &ids, &n) != 0 || n == 0)
-        return fprintf(stderr, "llmopt-host: forward: --ids wants comma-separated token ids\n"), EXIT_USAGE;
+    size_t n = 0, B = 0, T = 0;
+    for (const char *seq = ids_arg; seq; B++) {
+        const char *semi = strchr(seq, ';');
+        char *one = semi ? strndup(seq, (size_t)(semi - seq)) : strdup(seq);
+        int32_t *part = NULL;
+        size_t k = 0;
+        int bad = !one || parse_ids(one, &part, &k) != 0 || k == 0 || (B > 0 && k != T);
+        int32_t *grown = bad ? NULL : realloc(ids, (n + k) * sizeof *ids);
+        if (grown) {
+            memcpy(grown + n, part, k * sizeof *part);
+            ids = grown, n += k, T = k;
+        }
+        free(one);
+        free(part);
+        if (!grown) {
+            free(ids);
+            return fprintf(stderr, "llmopt-host: forward: --ids wants comma-separated token ids, sequences of equal "
+                                   "length separated by ';'\n"), EXIT_USAGE;
+        }
+        seq = semi ? semi + 1 : NULL;
+    }
     registry *reg;
     llmopt_model *m;
     tf_model *tm;
@@ -91,31 +110,38 @@ int cmd_forward(const cli_opts *o) {
     float *logits = NULL;
     llmopt_error err = {0};
     int V = rc ? 0 : tf_model_arch(tm)->vocab;
-    if (!rc && (tf_session_new(tm, 0, &s, &err) != 0 || !(logits = malloc(n * (size_t)V * sizeof *logits)))) {
+    int32_t *step_ids = malloc(B * sizeof *step_ids);
+    float *step_logits = malloc(B * (size_t)(V ? V : 1) * sizeof *step_logits);
+    if (!rc && (tf_session_new_batch(tm, (int)B, 0, &s, &err) != 0 || !step_ids || !step_logits ||
+                !(logits = malloc(n * (size_t)V * sizeof *logits)))) {
         fprintf(stderr, "llmopt-host: %s\n", err.msg[0] ? err.msg : "out of memory");
         rc = EXIT_CONFIG;
     }
-    /* all positions at once (prefill), or one token at a time through the KV cache */
-    for (size_t t = 0; !rc && t < (kv ? n : 1); t++) {
-        int count = kv ? 1 : (int)n;
-        if (tf_forward(s, ids + t, count, logits + t * (size_t)V, 1, &err) != 0) {
-            fprintf(stderr, "llmopt-host: forward: %s\n", err.msg);
-            rc = EXIT_STAGE_FAILED;
-        }
+    /* all positions at once (prefill), or one token of each sequence at a time through the cache */
+    if (!rc && !kv && tf_forward_batch(s, ids, (int)T, logits, 1, &err) != 0) rc = EXIT_STAGE_FAILED;
+    for (size_t t = 0; !rc && kv && t < T; t++) {
+        for (size_t b = 0; b < B; b++) step_ids[b] = ids[b * T + t];
+        if (tf_forward_batch(s, step_ids, 1, step_logits, 1, &err) != 0) rc = EXIT_STAGE_FAILED;
+        for (size_t b = 0; !rc && b < B; b++)
+            memcpy(logits + (b * T + t) * (size_t)V, step_logits + b * (size_t)V, (size_t)V * sizeof *logits);
     }
+    if (rc == EXIT_STAGE_FAILED) fprintf(stderr, "llmopt-host: forward: %s\n", err.msg);
+    free(step_ids);
+    free(step_logits);
     if (!rc && out_path) {
         if (fs_write_atomic(out_path, logits, n * (size_t)V * sizeof *logits, &err) != 0) {
             fprintf(stderr, "llmopt-host: %s\n", err.msg);
             rc = EXIT_IO;
         } else {
-            printf("{\"tokens\": %zu, \"vocab\": %d, \"out\": \"%s\"}\n", n, V, out_path);
+            printf("{\"sequences\": %zu, \"tokens\": %zu, \"vocab\": %d, \"out\": \"%s\"}\n", B, T, V, out_path);
         }
     } else if (!rc) {
         const float *last = logits + (n - 1) * (size_t)V;
         int best = 0;
         for (int i = 1; i < V; i++)
             if (last[i] > last[best]) best = i;
-        printf("{\"tokens\": %zu, \"vocab\": %d, \"argmax_last\": %d, \"logit\": %.6g}\n", n, V, best, last[best]);
+        printf("{\"sequences\": %zu, \"tokens\": %zu, \"vocab\": %d, \"argmax_last\": %d, \"logit\": %.6g}\n", B, T, V,
+               best, last[best]);
     }
     free(logits);
     free(ids);

@@ -40,14 +40,19 @@ struct tf_model {
     const llmopt_tensor *tok_emb, *pos_emb, *norm_w, *norm_b, *lm_head;
     tf_layer *layers;
     tf_kernels k;
+    tf_capture_fn capture;               /* calibration hook (quantization); NULL when off */
+    void *capture_arg;
 };
 
 struct tf_session {
     tf_model *tm;
-    int max_ctx, pos;
-    float *kc, *vc;                      /* [n_layer][max_ctx][Hkv*D] */
-    int cap;                             /* tokens the scratch below holds */
-    float *x, *h, *q, *qkv, *att, *ff, *ff2, *hidden_last;
+    int n_seq;                           /* sequences in the batch, each with its own cache */
+    int max_ctx;
+    int *pos;                            /* [n_seq] positions cached per sequence */
+    float *kc, *vc;                      /* [n_layer][n_seq][max_ctx][Hkv*D] */
+    int cap;                             /* rows (n_seq * tokens) the scratch below holds */
+    float *x, *h, *q, *qkv, *kvn, *att, *ff, *ff2;
+    int32_t *ids;                        /* position ids scratch */
 };
 
 /* ---- kernel lookup ---- */
@@ -181,50 +186,67 @@ void tf_model_free(tf_model *tm) {
 }
 
 const arch_config *tf_model_arch(const tf_model *tm) { return &tm->c; }
+
+void tf_model_set_capture(tf_model *tm, tf_capture_fn fn, void *arg) {
+    tm->capture = fn;
+    tm->capture_arg = arg;
+}
 const llmopt_model *tf_model_source(const tf_model *tm) { return tm->m; }
 
 /* ---- sessions ---- */
 
-int tf_session_new(tf_model *tm, int max_ctx, tf_session **out, llmopt_error *err) {
+int tf_session_new_batch(tf_model *tm, int n_seq, int max_ctx, tf_session **out, llmopt_error *err) {
     *out = NULL;
     const arch_config *c = &tm->c;
+    if (n_seq < 1) return error_set(err, LLMOPT_EINVAL, "a session needs at least one sequence");
     if (max_ctx <= 0 || max_ctx > c->n_ctx) max_ctx = c->n_ctx;
     tf_session *s = calloc(1, sizeof *s);
     if (!s) return error_set(err, LLMOPT_ENOMEM, "out of memory");
     s->tm = tm;
+    s->n_seq = n_seq;
     s->max_ctx = max_ctx;
-    size_t kv = (size_t)c->n_layer * (size_t)max_ctx * (size_t)c->n_kv_head * (size_t)c->head_dim;
+    size_t kv = (size_t)c->n_layer * (size_t)n_seq * (size_t)max_ctx * (size_t)c->n_kv_head * (size_t)c->head_dim;
+    s->pos = calloc((size_t)n_seq, sizeof *s->pos);
     s->kc = malloc(kv * sizeof(float));
     s->vc = malloc(kv * sizeof(float));
-    if (!s->kc || !s->vc) {
+    if (!s->pos || !s->kc || !s->vc) {
         tf_session_free(s);
-        return error_set(err, LLMOPT_ENOMEM, "out of memory for a KV cache of %d positions (%.1f MiB)", max_ctx,
-                         2.0 * (double)kv * 4 / 1048576.0);
+        return error_set(err, LLMOPT_ENOMEM, "out of memory for a KV cache of %d x %d positions (%.1f MiB)", n_seq,
+                         max_ctx, 2.0 * (double)kv * 4 / 1048576.0);
     }
     *out = s;
     return 0;
 }
 
+int tf_session_new(tf_model *tm, int max_ctx, tf_session **out, llmopt_error *err) {
+    return tf_session_new_batch(tm, 1, max_ctx, out, err);
+}
+
 static void free_scratch(tf_session *s) {
-    free(s->x), free(s->h), free(s->q), free(s->qkv), free(s->att), free(s->ff), free(s->ff2);
-    free(s->hidden_last);
-    s->x = s->h = s->q = s->qkv = s->att = s->ff = s->ff2 = s->hidden_last = NULL;
+    free(s->x), free(s->h), free(s->q), free(s->qkv), free(s->kvn), free(s->att), free(s->ff), free(s->ff2);
+    free(s->ids);
+    s->x = s->h = s->q = s->qkv = s->kvn = s->att = s->ff = s->ff2 = NULL;
+    s->ids = NULL;
     s->cap = 0;
 }
 
 void tf_session_free(tf_session *s) {
     if (!s) return;
     free_scratch(s);
+    free(s->pos);
     free(s->kc);
     free(s->vc);
     free(s);
 }
 
-int tf_session_pos(const tf_session *s) { return s->pos; }
+int tf_session_pos(const tf_session *s) { return s->pos[0]; }
+int tf_session_seq_pos(const tf_session *s, int seq) { return seq >= 0 && seq < s->n_seq ? s->pos[seq] : -1; }
+int tf_session_n_seq(const tf_session *s) { return s->n_seq; }
 int tf_session_capacity(const tf_session *s) { return s->max_ctx; }
 const tf_model *tf_session_model(const tf_session *s) { return s->tm; }
 void tf_session_rewind(tf_session *s, int pos) {
-    if (pos >= 0 && pos < s->pos) s->pos = pos;
+    for (int i = 0; i < s->n_seq; i++)
+        if (pos >= 0 && pos < s->pos[i]) s->pos[i] = pos;
 }
 
 static int ensure_scratch(tf_session *s, int T, llmopt_error *err) {
@@ -234,9 +256,10 @@ static int ensure_scratch(tf_session *s, int T, llmopt_error *err) {
     size_t t = (size_t)T, C = (size_t)c->n_embd, Q = (size_t)c->n_head * c->head_dim;
     size_t KV = (size_t)c->n_kv_head * c->head_dim, F = (size_t)c->n_ff;
     s->x = malloc(t * C * 4), s->h = malloc(t * C * 4), s->q = malloc(t * Q * 4);
-    s->qkv = malloc(t * (Q + 2 * KV) * 4), s->att = malloc(t * Q * 4);
-    s->ff = malloc(t * F * 4), s->ff2 = malloc(t * F * 4), s->hidden_last = malloc(C * 4);
-    if (!s->x || !s->h || !s->q || !s->qkv || !s->att || !s->ff || !s->ff2 || !s->hidden_last) {
+    s->qkv = malloc(t * (Q + 2 * KV) * 4), s->kvn = malloc(t * 2 * KV * 4), s->att = malloc(t * Q * 4);
+    s->ff = malloc(t * F * 4), s->ff2 = malloc(t * F * 4);
+    s->ids = malloc(t * sizeof *s->ids);
+    if (!s->x || !s->h || !s->q || !s->qkv || !s->kvn || !s->att || !s->ff || !s->ff2 || !s->ids) {
         free_scratch(s);
         return error_set(err, LLMOPT_ENOMEM, "out of memory for activations of %d tokens", T);
     }
@@ -271,6 +294,10 @@ static int matmul(const tf_model *tm, const float *x, int M, const llmopt_tensor
                   float *out, int accumulate, int layout, llmopt_error *err) {
     int64_t K = layout == LLMOPT_W_OUT_IN ? w->shape[1] : w->shape[0];
     int64_t N = layout == LLMOPT_W_OUT_IN ? w->shape[0] : w->shape[1];
+    if (tm->capture) {
+        int rc = tm->capture(tm->capture_arg, w, x, M, (int)K);
+        if (rc) return error_set(err, rc, "calibration capture stopped the forward pass");
+    }
     llmopt_tensor tx = view(x, F32, 2, M, K, 1), to = view(out, F32, 2, M, N, 1);
     const llmopt_tensor *in[3] = {&tx, w, b};
     llmopt_op_matmul p = {sizeof p, layout, accumulate};
@@ -309,46 +336,56 @@ static int rope(const tf_model *tm, float *x, int T, int H, int pos, llmopt_erro
 
 /* ---- one layer ---- */
 
+/* Attention for every sequence of the batch: projections over all n_seq*T rows at once, then
+ * per sequence its rope positions, its cache rows and its attention. */
 static int attention_block(tf_session *s, int l, int T, llmopt_error *err) {
     const tf_model *tm = s->tm;
     const arch_config *c = &tm->c;
     const tf_layer *L = &tm->layers[l];
-    int D = c->head_dim, Hq = c->n_head, Hkv = c->n_kv_head, pos = s->pos, rc;
-    size_t Q = (size_t)Hq * D, KV = (size_t)Hkv * D;
-    float *kc = s->kc + (size_t)l * s->max_ctx * KV, *vc = s->vc + (size_t)l * s->max_ctx * KV;
-    float *k_new = kc + (size_t)pos * KV, *v_new = vc + (size_t)pos * KV;
+    int D = c->head_dim, Hq = c->n_head, Hkv = c->n_kv_head, M = s->n_seq * T, rc;
+    size_t Q = (size_t)Hq * D, KV = (size_t)Hkv * D, seq_stride = (size_t)s->max_ctx * KV;
+    float *kc_l = s->kc + (size_t)l * s->n_seq * seq_stride, *vc_l = s->vc + (size_t)l * s->n_seq * seq_stride;
+    /* new keys and values of all rows, [M,KV] each, before they go to each sequence's cache */
+    float *k_all = s->kvn, *v_all = s->kvn + (size_t)M * KV;
 
-    if ((rc = norm(tm, s->x, T, L->ln1_w, L->ln1_b, s->h, err))) return rc;
+    if ((rc = norm(tm, s->x, M, L->ln1_w, L->ln1_b, s->h, err))) return rc;
     if (c->family == ARCH_GPT2) {
-        /* fused c_attn: qkv rows are [q | k | v], each C wide */
-        if ((rc = matmul(tm, s->h, T, L->qkv_w, L->qkv_b, s->qkv, 0, tm->w_layout, err))) return rc;
-        for (int t = 0; t < T; t++) {
-            const float *row = s->qkv + (size_t)t * 3 * Q;
-            memcpy(s->q + (size_t)t * Q, row, Q * 4);
-            memcpy(k_new + (size_t)t * KV, row + Q, KV * 4);
-            memcpy(v_new + (size_t)t * KV, row + 2 * Q, KV * 4);
+        /* fused c_attn: qkv rows are [q | k | v], each C wide; split into q, k_all, v_all */
+        if ((rc = matmul(tm, s->h, M, L->qkv_w, L->qkv_b, s->qkv, 0, tm->w_layout, err))) return rc;
+        for (int r = 0; r < M; r++) {
+            const float *row = s->qkv + (size_t)r * 3 * Q;
+            memcpy(s->q + (size_t)r * Q, row, Q * 4);
+            memcpy(k_all + (size_t)r * KV, row + Q, KV * 4);
+            memcpy(v_all + (size_t)r * KV, row + 2 * Q, KV * 4);
         }
-    } else {
-        /* k and v are written straight into the cache rows of these positions */
-        if ((rc = matmul(tm, s->h, T, L->q_w, L->q_b, s->q, 0, tm->w_layout, err)) ||
-            (rc = matmul(tm, s->h, T, L->k_w, L->k_b, k_new, 0, tm->w_layout, err)) ||
-            (rc = matmul(tm, s->h, T, L->v_w, L->v_b, v_new, 0, tm->w_layout, err)) ||
-            (rc = rope(tm, s->q, T, Hq, pos, err)) || (rc = rope(tm, k_new, T, Hkv, pos, err)))
-            return rc;
+    } else if ((rc = matmul(tm, s->h, M, L->q_w, L->q_b, s->q, 0, tm->w_layout, err)) ||
+               (rc = matmul(tm, s->h, M, L->k_w, L->k_b, k_all, 0, tm->w_layout, err)) ||
+               (rc = matmul(tm, s->h, M, L->v_w, L->v_b, v_all, 0, tm->w_layout, err))) {
+        return rc;
     }
-    llmopt_tensor tq = view(s->q, F32, 3, T, Hq, D), tk = view(kc, F32, 3, pos + T, Hkv, D);
-    llmopt_tensor tv = view(vc, F32, 3, pos + T, Hkv, D), to = view(s->att, F32, 3, T, Hq, D);
-    const llmopt_tensor *in[3] = {&tq, &tk, &tv};
-    llmopt_op_attention p = {sizeof p, pos, 1, 1.0f / sqrtf((float)D)};
-    if ((rc = run(tm->k.attention, LLMOPT_OP_ATTENTION, in, 3, &to, &p, err))) return rc;
+    for (int b = 0; b < s->n_seq; b++) {
+        int pos = s->pos[b];
+        float *q = s->q + (size_t)b * T * Q, *kc = kc_l + (size_t)b * seq_stride, *vc = vc_l + (size_t)b * seq_stride;
+        float *k_new = kc + (size_t)pos * KV, *v_new = vc + (size_t)pos * KV;
+        memcpy(k_new, k_all + (size_t)b * T * KV, (size_t)T * KV * 4);
+        memcpy(v_new, v_all + (size_t)b * T * KV, (size_t)T * KV * 4);
+        if (c->family == ARCH_LLAMA && ((rc = rope(tm, q, T, Hq, pos, err)) || (rc = rope(tm, k_new, T, Hkv, pos, err))))
+            return rc;
+        llmopt_tensor tq = view(q, F32, 3, T, Hq, D), tk = view(kc, F32, 3, pos + T, Hkv, D);
+        llmopt_tensor tv = view(vc, F32, 3, pos + T, Hkv, D), to = view(s->att + (size_t)b * T * Q, F32, 3, T, Hq, D);
+        const llmopt_tensor *in[3] = {&tq, &tk, &tv};
+        llmopt_op_attention p = {sizeof p, pos, 1, 1.0f / sqrtf((float)D)};
+        if ((rc = run(tm->k.attention, LLMOPT_OP_ATTENTION, in, 3, &to, &p, err))) return rc;
+    }
     /* residual: x += att · Wo (+ bo) */
-    return matmul(tm, s->att, T, L->o_w, L->o_b, s->x, 1, tm->w_layout, err);
+    return matmul(tm, s->att, M, L->o_w, L->o_b, s->x, 1, tm->w_layout, err);
 }
 
 static int mlp_block(tf_session *s, int l, int T, llmopt_error *err) {
     const tf_model *tm = s->tm;
     const tf_layer *L = &tm->layers[l];
     int F = tm->c.n_ff, rc;
+    T *= s->n_seq; /* every row of the batch */
     if ((rc = norm(tm, s->x, T, L->ln2_w, L->ln2_b, s->h, err))) return rc;
     llmopt_tensor tf = view(s->ff, F32, 2, T, F, 1);
     if (tm->c.family == ARCH_GPT2) {
@@ -367,36 +404,46 @@ static int mlp_block(tf_session *s, int l, int T, llmopt_error *err) {
     return matmul(tm, s->ff, T, L->down_w, L->down_b, s->x, 1, tm->w_layout, err);
 }
 
-int tf_forward(tf_session *s, const int32_t *ids, int T, float *logits, int all_logits, llmopt_error *err) {
+int tf_forward_batch(tf_session *s, const int32_t *ids, int T, float *logits, int all_logits, llmopt_error *err) {
     const tf_model *tm = s->tm;
     const arch_config *c = &tm->c;
+    int B = s->n_seq, M = B * T;
     if (T <= 0) return error_set(err, LLMOPT_EINVAL, "no tokens to run");
-    if (s->pos + T > s->max_ctx)
-        return error_set(err, LLMOPT_EINVAL, "%d tokens after %d cached exceed the context of %d positions", T,
-                         s->pos, s->max_ctx);
-    for (int t = 0; t < T; t++)
-        if (ids[t] < 0 || ids[t] >= c->vocab)
-            return error_set(err, LLMOPT_EINVAL, "token id %d is outside the vocabulary [0, %d)", ids[t], c->vocab);
-    int rc = ensure_scratch(s, T, err);
+    for (int b = 0; b < B; b++)
+        if (s->pos[b] + T > s->max_ctx)
+            return error_set(err, LLMOPT_EINVAL, "%d tokens after %d cached exceed the context of %d positions", T,
+                             s->pos[b], s->max_ctx);
+    for (int r = 0; r < M; r++)
+        if (ids[r] < 0 || ids[r] >= c->vocab)
+            return error_set(err, LLMOPT_EINVAL, "token id %d is outside the vocabulary [0, %d)", ids[r], c->vocab);
+    int rc = ensure_scratch(s, M, err);
     if (rc) return rc;
     size_t C = (size_t)c->n_embd;
-    if ((rc = embed(tm, tm->tok_emb, ids, T, s->x, err))) return rc;
+    if ((rc = embed(tm, tm->tok_emb, ids, M, s->x, err))) return rc;
     if (tm->pos_emb) {
-        /* learned positions pos..pos+T-1, gathered as an embedding of position ids */
-        int32_t *pids = malloc((size_t)T * sizeof *pids);
-        if (!pids) return error_set(err, LLMOPT_ENOMEM, "out of memory");
-        for (int t = 0; t < T; t++) pids[t] = s->pos + t;
-        rc = embed(tm, tm->pos_emb, pids, T, s->h, err);
-        free(pids);
-        if (rc || (rc = add(tm, s->x, s->h, (int64_t)T * (int64_t)C, err))) return rc;
+        /* learned positions: each sequence's own pos..pos+T-1, gathered as an embedding */
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) s->ids[b * T + t] = s->pos[b] + t;
+        if ((rc = embed(tm, tm->pos_emb, s->ids, M, s->h, err)) || (rc = add(tm, s->x, s->h, (int64_t)M * (int64_t)C, err)))
+            return rc;
     }
     for (int l = 0; l < c->n_layer; l++)
         if ((rc = attention_block(s, l, T, err)) || (rc = mlp_block(s, l, T, err))) return rc;
-    s->pos += T;
+    for (int b = 0; b < B; b++) s->pos[b] += T;
     if (!logits) return 0;
-    /* final norm and the LM head on every row, or on the last one only */
-    const float *rows = all_logits ? s->x : s->x + (size_t)(T - 1) * C;
-    int M = all_logits ? T : 1;
-    if ((rc = norm(tm, rows, M, tm->norm_w, tm->norm_b, s->h, err))) return rc;
-    return matmul(tm, s->h, M, tm->lm_head, NULL, logits, 0, LLMOPT_W_OUT_IN, err);
+    /* final norm and the LM head on every row, or on each sequence's last row */
+    const float *rows = s->x;
+    int rows_n = M;
+    if (!all_logits) {
+        for (int b = 0; b < B; b++) memcpy(s->h + (size_t)b * C, s->x + ((size_t)b * T + (size_t)T - 1) * C, C * 4);
+        memcpy(s->x, s->h, (size_t)B * C * 4); /* x is not needed after this call */
+        rows_n = B;
+    }
+    if ((rc = norm(tm, rows, rows_n, tm->norm_w, tm->norm_b, s->h, err))) return rc;
+    return matmul(tm, s->h, rows_n, tm->lm_head, NULL, logits, 0, LLMOPT_W_OUT_IN, err);
+}
+
+int tf_forward(tf_session *s, const int32_t *ids, int T, float *logits, int all_logits, llmopt_error *err) {
+    if (s->n_seq != 1) return error_set(err, LLMOPT_EINVAL, "tf_forward runs one sequence; this session has %d", s->n_seq);
+    return tf_forward_batch(s, ids, T, logits, all_logits, err);
 }

@@ -18,19 +18,33 @@ void tf_model_free(tf_model *tm);
 const arch_config *tf_model_arch(const tf_model *tm);
 /* The model it was bound to. */
 const llmopt_model *tf_model_source(const tf_model *tm);
+/* Calibration capture (quantization): while set, fn sees the input of every matmul by a weight
+ * (x [rows, cols] f32, borrowed for the call) just before it runs, the LM head included; a
+ * non-zero return fails the forward pass with that status. NULL turns it off. */
+typedef int (*tf_capture_fn)(void *arg, const llmopt_tensor *w, const float *x, int rows, int cols);
+void tf_model_set_capture(tf_model *tm, tf_capture_fn fn, void *arg);
 
 /* A sequence's state: the KV cache for up to max_ctx positions (0 = the model's context). */
 int tf_session_new(tf_model *tm, int max_ctx, tf_session **out, llmopt_error *err);
+/* A batch of n_seq sequences, each with its own cache and position: one forward call runs the
+ * same number of new tokens for each (their projections and MLPs as one [n_seq*T] matmul). */
+int tf_session_new_batch(tf_model *tm, int n_seq, int max_ctx, tf_session **out, llmopt_error *err);
+int tf_session_n_seq(const tf_session *s);
+int tf_session_seq_pos(const tf_session *s, int seq);
 void tf_session_free(tf_session *s);
-/* Positions already in the cache, and how many it holds. */
+/* Positions already in the cache (of sequence 0), and how many it holds. */
 int tf_session_pos(const tf_session *s);
 int tf_session_capacity(const tf_session *s);
 const tf_model *tf_session_model(const tf_session *s);
-/* Forgets cached positions from pos on (0 starts a new sequence). */
+/* Forgets cached positions from pos on, in every sequence (0 starts new sequences). */
 void tf_session_rewind(tf_session *s, int pos);
 
 /* Runs n tokens at the current position, appending their keys and values to the cache.
- * logits (may be NULL): all_logits ? [n, vocab] : [vocab] for the last token. */
+ * logits (may be NULL): all_logits ? [n, vocab] : [vocab] for the last token. One-sequence
+ * sessions only. */
 int tf_forward(tf_session *s, const int32_t *ids, int n, float *logits, int all_logits, llmopt_error *err);
+/* The batch form: ids [n_seq, n]; logits (may be NULL): all_logits ? [n_seq, n, vocab] :
+ * [n_seq, vocab] (each sequence's last token). */
+int tf_forward_batch(tf_session *s, const int32_t *ids, int n, float *logits, int all_logits, llmopt_error *err);
 
 #endif

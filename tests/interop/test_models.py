@@ -58,6 +58,23 @@ def test_logits_match_transformers(host, models, tmp_path, name, kv_cache):
     )
 
 
+@pytest.mark.parametrize("kv_cache", [False, True], ids=["full", "kv_cache"])
+@pytest.mark.parametrize("name", list(MODEL_SPECS))
+def test_batched_logits_match_transformers(host, models, tmp_path, name, kv_cache):
+    # three different sequences in one batch: each must equal its own transformers forward
+    host.require_command("forward")
+    seqs = [prompt_ids(300, seed=s) for s in (1, 2, 3)]
+    out = tmp_path / "logits.f32"
+    args = ["forward", models[name], "--ids", ";".join(",".join(map(str, q)) for q in seqs), "--out", out]
+    host.run(*args, *(["--kv-cache"] if kv_cache else []))
+    got = np.fromfile(out, dtype="<f4")
+    for b, ids in enumerate(seqs):
+        ref = reference_logits(models[name], ids)
+        mine = got.reshape(len(seqs), *ref.shape)[b]
+        err = np.abs(mine - ref).max()
+        assert err <= LOGITS_ATOL, f"sequence {b}: max |ours - transformers| = {err:.3g}"
+
+
 @pytest.mark.parametrize("name", list(MODEL_SPECS))
 def test_greedy_generation_matches_transformers(host, models, name):
     host.require_command("generate")
