@@ -115,7 +115,7 @@ done
     # share of the bench's wall time in which some runnable task waited for a CPU (PSI)
     psi1="$(cpu_some)"
     [ -n "$psi0" ] && [ -n "$psi1" ] &&
-        echo "cpu_pressure_pct=$(awk -v a="$psi0" -v b="$psi1" -v t="$(($(date +%s) - t_start))" 'BEGIN{printf "%.0f", (b - a) / 1e4 / (t > 0 ? t : 1)}')"
+        echo "cpu_pressure_pct=$(awk -v a="$psi0" -v b="$psi1" -v t="$(($(date +%s) - t_start))" 'BEGIN{printf "%.0f", (b - a) / 1e4 / (t > 0 ? t : 1)}')" || true
 } >>"$res/machine.txt"
 
 # 6. the table

@@ -123,6 +123,8 @@ def main():
         if ratio and vals[0] is not None and tv:
             if better == "lower":
                 r = f"{min(tv) / vals[0]:.2f}x faster" if min(tv) >= vals[0] else f"{vals[0] / min(tv):.2f}x slower"
+            elif better == "smaller":
+                r = f"{min(tv) / vals[0]:.2f}x smaller" if min(tv) >= vals[0] else f"{vals[0] / min(tv):.2f}x larger"
             else:
                 r = f"{vals[0] / max(tv):.2f}x" + (" faster" if vals[0] >= max(tv) else " (slower)")
         print(f"| {name} | " + " | ".join(cells) + f" | {r} |")
@@ -164,9 +166,9 @@ def main():
     row("  of which from_pretrained (torch, in process): s", [None] + [g(l, "load_s") for _, _, l in torches],
         lambda v: f"{v:.3f}", ratio=False)
     row("peak RSS, load + 1-token forward: MiB", [g(lo, "load_peak_rss_mib")] + [g(l, "process_peak_rss_mib") for _, _, l in torches],
-        lambda v: f"{v:.0f}")
+        lambda v: f"{v:.0f}", "smaller")
     row("peak RSS, whole speed run: MiB", [g(lo, "peak_rss_mib")] + [g(d, "peak_rss_mib") for _, d, _ in torches],
-        lambda v: f"{v:.0f}")
+        lambda v: f"{v:.0f}", "smaller")
     m = kv(os.path.join(res, "machine.txt"))
     if m:
         print()

@@ -35,11 +35,20 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
+# PEFT and accelerate without their declared dependencies (see requirements-peft.txt for why).
+req_peft="$root/tests/interop/requirements-peft.txt"
+stamp_peft="$venv/.requirements-peft.sha256"
+want_peft="$(sha256sum "$req_peft" | cut -d' ' -f1)"
+if [ ! -f "$stamp_peft" ] || [ "$(cat "$stamp_peft")" != "$want_peft" ]; then
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$req_peft"
+    echo "$want_peft" > "$stamp_peft"
+fi
+
 "$venv/bin/python" - <<'PY'
 import sys
-import torch, numpy, transformers, tokenizers, safetensors
+import torch, numpy, transformers, tokenizers, safetensors, peft
 assert torch.__file__.startswith("/usr/lib/python3/dist-packages/"), torch.__file__
 print(f"interop venv: python {sys.version.split()[0]}, torch {torch.__version__}, "
       f"numpy {numpy.__version__}, transformers {transformers.__version__}, "
-      f"tokenizers {tokenizers.__version__}, safetensors {safetensors.__version__}")
+      f"tokenizers {tokenizers.__version__}, safetensors {safetensors.__version__}, peft {peft.__version__}")
 PY

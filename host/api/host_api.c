@@ -11,6 +11,9 @@
 #include "../runtime/runtime.h"
 #include "../runtime/threadpool.h"
 #include "runtime_api.h"
+#include "train_api.h"
+#include "quant_api.h"
+#include "tokenizer_api.h"
 #include "../sched/stage_ctx.h"
 #include "../util/log.h"
 
@@ -262,7 +265,12 @@ static llmopt_host_api g_api = {
     .report_text = api_report_text,
 };
 
-static void fill_runtime(void) { runtime_api_fill(&g_api); }
+static void fill_runtime(void) {
+    runtime_api_fill(&g_api);
+    quant_api_fill(&g_api);
+    train_api_fill(&g_api);
+    tokenizer_api_fill(&g_api);
+}
 
 const llmopt_host_api *host_api_table(void) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;

@@ -85,6 +85,9 @@ void *rt_model_file_parsed(const llmopt_model *m, const char *name,
 /* Saves every tensor of the model as <dir>/model.safetensors (plus config.json), written to
  * temporary names first. F32/F16/BF16/I8/U8/I32/I64 tensors only. */
 int rt_model_save(const llmopt_model *m, const char *dir, llmopt_error *err);
+/* Writes m's tensors as one safetensors file at path (no config.json, no side files): streamed to
+ * a temporary name and renamed, so the file is complete or absent. */
+int rt_safetensors_write(const llmopt_model *m, const char *path, llmopt_error *err);
 
 /* Loads a Hugging Face model directory (config.json + model.safetensors); every error names the
  * file and the tensor or field. */

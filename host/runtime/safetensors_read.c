@@ -363,6 +363,51 @@ static int load_side_file(llmopt_model *m, const char *dir, const char *name, ll
     return rc;
 }
 
+/* ---- block-quantized tensors saved by rt_model_save: U8 [..., row bytes] tensors whose dtype
+ * config.json's quantization_config.tensor_dtypes names (quant_method "llmopt") ---- */
+
+static void unref_tensor(void *t) { rt_tensor_unref(t); }
+
+static int load_quantized(llmopt_model *m, const char *dir, llmopt_error *err) {
+    json_t *qc = json_object_get(rt_model_config_json(m), "quantization_config");
+    const char *method = json_string_value(json_object_get(qc, "quant_method"));
+    if (!method || strcmp(method, "llmopt") != 0) return 0;  /* someone else's (GPTQ, AWQ): not ours to read */
+    json_t *map = json_object_get(qc, "tensor_dtypes");
+    if (!json_is_object(map))
+        return error_set(err, LLMOPT_EFORMAT, "%s/config.json: quantization_config.tensor_dtypes is missing or not an object",
+                         dir);
+    const char *name;
+    json_t *v;
+    json_object_foreach(map, name, v) {
+        const char *dn = json_string_value(v);
+        int dtype = rt_dtype_from_name(dn);
+        const llmopt_dtype_traits *tr = rt_dtype_traits(dtype);
+        const llmopt_tensor *t = rt_model_get(m, name);
+        if (!tr || !tr->is_quantized)
+            return error_set(err, LLMOPT_EFORMAT, "%s/config.json: tensor_dtypes '%s': '%s' is not a quantized dtype", dir,
+                             name, dn ? dn : "(not a string)");
+        if (!t) return error_set(err, LLMOPT_EFORMAT, "%s: tensor_dtypes names '%s', which the checkpoint lacks", dir, name);
+        if (t->dtype == dtype) continue;
+        int64_t shape[LLMOPT_MAX_DIMS];
+        memcpy(shape, t->shape, sizeof shape);
+        int64_t last = t->ndim > 0 ? shape[t->ndim - 1] : 0;
+        if (t->dtype != LLMOPT_DTYPE_U8 || t->ndim < 1 || last % (int64_t)tr->type_size != 0)
+            return error_set(err, LLMOPT_EFORMAT, "%s: tensor '%s' is not U8 rows of whole %s blocks (%zu bytes each)", dir,
+                             name, tr->name, tr->type_size);
+        shape[t->ndim - 1] = last / (int64_t)tr->type_size * tr->block_size;
+        rt_tensor_ref(t);  /* the new tensor's view keeps the U8 one (and its mapping) alive */
+        llmopt_tensor *q = rt_tensor_wrap(dtype, t->ndim, shape, t->data, t->nbytes, unref_tensor, (void *)t);
+        if (!q) {
+            rt_tensor_unref(t);
+            return error_set(err, LLMOPT_ENOMEM, "%s: tensor '%s': out of memory", dir, name);
+        }
+        int rc = rt_model_set(m, name, q);
+        rt_tensor_unref(q);
+        if (rc) return error_set(err, rc, "%s: tensor '%s': cannot replace it", dir, name);
+    }
+    return 0;
+}
+
 int rt_model_load(const char *dir, llmopt_model **out, llmopt_error *err) {
     *out = NULL;
     size_t n = strlen(dir);
@@ -379,6 +424,7 @@ int rt_model_load(const char *dir, llmopt_model **out, llmopt_error *err) {
     free(single);
     free(index);
     for (size_t i = 0; rc == 0 && rt_model_side_files[i]; i++) rc = load_side_file(m, dir, rt_model_side_files[i], err);
+    if (rc == 0) rc = load_quantized(m, dir, err);
     if (rc != 0) {
         rt_model_unref(m);  /* drops the tensors, and with them the mappings */
         return rc;

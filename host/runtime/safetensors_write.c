@@ -72,6 +72,7 @@ static int check_tensors(const llmopt_model *m, llmopt_error *err) {
         if (t->device != LLMOPT_DEVICE_CPU)
             return error_set(err, LLMOPT_EUNSUPPORTED,
                              "tensor '%s': only CPU tensors can be saved (copy it to the CPU first)", name);
+        if (tr && tr->is_quantized && t->ndim >= 1) continue; /* stored as U8 rows, see below */
         if (!tr || tr->is_quantized || !rt_dtype_safetensors_name(t->dtype))
             return error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s': dtype %s has no safetensors type",
                              name, tr ? tr->name : "unknown");
@@ -89,9 +90,16 @@ static char *build_header(const llmopt_model *m, size_t *len) {
         const char *name = rt_model_tensor_name(m, i);
         const llmopt_tensor *t = rt_model_get(m, name);
         json_t *shape = json_array();
-        for (int d = 0; d < t->ndim; d++) json_array_append_new(shape, json_integer(t->shape[d]));
+        const llmopt_dtype_traits *tr = rt_dtype_traits(t->dtype);
+        for (int d = 0; d < t->ndim; d++) {
+            int64_t v = t->shape[d];
+            /* a block-quantized tensor is a U8 tensor of its rows' bytes */
+            if (tr->is_quantized && d == t->ndim - 1) v = v / tr->block_size * (int64_t)tr->type_size;
+            json_array_append_new(shape, json_integer(v));
+        }
         json_int_t end = off + (json_int_t)t->nbytes;
-        json_t *e = json_pack("{s:s, s:o, s:[I,I]}", "dtype", rt_dtype_safetensors_name(t->dtype),
+        const char *st = tr->is_quantized ? "U8" : rt_dtype_safetensors_name(t->dtype);
+        json_t *e = json_pack("{s:s, s:o, s:[I,I]}", "dtype", st,
                               "shape", shape, "data_offsets", off, end);
         if (!e || json_object_set_new(h, name, e) != 0) {
             json_decref(h);
@@ -140,10 +148,91 @@ static void sync_dir(const char *dir) {
     }
 }
 
+/* ---- block-quantized tensors: U8 rows in the file, their dtypes in config.json ----
+ * "quantization_config": {"quant_method": "llmopt", "tensor_dtypes": {name: "q4_0" | "gq4g128s"
+ * | ...}} and, when every quantized tensor has one dtype, "dtype", "bits", "group_size" and "sym"
+ * for readers that want the summary. rt_model_load turns the U8 tensors back (load_quantized).
+ * The map is rebuilt from the tensors at every save, so it never disagrees with them. */
+
+static int quant_summary(int dtype, json_t *q) {
+    int bits, group, sym;
+    if (LLMOPT_DTYPE_IS_GQ(dtype)) {
+        bits = LLMOPT_DTYPE_GQ_BITS(dtype), group = LLMOPT_DTYPE_GQ_GROUP(dtype), sym = !LLMOPT_DTYPE_GQ_ASYM(dtype);
+    } else {
+        bits = dtype == LLMOPT_DTYPE_Q8_0 ? 8 : 4, group = 32, sym = dtype != LLMOPT_DTYPE_Q4_1;
+    }
+    json_object_set_new(q, "bits", json_integer(bits));
+    json_object_set_new(q, "group_size", json_integer(group));
+    json_object_set_new(q, "sym", json_boolean(sym));
+    return 0;
+}
+
+/* config.json's text: the model's config plus (or minus) its llmopt quantization_config. */
+static char *config_text(const llmopt_model *m) {
+    char *text = rt_model_config_dump(m);
+    if (!text) return NULL;
+    json_t *map = json_object();
+    int one = -1, mixed = 0;
+    for (size_t i = 0; map && i < rt_model_n_tensors(m); i++) {
+        const char *name = rt_model_tensor_name(m, i);
+        const llmopt_tensor *t = rt_model_get(m, name);
+        const llmopt_dtype_traits *tr = rt_dtype_traits(t->dtype);
+        if (!tr || !tr->is_quantized) continue;
+        json_object_set_new(map, name, json_string(tr->name));
+        if (one != -1 && one != t->dtype) mixed = 1;
+        one = t->dtype;
+    }
+    json_t *qc = json_object_get(rt_model_config_json(m), "quantization_config");
+    const char *method = json_string_value(json_object_get(qc, "quant_method"));
+    int ours = method && strcmp(method, "llmopt") == 0;
+    if (map && json_object_size(map) == 0 && !ours) {  /* nothing to add or take away */
+        json_decref(map);
+        return text;
+    }
+    json_t *cfg = map ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    text = NULL;
+    if (cfg && json_object_size(map) == 0) {
+        json_object_del(cfg, "quantization_config");
+    } else if (cfg) {
+        json_t *q = json_object();
+        json_object_set_new(q, "quant_method", json_string("llmopt"));
+        if (!mixed) {
+            json_object_set_new(q, "dtype", json_string(rt_dtype_traits(one)->name));
+            quant_summary(one, q);
+        }
+        json_object_set(q, "tensor_dtypes", map);
+        json_object_set_new(cfg, "quantization_config", q);
+    }
+    if (cfg) text = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(cfg);
+    json_decref(map);
+    return text;
+}
+
+int rt_safetensors_write(const llmopt_model *m, const char *path, llmopt_error *err) {
+    int rc = check_tensors(m, err);
+    if (rc != 0) return rc;
+    char *dir = strdup(path);
+    if (!dir) return error_set(err, LLMOPT_ENOMEM, "out of memory");
+    char *slash = strrchr(dir, '/');
+    const char *name = slash ? slash + 1 : path;
+    if (slash) *slash = '\0';
+    out_file st = {0};
+    rc = out_open(&st, slash ? (*dir ? dir : "/") : ".", name, err);
+    if (rc == 0) rc = write_safetensors(&st, m, err);
+    if (rc == 0) rc = out_finish(&st, err);
+    if (rc == 0) rc = out_commit(&st, err);
+    out_abort(&st);
+    if (rc == 0) sync_dir(slash ? (*dir ? dir : "/") : ".");
+    free(dir);
+    return rc;
+}
+
 int rt_model_save(const llmopt_model *m, const char *dir, llmopt_error *err) {
     int rc = check_tensors(m, err);
     if (rc != 0) return rc;
-    char *config = rt_model_config_dump(m);
+    char *config = config_text(m);
     if (!config) return error_set(err, LLMOPT_ENOMEM, "%s: cannot serialize config.json", dir);
     rc = fs_mkdirs(dir, err);
     /* side files (tokenizer, generation config) first, each complete or absent */

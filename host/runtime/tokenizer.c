@@ -240,8 +240,7 @@ static int model_word(enc_ctx *c, const char *w, size_t n) {
     return 0;
 }
 
-/* The end of the GPT-2 pre-tokenizer match that starts at i (Radford et al. 2019, encoder.py):
- *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+/* tok_gpt2_next (tokenizer_internal.h): the GPT-2 pre-tokenizer regex written out by hand.
  * Every character belongs to exactly one of \s, L, N or the rest, so a match starts at every i.
  * Ill-formed bytes count as U+FFFD (the rest). */
 enum { CL_SPACE, CL_LETTER, CL_NUMBER, CL_OTHER };
@@ -253,7 +252,7 @@ static int char_class(uint32_t cp) {
     return CL_OTHER;
 }
 
-static size_t gpt2_next(const unsigned char *s, size_t n, size_t i) {
+size_t tok_gpt2_next(const unsigned char *s, size_t n, size_t i) {
     if (s[i] == '\'' && i + 1 < n) {
         unsigned char a = s[i + 1], b = i + 2 < n ? s[i + 2] : 0;
         if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
@@ -309,7 +308,7 @@ static int pre_bytelevel(enc_ctx *c, const tok_pretok *p, const char *s, size_t 
     const unsigned char *u = (const unsigned char *)s;
     if (!p->use_regex) return push_mapped(t, out, u, n);
     for (size_t i = 0; i < n;) {
-        size_t e = gpt2_next(u, n, i);
+        size_t e = tok_gpt2_next(u, n, i);
         if (push_mapped(t, out, u + i, e - i) != 0) return LLMOPT_ENOMEM;
         i = e;
     }

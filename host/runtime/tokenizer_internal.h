@@ -51,6 +51,15 @@ typedef struct tok_merges {
 const tok_merge *tok_merges_get(const tok_merges *m, int32_t left, int32_t right);
 int tok_merges_put(tok_merges *m, int32_t left, int32_t right, uint32_t rank, int32_t id);
 
+/* The end of the GPT-2 pre-tokenizer match that starts at s[i] (i < n), the split of tokenizers'
+ * ByteLevel pre-tokenizer with use_regex (Radford et al. 2019, encoder.py):
+ *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ * Shared by the encoder (tokenizer.c) and the trainer (tokenizer_train.c). */
+size_t tok_gpt2_next(const unsigned char *s, size_t n, size_t i);
+/* The code point GPT-2's bytes_to_unicode gives byte b (0..255): b itself for printable Latin-1,
+ * else 256, 257, ... in byte order (so every code point is below 324). */
+uint32_t tok_byte_cp(unsigned b);
+
 enum { TOK_NORM_PREPEND, TOK_NORM_REPLACE };
 typedef struct tok_normalizer {
     int kind;

@@ -506,15 +506,23 @@ static int get_replacement(load_ctx *c, json_t *o, const char *field, char **out
     return 0;
 }
 
-static void init_byte_alphabet(tok_tokenizer *t) {
+uint32_t tok_byte_cp(unsigned b) {
     /* GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the other bytes
      * take the code points from 256 on, in byte order (Radford et al. 2019, encoder.py). */
-    int next = 256;
+    uint32_t next = 256;
+    for (unsigned x = 0; x <= b; x++) {
+        int keep = (x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF);
+        if (x == b) return keep ? b : next;
+        if (!keep) next++;
+    }
+    return UNI_REPLACEMENT; /* b > 255 */
+}
+
+static void init_byte_alphabet(tok_tokenizer *t) {
     for (int i = 0; i < 324; i++) t->bl_rev[i] = -1;
-    for (int b = 0; b < 256; b++) {
-        int keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-        int cp = keep ? b : next++;
-        t->bl_len[b] = (uint8_t)uni_encode((uint32_t)cp, t->bl_map[b]);
+    for (unsigned b = 0; b < 256; b++) {
+        uint32_t cp = tok_byte_cp(b);
+        t->bl_len[b] = (uint8_t)uni_encode(cp, t->bl_map[b]);
         t->bl_rev[cp] = (int16_t)b;
     }
 }

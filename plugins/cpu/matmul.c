@@ -1,7 +1,8 @@
 /* matmul on the CPU: out[M,N] = x[M,K] · W (+ bias) (+ out). OpenBLAS runs single-threaded
  * (set at init) and the work is split over the host's compute threads by column blocks of W
  * (rows of W for OUT_IN, column ranges for IN_OUT), so every thread comes from the host pool.
- * M = 1 (decode) with W [N,K] takes a gemv-style path of SIMD dot products over rows of W;
+ * M = 1 (decode) with W [N,K] takes a gemv-style path of SIMD dot products over rows of W, and
+ * with f32 W [K,N] OpenBLAS sgemv on column blocks;
  * f16/bf16 weights are converted to f32 a tile at a time into per-chunk scratch. */
 #include "cpu.h"
 
@@ -70,6 +71,17 @@ static void sgemm_block(const mm_job *j, const float *w, int ldw, int64_t n0, in
             for (int64_t n = n0; n < n1; n++) j->out[m * d->N + n] += j->bias[n];
 }
 
+/* M = 1 with f32 W [K,N] (GPT-2's Conv1D layout): sgemv on a column block streams W once,
+ * where sgemm would first pack (copy) every block of it; decode is bound by reading W. */
+static void gemv_in_out(void *arg, int64_t n0, int64_t n1) {
+    mm_job *j = arg;
+    const cpu_mm_dims *d = &j->d;
+    cblas_sgemv(CblasRowMajor, CblasTrans, (int)d->K, (int)(n1 - n0), 1.0f, (const float *)j->w + n0, (int)d->N,
+                j->x, 1, d->accumulate ? 1.0f : 0.0f, j->out + n0, 1);
+    if (j->bias)
+        for (int64_t n = n0; n < n1; n++) j->out[n] += j->bias[n];
+}
+
 static void sgemm_cols(void *arg, int64_t n0, int64_t n1) {
     mm_job *j = arg;
     const cpu_mm_dims *d = &j->d;
@@ -109,6 +121,8 @@ int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, con
     atomic_init(&j.failed, 0);
     if (d.M <= GEMV_MAX_M && d.layout == LLMOPT_W_OUT_IN)
         cpu_api->parallel_for(d.N, 32768 / (d.K * d.M) + 1, gemv_out_in, &j); /* >= 32K FMAs a chunk */
+    else if (d.M == 1 && d.layout == LLMOPT_W_IN_OUT && j.wt == LLMOPT_DTYPE_F32)
+        cpu_api->parallel_for(d.N, 64, gemv_in_out, &j);
     else
         cpu_api->parallel_for(d.N, 32, sgemm_cols, &j);
     return atomic_load(&j.failed) ? LLMOPT_ENOMEM : 0;

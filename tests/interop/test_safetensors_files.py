@@ -98,17 +98,19 @@ def test_transformers_loads_llmopt_checkpoint_and_runs_it(llmopt_checkpoint):
     assert logits.std() > 0
 
 
-PASS_THROUGH_STAGES = ["model.copy", "model.save", "identity"]
+# (stage, its `with:` settings): each loads and saves the model unchanged
+PASS_THROUGH_STAGES = [("model.copy", ""), ("model.save", ""), ("identity", ""),
+                       ("quantize.cast", ", with: {dtype: f32}")]
 
 
 def test_transformers_checkpoint_round_trips_bit_identically(host, models, tmp_path):
-    stage = next((s for s in PASS_THROUGH_STAGES if host.has_stage(s)), None)
+    stage, with_ = next(((s, w) for s, w in PASS_THROUGH_STAGES if host.has_stage(s)), (None, ""))
     if stage is None:
-        pytest.skip(f"no pass-through stage ({', '.join(PASS_THROUGH_STAGES)}) to load and save "
-                    "a checkpoint with")
+        pytest.skip(f"no pass-through stage ({', '.join(s for s, _ in PASS_THROUGH_STAGES)}) to load and "
+                    "save a checkpoint with")
     src = models["llama_gqa"]
     cfg = tmp_path / "roundtrip.yaml"
-    cfg.write_text(f"name: roundtrip\nmodel: {src}\nstages:\n  - {{id: same, uses: {stage}}}\n"
+    cfg.write_text(f"name: roundtrip\nmodel: {src}\nstages:\n  - {{id: same, uses: {stage}{with_}}}\n"
                    "outputs: [same]\n")
     host.run("-q", "run", cfg, "--out", tmp_path / "run")
     out = tmp_path / "run" / "same" / "model" / "model.safetensors"

@@ -35,6 +35,32 @@ LLMOPT_PIN(llmopt_gen_params, temperature, 12);
 LLMOPT_PIN(llmopt_gen_params, seed, 32);
 LLMOPT_PIN(llmopt_gen_params, stop_at_eos, 40);
 
+/** Opaque: a training engine bound to one model (trainer_new). */
+typedef struct llmopt_trainer llmopt_trainer;
+
+/** Training settings for llmopt_host_api.trainer_new; fill with train_options_default first. */
+typedef struct llmopt_train_options {
+    uint32_t struct_size;
+    int32_t batch;                      /**< B sequences per micro-batch */
+    int32_t seq;                        /**< T tokens per sequence (<= the model's context) */
+    int32_t lora_rank;                  /**< > 0: freeze the base, train LoRA adapters */
+    /** full fine-tuning: checkpoint names (globs, '*') of the tensors to train; none: all */
+    const char *const *trainable;
+    size_t n_trainable;
+    /** LoRA targets: module names ("c_attn", "q_proj") or globs over the full name */
+    const char *const *lora_targets;
+    size_t n_lora_targets;
+    float lora_alpha;                   /**< adapter scale alpha / rank (Hu et al. 2021) */
+    float lora_dropout;                 /**< on the adapter's input, as PEFT */
+    float beta1, beta2, eps, weight_decay; /**< AdamW (decoupled weight decay) */
+    uint64_t seed;                      /**< adapter init and dropout */
+} llmopt_train_options;
+LLMOPT_PIN(llmopt_train_options, batch, 4);
+LLMOPT_PIN(llmopt_train_options, trainable, 16);
+LLMOPT_PIN(llmopt_train_options, lora_targets, 32);
+LLMOPT_PIN(llmopt_train_options, lora_alpha, 48);
+LLMOPT_PIN(llmopt_train_options, seed, 72);
+
 struct llmopt_host_api {
     uint32_t struct_size;
     uint16_t abi_major;
@@ -176,6 +202,104 @@ struct llmopt_host_api {
     /** Adds a named text to the stage's entry in report.json ("texts": [{name, text}]), e.g. a
      *  generated completion. */
     int (*report_text)(llmopt_stage_ctx *ctx, const char *name, const char *text);
+
+    /* ---- quantization, calibration and export ---- */
+    /** One row of n f32 values into n / block_size blocks of a block-quantized dtype (Q8_0,
+     *  Q4_0, Q4_1, GQ: the host's reference rules, bit-exact with what the kernels expect), and
+     *  back. LLMOPT_EINVAL when dtype is not block-quantized or n is not a whole number of blocks. */
+    int (*quantize_row)(int dtype, const float *x, void *blocks, int64_t n);
+    int (*dequantize_row)(int dtype, const void *blocks, float *y, int64_t n);
+    /** A new CPU tensor (*out, one reference, owned by the caller) holding t converted to dtype:
+     *  between f32, f16 and bf16 (any shape; f16/bf16 round to nearest even), from those into a
+     *  block-quantized dtype (2-D, round to nearest; rows must be a whole number of blocks) and
+     *  from a block-quantized one back to f32/f16/bf16. The same dtype gives a new reference to
+     *  t. Errors (a row that is not whole blocks, an unsupported pair) go to set_error. */
+    int (*tensor_convert)(llmopt_stage_ctx *ctx, const llmopt_tensor *t, int dtype, llmopt_tensor **out);
+    /** Calibration: runs the model (CPU) over n_seq sequences of seq_len tokens each (tokens holds
+     *  n_seq * seq_len ids) and calls fn with the input of every matrix multiply by a weight, as
+     *  the forward pass makes it: x is [rows, cols] f32 (rows = seq_len tokens, cols = the
+     *  weight's input features), borrowed for the call; weight is the checkpoint name of the
+     *  weight ("model.layers.0.self_attn.q_proj.weight"; the tied head comes as the embedding's
+     *  name). Weights that read the same input (q/k/v, gate/up) are called in a row with the same
+     *  x pointer. A non-zero return from fn stops the pass and is returned (fn sets the error). */
+    int (*calibrate)(llmopt_stage_ctx *ctx, const llmopt_model *m, const int32_t *tokens, size_t n_seq,
+                     size_t seq_len,
+                     int (*fn)(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols),
+                     void *arg);
+    /** Writes m (gpt2 or llama) as a GGUF v3 file at path, through a temporary name, in llama.cpp's
+     *  names and layout; tensors must be F32, F16, BF16, Q8_0, Q4_0 or Q4_1 (GQ types have no
+     *  ggml counterpart: LLMOPT_EUNSUPPORTED naming the tensor). */
+    int (*gguf_write)(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *path);
+
+    /* ---- training (the host's engine: forward/backward, LoRA, AdamW, checkpoints) ---- */
+    /** Defaults: batch 1, seq 128, every floating-point tensor trainable, lora_alpha 16,
+     *  no dropout, AdamW (0.9, 0.999), eps 1e-8, weight decay 0.01 (torch.optim.AdamW's). */
+    void (*train_options_default)(llmopt_train_options *o);
+    /** Binds a model for training (it is referenced, never written; trainable tensors get f32
+     *  master copies). NULL after set_error, e.g. a trainable pattern or LoRA target that
+     *  matches nothing. */
+    llmopt_trainer *(*trainer_new)(llmopt_stage_ctx *ctx, const llmopt_model *m,
+                                   const llmopt_train_options *o);
+    void (*trainer_free)(llmopt_trainer *t);
+    /** Trainable parameter count (adapters only, for LoRA). */
+    size_t (*trainer_n_trainable)(const llmopt_trainer *t);
+    /** Forward and backward over one micro-batch of [B, T] inputs and targets (-100: ignored);
+     *  gradients of the summed loss accumulate. Gets the batch's summed loss and target count. */
+    int (*trainer_forward_backward)(llmopt_stage_ctx *ctx, llmopt_trainer *t, const int32_t *inputs,
+                                    const int32_t *targets, double *loss_sum, size_t *n_targets);
+    /** Forward only (no dropout): summed loss and target count of a [B, T] batch. */
+    int (*trainer_eval)(llmopt_stage_ctx *ctx, llmopt_trainer *t, const int32_t *inputs,
+                        const int32_t *targets, double *loss_sum, size_t *n_targets);
+    /** One AdamW step at learning rate lr on the gradients accumulated since the last step,
+     *  averaged over their targets and clipped to global norm clip (0: off); *grad_norm (may be
+     *  NULL) gets the norm before clipping. Zeroes the gradients. */
+    int (*trainer_step)(llmopt_stage_ctx *ctx, llmopt_trainer *t, float lr, float clip, float *grad_norm);
+    /** Drops accumulated gradients without a step. */
+    void (*trainer_zero_grad)(llmopt_trainer *t);
+    /** Optimizer steps taken (restored by trainer_load_state). */
+    int (*trainer_steps)(const llmopt_trainer *t);
+    /** A new model with the trained weights (refcount 1): full fine-tuning replaces the trained
+     *  tensors; LoRA with merge adds (alpha/r) B A into the targets, without merge the base. */
+    int (*trainer_export)(llmopt_stage_ctx *ctx, llmopt_trainer *t, int merge_lora, llmopt_model **out);
+    /** The LoRA adapters as a tensors-only model named as PEFT saves them
+     *  ("base_model.model.<module>.lora_A.weight" [r, in], "...lora_B.weight" [out, r]). */
+    int (*trainer_lora_export)(llmopt_stage_ctx *ctx, llmopt_trainer *t, llmopt_model **out);
+    /** Checkpoint: weights, AdamW moments, step and RNG state, into dir (created). Loading a
+     *  checkpoint of another model or other options fails, saying why. */
+    int (*trainer_save_state)(llmopt_stage_ctx *ctx, const llmopt_trainer *t, const char *dir);
+    int (*trainer_load_state)(llmopt_stage_ctx *ctx, llmopt_trainer *t, const char *dir);
+
+    /* ---- writing models and side files, chat templates ---- */
+    /** Saves a model as a Hugging Face directory (config.json, model.safetensors, side files),
+     *  each file complete or absent. */
+    int (*model_save)(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *dir);
+    /** Writes a model's tensors as one plain safetensors file at path (written to a temporary
+     *  name and renamed), e.g. PEFT's adapter_model.safetensors. */
+    int (*tensors_save)(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *path);
+    /** Side files that travel with a model (tokenizer.json, tokenizer_config.json, ...): set
+     *  copies the bytes, replacing a file of that name; get returns NULL when absent (the bytes
+     *  are NUL-terminated; len may be NULL). Files are listed by index. */
+    int (*model_set_file)(llmopt_model *m, const char *name, const void *data, size_t len);
+    const char *(*model_get_file)(const llmopt_model *m, const char *name, size_t *len);
+    size_t (*model_n_files)(const llmopt_model *m);
+    const char *(*model_file_name)(const llmopt_model *m, size_t i);
+    /** Renders messages (roles[i], contents[i]) with the model's chat template as transformers'
+     *  apply_chat_template(tokenize=False) does; *out (mem_free) is NUL-terminated. Returns
+     *  LLMOPT_ENOTFOUND without set_error when the model has no chat template. */
+    int (*chat_render)(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *const *roles,
+                       const char *const *contents, size_t n, int add_generation_prompt, char **out,
+                       size_t *len);
+
+    /* ---- tokenizer training ---- */
+    /** Trains a GPT-2 style byte-level BPE tokenizer on text[0..len) (the rules and result of
+     *  tokenizers' BpeTrainer with a ByteLevel pre-tokenizer: ids are the specials, the 256 byte
+     *  symbols, then one per merge; the text is split at the specials, which are kept whole) and
+     *  stores tokenizer.json and tokenizer_config.json (bos/eos = specials[0], model_max_length =
+     *  the model's context, else 1024) as side files of m, replacing any. vocab_size counts
+     *  specials, bytes and merges; merging stops there or when no pair is seen min_frequency
+     *  times. Errors (bad options: LLMOPT_EINVAL) go to set_error. */
+    int (*tokenizer_train)(llmopt_stage_ctx *ctx, const char *text, size_t len, int vocab_size, int min_frequency,
+                           const char *const *specials, size_t n_specials, llmopt_model *m);
 };
 LLMOPT_PIN(llmopt_host_api, abi_major, 4);
 LLMOPT_PIN(llmopt_host_api, host_version, 8);
@@ -192,6 +316,13 @@ LLMOPT_PIN(llmopt_host_api, n_threads, 344);
 LLMOPT_PIN(llmopt_host_api, mem_free, 352);
 LLMOPT_PIN(llmopt_host_api, data_read, 456);
 LLMOPT_PIN(llmopt_host_api, report_text, 464);
+LLMOPT_PIN(llmopt_host_api, quantize_row, 472);
+LLMOPT_PIN(llmopt_host_api, gguf_write, 504);
+LLMOPT_PIN(llmopt_host_api, train_options_default, 512);
+LLMOPT_PIN(llmopt_host_api, trainer_load_state, 608);
+LLMOPT_PIN(llmopt_host_api, model_save, 616);
+LLMOPT_PIN(llmopt_host_api, chat_render, 664);
+LLMOPT_PIN(llmopt_host_api, tokenizer_train, 672);
 
 #ifdef __cplusplus
 }

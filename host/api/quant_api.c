@@ -1,0 +1,191 @@
+/* The quantization part of the host API table: a quantize stage reaches the reference
+ * quantizers (runtime/quant.c), dtype conversion, the activations a calibration set makes at
+ * every linear layer's input (through the transformer's capture hook), and the GGUF writer. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant_api.h"
+#include "../runtime/gguf.h"
+#include "../runtime/quant.h"
+#include "../runtime/runtime.h"
+#include "../runtime/transformer.h"
+#include "../sched/stage_ctx.h"
+
+static int fail(llmopt_stage_ctx *ctx, const llmopt_error *e) {
+    int status = e->status ? e->status : LLMOPT_EFAIL;
+    if (ctx) {
+        ctx->err = *e;
+        ctx->err.status = status;
+    }
+    return status;
+}
+
+/* ---- dtype conversion ---- */
+
+static int is_float(int dt) { return dt == LLMOPT_DTYPE_F32 || dt == LLMOPT_DTYPE_F16 || dt == LLMOPT_DTYPE_BF16; }
+
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* round to nearest even; NaN stays a (quiet) NaN */
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+static float load_f(const void *p, int dt, int64_t i) {
+    if (dt == LLMOPT_DTYPE_F32) return ((const float *)p)[i];
+    if (dt == LLMOPT_DTYPE_F16) return q_f16_to_f32(((const uint16_t *)p)[i]);
+    return bf16_to_f32(((const uint16_t *)p)[i]);
+}
+
+static void store_f(void *p, int dt, int64_t i, float v) {
+    if (dt == LLMOPT_DTYPE_F32) ((float *)p)[i] = v;
+    else if (dt == LLMOPT_DTYPE_F16) ((uint16_t *)p)[i] = q_f32_to_f16(v);
+    else ((uint16_t *)p)[i] = f32_to_bf16(v);
+}
+
+/* Between f32, f16 and bf16, element by element. */
+static int convert_float(const llmopt_tensor *t, int dtype, llmopt_tensor **out, llmopt_error *err) {
+    llmopt_tensor *o = rt_tensor_new(dtype, t->ndim, t->shape);
+    if (!o) return error_set(err, LLMOPT_ENOMEM, "convert: out of memory");
+    int64_t n = rt_tensor_numel(t);
+    for (int64_t i = 0; i < n; i++) store_f(o->data, dtype, i, load_f(t->data, t->dtype, i));
+    *out = o;
+    return 0;
+}
+
+static int api_tensor_convert(llmopt_stage_ctx *ctx, const llmopt_tensor *t, int dtype, llmopt_tensor **out) {
+    llmopt_error err = {0};
+    if (!t || !out) {
+        error_set(&err, LLMOPT_EINVAL, "convert: NULL tensor");
+        return fail(ctx, &err);
+    }
+    *out = NULL;
+    const llmopt_dtype_traits *src = rt_dtype_traits(t->dtype), *dst = rt_dtype_traits(dtype);
+    if (!src || !dst) {
+        error_set(&err, LLMOPT_EINVAL, "convert: unknown dtype");
+        return fail(ctx, &err);
+    }
+    if (t->device != LLMOPT_DEVICE_CPU || !t->data) {
+        error_set(&err, LLMOPT_EUNSUPPORTED, "convert: only CPU tensors can be converted");
+        return fail(ctx, &err);
+    }
+    if (t->dtype == dtype) {
+        *out = (llmopt_tensor *)rt_tensor_ref(t);
+        return 0;
+    }
+    int rc;
+    if (is_float(t->dtype) && is_float(dtype)) {
+        rc = convert_float(t, dtype, out, &err);
+    } else if (is_float(t->dtype) && dst->is_quantized) {
+        rc = q_quantize_tensor(t, dtype, out, &err);
+    } else if (src->is_quantized && is_float(dtype)) {
+        llmopt_tensor *f = NULL;
+        rc = q_dequantize_tensor(t, &f, &err);
+        if (!rc && dtype != LLMOPT_DTYPE_F32) {
+            rc = convert_float(f, dtype, out, &err);
+            rt_tensor_unref(f);
+        } else if (!rc) {
+            *out = f;
+        }
+    } else {
+        rc = error_set(&err, LLMOPT_EUNSUPPORTED, "convert: %s to %s is not supported", src->name, dst->name);
+    }
+    return rc ? fail(ctx, &err) : 0;
+}
+
+/* ---- calibration ---- */
+
+typedef struct capture {
+    const llmopt_model *m;
+    int (*fn)(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols);
+    void *arg;
+    int status;           /* fn's non-zero return: the plugin has set the error */
+    size_t last;          /* index of the last weight found: calls come in checkpoint order */
+} capture;
+
+/* The checkpoint name of a weight tensor of the model, by identity. */
+static const char *weight_name(capture *c, const llmopt_tensor *w) {
+    size_t n = rt_model_n_tensors(c->m);
+    for (size_t k = 0; k < n; k++) {
+        size_t i = (c->last + k) % n;
+        const char *name = rt_model_tensor_name(c->m, i);
+        if (rt_model_get(c->m, name) == w) {
+            c->last = i;
+            return name;
+        }
+    }
+    return NULL;
+}
+
+static int on_matmul(void *arg, const llmopt_tensor *w, const float *x, int rows, int cols) {
+    capture *c = arg;
+    const char *name = weight_name(c, w);
+    if (!name) return 0;  /* not a named weight of the model */
+    c->status = c->fn(c->arg, name, x, rows, cols);
+    return c->status;
+}
+
+static int api_calibrate(llmopt_stage_ctx *ctx, const llmopt_model *m, const int32_t *tokens, size_t n_seq,
+                         size_t seq_len,
+                         int (*fn)(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols),
+                         void *arg) {
+    llmopt_error err = {0};
+    if (!m || !fn || (n_seq && !tokens) || n_seq == 0 || seq_len == 0) {
+        error_set(&err, LLMOPT_EINVAL, "calibrate: no calibration tokens (%zu sequences of %zu)", n_seq, seq_len);
+        return fail(ctx, &err);
+    }
+    tf_model *tm = NULL;
+    tf_session *s = NULL;
+    /* the session only reads the model; CPU kernels, whatever the pipeline's device */
+    if (tf_model_new((llmopt_model *)m, LLMOPT_DEVICE_CPU, &tm, &err) != 0) return fail(ctx, &err);
+    const arch_config *c = tf_model_arch(tm);
+    if (seq_len > (size_t)c->n_ctx) {
+        tf_model_free(tm);
+        error_set(&err, LLMOPT_EINVAL, "calibrate: sequences of %zu tokens exceed the model's context of %d", seq_len,
+                  c->n_ctx);
+        return fail(ctx, &err);
+    }
+    if (tf_session_new(tm, (int)seq_len, &s, &err) != 0) {
+        tf_model_free(tm);
+        return fail(ctx, &err);
+    }
+    capture cap = {.m = m, .fn = fn, .arg = arg};
+    tf_model_set_capture(tm, on_matmul, &cap);
+    int rc = 0;
+    for (size_t i = 0; !rc && i < n_seq; i++) {
+        if (ctx && ctx->cancel && atomic_load(ctx->cancel)) {
+            rc = error_set(&err, LLMOPT_ECANCELED, "calibration cancelled after %zu of %zu sequences", i, n_seq);
+            break;
+        }
+        tf_session_rewind(s, 0);
+        rc = tf_forward(s, tokens + i * seq_len, (int)seq_len, NULL, 0, &err);
+    }
+    tf_model_set_capture(tm, NULL, NULL);
+    tf_session_free(s);
+    tf_model_free(tm);
+    if (rc && cap.status) return cap.status;  /* fn reported its own error */
+    return rc ? fail(ctx, &err) : 0;
+}
+
+/* ---- export ---- */
+
+static int api_gguf_write(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *path) {
+    llmopt_error err = {0};
+    return gguf_write(m, path, &err) ? fail(ctx, &err) : 0;
+}
+
+void quant_api_fill(llmopt_host_api *api) {
+    api->quantize_row = q_quantize_row;
+    api->dequantize_row = q_dequantize_row;
+    api->tensor_convert = api_tensor_convert;
+    api->calibrate = api_calibrate;
+    api->gguf_write = api_gguf_write;
+}

@@ -1,0 +1,266 @@
+/* quantize.awq: activation-aware weight quantization (Lin et al. 2023, "AWQ", section 3.2).
+ * Input channels that carry large activations matter more; scaling a linear layer's input
+ * channel j by s_j before quantizing (W diag(s), X diag(s)^-1) protects them. Per group of
+ * layers that read one input, s = s_x^alpha (s_x: mean |x| per channel on the calibration set,
+ * normalised by sqrt(max * min)), with alpha on a grid over [0, 1] chosen to minimise the output
+ * error ||Q(W diag(s)) diag(s)^-1 X - W X||, measured through G = X^T X. The 1/s is folded into
+ * the op before: the RMSNorm weight for q/k/v and gate/up, up_proj's rows for down_proj, and
+ * v_proj's rows for o_proj when every query head has its own value head (no GQA). Where nothing
+ * can absorb it (o_proj under GQA) the layer is quantized without scaling: no extra op at run
+ * time. The paper's weight clipping search is not done. Then group quantization (round to nearest). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "params.h"
+#include "quantize.h"
+
+#define A qz_api
+
+double qz_awq_error(const float *G, int64_t in, const float *W, int64_t out, int dtype, const float *s) {
+    float *D = malloc((size_t)(out * in) * sizeof *D), *E = malloc((size_t)(out * in) * sizeof *E);
+    float *row = malloc((size_t)in * sizeof *row);
+    const llmopt_dtype_traits *tr = A->dtype_traits(dtype);
+    uint8_t *blk = tr ? malloc((size_t)(in / tr->block_size) * tr->type_size + 1) : NULL;
+    double err = -1;
+    if (!D || !E || !row || !blk) goto done;
+    for (int64_t r = 0; r < out; r++) {
+        const float *w = W + r * in;
+        for (int64_t j = 0; j < in; j++) row[j] = s ? w[j] * s[j] : w[j];
+        if (A->quantize_row(dtype, row, blk, in) || A->dequantize_row(dtype, blk, row, in)) goto done;
+        for (int64_t j = 0; j < in; j++) D[r * in + j] = (s ? row[j] / s[j] : row[j]) - w[j];
+    }
+    /* ||D X^T||^2 = sum_r d_r G d_r^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out, (int)in, (int)in, 1.0f, D, (int)in, G, (int)in, 0.0f,
+                E, (int)in);
+    err = 0;
+    for (int64_t i = 0; i < out * in; i++) err += (double)D[i] * (double)E[i];
+done:
+    free(D), free(E), free(row), free(blk);
+    return err;
+}
+
+int qz_awq_search(const float *G, const float *x_mean, int64_t in, const float *const *W, const int64_t *out, int n_w,
+                  int dtype, int n_grid, float *s, double *err_best, double *err_rtn) {
+    float *cand = malloc((size_t)in * sizeof *cand);
+    if (!cand) return LLMOPT_ENOMEM;
+    double best = INFINITY;
+    for (int64_t j = 0; j < in; j++) s[j] = 1.0f;
+    for (int k = 0; k < n_grid; k++) {
+        double alpha = n_grid > 1 ? (double)k / (double)(n_grid - 1) : 0.0;
+        float lo = INFINITY, hi = 0;
+        for (int64_t j = 0; j < in; j++) {
+            cand[j] = fmaxf(powf(x_mean[j], (float)alpha), 1e-4f);
+            lo = fminf(lo, cand[j]), hi = fmaxf(hi, cand[j]);
+        }
+        const float norm = sqrtf(hi * lo);
+        for (int64_t j = 0; j < in; j++) cand[j] /= norm;
+        double err = 0;
+        for (int i = 0; i < n_w && err >= 0; i++) {
+            double e = qz_awq_error(G, in, W[i], out[i], dtype, cand);
+            err = e < 0 ? -1 : err + e;
+        }
+        if (err < 0) {
+            free(cand);
+            return LLMOPT_ENOMEM;
+        }
+        if (k == 0 && err_rtn) *err_rtn = err;  /* alpha = 0: every s_j = 1, plain round to nearest */
+        if (err < best) {
+            best = err;
+            memcpy(s, cand, (size_t)in * sizeof *s);
+        }
+    }
+    if (err_best) *err_best = best;
+    free(cand);
+    return 0;
+}
+
+/* ---- the stage ---- */
+
+enum { Q, K, V, O, GATE, UP, DOWN, N_LIN };
+static const char *const lin_name[N_LIN] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+
+/* One layer's float working copies: linear weights [out, in], their biases, the two norms. */
+typedef struct layer_work {
+    char name[N_LIN][160], bias[N_LIN][160], ln[2][160];
+    const llmopt_tensor *t[N_LIN], *b[N_LIN], *lt[2];
+    float *w[N_LIN], *bw[N_LIN], *lw[2];
+    int changed[N_LIN], bchanged[N_LIN], sel[N_LIN], si[N_LIN];
+} layer_work;
+
+typedef struct awq_group {
+    int first, last;   /* consumers [first, last] of lin indices that read one input */
+    int prev_norm;     /* 0/1: input_layernorm / post_attention_layernorm; -1: prev_lin's rows */
+    int prev_lin;
+} awq_group;
+
+static const awq_group groups[] = {{Q, V, 0, -1}, {O, O, -1, V}, {GATE, UP, 1, -1}, {DOWN, DOWN, -1, UP}};
+
+static void layer_free(layer_work *L) {
+    for (int i = 0; i < N_LIN; i++) free(L->w[i]), free(L->bw[i]);
+    free(L->lw[0]), free(L->lw[1]);
+}
+
+static int awq_group_run(llmopt_stage_ctx *ctx, layer_work *L, const awq_group *gr, const qz_stats *st, int gqa,
+                         double *gain) {
+    int root = -1, n_sel = 0;
+    for (int i = gr->first; i <= gr->last; i++)
+        if (L->sel[i] && root < 0) root = st->root[L->si[i]];
+    for (int i = gr->first; i <= gr->last; i++) n_sel += L->sel[i];
+    if (root < 0) return 0;                 /* nothing here is quantized */
+    if (gr->prev_lin == V && gqa) return 0; /* o_proj under GQA: nothing can absorb 1/s */
+    if (gr->prev_lin >= 0 ? !L->t[gr->prev_lin] : !L->lt[gr->prev_norm]) return 0;
+    int64_t in = st->cols[root];
+    const float *Ws[N_LIN];
+    int64_t outs[N_LIN];
+    int k = 0;
+    for (int i = gr->first; i <= gr->last; i++)
+        if (L->sel[i]) Ws[k] = L->w[i], outs[k++] = L->t[i]->shape[0];
+    float *s = malloc((size_t)in * sizeof *s), *xm = malloc((size_t)in * sizeof *xm);
+    if (!s || !xm) {
+        free(s), free(xm);
+        return A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+    }
+    for (int64_t j = 0; j < in; j++) xm[j] = (float)(st->absum[root][j] / (double)st->rows[root]);
+    double eb = 0, er = 0;
+    int dt = qz_group_dtype(ctx, in);
+    int rc = qz_awq_search(st->gram[root], xm, in, Ws, outs, n_sel, dt, (int)A->param_int(ctx, "n_grid"), s, &eb, &er);
+    if (rc) {
+        free(s), free(xm);
+        return A->set_error(ctx, rc, "out of memory");
+    }
+    if (er > 0) *gain += eb / er;
+    /* W diag(s) for every reader of this input, selected or not, so the function is unchanged */
+    for (int i = gr->first; i <= gr->last; i++) {
+        if (!L->w[i]) continue;
+        for (int64_t r = 0; r < L->t[i]->shape[0]; r++)
+            for (int64_t j = 0; j < in; j++) L->w[i][r * in + j] *= s[j];
+        L->changed[i] = 1;
+    }
+    if (gr->prev_lin < 0) {
+        for (int64_t j = 0; j < in; j++) L->lw[gr->prev_norm][j] /= s[j];
+    } else {
+        int p = gr->prev_lin;
+        int64_t pin = L->t[p]->shape[1];
+        for (int64_t r = 0; r < in; r++) {
+            for (int64_t j = 0; j < pin; j++) L->w[p][r * pin + j] /= s[r];
+            if (L->bw[p]) L->bw[p][r] /= s[r];
+        }
+        L->changed[p] = 1, L->bchanged[p] = L->bw[p] != NULL;
+    }
+    free(s), free(xm);
+    return 0;
+}
+
+static int awq_layer(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, int l, const qz_stats *st, int gqa,
+                     double *gain, int *n_groups) {
+    layer_work L;
+    memset(&L, 0, sizeof L);
+    int rc = 0;
+    snprintf(L.ln[0], sizeof L.ln[0], "model.layers.%d.input_layernorm.weight", l);
+    snprintf(L.ln[1], sizeof L.ln[1], "model.layers.%d.post_attention_layernorm.weight", l);
+    for (int n = 0; n < 2; n++)
+        if ((L.lt[n] = A->model_get(in, L.ln[n])) && !(L.lw[n] = qz_weight_f32(ctx, L.lt[n]))) rc = LLMOPT_EFAIL;
+    for (int i = 0; !rc && i < N_LIN; i++) {
+        snprintf(L.name[i], sizeof L.name[i], "model.layers.%d.%s.weight", l, lin_name[i]);
+        snprintf(L.bias[i], sizeof L.bias[i], "model.layers.%d.%s.bias", l, lin_name[i]);
+        L.si[i] = qz_stats_find(st, L.name[i]);
+        L.sel[i] = L.si[i] >= 0;
+        if ((L.t[i] = A->model_get(in, L.name[i])) && !(L.w[i] = qz_weight_f32(ctx, L.t[i]))) rc = LLMOPT_EFAIL;
+        if (!rc && (L.b[i] = A->model_get(in, L.bias[i])) && !(L.bw[i] = qz_weight_f32(ctx, L.b[i]))) rc = LLMOPT_EFAIL;
+    }
+    for (size_t g = 0; !rc && g < sizeof groups / sizeof groups[0]; g++) {
+        double before = *gain;
+        rc = awq_group_run(ctx, &L, &groups[g], st, gqa, gain);
+        *n_groups += *gain != before;
+    }
+    /* write back: quantize the selected weights, keep the others in their dtype */
+    for (int n = 0; !rc && n < 2; n++)
+        if (L.lt[n]) rc = qz_set_from_f32(ctx, out, L.ln[n], L.lw[n], L.lt[n]->ndim, L.lt[n]->shape, L.lt[n]->dtype);
+    for (int i = 0; !rc && i < N_LIN; i++) {
+        if (!L.t[i]) continue;
+        if (L.sel[i]) rc = qz_set_from_f32(ctx, out, L.name[i], L.w[i], 2, L.t[i]->shape, qz_group_dtype(ctx, L.t[i]->shape[1]));
+        else if (L.changed[i]) rc = qz_set_from_f32(ctx, out, L.name[i], L.w[i], 2, L.t[i]->shape, L.t[i]->dtype);
+        if (!rc && L.bchanged[i]) rc = qz_set_from_f32(ctx, out, L.bias[i], L.bw[i], L.b[i]->ndim, L.b[i]->shape, L.b[i]->dtype);
+    }
+    layer_free(&L);
+    return rc;
+}
+
+static int awq_validate(llmopt_stage_ctx *ctx) { return qz_validate_group(ctx); }
+
+static int awq_run(llmopt_stage_ctx *ctx) {
+    const llmopt_model *in = A->stage_input(ctx, "model");
+    qz_selection sel;
+    qz_stats st;
+    memset(&st, 0, sizeof st);
+    int rc = qz_require_linear_layout(ctx, in);
+    if (rc || (rc = qz_select(ctx, in, 1, &sel))) return rc;
+    /* every selected weight must be one of a layer's linear layers: AWQ folds scales by position */
+    for (size_t i = 0; !rc && i < sel.n; i++) {
+        int l = -1, ok = 0;
+        char want[160];
+        if (sscanf(sel.names[i], "model.layers.%d.", &l) == 1)
+            for (int k = 0; !ok && k < N_LIN; k++) {
+                snprintf(want, sizeof want, "model.layers.%d.%s.weight", l, lin_name[k]);
+                ok = strcmp(want, sel.names[i]) == 0;
+            }
+        if (!ok) rc = A->set_error(ctx, LLMOPT_EINVAL, "AWQ quantizes a Llama layer's linear weights; '%s' is not one (exclude it)",
+                                   sel.names[i]);
+        qz_selection one = {&sel.names[i], 1};
+        if (!rc) rc = qz_check_rows(ctx, in, &one, qz_group_dtype(ctx, A->model_get(in, sel.names[i])->shape[1]));
+    }
+    if (!rc) rc = qz_collect(ctx, in, &sel, &st);
+    llmopt_model *out = rc ? NULL : A->model_clone(in);
+    if (!rc && !out) rc = A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+    double n_layer = 0, n_head = 0, n_kv = 0, gain = 0;
+    A->model_cfg_get_num(in, "num_hidden_layers", &n_layer);
+    A->model_cfg_get_num(in, "num_attention_heads", &n_head);
+    if (A->model_cfg_get_num(in, "num_key_value_heads", &n_kv)) n_kv = n_head;
+    int n_groups = 0;
+    for (int l = 0; !rc && l < (int)n_layer; l++) {
+        rc = awq_layer(ctx, in, out, l, &st, n_kv != n_head, &gain, &n_groups);
+        A->progress(ctx, (double)(l + 1) / n_layer, "AWQ layer %d/%d", l + 1, (int)n_layer);
+        if (!rc && A->cancelled(ctx)) rc = A->set_error(ctx, LLMOPT_ECANCELED, "cancelled");
+    }
+    qz_stats_free(&st);
+    if (rc) {
+        A->model_unref(out);
+        qz_selection_free(&sel);
+        return rc;
+    }
+    /* mean over scaled groups of (output error with AWQ scales) / (plain round to nearest) */
+    A->metric(ctx, "awq_error_ratio", n_groups ? gain / n_groups : 1.0, NULL, LLMOPT_BETTER_LOWER);
+    rc = qz_finish(ctx, in, out, &sel);
+    qz_selection_free(&sel);
+    return rc;
+}
+
+static const llmopt_param_desc params[] = {
+    QZ_GROUP_PARAMS("4", "false"),
+    {.name = "n_grid", .type = LLMOPT_PARAM_INT, .default_value = "20", .min = 1, .max = 1000,
+     .doc = "points of the alpha grid over [0, 1]"},
+    QZ_CALIB_PARAMS("32"),
+    QZ_SELECT_PARAMS(QZ_EXCLUDE_EMBEDDINGS),
+    QZ_EVAL_PARAMS,
+};
+static const llmopt_input_desc inputs[] = {{.name = "model", .required = 1, .doc = "the model to quantize"}};
+
+const llmopt_stage_desc qz_awq_stage = {
+    .struct_size = sizeof(llmopt_stage_desc),
+    .flags = LLMOPT_STAGE_OUTPUTS_MODEL,
+    .name = "quantize.awq",
+    .summary = "activation-aware weight quantization (Lin et al. 2023)",
+    .doc = "Scales each layer's input channels by s = s_x^alpha (alpha searched on the calibration set\n"
+           "from `data`), folds 1/s into the RMSNorm or previous projection, then group-quantizes\n"
+           "(GQ(bits, group_size, sym)). Llama models. Metrics: awq_error_ratio, size_bytes,\n"
+           "size_ratio, bits_per_weight; ppl_input, ppl, ppl_ratio with eval_data.",
+    LLMOPT_STAGE_PARAMS(params),
+    LLMOPT_STAGE_INPUTS(inputs),
+    .validate = awq_validate,
+    .run = awq_run,
+};

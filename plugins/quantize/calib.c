@@ -1,0 +1,257 @@
+/* Calibration for GPTQ and AWQ (the inputs each selected linear layer sees on a calibration
+ * set, summarised as X^T X and per-channel |x| sums), and what every quantize stage reports:
+ * sizes, bits per weight and, on request, the perplexity of the input and the output. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "quantize.h"
+
+#define A qz_api
+
+/* ---- calibration tokens ---- */
+
+static int calib_tokens(llmopt_stage_ctx *ctx, const llmopt_model *m, int32_t **out, size_t *n_seq, size_t *seq_len) {
+    const char *entry = A->param_str(ctx, "data");
+    size_t n = (size_t)A->param_int(ctx, "n_samples"), len = (size_t)A->param_int(ctx, "seq_len");
+    int n_ctx = A->model_context(m);
+    if (n_ctx <= 0) return A->set_error(ctx, LLMOPT_EUNSUPPORTED, "the input is not a runnable model (llama)");
+    if (len > (size_t)n_ctx) {
+        A->log(LLMOPT_LOG_INFO, "calibration: seq_len %zu is above the model's context; using %d", len, n_ctx);
+        len = (size_t)n_ctx;
+    }
+    char *text = NULL;
+    size_t tlen = 0, nt = 0;
+    int32_t *ids = NULL;
+    int rc = A->data_read(ctx, entry, &text, &tlen);
+    if (!rc) rc = A->tokenize(ctx, m, text, tlen, 0, &ids, &nt);
+    A->mem_free(text);
+    if (rc) return rc;
+    if (nt == 0) {
+        A->mem_free(ids);
+        return A->set_error(ctx, LLMOPT_EINVAL, "calibration data '%s' is empty", entry);
+    }
+    if (nt < n * len) {
+        A->mem_free(ids);
+        return A->set_error(ctx, LLMOPT_EINVAL,
+                            "calibration data '%s' has %zu tokens; n_samples=%zu sequences of seq_len=%zu need %zu "
+                            "(give more text or lower n_samples / seq_len)", entry, nt, n, len, n * len);
+    }
+    int32_t *tok = malloc(n * len * sizeof *tok);
+    if (!tok) {
+        A->mem_free(ids);
+        return A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+    }
+    /* sequences spread evenly over the text, so the calibration sees all of it */
+    size_t step = n > 1 ? (nt - len) / (n - 1) : 0;
+    for (size_t i = 0; i < n; i++) memcpy(tok + i * len, ids + i * step, len * sizeof *tok);
+    A->mem_free(ids);
+    *out = tok;
+    *n_seq = n;
+    *seq_len = len;
+    return 0;
+}
+
+/* ---- statistics ---- */
+
+int qz_stats_find(const qz_stats *st, const char *name) {
+    for (size_t i = 0; i < st->n; i++)
+        if (strcmp(st->names[i], name) == 0) return (int)i;
+    return -1;
+}
+
+typedef struct collect_arg {
+    llmopt_stage_ctx *ctx;
+    qz_stats *st;
+} collect_arg;
+
+static int on_input(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols) {
+    collect_arg *a = arg;
+    qz_stats *st = a->st;
+    int i = qz_stats_find(st, weight);
+    int prev = st->prev;
+    const float *prev_x = st->prev_x;
+    int64_t prev_rows = st->prev_rows;
+    st->prev = i, st->prev_x = x, st->prev_rows = rows;
+    if (i < 0) return 0;
+    if (cols != st->cols[i])
+        return A->set_error(a->ctx, LLMOPT_EFAIL, "calibration: '%s' got inputs of %lld features, expected %lld", weight,
+                            (long long)cols, (long long)st->cols[i]);
+    if (st->root[i] == -2) {
+        /* the first call decides: a weight called right after another one on the same input
+         * buffer reads the same activations (q/k/v, gate/up) and shares its statistics */
+        if (prev >= 0 && prev_x == x && prev_rows == rows && st->cols[prev] == cols && st->root[prev] >= 0) {
+            st->root[i] = st->root[prev];
+        } else {
+            st->root[i] = i;
+            st->gram[i] = calloc((size_t)(cols * cols), sizeof(float));
+            st->absum[i] = calloc((size_t)cols, sizeof(double));
+            if (!st->gram[i] || !st->absum[i])
+                return A->set_error(a->ctx, LLMOPT_ENOMEM, "out of memory for a %lld x %lld Gram matrix", (long long)cols,
+                                    (long long)cols);
+        }
+    }
+    if (st->root[i] != i) return 0;
+    /* G += x^T x (upper triangle; mirrored once at the end) */
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)cols, (int)rows, 1.0f, x, (int)cols, 1.0f, st->gram[i],
+                (int)cols);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) st->absum[i][c] += fabsf(x[r * cols + c]);
+    st->rows[i] += rows;
+    return 0;
+}
+
+int qz_collect(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, qz_stats *st) {
+    memset(st, 0, sizeof *st);
+    st->n = sel->n;
+    st->names = sel->names;
+    st->cols = calloc(sel->n, sizeof *st->cols);
+    st->root = calloc(sel->n, sizeof *st->root);
+    st->gram = calloc(sel->n, sizeof *st->gram);
+    st->absum = calloc(sel->n, sizeof *st->absum);
+    st->rows = calloc(sel->n, sizeof *st->rows);
+    st->prev = -1;
+    if (!st->cols || !st->root || !st->gram || !st->absum || !st->rows) return A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+    for (size_t i = 0; i < sel->n; i++) {
+        st->cols[i] = A->model_get(m, sel->names[i])->shape[1];
+        st->root[i] = -2;
+    }
+    int32_t *tok = NULL;
+    size_t n_seq = 0, len = 0;
+    int rc = calib_tokens(ctx, m, &tok, &n_seq, &len);
+    if (rc) return rc;
+    A->progress(ctx, 0.0, "calibrating on %zu x %zu tokens", n_seq, len);
+    collect_arg a = {ctx, st};
+    rc = A->calibrate(ctx, m, tok, n_seq, len, on_input, &a);
+    free(tok);
+    if (rc) return rc;
+    for (size_t i = 0; i < st->n; i++) {
+        if (st->root[i] == -2)
+            return A->set_error(ctx, LLMOPT_EINVAL, "'%s' saw no calibration input: it is not a linear layer of the forward "
+                                "pass (exclude it)", st->names[i]);
+        if (st->root[i] != (int)i) continue;
+        int64_t c = st->cols[i];
+        float *g = st->gram[i];
+        for (int64_t r = 0; r < c; r++)
+            for (int64_t k = 0; k < r; k++) g[r * c + k] = g[k * c + r];
+    }
+    return 0;
+}
+
+void qz_stats_free(qz_stats *st) {
+    for (size_t i = 0; st->gram && i < st->n; i++) {
+        free(st->gram[i]);
+        free(st->absum[i]);
+    }
+    free(st->cols), free(st->root), free(st->gram), free(st->absum), free(st->rows);
+    memset(st, 0, sizeof *st);
+}
+
+/* ---- evaluation: both models on the same tokens, in consecutive windows of the context ----
+ * perplexity of each, and how far the output's next-token distributions moved from the input's:
+ * mean KL(p_in || p_out) and top-1 agreement (what llama.cpp's perplexity tool reports). */
+
+typedef struct eval_acc {
+    double nll_in, nll_out, kl;
+    size_t count, agree;
+} eval_acc;
+
+/* log-softmax of logits into lp; returns the argmax */
+static int log_softmax(const float *logits, int vocab, double *lp) {
+    int arg = 0;
+    for (int i = 1; i < vocab; i++)
+        if (logits[i] > logits[arg]) arg = i;
+    double max = logits[arg], sum = 0;
+    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - max);
+    double lse = log(sum) + max;
+    for (int i = 0; i < vocab; i++) lp[i] = (double)logits[i] - lse;
+    return arg;
+}
+
+static void score(const float *li, const float *lo, int vocab, int32_t target, double *a, double *b, eval_acc *e) {
+    int ai = log_softmax(li, vocab, a), ao = log_softmax(lo, vocab, b);
+    double kl = 0;
+    for (int i = 0; i < vocab; i++) kl += exp(a[i]) * (a[i] - b[i]);
+    e->nll_in -= a[target], e->nll_out -= b[target], e->kl += kl;
+    e->agree += ai == ao;
+    e->count++;
+}
+
+#define CHUNK 128
+
+static int compare(llmopt_stage_ctx *ctx, const llmopt_model *in, const llmopt_model *out, const int32_t *ids, size_t n,
+                   eval_acc *e) {
+    int vocab = A->model_vocab(out), window = A->model_context(out);
+    if (A->model_vocab(in) != vocab) return A->set_error(ctx, LLMOPT_EINVAL, "the input and output vocabularies differ");
+    llmopt_session *si = A->session_new(ctx, in, window), *so = si ? A->session_new(ctx, out, window) : NULL;
+    float *li = malloc((size_t)CHUNK * (size_t)vocab * sizeof *li), *lo = malloc((size_t)CHUNK * (size_t)vocab * sizeof *lo);
+    double *a = malloc((size_t)vocab * sizeof *a), *b = malloc((size_t)vocab * sizeof *b);
+    int rc = !si || !so ? LLMOPT_EFAIL : 0;
+    if (!rc && (!li || !lo || !a || !b)) rc = A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+    for (size_t w = 0; !rc && w + 1 < n; w += (size_t)window) {
+        size_t end = w + (size_t)window < n ? w + (size_t)window : n;
+        A->session_rewind(si, 0);
+        A->session_rewind(so, 0);
+        for (size_t p = w; !rc && p + 1 < end; p += CHUNK) {
+            size_t k = end - 1 - p < CHUNK ? end - 1 - p : CHUNK; /* positions p..p+k-1 predict p+1..p+k */
+            rc = A->session_forward(ctx, si, ids + p, (int)k, li, 1);
+            if (!rc) rc = A->session_forward(ctx, so, ids + p, (int)k, lo, 1);
+            for (size_t j = 0; !rc && j < k; j++)
+                score(li + j * (size_t)vocab, lo + j * (size_t)vocab, vocab, ids[p + j + 1], a, b, e);
+        }
+        if (!rc && A->cancelled(ctx)) rc = A->set_error(ctx, LLMOPT_ECANCELED, "cancelled");
+    }
+    free(li), free(lo), free(a), free(b);
+    A->session_free(si);
+    A->session_free(so);
+    return rc;
+}
+
+static int eval_pair(llmopt_stage_ctx *ctx, const llmopt_model *in, const llmopt_model *out, const char *entry) {
+    char *text = NULL;
+    size_t len = 0, n = 0;
+    int32_t *ids = NULL;
+    int rc = A->data_read(ctx, entry, &text, &len);
+    if (!rc) rc = A->tokenize(ctx, out, text, len, 1, &ids, &n);
+    A->mem_free(text);
+    if (rc) return rc;
+    size_t max = (size_t)A->param_int(ctx, "eval_tokens");
+    if (max && n > max) n = max;
+    eval_acc e = {0};
+    if (n < 2) rc = A->set_error(ctx, LLMOPT_EINVAL, "eval_data '%s' has %zu tokens; perplexity needs at least 2", entry, n);
+    if (!rc) A->progress(ctx, 0.95, "comparing with the input on %zu tokens", n);
+    if (!rc) rc = compare(ctx, in, out, ids, n, &e);
+    A->mem_free(ids);
+    if (rc) return rc;
+    double c = (double)e.count, p0 = exp(e.nll_in / c), p1 = exp(e.nll_out / c);
+    A->metric(ctx, "ppl_input", p0, NULL, LLMOPT_BETTER_LOWER);
+    A->metric(ctx, "ppl", p1, NULL, LLMOPT_BETTER_LOWER);
+    A->metric(ctx, "ppl_ratio", p1 / p0, NULL, LLMOPT_BETTER_LOWER);
+    A->metric(ctx, "kl_div", e.kl / c, "nats/token", LLMOPT_BETTER_LOWER);
+    A->metric(ctx, "top1_agree", (double)e.agree / c, NULL, LLMOPT_BETTER_HIGHER);
+    return 0;
+}
+
+int qz_finish(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, const qz_selection *sel) {
+    double params = 0, bytes = 0;
+    for (size_t i = 0; i < sel->n; i++) {
+        const llmopt_tensor *t = A->model_get(out, sel->names[i]);
+        params += (double)A->tensor_numel(t);
+        bytes += (double)t->nbytes;
+    }
+    size_t n_in = A->model_nbytes(in), n_out = A->model_nbytes(out);
+    A->metric(ctx, "size_bytes", (double)n_out, "B", LLMOPT_BETTER_LOWER);
+    A->metric(ctx, "size_ratio", n_out ? (double)n_in / (double)n_out : 0, NULL, LLMOPT_BETTER_HIGHER);
+    A->metric(ctx, "bits_per_weight", params ? 8.0 * bytes / params : 0, "bits", LLMOPT_BETTER_LOWER);
+    A->metric(ctx, "converted_params", params, NULL, LLMOPT_BETTER_NONE);
+    A->metric(ctx, "converted_bytes", bytes, "B", LLMOPT_BETTER_LOWER);
+    const char *entry = A->param_str(ctx, "eval_data");
+    int rc = entry && *entry ? eval_pair(ctx, in, out, entry) : 0;
+    if (rc) {
+        A->model_unref(out);
+        return rc;
+    }
+    return A->stage_set_output(ctx, out);
+}

@@ -1,0 +1,278 @@
+/* quantize.gptq: GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for
+ * Generative Pre-trained Transformers", Algorithm 1). Per linear layer with inputs X (from the
+ * calibration set), H = 2 X X^T / n; columns are quantized one at a time and the error of each
+ * is spread over the columns not yet quantized through the upper Cholesky factor of H^-1, in
+ * lazy batches of `block` columns. Groups: without act_order a group's scale is chosen when the
+ * quantizer reaches its first column, from the weights as updated so far (the reference
+ * implementation); with act_order (columns by decreasing H_ii) the groups stay contiguous in the
+ * original order, so their scales are chosen up front from the unquantized weights (AutoGPTQ's
+ * static_groups): the GQ format has no per-column group index. Every layer's H comes from the
+ * unquantized model in one calibration pass (not re-run after each quantized layer). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "params.h"
+#include "quantize.h"
+
+#define A qz_api
+
+/* LAPACK (OpenBLAS ships it, without the LAPACKE headers on Debian): Cholesky factorization
+ * and the inverse from it, column-major, 32-bit integers (OpenBLAS's default interface). */
+extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+
+static float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    float f;
+    if (exp == 0) f = ldexpf((float)man, -24);
+    else if (exp == 31) f = man ? NAN : INFINITY;
+    else f = ldexpf((float)(man | 0x400), (int)exp - 25);
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u |= sign;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* A GQ block's scale and offset (the zero point, or 2^(bits-1) for sym). */
+static void block_params(int dtype, const uint8_t *b, float *scale, float *offset) {
+    uint16_t h;
+    memcpy(&h, b, 2);
+    *scale = f16_to_f32(h);
+    if (LLMOPT_DTYPE_GQ_ASYM(dtype)) {
+        memcpy(&h, b + 2, 2);
+        *offset = f16_to_f32(h);
+    } else {
+        *offset = (float)(1 << (LLMOPT_DTYPE_GQ_BITS(dtype) - 1));
+    }
+}
+
+static void set_code(uint8_t *codes, int64_t i, int bits, unsigned q) {
+    uint64_t bit = (uint64_t)i * (uint64_t)bits;
+    for (int k = 0; k < bits; k++, bit++) {
+        uint8_t m = (uint8_t)(1u << (bit & 7));
+        codes[bit >> 3] = (uint8_t)((codes[bit >> 3] & ~m) | ((q >> k & 1) ? m : 0));
+    }
+}
+
+/* Upper Cholesky factor U of H^-1 (H^-1 = U^T U, row-major) from H + lambda I, in double. In
+ * column-major terms dpotrf('L') gives H = L L^T; read row-major, the same array is U = L^T. */
+static int chol_inverse_upper(const double *H, int64_t n, double lambda, double *U) {
+    memcpy(U, H, (size_t)(n * n) * sizeof *U);
+    for (int64_t i = 0; i < n; i++) U[i * n + i] += lambda;
+    int nn = (int)n, info = 0;
+    dpotrf_("L", &nn, U, &nn, &info);
+    if (info == 0) dpotri_("L", &nn, U, &nn, &info);
+    if (info == 0) dpotrf_("L", &nn, U, &nn, &info);
+    if (info != 0) return -1;
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t c = 0; c < r; c++) U[r * n + c] = 0;  /* the strict lower part is scratch */
+    for (int64_t i = 0; i < n * n; i++)
+        if (!isfinite(U[i])) return -1;
+    return 0;
+}
+
+typedef struct diag_idx {
+    double d;
+    int64_t i;
+} diag_idx;
+
+static int by_diag_desc(const void *a, const void *b) {
+    const diag_idx *x = a, *y = b;
+    if (x->d != y->d) return x->d < y->d ? 1 : -1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
+int qz_gptq_layer(const float *W, int64_t rows, int64_t cols, const float *Hin, const qz_gptq_opts *o, void *blocks,
+                  double *damp_used, char *msg, size_t msg_len) {
+    const llmopt_dtype_traits *tr = A->dtype_traits(o->dtype);
+    if (!tr || !LLMOPT_DTYPE_IS_GQ(o->dtype) || cols % tr->block_size != 0) {
+        snprintf(msg, msg_len, "GPTQ needs a group-quantized type whose group divides the row of %lld", (long long)cols);
+        return LLMOPT_EINVAL;
+    }
+    const int64_t g = tr->block_size, bpr = cols / g;
+    const int bits = LLMOPT_DTYPE_GQ_BITS(o->dtype), qmax = (1 << bits) - 1;
+    const size_t tsz = tr->type_size, code_off = LLMOPT_DTYPE_GQ_ASYM(o->dtype) ? 4 : 2;
+    uint8_t *out = blocks;
+    int64_t B = o->block > 0 ? o->block : 128;
+    B = g <= B ? (B + g - 1) / g * g : g;  /* a group never straddles two lazy batches */
+    if (B > cols) B = cols;
+
+    float *Wp = malloc((size_t)(rows * cols) * sizeof *Wp), *Hinv = malloc((size_t)(cols * cols) * sizeof *Hinv);
+    float *Err = malloc((size_t)(rows * B) * sizeof *Err);
+    double *H = malloc((size_t)(cols * cols) * sizeof *H), *U = malloc((size_t)(cols * cols) * sizeof *U);
+    int64_t *perm = malloc((size_t)cols * sizeof *perm);
+    diag_idx *di = malloc((size_t)cols * sizeof *di);
+    int rc = 0;
+    if (!Wp || !Hinv || !Err || !H || !U || !perm || !di) {
+        snprintf(msg, msg_len, "out of memory for a %lld x %lld layer", (long long)rows, (long long)cols);
+        rc = LLMOPT_ENOMEM;
+        goto done;
+    }
+    for (int64_t i = 0; i < cols * cols; i++) H[i] = Hin[i];
+    /* dead inputs (never non-zero in the calibration set): H_ii = 1, weight 0, as the reference */
+    float *Wc = malloc((size_t)(rows * cols) * sizeof *Wc);
+    if (!Wc) {
+        snprintf(msg, msg_len, "out of memory");
+        rc = LLMOPT_ENOMEM;
+        goto done;
+    }
+    memcpy(Wc, W, (size_t)(rows * cols) * sizeof *Wc);
+    for (int64_t i = 0; i < cols; i++)
+        if (H[i * cols + i] == 0) {
+            H[i * cols + i] = 1;
+            for (int64_t r = 0; r < rows; r++) Wc[r * cols + i] = 0;
+        }
+    for (int64_t i = 0; i < cols; i++) di[i] = (diag_idx){o->act_order ? H[i * cols + i] : 0, i};
+    if (o->act_order) qsort(di, (size_t)cols, sizeof *di, by_diag_desc);
+    for (int64_t i = 0; i < cols; i++) perm[i] = di[i].i;
+    /* static groups under act_order: scales from the unquantized weights, in original order */
+    if (o->act_order)
+        for (int64_t r = 0; r < rows; r++) A->quantize_row(o->dtype, Wc + r * cols, out + (size_t)(r * bpr) * tsz, cols);
+    /* permute W's columns and H's rows and columns */
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < cols; k++) Wp[r * cols + k] = Wc[r * cols + perm[k]];
+    free(Wc);
+    for (int64_t a = 0; a < cols; a++)
+        for (int64_t b = 0; b < cols; b++) U[a * cols + b] = H[perm[a] * cols + perm[b]];
+    memcpy(H, U, (size_t)(cols * cols) * sizeof *H);
+    double mean = 0;
+    for (int64_t i = 0; i < cols; i++) mean += H[i * cols + i];
+    mean /= (double)cols;
+    /* more dampening when the factorization fails (a rank-deficient calibration set) */
+    double damp = o->damp;
+    int ok = isfinite(mean) && chol_inverse_upper(H, cols, damp * mean, U) == 0;
+    for (int tries = 0; !ok && isfinite(mean) && tries < 5; tries++) {
+        damp = damp > 0 ? damp * 10 : 1e-4;
+        ok = chol_inverse_upper(H, cols, damp * mean, U) == 0;
+    }
+    if (!ok) {
+        snprintf(msg, msg_len, "the Hessian is not positive definite even with dampening %g of its mean diagonal "
+                 "(%g): the calibration activations are degenerate (NaN/inf, or all zero)", damp, mean);
+        rc = LLMOPT_EFAIL;
+        goto done;
+    }
+    if (damp_used) *damp_used = damp;
+    for (int64_t i = 0; i < cols * cols; i++) Hinv[i] = (float)U[i];
+
+    for (int64_t i1 = 0; i1 < cols; i1 += B) {
+        int64_t i2 = i1 + B < cols ? i1 + B : cols, cnt = i2 - i1;
+        for (int64_t i = i1; i < i2; i++) {
+            const float d = Hinv[i * cols + i];
+            const int64_t oc = perm[i], grp = oc / g;
+            if (!o->act_order && i % g == 0) /* the group's scale from the weights as updated so far */
+                for (int64_t r = 0; r < rows; r++) A->quantize_row(o->dtype, Wp + r * cols + i, out + (size_t)(r * bpr + i / g) * tsz, g);
+            for (int64_t r = 0; r < rows; r++) {
+                uint8_t *blk = out + (size_t)(r * bpr + grp) * tsz;
+                float scale, off;
+                block_params(o->dtype, blk, &scale, &off);
+                float w = Wp[r * cols + i], q = off;
+                if (scale != 0) {
+                    q = roundf(w / scale) + off;
+                    q = q < 0 ? 0 : q > (float)qmax ? (float)qmax : q;
+                }
+                set_code(blk + code_off, oc % g, bits, (unsigned)q);
+                const float e = (w - scale * (q - off)) / d;
+                Err[r * cnt + (i - i1)] = e;
+                float *wr = Wp + r * cols;
+                const float *hr = Hinv + i * cols;
+                for (int64_t j = i + 1; j < i2; j++) wr[j] -= e * hr[j];
+            }
+        }
+        if (i2 < cols) /* lazy batch update: W[:, i2:] -= Err · Hinv[i1:i2, i2:] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)(cols - i2), (int)cnt, -1.0f, Err,
+                        (int)cnt, Hinv + i1 * cols + i2, (int)cols, 1.0f, Wp + i2, (int)cols);
+    }
+done:
+    free(Wp), free(Hinv), free(Err), free(H), free(U), free(perm), free(di);
+    return rc;
+}
+
+/* ---- the stage ---- */
+
+static int gptq_validate(llmopt_stage_ctx *ctx) { return qz_validate_group(ctx); }
+
+static int gptq_run(llmopt_stage_ctx *ctx) {
+    const llmopt_model *in = A->stage_input(ctx, "model");
+    qz_selection sel;
+    qz_stats st;
+    memset(&st, 0, sizeof st);
+    int rc = qz_require_linear_layout(ctx, in);
+    if (rc || (rc = qz_select(ctx, in, 1, &sel))) return rc;
+    for (size_t i = 0; !rc && i < sel.n; i++) {
+        qz_selection one = {&sel.names[i], 1};
+        rc = qz_check_rows(ctx, in, &one, qz_group_dtype(ctx, A->model_get(in, sel.names[i])->shape[1]));
+    }
+    if (!rc) rc = qz_collect(ctx, in, &sel, &st);
+    llmopt_model *out = rc ? NULL : A->model_clone(in);
+    if (!rc && !out) rc = A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+    double damp_max = 0;
+    for (size_t i = 0; !rc && i < sel.n; i++) {
+        const llmopt_tensor *t = A->model_get(in, sel.names[i]);
+        int64_t rows = t->shape[0], cols = t->shape[1];
+        qz_gptq_opts o = {.dtype = qz_group_dtype(ctx, cols), .act_order = A->param_bool(ctx, "act_order"),
+                          .damp = A->param_float(ctx, "damp_percent") / 100.0, .block = (int)A->param_int(ctx, "block_size")};
+        int root = st.root[i];
+        float *W = qz_weight_f32(ctx, t), *H = malloc((size_t)(cols * cols) * sizeof *H);
+        llmopt_tensor *q = A->tensor_new(o.dtype, 2, t->shape);
+        if (!W || !H || !q) rc = W ? A->set_error(ctx, LLMOPT_ENOMEM, "out of memory") : LLMOPT_EFAIL;
+        if (!rc) {
+            const float s = 2.0f / (float)st.rows[root]; /* H = 2 X X^T / n */
+            for (int64_t k = 0; k < cols * cols; k++) H[k] = st.gram[root][k] * s;
+            char msg[512];
+            double used = 0;
+            rc = qz_gptq_layer(W, rows, cols, H, &o, q->data, &used, msg, sizeof msg);
+            if (rc) rc = A->set_error(ctx, rc, "GPTQ on '%s': %s", sel.names[i], msg);
+            if (used > damp_max) damp_max = used;
+        }
+        if (!rc && (rc = A->model_set(out, sel.names[i], q))) rc = A->set_error(ctx, rc, "cannot set '%s'", sel.names[i]);
+        A->tensor_unref(q);
+        free(W);
+        free(H);
+        A->progress(ctx, (double)(i + 1) / (double)sel.n, "GPTQ %zu/%zu: %s", i + 1, sel.n, sel.names[i]);
+        if (!rc && A->cancelled(ctx)) rc = A->set_error(ctx, LLMOPT_ECANCELED, "cancelled");
+    }
+    qz_stats_free(&st);
+    if (rc) {
+        A->model_unref(out);
+        qz_selection_free(&sel);
+        return rc;
+    }
+    A->metric(ctx, "damp_max", damp_max * 100.0, "%", LLMOPT_BETTER_NONE);
+    rc = qz_finish(ctx, in, out, &sel);
+    qz_selection_free(&sel);
+    return rc;
+}
+
+static const llmopt_param_desc params[] = {
+    QZ_GROUP_PARAMS("4", "true"),
+    {.name = "act_order", .type = LLMOPT_PARAM_BOOL, .default_value = "false",
+     .doc = "quantize columns in order of decreasing Hessian diagonal (groups stay contiguous: static groups)"},
+    {.name = "damp_percent", .type = LLMOPT_PARAM_FLOAT, .default_value = "1", .min = 0, .max = 100,
+     .doc = "dampening added to H's diagonal, in percent of its mean (raised 10x at a time if H is singular)"},
+    {.name = "block_size", .type = LLMOPT_PARAM_INT, .default_value = "128", .min = 1, .max = 1 << 20,
+     .doc = "columns per lazy batch update"},
+    QZ_CALIB_PARAMS("128"),
+    QZ_SELECT_PARAMS(QZ_EXCLUDE_EMBEDDINGS),
+    QZ_EVAL_PARAMS,
+};
+static const llmopt_input_desc inputs[] = {{.name = "model", .required = 1, .doc = "the model to quantize"}};
+
+const llmopt_stage_desc qz_gptq_stage = {
+    .struct_size = sizeof(llmopt_stage_desc),
+    .flags = LLMOPT_STAGE_OUTPUTS_MODEL,
+    .name = "quantize.gptq",
+    .summary = "GPTQ weight quantization with a calibration set (Frantar et al. 2022)",
+    .doc = "Quantizes the selected linear weights (default: all but embeddings and the LM head) to\n"
+           "GQ(bits, group_size, sym), minimising each layer's output error on calibration inputs from\n"
+           "`data`. Llama models. Metrics: size_bytes, size_ratio, bits_per_weight, damp_max;\n"
+           "ppl_input, ppl, ppl_ratio with eval_data.",
+    LLMOPT_STAGE_PARAMS(params),
+    LLMOPT_STAGE_INPUTS(inputs),
+    .validate = gptq_validate,
+    .run = gptq_run,
+};

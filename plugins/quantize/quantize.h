@@ -1,0 +1,105 @@
+/* The quantize plugin's shared parts: the host table, layer selection (select.c), calibration
+ * statistics and evaluation (calib.c), and the numeric cores of GPTQ (gptq.c) and AWQ (awq.c),
+ * which take plain arrays so the unit tests can run them on random layers. */
+#ifndef PLUGINS_QUANTIZE_QUANTIZE_H
+#define PLUGINS_QUANTIZE_QUANTIZE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <llmopt/llmopt.h>
+
+/* The host API table (set in init; the unit tests set it to the host's own). */
+extern const llmopt_host_api *qz_api;
+
+extern const llmopt_stage_desc qz_cast_stage, qz_rtn_stage, qz_gptq_stage, qz_awq_stage, qz_gguf_stage;
+
+/* ---- select.c: which tensors a stage touches ---- */
+
+/* Shell-style match: '*' any run of characters (also '.'), '?' one character. */
+int qz_glob(const char *pattern, const char *s);
+
+/* The tensors the stage's include/exclude lists select, in checkpoint order. Candidates are
+ * f32/f16/bf16 tensors; with weights_only, only 2-D ones named "*.weight" (the linear weights).
+ * An include pattern that matches no candidate, or an empty selection, is an error. */
+typedef struct qz_selection {
+    const char **names; /* borrowed from the input model */
+    size_t n;
+} qz_selection;
+int qz_select(llmopt_stage_ctx *ctx, const llmopt_model *m, int weights_only, qz_selection *sel);
+void qz_selection_free(qz_selection *sel);
+
+/* Refuses GPT-2 for the quantizing stages (EUNSUPPORTED): its Conv1D weights are [in, out],
+ * and the quantized matmul kernels read [out, in] rows. */
+int qz_require_linear_layout(llmopt_stage_ctx *ctx, const llmopt_model *m);
+
+/* A weight's f32 values (a new [rows, cols] buffer, malloc'd), from f32, f16 or bf16. */
+float *qz_weight_f32(llmopt_stage_ctx *ctx, const llmopt_tensor *w);
+/* Sets name in m to a new tensor of dtype made from f32 values [rows, cols] (quantized by
+ * round to nearest when dtype is block-quantized). */
+int qz_set_from_f32(llmopt_stage_ctx *ctx, llmopt_model *m, const char *name, const float *v, int ndim,
+                    const int64_t *shape, int dtype);
+/* The dtype GQ(bits, group, asym) with a readable error when the host has no such type or the
+ * group does not divide a selected row. */
+int qz_check_rows(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, int dtype);
+
+/* GQ(bits, group_size, !sym) from the stage's parameters; group_size 0 means one group per row
+ * of cols. Validates bits (2, 3, 4, 8). */
+int qz_group_dtype(llmopt_stage_ctx *ctx, int64_t cols);
+int qz_validate_group(llmopt_stage_ctx *ctx);
+
+/* ---- calib.c: calibration statistics, metrics, evaluation ---- */
+
+/* Per selected weight, statistics of its input x over the calibration set: the Gram matrix
+ * G = sum x^T x ([cols, cols] f32) and the per-channel sum of |x|. Weights that read the same
+ * input (q/k/v) share one (root). */
+typedef struct qz_stats {
+    size_t n;
+    const char **names;
+    int64_t *cols;
+    int *root;         /* index whose statistics this weight uses; -2 until it was called */
+    float **gram;      /* [n]: set for roots */
+    double **absum;    /* [n]: set for roots */
+    int64_t *rows;     /* [n]: calibration rows seen, for roots */
+    int prev;          /* index of the previous call's weight, -1 if none / unselected */
+    const float *prev_x;
+    int64_t prev_rows;
+} qz_stats;
+
+/* Tokenizes the stage's `data` entry into n_samples sequences of seq_len tokens spread evenly
+ * over it, runs them through m and fills st for the weights in sel. */
+int qz_collect(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, qz_stats *st);
+void qz_stats_free(qz_stats *st);
+int qz_stats_find(const qz_stats *st, const char *name);
+
+/* Records size_bytes, bits_per_weight, ... and, when `eval_data` is set, the perplexity of the
+ * input and of the output on it; then hands out to the stage as its output. */
+int qz_finish(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, const qz_selection *sel);
+
+/* ---- gptq.c: GPTQ (Frantar et al. 2022, Algorithm 1) on one layer ---- */
+
+typedef struct qz_gptq_opts {
+    int dtype;       /* GQ(bits, group, asym) */
+    int act_order;   /* columns in order of decreasing H_ii; groups stay contiguous (static) */
+    double damp;     /* lambda = damp * mean(diag H) added to the diagonal */
+    int block;       /* lazy-batch block size (128) */
+} qz_gptq_opts;
+
+/* Quantizes W [rows, cols] (f32) into blocks (rows * cols / group blocks of dtype, row-major)
+ * minimising ||(W - Q) X||^2 for the inputs whose H = 2 X X^T / n is given ([cols, cols], read
+ * only). A Hessian that is not positive definite is retried with 10x the dampening, up to 1e4x;
+ * then LLMOPT_EFAIL with a message in msg. *damp_used gets the dampening used. */
+int qz_gptq_layer(const float *W, int64_t rows, int64_t cols, const float *H, const qz_gptq_opts *o, void *blocks,
+                  double *damp_used, char *msg, size_t msg_len);
+
+/* ---- awq.c: activation-aware scaling (Lin et al. 2023, section 3.2) ---- */
+
+/* For weights W[k] [out[k], in] that read the same input, with G = X^T X ([in, in]) and
+ * x_mean = mean |x| per input channel: the scales s = x_mean^alpha / sqrt(max * min), alpha on a
+ * grid of n_grid points in [0, 1], that minimise sum_k ||(Q(W_k diag(s)) diag(s)^-1 - W_k) X^T||^2.
+ * s [in] gets the best scales; err_best and err_rtn (alpha = 0, plain round to nearest) the errors. */
+int qz_awq_search(const float *G, const float *x_mean, int64_t in, const float *const *W, const int64_t *out, int n_w,
+                  int dtype, int n_grid, float *s, double *err_best, double *err_rtn);
+/* ||(Q(W diag(s)) diag(s)^-1 - W) X^T||^2 through G = X^T X; s NULL means all ones. */
+double qz_awq_error(const float *G, int64_t in, const float *W, int64_t out, int dtype, const float *s);
+
+#endif

@@ -1,0 +1,150 @@
+/* Layer selection for the quantize stages (include / exclude globs over checkpoint names) and
+ * the small tensor helpers every stage shares. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "quantize.h"
+
+#define A qz_api
+
+int qz_glob(const char *p, const char *s) {
+    /* iterative matcher with one backtrack point: linear in practice, no recursion */
+    const char *star = NULL, *retry = NULL;
+    while (*s) {
+        if (*p == '*') {
+            star = ++p;
+            retry = s;
+        } else if (*p == '?' || *p == *s) {
+            p++, s++;
+        } else if (star) {
+            p = star;
+            s = ++retry;
+        } else {
+            return 0;
+        }
+    }
+    while (*p == '*') p++;
+    return *p == '\0';
+}
+
+static int is_float(int dt) { return dt == LLMOPT_DTYPE_F32 || dt == LLMOPT_DTYPE_F16 || dt == LLMOPT_DTYPE_BF16; }
+
+static int candidate(const llmopt_model *m, const char *name, int weights_only) {
+    const llmopt_tensor *t = A->model_get(m, name);
+    if (!t || !is_float(t->dtype)) return 0;
+    if (!weights_only) return 1;
+    size_t n = strlen(name);
+    return t->ndim == 2 && n > 7 && strcmp(name + n - 7, ".weight") == 0;
+}
+
+static int any_match(llmopt_stage_ctx *ctx, const char *param, const char *name) {
+    size_t n = A->param_list_len(ctx, param);
+    for (size_t i = 0; i < n; i++)
+        if (qz_glob(A->param_list_at(ctx, param, i), name)) return 1;
+    return 0;
+}
+
+int qz_select(llmopt_stage_ctx *ctx, const llmopt_model *m, int weights_only, qz_selection *sel) {
+    memset(sel, 0, sizeof *sel);
+    size_t nt = A->model_n_tensors(m), n_inc = A->param_list_len(ctx, "include");
+    /* every include pattern must name something: a typo should not quietly quantize nothing */
+    for (size_t i = 0; i < n_inc; i++) {
+        const char *pat = A->param_list_at(ctx, "include", i);
+        int hit = 0;
+        for (size_t k = 0; !hit && k < nt; k++) {
+            const char *name = A->model_tensor_name(m, k);
+            hit = candidate(m, name, weights_only) && qz_glob(pat, name);
+        }
+        if (!hit)
+            return A->set_error(ctx, LLMOPT_EINVAL, "include pattern '%s' matches no %s of the model", pat,
+                                weights_only ? "2-D float weight (*.weight)" : "float tensor");
+    }
+    sel->names = calloc(nt ? nt : 1, sizeof *sel->names);
+    if (!sel->names) return A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+    for (size_t k = 0; k < nt; k++) {
+        const char *name = A->model_tensor_name(m, k);
+        if (!candidate(m, name, weights_only)) continue;
+        if (n_inc && !any_match(ctx, "include", name)) continue;
+        if (any_match(ctx, "exclude", name)) continue;
+        sel->names[sel->n++] = name;
+    }
+    if (sel->n == 0) {
+        qz_selection_free(sel);
+        return A->set_error(ctx, LLMOPT_EINVAL, "include/exclude select no %s of the model",
+                            weights_only ? "2-D float weight (*.weight)" : "float tensor");
+    }
+    return 0;
+}
+
+void qz_selection_free(qz_selection *sel) {
+    free(sel->names);
+    memset(sel, 0, sizeof *sel);
+}
+
+int qz_require_linear_layout(llmopt_stage_ctx *ctx, const llmopt_model *m) {
+    const char *arch = A->model_arch(m);
+    if (arch && strcmp(arch, "llama") == 0) return 0;
+    return A->set_error(ctx, LLMOPT_EUNSUPPORTED,
+                        "quantizing a '%s' model is not supported yet: only Llama, whose linear weights are "
+                        "[out, in] rows as the quantized matmul kernels read them (GPT-2's Conv1D weights are [in, out])",
+                        arch ? arch : "?");
+}
+
+float *qz_weight_f32(llmopt_stage_ctx *ctx, const llmopt_tensor *w) {
+    llmopt_tensor *f = NULL;
+    if (A->tensor_convert(ctx, w, LLMOPT_DTYPE_F32, &f)) return NULL;
+    size_t n = (size_t)A->tensor_numel(f);
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    if (v) memcpy(v, f->data, n * sizeof *v);
+    else A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+    A->tensor_unref(f);
+    return v;
+}
+
+int qz_set_from_f32(llmopt_stage_ctx *ctx, llmopt_model *m, const char *name, const float *v, int ndim,
+                    const int64_t *shape, int dtype) {
+    llmopt_tensor *f = A->tensor_new(LLMOPT_DTYPE_F32, ndim, shape), *t = NULL;
+    if (!f) return A->set_error(ctx, LLMOPT_ENOMEM, "out of memory for '%s'", name);
+    memcpy(f->data, v, f->nbytes);
+    int rc = A->tensor_convert(ctx, f, dtype, &t);
+    A->tensor_unref(f);
+    if (rc) return rc;
+    rc = A->model_set(m, name, t);
+    A->tensor_unref(t);
+    return rc ? A->set_error(ctx, rc, "cannot set tensor '%s'", name) : 0;
+}
+
+int qz_check_rows(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, int dtype) {
+    const llmopt_dtype_traits *tr = A->dtype_traits(dtype);
+    if (!tr) {
+        if (LLMOPT_DTYPE_IS_GQ(dtype) || (dtype & LLMOPT_DTYPE_GQ_FLAG))
+            return A->set_error(ctx, LLMOPT_EINVAL, "no %d-bit type with groups of %d: group * bits must be a multiple of 8",
+                                LLMOPT_DTYPE_GQ_BITS(dtype), LLMOPT_DTYPE_GQ_GROUP(dtype));
+        return A->set_error(ctx, LLMOPT_EINVAL, "unknown quantized type");
+    }
+    for (size_t i = 0; i < sel->n; i++) {
+        const llmopt_tensor *t = A->model_get(m, sel->names[i]);
+        if (t->shape[1] % tr->block_size != 0)
+            return A->set_error(ctx, LLMOPT_EINVAL,
+                                "tensor '%s' [%lld, %lld]: group size %lld does not divide its rows of %lld (%s); "
+                                "pick a group size that does, or exclude the tensor",
+                                sel->names[i], (long long)t->shape[0], (long long)t->shape[1],
+                                (long long)tr->block_size, (long long)t->shape[1], tr->name);
+    }
+    return 0;
+}
+
+int qz_group_dtype(llmopt_stage_ctx *ctx, int64_t cols) {
+    int64_t g = A->param_int(ctx, "group_size");
+    return LLMOPT_DTYPE_GQ((int)A->param_int(ctx, "bits"), (int)(g ? g : cols), !A->param_bool(ctx, "sym"));
+}
+
+int qz_validate_group(llmopt_stage_ctx *ctx) {
+    int64_t bits = A->param_int(ctx, "bits"), g = A->param_int(ctx, "group_size");
+    if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
+        return A->set_error(ctx, LLMOPT_EINVAL, "bits is %lld; 2, 3, 4 or 8 expected", (long long)bits);
+    if (g && (g * bits) % 8 != 0)
+        return A->set_error(ctx, LLMOPT_EINVAL, "group_size %lld x %lld bits is not a whole number of bytes",
+                            (long long)g, (long long)bits);
+    return 0;
+}

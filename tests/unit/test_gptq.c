@@ -1,0 +1,190 @@
+/* GPTQ (plugins/quantize/gptq.c, compiled in) on random layers: its output error ||(W - Q) X||
+ * is below round to nearest's at the same bits and group, with and without act-order; dampening
+ * is applied; a singular Hessian is rescued by more dampening, and a degenerate one (NaN) is a
+ * clear error. The packed blocks are read back with the host's reference dequantizer. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "quantize.h"
+#include "runtime/quant.h"
+#include "runtime/runtime.h"
+
+const llmopt_host_api *host_api_table(void);
+const llmopt_host_api *qz_api; /* the plugin defines it in plugin.c, not compiled in here */
+
+static uint64_t rng = 88172645463325252ull;
+static double uniform(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (double)(rng >> 11) / 9007199254740992.0;
+}
+static float gauss(void) { return (float)(sqrt(-2 * log(uniform() + 1e-300)) * cos(6.283185307179586 * uniform())); }
+
+enum { ROWS = 48, COLS = 128, N = 512 };
+
+/* X [N, COLS] with correlated channels (as real activations) and H = 2 X^T X / N */
+static void make_inputs(float *X, float *H) {
+    for (int n = 0; n < N; n++) {
+        float common = gauss();
+        for (int c = 0; c < COLS; c++) X[n * COLS + c] = gauss() * (1.0f + (float)(c % 7)) * 0.5f + common * 0.8f;
+    }
+    for (int a = 0; a < COLS; a++)
+        for (int b = 0; b < COLS; b++) {
+            double s = 0;
+            for (int n = 0; n < N; n++) s += (double)X[n * COLS + a] * X[n * COLS + b];
+            H[a * COLS + b] = (float)(2 * s / N);
+        }
+}
+
+/* ||(W - What) X^T||^2 */
+static double out_error(const float *W, const float *What, const float *X) {
+    double e = 0;
+    for (int r = 0; r < ROWS; r++)
+        for (int n = 0; n < N; n++) {
+            double d = 0;
+            for (int c = 0; c < COLS; c++) d += ((double)W[r * COLS + c] - What[r * COLS + c]) * X[n * COLS + c];
+            e += d * d;
+        }
+    return e;
+}
+
+static void dequant(int dtype, const uint8_t *blocks, float *What) {
+    const llmopt_dtype_traits *t = rt_dtype_traits(dtype);
+    size_t row = (size_t)(COLS / t->block_size) * t->type_size;
+    for (int r = 0; r < ROWS; r++) assert_int_equal(q_dequantize_row(dtype, blocks + r * row, What + r * COLS, COLS), 0);
+}
+
+static double rtn_error(int dtype, const float *W, const float *X) {
+    uint8_t *b = malloc(ROWS * COLS * 2);
+    float *What = malloc(ROWS * COLS * sizeof *What);
+    const llmopt_dtype_traits *t = rt_dtype_traits(dtype);
+    size_t row = (size_t)(COLS / t->block_size) * t->type_size;
+    for (int r = 0; r < ROWS; r++) q_quantize_row(dtype, W + r * COLS, b + r * row, COLS);
+    dequant(dtype, b, What);
+    double e = out_error(W, What, X);
+    free(b), free(What);
+    return e;
+}
+
+static double gptq_error(const qz_gptq_opts *o, const float *W, const float *H, const float *X, int expect_rc, double *damp) {
+    uint8_t *b = calloc(ROWS * COLS * 2, 1);
+    float *What = malloc(ROWS * COLS * sizeof *What);
+    char msg[512] = "";
+    int rc = qz_gptq_layer(W, ROWS, COLS, H, o, b, damp, msg, sizeof msg);
+    assert_int_equal(rc, expect_rc);
+    double e = -1;
+    if (!rc) {
+        dequant(o->dtype, b, What);
+        e = out_error(W, What, X);
+    }
+    free(b), free(What);
+    return e;
+}
+
+static float *W, *X, *H;
+
+static int setup(void **state) {
+    (void)state;
+    qz_api = host_api_table();
+    W = malloc(ROWS * COLS * sizeof *W), X = malloc(N * COLS * sizeof *X), H = malloc(COLS * COLS * sizeof *H);
+    for (int i = 0; i < ROWS * COLS; i++) W[i] = gauss() * 0.1f;
+    make_inputs(X, H);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    free(W), free(X), free(H);
+    return 0;
+}
+
+static void check_beats_rtn(int bits, int group, int asym, int act_order) {
+    int dt = LLMOPT_DTYPE_GQ(bits, group, asym);
+    qz_gptq_opts o = {.dtype = dt, .act_order = act_order, .damp = 0.01, .block = 128};
+    double g = gptq_error(&o, W, H, X, 0, NULL), r = rtn_error(dt, W, X);
+    if (!(g < 0.9 * r)) fail_msg("gq%dg%d%c act_order=%d: GPTQ error %g is not 10%% below RTN's %g", bits, group,
+                                 asym ? 'a' : 's', act_order, g, r);
+}
+
+static void gptq_output_error_is_below_round_to_nearest_4bit_g32(void **s) { (void)s; check_beats_rtn(4, 32, 0, 0); }
+static void gptq_output_error_is_below_round_to_nearest_3bit_g128_asym(void **s) { (void)s; check_beats_rtn(3, 128, 1, 0); }
+static void gptq_output_error_is_below_round_to_nearest_2bit_g64(void **s) { (void)s; check_beats_rtn(2, 64, 1, 0); }
+static void gptq_with_act_order_is_below_round_to_nearest(void **s) {
+    (void)s;
+    check_beats_rtn(4, 32, 0, 1);
+    check_beats_rtn(3, 128, 1, 1);
+}
+
+static void gptq_lazy_block_size_does_not_change_the_result(void **s) {
+    (void)s;
+    int dt = LLMOPT_DTYPE_GQ(4, 32, 0);
+    qz_gptq_opts a = {.dtype = dt, .damp = 0.01, .block = 128}, b = a;
+    b.block = 32;
+    double ea = gptq_error(&a, W, H, X, 0, NULL), eb = gptq_error(&b, W, H, X, 0, NULL);
+    assert_true(fabs(ea - eb) <= 1e-3 * ea);
+}
+
+static void gptq_uses_the_dampening_asked_for(void **s) {
+    (void)s;
+    qz_gptq_opts o = {.dtype = LLMOPT_DTYPE_GQ(4, 32, 0), .damp = 0.05, .block = 128};
+    double used = 0;
+    gptq_error(&o, W, H, X, 0, &used);
+    assert_true(used == 0.05);
+}
+
+static void gptq_singular_hessian_gets_more_dampening(void **s) {
+    (void)s;
+    /* 8 calibration rows for 128 inputs: H has rank 8; no dampening cannot factor it */
+    float *Hs = calloc(COLS * COLS, sizeof *Hs);
+    for (int a = 0; a < COLS; a++)
+        for (int b = 0; b < COLS; b++)
+            for (int n = 0; n < 8; n++) Hs[a * COLS + b] += 2 * X[n * COLS + a] * X[n * COLS + b] / 8;
+    qz_gptq_opts o = {.dtype = LLMOPT_DTYPE_GQ(4, 32, 0), .damp = 0, .block = 128};
+    double used = -1;
+    assert_true(gptq_error(&o, W, Hs, X, 0, &used) > 0);
+    assert_true(used > 0);
+    free(Hs);
+}
+
+static void gptq_degenerate_hessian_is_a_clear_error(void **s) {
+    (void)s;
+    float *Hn = malloc(COLS * COLS * sizeof *Hn);
+    memcpy(Hn, H, COLS * COLS * sizeof *Hn);
+    Hn[5 * COLS + 7] = Hn[7 * COLS + 5] = NAN;
+    qz_gptq_opts o = {.dtype = LLMOPT_DTYPE_GQ(4, 32, 0), .damp = 0.01, .block = 128};
+    uint8_t *b = calloc(ROWS * COLS, 1);
+    char msg[512] = "";
+    assert_int_equal(qz_gptq_layer(W, ROWS, COLS, Hn, &o, b, NULL, msg, sizeof msg), LLMOPT_EFAIL);
+    assert_non_null(strstr(msg, "not positive definite"));
+    free(Hn), free(b);
+}
+
+static void gptq_refuses_a_group_that_does_not_divide_the_row(void **s) {
+    (void)s;
+    qz_gptq_opts o = {.dtype = LLMOPT_DTYPE_GQ(4, 96, 0), .damp = 0.01, .block = 128};
+    uint8_t *b = calloc(ROWS * COLS, 1);
+    char msg[512] = "";
+    assert_int_equal(qz_gptq_layer(W, ROWS, COLS, H, &o, b, NULL, msg, sizeof msg), LLMOPT_EINVAL);
+    free(b);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(gptq_output_error_is_below_round_to_nearest_4bit_g32),
+        cmocka_unit_test(gptq_output_error_is_below_round_to_nearest_3bit_g128_asym),
+        cmocka_unit_test(gptq_output_error_is_below_round_to_nearest_2bit_g64),
+        cmocka_unit_test(gptq_with_act_order_is_below_round_to_nearest),
+        cmocka_unit_test(gptq_lazy_block_size_does_not_change_the_result),
+        cmocka_unit_test(gptq_uses_the_dampening_asked_for),
+        cmocka_unit_test(gptq_singular_hessian_gets_more_dampening),
+        cmocka_unit_test(gptq_degenerate_hessian_is_a_clear_error),
+        cmocka_unit_test(gptq_refuses_a_group_that_does_not_divide_the_row),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
