@@ -322,6 +322,10 @@ static int cmp_offset(const void *a, const void *b) {
 
 /* Every tensor's bytes inside the data section, none overlapping another's. */
 static int check_data(rd *r, gguf_file *f) {
+    /* even empty tensors point into the data section, so it must start inside the file */
+    if (f->n_t > 0 && f->data_off > r->len)
+        return error_set(r->err, LLMOPT_EFORMAT, "%s: the data section (aligned to %zu) starts at byte %zu, beyond the "
+                         "end of the file (%zu bytes)", r->file, f->alignment, f->data_off, r->len);
     size_t data_len = f->data_off <= r->len ? r->len - f->data_off : 0;
     for (size_t i = 0; i < f->n_t; i++) {
         gguf_tensor_info *t = &f->t[i];

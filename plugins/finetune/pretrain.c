@@ -93,9 +93,21 @@ static int copy_tokenizer(llmopt_stage_ctx *ctx, llmopt_model *m) {
         }
         return 0;
     }
+    int64_t train_vocab = A->param_int(ctx, "tokenizer_vocab");
+    if ((!dir || !*dir) && train_vocab > 0) {
+        /* a byte-level BPE trained here on the training data (the same merges as HF's trainer) */
+        char *text = NULL;
+        size_t len = 0;
+        int rc = A->data_read(ctx, A->param_str(ctx, "data"), &text, &len);
+        const char *specials[] = {"<|endoftext|>"};
+        if (!rc) rc = A->tokenizer_train(ctx, text, len, (int)train_vocab, 2, specials, 1, m);
+        A->mem_free(text);
+        return rc;
+    }
     if (!dir || !*dir)
-        return A->set_error(ctx, LLMOPT_EINVAL, "no tokenizer: wire an input (inputs: {tokenizer: <stage>}) or set "
-                            "the `tokenizer` parameter to a directory with tokenizer.json");
+        return A->set_error(ctx, LLMOPT_EINVAL, "no tokenizer: wire an input (inputs: {tokenizer: <stage>}), set "
+                            "the `tokenizer` parameter to a directory with tokenizer.json, or set tokenizer_vocab "
+                            "to train one on the data");
     static const char *files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         size_t n = strlen(dir) + strlen(files[i]) + 2, len = 0;
@@ -256,6 +268,8 @@ static const llmopt_param_desc params[] = {
      .doc = "llama: share the embedding with the output head (gpt2 always does)"},
     {.name = "tokenizer", .type = LLMOPT_PARAM_STRING, .default_value = "",
      .doc = "a directory with tokenizer.json (+ tokenizer_config.json), when no tokenizer input is wired"},
+    {.name = "tokenizer_vocab", .type = LLMOPT_PARAM_INT, .default_value = "0", .min = 0, .max = 1 << 20,
+     .doc = "with no tokenizer given: train a byte-level BPE of this many tokens on the training data"},
     FT_COMMON_PARAMS,
 };
 static const llmopt_input_desc inputs[] = {

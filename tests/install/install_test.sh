@@ -11,7 +11,7 @@ cmake --install "$build" --prefix "$prefix" >/dev/null
 
 # Only the installed tree from here on: copy the example out of the source tree.
 cp -r "$src/examples/random-init" "$work/example"
-cp "$src/configs/demo.yaml" "$work/demo.yaml"
+cp "$src/examples/random-init/pipeline.yaml" "$work/demo.yaml"
 [ -f "$prefix/include/llmopt/llmopt.h" ] || { echo "FAIL: SDK headers not installed"; exit 1; }
 pc=$(find "$prefix" -name llmopt.pc | head -n1)
 [ -n "$pc" ] || { echo "FAIL: llmopt.pc not installed"; exit 1; }

@@ -20,10 +20,10 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 
 @pytest.fixture(scope="session")
 def demo_run(host, session_dir):
-    """The run directory of configs/demo.yaml (two random GPT-2 models saved by llmopt)."""
+    """The run directory of examples/random-init/pipeline.yaml (two random GPT-2 models saved by llmopt)."""
     out = session_dir / "demo-run"
     if not out.exists():
-        host.run("-q", "run", ROOT / "configs" / "demo.yaml", "--out", out)
+        host.run("-q", "run", ROOT / "examples" / "random-init" / "pipeline.yaml", "--out", out)
     return out
 
 
