@@ -17,6 +17,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "cpu_fixture.h"
+
 #include "plugin/loader.h"
 #include "runtime/threadpool.h"
 #include "sched/stage_ctx.h"
@@ -28,7 +30,6 @@
 #define FAST_ATOL 1e-5
 
 static registry *g_reg;
-static char g_dir[256];
 
 /* ---- tensors ---- */
 
@@ -149,36 +150,15 @@ static void fd_check(fd_case *c, int which, const llmopt_tensor *grad, const cha
 
 static int group_setup(void **state) {
     (void)state;
-    const char *build = getenv("LLMOPT_BUILD_PLUGINS");
-    if (!build) return -1;
-    snprintf(g_dir, sizeof g_dir, "/tmp/llmopt-bw-test-XXXXXX");
-    if (!mkdtemp(g_dir)) return -1;
-    char src[4096], dst[512];
-    snprintf(src, sizeof src, "%s/cpu%s", build, LLMOPT_PLUGIN_SUFFIX);
-    snprintf(dst, sizeof dst, "%s/cpu%s", g_dir, LLMOPT_PLUGIN_SUFFIX);
-    if (symlink(src, dst) != 0) return -1;
-    tp_set_threads(3);
-    g_reg = registry_new();
-    const char *dirs[] = {g_dir};
-    llmopt_error err;
-    error_clear(&err);
-    if (!g_reg || loader_load_dirs(g_reg, dirs, 1, host_api_table(), &err) != 0 || g_reg->n_plugins != 1 ||
-        g_reg->plugins[0]->state != PLUGIN_LOADED) {
-        fprintf(stderr, "loading %s failed: %s\n", dst, err.msg);
-        return -1;
-    }
-    host_api_set_registry(g_reg);
+    plugin_rec *cpu = NULL;
+    if (cpu_fixture_load(3, &cpu) != 0 || cpu->state != PLUGIN_LOADED) return -1;
+    g_reg = cpu_fixture_reg;
     return 0;
 }
 
 static int group_teardown(void **state) {
     (void)state;
-    char dst[512];
-    snprintf(dst, sizeof dst, "%s/cpu%s", g_dir, LLMOPT_PLUGIN_SUFFIX);
-    unlink(dst);
-    rmdir(g_dir);
-    host_api_set_registry(NULL);
-    registry_free(g_reg);
+    cpu_fixture_unload();
     return 0;
 }
 

@@ -14,6 +14,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "cpu_fixture.h"
+
 #include "plugin/loader.h"
 #include "runtime/threadpool.h"
 #include "sched/stage_ctx.h"
@@ -26,9 +28,8 @@
 #define ATOL 1e-6
 
 static registry *g_reg;
-static const plugin_rec *g_cpu;
+static plugin_rec *g_cpu;
 static int g_skip;
-static char g_dir[256];
 
 /* ---- tensors ---- */
 
@@ -149,29 +150,8 @@ static int run(llmopt_kernel_fn fn, llmopt_tensor *out, const void *params, int 
 
 static int group_setup(void **state) {
     (void)state;
-    const char *build = getenv("LLMOPT_BUILD_PLUGINS");
-    if (!build) {
-        fprintf(stderr, "LLMOPT_BUILD_PLUGINS is not set (run through ctest)\n");
-        return -1;
-    }
-    /* a directory holding only cpu.so, so other plugins in the build cannot interfere */
-    snprintf(g_dir, sizeof g_dir, "/tmp/llmopt-cpu-test-XXXXXX");
-    if (!mkdtemp(g_dir)) return -1;
-    char src[4096], dst[512];
-    snprintf(src, sizeof src, "%s/cpu%s", build, LLMOPT_PLUGIN_SUFFIX);
-    snprintf(dst, sizeof dst, "%s/cpu%s", g_dir, LLMOPT_PLUGIN_SUFFIX);
-    if (symlink(src, dst) != 0) return -1;
-    tp_set_threads(3); /* more than one chunk per op even on a one-core runner */
-    g_reg = registry_new();
-    const char *dirs[] = {g_dir};
-    llmopt_error err;
-    error_clear(&err);
-    if (!g_reg || loader_load_dirs(g_reg, dirs, 1, host_api_table(), &err) != 0 || g_reg->n_plugins != 1) {
-        fprintf(stderr, "loading %s failed: %s\n", dst, err.msg);
-        return -1;
-    }
-    host_api_set_registry(g_reg);
-    g_cpu = g_reg->plugins[0];
+    if (cpu_fixture_load(3, &g_cpu) != 0) return -1;
+    g_reg = cpu_fixture_reg;
     const char *force = getenv("LLMOPT_CPU_FORCE");
     if (g_cpu->state != PLUGIN_LOADED) {
         /* a forced SIMD path this CPU lacks: nothing to test here */
@@ -188,12 +168,7 @@ static int group_setup(void **state) {
 
 static int group_teardown(void **state) {
     (void)state;
-    char dst[512];
-    snprintf(dst, sizeof dst, "%s/cpu%s", g_dir, LLMOPT_PLUGIN_SUFFIX);
-    unlink(dst);
-    rmdir(g_dir);
-    host_api_set_registry(NULL);
-    registry_free(g_reg);
+    cpu_fixture_unload();
     return 0;
 }
 

@@ -15,6 +15,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "cpu_fixture.h"
+
 #include "plugin/loader.h"
 #include "runtime/quant.h"
 #include "runtime/runtime.h"
@@ -22,9 +24,8 @@
 #include "sched/stage_ctx.h"
 
 static registry *g_reg;
-static const plugin_rec *g_cpu;
+static plugin_rec *g_cpu;
 static int g_skip;
-static char g_dir[256];
 
 static const int g_types[] = {
     LLMOPT_DTYPE_Q8_0, LLMOPT_DTYPE_Q4_0, LLMOPT_DTYPE_Q4_1,
@@ -72,28 +73,8 @@ static int gq_refused(int dt) {
 
 static int group_setup(void **state) {
     (void)state;
-    const char *build = getenv("LLMOPT_BUILD_PLUGINS");
-    if (!build) {
-        fprintf(stderr, "LLMOPT_BUILD_PLUGINS is not set (run through ctest)\n");
-        return -1;
-    }
-    snprintf(g_dir, sizeof g_dir, "/tmp/llmopt-cpuq-test-XXXXXX");
-    if (!mkdtemp(g_dir)) return -1;
-    char src[4096], dst[512];
-    snprintf(src, sizeof src, "%s/cpu%s", build, LLMOPT_PLUGIN_SUFFIX);
-    snprintf(dst, sizeof dst, "%s/cpu%s", g_dir, LLMOPT_PLUGIN_SUFFIX);
-    if (symlink(src, dst) != 0) return -1;
-    tp_set_threads(3);
-    g_reg = registry_new();
-    const char *dirs[] = {g_dir};
-    llmopt_error err;
-    error_clear(&err);
-    if (!g_reg || loader_load_dirs(g_reg, dirs, 1, host_api_table(), &err) != 0 || g_reg->n_plugins != 1) {
-        fprintf(stderr, "loading %s failed: %s\n", dst, err.msg);
-        return -1;
-    }
-    host_api_set_registry(g_reg);
-    g_cpu = g_reg->plugins[0];
+    if (cpu_fixture_load(3, &g_cpu) != 0) return -1;
+    g_reg = cpu_fixture_reg;
     if (g_cpu->state != PLUGIN_LOADED) {
         const char *force = getenv("LLMOPT_CPU_FORCE");
         if (force && *force && g_cpu->reason && strstr(g_cpu->reason, "lacks")) {
@@ -110,12 +91,7 @@ static int group_setup(void **state) {
 
 static int group_teardown(void **state) {
     (void)state;
-    char dst[512];
-    snprintf(dst, sizeof dst, "%s/cpu%s", g_dir, LLMOPT_PLUGIN_SUFFIX);
-    unlink(dst);
-    rmdir(g_dir);
-    host_api_set_registry(NULL);
-    registry_free(g_reg);
+    cpu_fixture_unload();
     return 0;
 }
 

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+
+#include "cpu_fixture.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +27,6 @@
 #define T 8
 
 static registry *g_reg;
-static char g_dir[256];
 static uint64_t g_rng;
 
 static float frand(float lo, float hi) {
@@ -156,33 +157,15 @@ static const char *const model_name[] = {"gpt2", "llama"};
 
 static int group_setup(void **state) {
     (void)state;
-    const char *build = getenv("LLMOPT_BUILD_PLUGINS");
-    if (!build) return -1;
-    snprintf(g_dir, sizeof g_dir, "/tmp/llmopt-train-test-XXXXXX");
-    if (!mkdtemp(g_dir)) return -1;
-    char src[4096], dst[512];
-    snprintf(src, sizeof src, "%s/cpu%s", build, LLMOPT_PLUGIN_SUFFIX);
-    snprintf(dst, sizeof dst, "%s/cpu%s", g_dir, LLMOPT_PLUGIN_SUFFIX);
-    if (symlink(src, dst) != 0) return -1;
-    tp_set_threads(2);
-    g_reg = registry_new();
-    const char *dirs[] = {g_dir};
-    llmopt_error err = {0};
-    if (!g_reg || loader_load_dirs(g_reg, dirs, 1, host_api_table(), &err) != 0 || g_reg->n_plugins != 1 ||
-        g_reg->plugins[0]->state != PLUGIN_LOADED)
-        return -1;
-    host_api_set_registry(g_reg);
+    plugin_rec *cpu = NULL;
+    if (cpu_fixture_load(2, &cpu) != 0 || cpu->state != PLUGIN_LOADED) return -1;
+    g_reg = cpu_fixture_reg;
     return 0;
 }
 
 static int group_teardown(void **state) {
     (void)state;
-    char dst[512];
-    snprintf(dst, sizeof dst, "%s/cpu%s", g_dir, LLMOPT_PLUGIN_SUFFIX);
-    unlink(dst);
-    rmdir(g_dir);
-    host_api_set_registry(NULL);
-    registry_free(g_reg);
+    cpu_fixture_unload();
     return 0;
 }
 
