@@ -216,38 +216,9 @@ int cpu_rmsnorm_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor
 
 /* ---- rope_backward ---- */
 
-typedef struct ropeb_job { const float *dy; float *dx; int64_t H, D; const llmopt_op_rope *r; } ropeb_job;
-
-static void rope_b_rows(void *arg, int64_t begin, int64_t end) {
-    const ropeb_job *j = arg;
-    int64_t H = j->H, D = j->D, half = j->r->rot_dim / 2;
-    for (int64_t t = begin; t < end; t++) {
-        double pos = (double)(j->r->n_past + t) / j->r->scale;
-        for (int64_t i = 0; i < half; i++) {
-            double angle = pos * pow(j->r->theta, -2.0 * (double)i / (double)j->r->rot_dim);
-            float cos_a = (float)cos(angle), sin_a = (float)sin(angle);
-            for (int64_t h = 0; h < H; h++) {
-                const float *g = j->dy + (t * H + h) * D;
-                float *o = j->dx + (t * H + h) * D;
-                float g1 = g[i], g2 = g[i + half];
-                o[i] = g1 * cos_a + g2 * sin_a;
-                o[i + half] = g2 * cos_a - g1 * sin_a;
-            }
-        }
-        if (j->dx != j->dy && j->r->rot_dim < D)
-            for (int64_t h = 0; h < H; h++)
-                memcpy(j->dx + (t * H + h) * D + j->r->rot_dim, j->dy + (t * H + h) * D + j->r->rot_dim,
-                       (size_t)(D - j->r->rot_dim) * sizeof(float));
-    }
-}
-
 int cpu_rope_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
-    // dy and dx are (T,H,D); dx may be dy
-    int rc = cpu_check_rope(in, n_in, out, p);
-    if (rc) return rc;
-    ropeb_job j = {in[0]->data, out->data, in[0]->shape[1], in[0]->shape[2], p};
-    cpu_api->parallel_for(in[0]->shape[0], row_grain(j.H * j.D), rope_b_rows, &j);
-    return 0;
+    // dy and dx are (T,H,D); dx may be dy. The gradient of a rotation is the inverse rotation.
+    return cpu_rope_rotate(in, n_in, out, p, -1.0f);
 }
 
 /* ---- attention_backward ---- */

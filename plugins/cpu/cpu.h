@@ -76,6 +76,8 @@ int cpu_embedding(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, 
 int cpu_layernorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_rmsnorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_rope(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+/* rope with the sine scaled by sin_sign: +1 is rope, -1 the inverse rotation (rope_backward). */
+int cpu_rope_rotate(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p, float sin_sign);
 int cpu_attention(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_gelu(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_gelu_erf(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);

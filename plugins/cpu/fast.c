@@ -123,7 +123,13 @@ int cpu_rmsnorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, co
 
 /* ---- rope ---- */
 
-typedef struct rope_job { const float *x; float *out; int64_t H, D; const llmopt_op_rope *r; } rope_job;
+typedef struct rope_job {
+    const float *x;
+    float *out;
+    int64_t H, D;
+    const llmopt_op_rope *r;
+    float sin_sign; /* +1 rotates by the angle; -1 by its negative, the inverse (rope's gradient) */
+} rope_job;
 
 static void rope_rows(void *arg, int64_t begin, int64_t end) {
     const rope_job *j = arg;
@@ -133,7 +139,7 @@ static void rope_rows(void *arg, int64_t begin, int64_t end) {
         /* one angle per (t, i), applied to every head */
         for (int64_t i = 0; i < half; i++) {
             double angle = pos * pow(j->r->theta, -2.0 * (double)i / (double)j->r->rot_dim);
-            float cos_a = (float)cos(angle), sin_a = (float)sin(angle);
+            float cos_a = (float)cos(angle), sin_a = j->sin_sign * (float)sin(angle);
             for (int64_t h = 0; h < H; h++) {
                 const float *x = j->x + (t * H + h) * D;
                 float *o = j->out + (t * H + h) * D;
@@ -149,13 +155,17 @@ static void rope_rows(void *arg, int64_t begin, int64_t end) {
     }
 }
 
-int cpu_rope(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+int cpu_rope_rotate(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p, float sin_sign) {
     // x is (T,H,D), out is (T,H,D) and may be x
     int rc = cpu_check_rope(in, n_in, out, p);
     if (rc) return rc;
-    rope_job j = {in[0]->data, out->data, in[0]->shape[1], in[0]->shape[2], p};
+    rope_job j = {in[0]->data, out->data, in[0]->shape[1], in[0]->shape[2], p, sin_sign};
     cpu_api->parallel_for(in[0]->shape[0], row_grain(j.H * j.D), rope_rows, &j);
     return 0;
+}
+
+int cpu_rope(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    return cpu_rope_rotate(in, n_in, out, p, 1.0f);
 }
 
 /* ---- attention ---- */
