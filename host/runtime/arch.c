@@ -8,6 +8,11 @@
 
 #include "runtime.h"
 
+/* The largest value of any dimension field. Real models stay far below it (vocabularies of 256 k,
+ * contexts of 10 M), and it keeps every product the runtime forms in int (4 * n_embd, 3 * C,
+ * heads * head_dim) from overflowing. */
+#define ARCH_DIM_MAX (1 << 24)
+
 /* An integer field; `dflt` < 0 means required. */
 static int get_int(const llmopt_model *m, const char *key, int dflt, int *out, llmopt_error *err) {
     double v;
@@ -16,8 +21,9 @@ static int get_int(const llmopt_model *m, const char *key, int dflt, int *out, l
         *out = dflt;
         return 0;
     }
-    if (!(v >= 0 && v <= 1e9) || v != (double)(int)v) /* range first: the cast is UB outside int */
-        return error_set(err, LLMOPT_EFORMAT, "config.json: '%s' must be a non-negative integer, got %g", key, v);
+    if (!(v >= 0 && v <= ARCH_DIM_MAX) || v != (double)(int)v) /* range first: the cast is UB outside int */
+        return error_set(err, LLMOPT_EFORMAT, "config.json: '%s' must be an integer from 0 to %d, got %g", key,
+                         ARCH_DIM_MAX, v);
     *out = (int)v;
     return 0;
 }
@@ -195,6 +201,9 @@ int arch_from_model(const llmopt_model *m, arch_config *c, llmopt_error *err) {
                          c->n_kv_head, c->n_head);
     if (c->head_dim < 2 || c->head_dim % 2 != 0)
         return error_set(err, LLMOPT_EFORMAT, "config.json: head dimension %d must be even and at least 2", c->head_dim);
+    if ((int64_t)c->n_head * c->head_dim > ARCH_DIM_MAX)
+        return error_set(err, LLMOPT_EFORMAT, "config.json: heads x head dimension (%d x %d) is over %d", c->n_head,
+                         c->head_dim, ARCH_DIM_MAX);
     if (!(c->norm_eps > 0)) return error_set(err, LLMOPT_EFORMAT, "config.json: the norm epsilon must be positive");
     return check_tensors(c, m, err);
 }

@@ -145,6 +145,25 @@ static void gpt2_config_defaults_mlp_to_four_times_width(void **state) {
     expect_error(m, LLMOPT_EFORMAT, "must all be positive"); /* n_layer 0 */
 }
 
+static void dimension_beyond_the_limit_is_refused_before_any_product_overflows(void **state) {
+    (void)state;
+    llmopt_model *m = rt_model_new("gpt2"); /* 4 * n_embd, the MLP width default, would overflow int */
+    const char *cfg = "{\"model_type\": \"gpt2\", \"n_layer\": 1, \"n_embd\": 700000000, \"n_head\": 2, "
+                      "\"vocab_size\": 5}";
+    llmopt_error err = {0};
+    assert_int_equal(rt_model_config_load(m, cfg, strlen(cfg), &err), 0);
+    expect_error(m, LLMOPT_EFORMAT, "'n_embd' must be an integer from 0 to 16777216, got 7e+08");
+}
+
+static void heads_times_head_dim_beyond_the_limit_is_refused(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama();
+    set_cfg(m, "num_attention_heads", "65536");
+    set_cfg(m, "num_key_value_heads", "1");
+    set_cfg(m, "head_dim", "65536");
+    expect_error(m, LLMOPT_EFORMAT, "heads x head dimension (65536 x 65536) is over 16777216");
+}
+
 /* ---- sampling ---- */
 
 static void greedy_picks_the_first_maximum(void **state) {
@@ -197,6 +216,8 @@ int main(void) {
         cmocka_unit_test(llama_config_is_read_with_defaults),
         cmocka_unit_test(kv_heads_that_do_not_divide_heads_are_refused),
         cmocka_unit_test(unknown_model_type_is_refused),
+        cmocka_unit_test(dimension_beyond_the_limit_is_refused_before_any_product_overflows),
+        cmocka_unit_test(heads_times_head_dim_beyond_the_limit_is_refused),
         cmocka_unit_test(missing_field_is_named),
         cmocka_unit_test(tensor_shape_disagreeing_with_config_is_named),
         cmocka_unit_test(missing_tensor_is_named),
