@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "../plugin/registry.h"
+#include "../runtime/arch.h"
 #include "../runtime/runtime.h"
 #include "../runtime/threadpool.h"
 #include "runtime_api.h"
@@ -231,6 +232,7 @@ static llmopt_host_api g_api = {
     .model_clone = rt_model_clone,
     .model_unref = rt_model_unref,
     .model_arch = rt_model_arch,
+    .model_linear_layout = arch_model_linear_layout,
     .model_n_tensors = rt_model_n_tensors,
     .model_tensor_name = rt_model_tensor_name,
     .model_get = rt_model_get,

@@ -303,8 +303,18 @@ static const char *device_str(int device) {
     }
 }
 
-static const char *dtype_str(int dtype) {
+static int is_gq_any_group(int dtype) {
+    int bits = LLMOPT_DTYPE_GQ_BITS(dtype);
+    return LLMOPT_DTYPE_IS_GQ(dtype) && LLMOPT_DTYPE_GQ_GROUP(dtype) == 0 && (bits == 2 || bits == 3 || bits == 4 || bits == 8);
+}
+
+/* A kernel key's dtype for messages, in buf when it needs formatting. */
+static const char *dtype_str(int dtype, char *buf, size_t n) {
     if (dtype == LLMOPT_DTYPE_ANY) return "any";
+    if (is_gq_any_group(dtype)) {
+        snprintf(buf, n, "gq%dg*%s", LLMOPT_DTYPE_GQ_BITS(dtype), LLMOPT_DTYPE_GQ_ASYM(dtype) ? "a" : "s");
+        return buf;
+    }
     const llmopt_dtype_traits *t = rt_dtype_traits(dtype);
     return t && t->name ? t->name : "?";
 }
@@ -330,13 +340,14 @@ int registry_add_kernel(registry *reg, const plugin_rec *owner, const llmopt_ker
     if (d->device < 0 || d->device >= LLMOPT_DEVICE_COUNT)
         return error_set(err, LLMOPT_EINVAL, "kernel '%s': unknown device %d", d->op,
                          (int)d->device);
-    if (d->dtype != LLMOPT_DTYPE_ANY && !rt_dtype_traits(d->dtype)) /* fixed or valid group-quantized */
+    if (d->dtype != LLMOPT_DTYPE_ANY && !rt_dtype_traits(d->dtype) && !is_gq_any_group(d->dtype))
         return error_set(err, LLMOPT_EINVAL, "kernel '%s': unknown dtype %d", d->op,
                          (int)d->dtype);
     const kernel_rec *prev = find_kernel_exact(reg, d->op, d->device, d->dtype);
+    char dbuf[32];
     if (prev)
         return error_set(err, LLMOPT_EEXIST, "kernel '%s' (%s, %s) is registered by both %s and %s",
-                         d->op, device_str(d->device), dtype_str(d->dtype),
+                         d->op, device_str(d->device), dtype_str(d->dtype, dbuf, sizeof dbuf),
                          owner_path(prev->plugin), owner_path(owner));
 
     kernel_rec *k = calloc(1, sizeof *k);
@@ -356,6 +367,8 @@ const kernel_rec *registry_find_kernel(const registry *reg, const char *op, int 
                                        int dtype) {
     if (!reg || !op) return NULL;
     const kernel_rec *k = find_kernel_exact(reg, op, device, dtype);
+    if (!k && LLMOPT_DTYPE_IS_GQ(dtype))
+        k = find_kernel_exact(reg, op, device, LLMOPT_DTYPE_GQ_ANY_GROUP(LLMOPT_DTYPE_GQ_BITS(dtype), LLMOPT_DTYPE_GQ_ASYM(dtype)));
     if (!k && dtype != LLMOPT_DTYPE_ANY) k = find_kernel_exact(reg, op, device, LLMOPT_DTYPE_ANY);
     return k;
 }

@@ -95,6 +95,21 @@ static int read_llama(const llmopt_model *m, arch_config *c, llmopt_error *err) 
     return 0;
 }
 
+int arch_linear_layout(const arch_config *c, const llmopt_tensor *w) {
+    const llmopt_dtype_traits *tr = rt_dtype_traits(w->dtype);
+    return c->family == ARCH_GPT2 && !(tr && tr->is_quantized) ? LLMOPT_W_IN_OUT : LLMOPT_W_OUT_IN;
+}
+
+int arch_model_linear_layout(const llmopt_model *m, const char *name) {
+    const llmopt_tensor *t = name ? rt_model_get(m, name) : NULL;
+    if (!t || t->ndim != 2) return LLMOPT_EINVAL;
+    const char *type = rt_model_cfg_get_str(m, "model_type");
+    if (!type) type = rt_model_arch(m);
+    int block = strncmp(name, "h.", 2) == 0 || strstr(name, ".h.") != NULL; /* not wte, wpe, lm_head */
+    arch_config c = {.family = type && strcmp(type, "gpt2") == 0 && block ? ARCH_GPT2 : ARCH_LLAMA};
+    return arch_linear_layout(&c, t);
+}
+
 const char *arch_tensor_name(const arch_config *c, const llmopt_model *m, int layer, const char *what,
                              char *buf, size_t n) {
     if (c->family == ARCH_GPT2) {
@@ -110,13 +125,18 @@ const char *arch_tensor_name(const arch_config *c, const llmopt_model *m, int la
     return buf;
 }
 
-/* Checks that the tensor exists with exactly this shape (d1 == 0: a vector of d0). */
-static int expect(const arch_config *c, const llmopt_model *m, int layer, const char *what, int64_t d0,
-                  int64_t d1, llmopt_error *err) {
+/* Checks that the tensor exists with exactly this shape (d1 == 0: a vector of d0); a conv1d
+ * weight [d0 = in, d1 = out] may also be quantized and then is [out, in] (arch_linear_layout). */
+static int expect_as(const arch_config *c, const llmopt_model *m, int layer, const char *what, int64_t d0,
+                     int64_t d1, int conv1d, llmopt_error *err) {
     char name[160];
     arch_tensor_name(c, m, layer, what, name, sizeof name);
     const llmopt_tensor *t = rt_model_get(m, name);
     if (!t) return error_set(err, LLMOPT_EFORMAT, "missing tensor '%s'", name);
+    if (conv1d && d1 && arch_linear_layout(c, t) == LLMOPT_W_OUT_IN) { /* quantized Conv1D: [out, in] */
+        int64_t tmp = d0;
+        d0 = d1, d1 = tmp;
+    }
     int ndim = d1 ? 2 : 1;
     if (t->ndim != ndim || t->shape[0] != d0 || (d1 && t->shape[1] != d1)) {
         char got[96];
@@ -135,6 +155,11 @@ static int expect(const arch_config *c, const llmopt_model *m, int layer, const 
     return 0;
 }
 
+static int expect(const arch_config *c, const llmopt_model *m, int layer, const char *what, int64_t d0,
+                  int64_t d1, llmopt_error *err) {
+    return expect_as(c, m, layer, what, d0, d1, 0, err);
+}
+
 static int check_tensors(const arch_config *c, const llmopt_model *m, llmopt_error *err) {
     int64_t C = c->n_embd, F = c->n_ff, V = c->vocab, Q = (int64_t)c->n_head * c->head_dim;
     int64_t KV = (int64_t)c->n_kv_head * c->head_dim;
@@ -150,8 +175,8 @@ static int check_tensors(const arch_config *c, const llmopt_model *m, llmopt_err
                 {"attn.c_proj.weight", C, C}, {"attn.c_proj.bias", C, 0}, {"ln_2.weight", C, 0}, {"ln_2.bias", C, 0},
                 {"mlp.c_fc.weight", C, F}, {"mlp.c_fc.bias", F, 0}, {"mlp.c_proj.weight", F, C}, {"mlp.c_proj.bias", C, 0},
             };
-            for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-                if ((rc = expect(c, m, l, t[i].w, t[i].a, t[i].b, err))) return rc;
+            for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) /* the 2-D ones are Conv1D [in, out] */
+                if ((rc = expect_as(c, m, l, t[i].w, t[i].a, t[i].b, 1, err))) return rc;
         }
         return 0;
     }

@@ -34,6 +34,17 @@ typedef struct arch_config {
  * the tensor whose shape disagrees with it. */
 int arch_from_model(const llmopt_model *m, arch_config *c, llmopt_error *err);
 
+/* The layout of a transformer block's linear weight w: GPT-2's Conv1D weights are [in, out]
+ * (LLMOPT_W_IN_OUT) while they are float; quantized ones are stored [out, in] (LLMOPT_W_OUT_IN),
+ * as Llama's Linear weights always are and as llama.cpp stores GPT-2's, because quantized rows
+ * run along the inputs that each output's dot product reads. */
+int arch_linear_layout(const arch_config *c, const llmopt_tensor *w);
+
+/* arch_linear_layout for the 2-D tensor `name` of m, read from its model_type and name alone
+ * (GPT-2's Conv1D weights are its block's "h.<i>." 2-D weights); LLMOPT_EINVAL when m has no 2-D
+ * tensor of that name. The host API's model_linear_layout. */
+int arch_model_linear_layout(const llmopt_model *m, const char *name);
+
 /* The checkpoint name of a tensor: layer -1 for model-level tensors. Writes into buf. */
 const char *arch_tensor_name(const arch_config *c, const llmopt_model *m, int layer, const char *what,
                              char *buf, size_t n);

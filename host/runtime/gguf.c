@@ -596,45 +596,6 @@ static void transpose(uint8_t *dst, const uint8_t *src, int64_t R, int64_t C, si
             memcpy(dst + ((size_t)c * (size_t)R + (size_t)r) * esize, src + ((size_t)r * (size_t)C + (size_t)c) * esize, esize);
 }
 
-static float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0x1f) bits = sign | 0x7f800000u | man << 13;
-    else if (exp != 0) bits = sign | (exp + 112) << 23 | man << 13;
-    else if (man == 0) bits = sign;
-    else {  /* subnormal: normalise */
-        int e = -1;
-        do { man <<= 1; e++; } while (!(man & 0x400));
-        bits = sign | (uint32_t)(112 - e) << 23 | (man & 0x3ff) << 13;
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-/* n elements (a multiple of 32) of a ggml Q8_0/Q4_0/Q4_1 row (layouts in llmopt/tensor.h) to f32. */
-static void dequantize(int dtype, const uint8_t *src, float *dst, int64_t n) {
-    for (int64_t b = 0; b < n / 32; b++, dst += 32) {
-        float d = f16_to_f32((uint16_t)le(src, 2));
-        if (dtype == LLMOPT_DTYPE_Q8_0) {
-            for (int i = 0; i < 32; i++) dst[i] = d * (float)(int8_t)src[2 + i];
-            src += 34;
-        } else if (dtype == LLMOPT_DTYPE_Q4_0) {
-            for (int i = 0; i < 16; i++) {
-                dst[i] = d * (float)((src[2 + i] & 0xf) - 8);
-                dst[i + 16] = d * (float)((src[2 + i] >> 4) - 8);
-            }
-            src += 18;
-        } else {
-            float m = f16_to_f32((uint16_t)le(src + 2, 2));
-            for (int i = 0; i < 16; i++) {
-                dst[i] = d * (float)(src[4 + i] & 0xf) + m;
-                dst[i + 16] = d * (float)(src[4 + i] >> 4) + m;
-            }
-            src += 20;
-        }
-    }
-}
-
 /* ---- loading: a refcounted read-only mapping that the untransformed tensors point into ---- */
 
 typedef struct ld {
@@ -1119,9 +1080,8 @@ static void hf_name(int llama, const name_map *nm, int layer, char *buf, size_t 
     }
 }
 
-/* A tensor holding src's bytes transformed (q/k rows un-permuted, GPT-2 weights transposed back
- * to Conv1D [in, out]; quantized GPT-2 weights are dequantized first, since a transposed block
- * layout does not exist). */
+/* A tensor holding src's bytes transformed (q/k rows un-permuted, GPT-2 float weights transposed
+ * back to Conv1D [in, out]). */
 static int transformed(ld *l, const gguf_tensor_info *ti, int dtype, int ndim, const int64_t *shape, int xform,
                        int64_t n_head, llmopt_tensor **out) {
     const uint8_t *src = l->base + ti->offset;
@@ -1137,19 +1097,8 @@ static int transformed(ld *l, const gguf_tensor_info *ti, int dtype, int ndim, c
     if (ndim != 2) return error_set(l->err, LLMOPT_EFORMAT, "%s: tensor '%s' must have 2 dims", l->path, ti->name);
     const llmopt_dtype_traits *tr = rt_dtype_traits(dtype);
     int64_t R = shape[0], C = shape[1], tshape[2] = {C, R};
-    if (tr->block_size == 1) {
-        if (!(*out = rt_tensor_new(dtype, 2, tshape))) return error_set(l->err, LLMOPT_ENOMEM, "%s: out of memory", l->path);
-        transpose((*out)->data, src, R, C, tr->type_size);
-        return 0;
-    }
-    float *tmp = malloc((size_t)R * (size_t)C * sizeof *tmp);
-    if (!tmp || !(*out = rt_tensor_new(LLMOPT_DTYPE_F32, 2, tshape))) {
-        free(tmp);
-        return error_set(l->err, LLMOPT_ENOMEM, "%s: out of memory", l->path);
-    }
-    dequantize(dtype, src, tmp, R * C);
-    transpose((*out)->data, (const uint8_t *)tmp, R, C, sizeof(float));
-    free(tmp);
+    if (!(*out = rt_tensor_new(dtype, 2, tshape))) return error_set(l->err, LLMOPT_ENOMEM, "%s: out of memory", l->path);
+    transpose((*out)->data, src, R, C, tr->type_size);
     return 0;
 }
 
@@ -1173,7 +1122,10 @@ static int load_tensor(ld *l, llmopt_model *m, rt_mapping *map, const gguf_tenso
     int64_t shape[LLMOPT_MAX_DIMS] = {1, 1, 1, 1};
     for (int d = 0; d < ndim; d++) shape[d] = (int64_t)ti->ne[ndim - 1 - d];
     llmopt_tensor *t = NULL;
-    if (nm->xform != X_NONE) {
+    /* a quantized GPT-2 weight stays as GGUF has it, [out, in] rows: the runtime runs quantized
+     * Conv1D weights in that layout (arch_linear_layout), so it is mapped, not copied */
+    int xform = nm->xform == X_TRANSPOSE && rt_dtype_traits(gt->dtype)->is_quantized ? X_NONE : nm->xform;
+    if (xform != X_NONE) {
         int rc = transformed(l, ti, gt->dtype, ndim, shape, nm->xform, nm->xform == X_PERMUTE_K ? n_kv : n_head, &t);
         if (rc) return rc;
     } else {
@@ -1569,11 +1521,10 @@ static int plan_tensor(const arch_config *c, const llmopt_model *m, const name_m
     w->n_dims = (uint32_t)t->ndim;
     for (int d = 0; d < GGUF_MAX_DIMS; d++) w->ne[d] = 1;
     for (int d = 0; d < t->ndim; d++) w->ne[d] = (uint64_t)t->shape[t->ndim - 1 - d];
-    if (w->xform == X_TRANSPOSE) {
+    if (w->xform == X_TRANSPOSE && tr->is_quantized) {
+        w->xform = X_NONE;  /* a quantized Conv1D weight is already [out, in] rows (arch_linear_layout) */
+    } else if (w->xform == X_TRANSPOSE) {
         if (t->ndim != 2) return error_set(err, LLMOPT_EFORMAT, "tensor '%s' must have 2 dims", w->hf);
-        if (tr->block_size != 1)
-            return error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s': a %s Conv1D weight cannot become GGUF's [out, in] rows "
-                             "without requantizing", w->hf, tr->name);
         w->ne[0] = (uint64_t)t->shape[0];  /* Conv1D [in, out] is written as [out, in] rows of in */
         w->ne[1] = (uint64_t)t->shape[1];
     }

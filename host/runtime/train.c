@@ -207,8 +207,7 @@ static float lora_scale(const tr_trainer *t) { return t->o.lora_alpha / (float)t
 /* y (+)= x W (+ b) + s drop(x) Aᵀ Bᵀ. x must stay valid until the backward. */
 static int linear_fwd(tr_trainer *t, tr_linear *L, const float *x, float *y, int accumulate, int train,
                       llmopt_error *err) {
-    int layout = t->w_layout;
-    int rc = mm(t, x, t->BT, L->w.t, L->b.t, layout, y, accumulate, err);
+    int rc = mm(t, x, t->BT, L->w.t, L->b.t, L->layout, y, accumulate, err);
     if (rc || !L->lora) return rc;
     tr_lora *lo = L->lora;
     const float *xin = x;
@@ -228,7 +227,7 @@ static int linear_fwd(tr_trainer *t, tr_linear *L, const float *x, float *y, int
 /* dx (+)= dy · (W + s BA)ᵀ through the dropout; gradients of W, b, A, B when trained. */
 static int linear_bwd(tr_trainer *t, tr_linear *L, const float *x, const float *dy, float *dx, int accumulate_dx,
                       llmopt_error *err) {
-    int rc = mm_backward(t, x, t->BT, L->w.t, t->w_layout, dy, dx, accumulate_dx, L->w.p ? L->w.p->g : NULL,
+    int rc = mm_backward(t, x, t->BT, L->w.t, L->layout, dy, dx, accumulate_dx, L->w.p ? L->w.p->g : NULL,
                          L->b.p ? L->b.p->g : NULL, err);
     if (rc || !L->lora) return rc;
     tr_lora *lo = L->lora;
@@ -259,7 +258,8 @@ static void linear_bind(tr_trainer *t, int layer, const char *w, const char *b, 
     tr_w_bind(t, layer, w, &L->w);
     tr_w_bind(t, layer, b, &L->b);
     if (!L->w.t) return;
-    int in_out = t->w_layout == LLMOPT_W_IN_OUT;
+    L->layout = arch_linear_layout(&t->c, L->w.t);
+    int in_out = L->layout == LLMOPT_W_IN_OUT;
     L->in = L->w.t->shape[in_out ? 0 : 1];
     L->out = L->w.t->shape[in_out ? 1 : 0];
 }
@@ -547,7 +547,6 @@ int tr_new(llmopt_model *m, const tr_options *o, tr_trainer **out, llmopt_error 
     t->B = o->batch, t->T = o->seq, t->BT = o->batch * o->seq;
     const arch_config *c = &t->c;
     int gpt2 = c->family == ARCH_GPT2;
-    t->w_layout = gpt2 ? LLMOPT_W_IN_OUT : LLMOPT_W_OUT_IN;
     t->layers = calloc((size_t)c->n_layer, sizeof *t->layers);
     t->linears = calloc((size_t)c->n_layer * 8, sizeof *t->linears);
     tr_w **slots = calloc((size_t)c->n_layer * 20 + 8, sizeof *slots);

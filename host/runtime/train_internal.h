@@ -34,6 +34,7 @@ typedef struct tr_linear {
     tr_w w, b;                     /* b.t NULL when there is no bias */
     tr_lora *lora;
     int64_t in, out;
+    int layout;                    /* w's layout (arch_linear_layout) */
 } tr_linear;
 
 typedef struct tr_layer {
@@ -65,7 +66,6 @@ struct tr_trainer {
     tr_options o;                  /* pattern lists point into owned copies below */
     char **trainable, **targets;
     int B, T, BT;
-    int w_layout;
     tr_w tok_emb, pos_emb, norm_w, norm_b, lm_head;
     tr_layer *layers;
     tr_linear **linears;           /* every linear layer, in forward order */

@@ -42,7 +42,7 @@ static int merge_one(const tr_trainer *t, const tr_linear *L, llmopt_model *nm, 
     tr_to_f32(W, w);
     const float *A = L->lora->A->w->data, *B = L->lora->B->w->data;
     float s = t->o.lora_alpha / (float)r;
-    int out_in = t->w_layout == LLMOPT_W_OUT_IN;
+    int out_in = L->layout == LLMOPT_W_OUT_IN;
     for (int64_t o = 0; o < out; o++)
         for (int64_t i = 0; i < in; i++) {
             float d = 0.0f;

@@ -36,7 +36,6 @@ struct tf_model {
     arch_config c;
     llmopt_model *m;
     int device;
-    int w_layout;                        /* GPT-2 Conv1D (in,out); Llama Linear (out,in) */
     const llmopt_tensor *tok_emb, *pos_emb, *norm_w, *norm_b, *lm_head;
     tf_layer *layers;
     tf_kernels k;
@@ -135,11 +134,9 @@ int tf_model_new(llmopt_model *m, int device, tf_model **out, llmopt_error *err)
         return error_set(err, LLMOPT_ENOMEM, "out of memory");
     }
     if (c->family == ARCH_GPT2) {
-        tm->w_layout = LLMOPT_W_IN_OUT;
         tm->tok_emb = get(tm, -1, "wte.weight"), tm->pos_emb = get(tm, -1, "wpe.weight");
         tm->norm_w = get(tm, -1, "ln_f.weight"), tm->norm_b = get(tm, -1, "ln_f.bias");
     } else {
-        tm->w_layout = LLMOPT_W_OUT_IN;
         tm->tok_emb = get(tm, -1, "model.embed_tokens.weight"), tm->norm_w = get(tm, -1, "model.norm.weight");
     }
     tm->lm_head = c->tied ? tm->tok_emb : get(tm, -1, "lm_head.weight");
@@ -304,6 +301,12 @@ static int matmul(const tf_model *tm, const float *x, int M, const llmopt_tensor
     return run(weight_kernels(tm, w->dtype)->matmul, LLMOPT_OP_MATMUL, in, b ? 3 : 2, &to, &p, err);
 }
 
+/* A block's linear layer, in the layout its weight is stored in (arch_linear_layout). */
+static int linear(const tf_model *tm, const float *x, int M, const llmopt_tensor *w, const llmopt_tensor *b,
+                  float *out, int accumulate, llmopt_error *err) {
+    return matmul(tm, x, M, w, b, out, accumulate, arch_linear_layout(&tm->c, w), err);
+}
+
 static int norm(const tf_model *tm, const float *x, int M, const llmopt_tensor *g, const llmopt_tensor *b,
                 float *out, llmopt_error *err) {
     int C = tm->c.n_embd;
@@ -351,16 +354,16 @@ static int attention_block(tf_session *s, int l, int T, llmopt_error *err) {
     if ((rc = norm(tm, s->x, M, L->ln1_w, L->ln1_b, s->h, err))) return rc;
     if (c->family == ARCH_GPT2) {
         /* fused c_attn: qkv rows are [q | k | v], each C wide; split into q, k_all, v_all */
-        if ((rc = matmul(tm, s->h, M, L->qkv_w, L->qkv_b, s->qkv, 0, tm->w_layout, err))) return rc;
+        if ((rc = linear(tm, s->h, M, L->qkv_w, L->qkv_b, s->qkv, 0, err))) return rc;
         for (int r = 0; r < M; r++) {
             const float *row = s->qkv + (size_t)r * 3 * Q;
             memcpy(s->q + (size_t)r * Q, row, Q * 4);
             memcpy(k_all + (size_t)r * KV, row + Q, KV * 4);
             memcpy(v_all + (size_t)r * KV, row + 2 * Q, KV * 4);
         }
-    } else if ((rc = matmul(tm, s->h, M, L->q_w, L->q_b, s->q, 0, tm->w_layout, err)) ||
-               (rc = matmul(tm, s->h, M, L->k_w, L->k_b, k_all, 0, tm->w_layout, err)) ||
-               (rc = matmul(tm, s->h, M, L->v_w, L->v_b, v_all, 0, tm->w_layout, err))) {
+    } else if ((rc = linear(tm, s->h, M, L->q_w, L->q_b, s->q, 0, err)) ||
+               (rc = linear(tm, s->h, M, L->k_w, L->k_b, k_all, 0, err)) ||
+               (rc = linear(tm, s->h, M, L->v_w, L->v_b, v_all, 0, err))) {
         return rc;
     }
     for (int b = 0; b < s->n_seq; b++) {
@@ -378,7 +381,7 @@ static int attention_block(tf_session *s, int l, int T, llmopt_error *err) {
         if ((rc = run(tm->k.attention, LLMOPT_OP_ATTENTION, in, 3, &to, &p, err))) return rc;
     }
     /* residual: x += att · Wo (+ bo) */
-    return matmul(tm, s->att, M, L->o_w, L->o_b, s->x, 1, tm->w_layout, err);
+    return linear(tm, s->att, M, L->o_w, L->o_b, s->x, 1, err);
 }
 
 static int mlp_block(tf_session *s, int l, int T, llmopt_error *err) {
@@ -390,18 +393,18 @@ static int mlp_block(tf_session *s, int l, int T, llmopt_error *err) {
     llmopt_tensor tf = view(s->ff, F32, 2, T, F, 1);
     if (tm->c.family == ARCH_GPT2) {
         const llmopt_tensor *in[1] = {&tf};
-        if ((rc = matmul(tm, s->h, T, L->up_w, L->up_b, s->ff, 0, tm->w_layout, err)) ||
+        if ((rc = linear(tm, s->h, T, L->up_w, L->up_b, s->ff, 0, err)) ||
             (rc = run(tm->k.act, "gelu", in, 1, &tf, NULL, err)))
             return rc;
     } else {
         llmopt_tensor tu = view(s->ff2, F32, 2, T, F, 1);
         const llmopt_tensor *in[2] = {&tf, &tu};
-        if ((rc = matmul(tm, s->h, T, L->gate_w, L->gate_b, s->ff, 0, tm->w_layout, err)) ||
-            (rc = matmul(tm, s->h, T, L->up_w, L->up_b, s->ff2, 0, tm->w_layout, err)) ||
+        if ((rc = linear(tm, s->h, T, L->gate_w, L->gate_b, s->ff, 0, err)) ||
+            (rc = linear(tm, s->h, T, L->up_w, L->up_b, s->ff2, 0, err)) ||
             (rc = run(tm->k.swiglu, LLMOPT_OP_SWIGLU, in, 2, &tf, NULL, err)))
             return rc;
     }
-    return matmul(tm, s->ff, T, L->down_w, L->down_b, s->x, 1, tm->w_layout, err);
+    return linear(tm, s->ff, T, L->down_w, L->down_b, s->x, 1, err);
 }
 
 int tf_forward_batch(tf_session *s, const int32_t *ids, int T, float *logits, int all_logits, llmopt_error *err) {

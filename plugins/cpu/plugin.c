@@ -58,17 +58,14 @@ static const cpu_qsimd *pick_qsimd(cpu_path p) {
     return p == PATH_AVX512 || p == PATH_AVX2 ? &cpu_qsimd_avx2 : &cpu_qsimd_generic;
 }
 
-/* The quantized weight dtypes with matmul and embedding kernels. Kernel keys are exact, so each
- * GQ (bits, group, asym) is listed; int8 per output channel (GQ(8, K, 0)) needs a key per K. */
+/* The quantized weight dtypes with matmul and embedding kernels: ggml's three, and every GQ
+ * (bits, group, asym) through one any-group key per bits and asym (int8 per output channel is
+ * GQ(8, K, 0), a group per row length K). */
 static const int quant_dtypes[] = {
     LLMOPT_DTYPE_Q8_0, LLMOPT_DTYPE_Q4_0, LLMOPT_DTYPE_Q4_1,
-    LLMOPT_DTYPE_GQ(8, 32, 0), LLMOPT_DTYPE_GQ(8, 64, 0), LLMOPT_DTYPE_GQ(8, 128, 0),
-    LLMOPT_DTYPE_GQ(4, 32, 0), LLMOPT_DTYPE_GQ(4, 64, 0), LLMOPT_DTYPE_GQ(4, 128, 0),
-    LLMOPT_DTYPE_GQ(4, 32, 1), LLMOPT_DTYPE_GQ(4, 64, 1), LLMOPT_DTYPE_GQ(4, 128, 1),
-    LLMOPT_DTYPE_GQ(3, 32, 0), LLMOPT_DTYPE_GQ(3, 64, 0), LLMOPT_DTYPE_GQ(3, 128, 0),
-    LLMOPT_DTYPE_GQ(3, 32, 1), LLMOPT_DTYPE_GQ(3, 64, 1), LLMOPT_DTYPE_GQ(3, 128, 1),
-    LLMOPT_DTYPE_GQ(2, 32, 0), LLMOPT_DTYPE_GQ(2, 64, 0), LLMOPT_DTYPE_GQ(2, 128, 0),
-    LLMOPT_DTYPE_GQ(2, 32, 1), LLMOPT_DTYPE_GQ(2, 64, 1), LLMOPT_DTYPE_GQ(2, 128, 1),
+    LLMOPT_DTYPE_GQ_ANY_GROUP(8, 0), LLMOPT_DTYPE_GQ_ANY_GROUP(8, 1), LLMOPT_DTYPE_GQ_ANY_GROUP(4, 0),
+    LLMOPT_DTYPE_GQ_ANY_GROUP(4, 1), LLMOPT_DTYPE_GQ_ANY_GROUP(3, 0), LLMOPT_DTYPE_GQ_ANY_GROUP(3, 1),
+    LLMOPT_DTYPE_GQ_ANY_GROUP(2, 0), LLMOPT_DTYPE_GQ_ANY_GROUP(2, 1),
 };
 #define N_QUANT (sizeof quant_dtypes / sizeof quant_dtypes[0])
 
@@ -76,7 +73,7 @@ static char g_qsummary[2][160];
 
 /* matmul and embedding for every quantized dtype (the registry accepts any dtype that has
  * traits, group-quantized ones included). */
-static int register_quant(const llmopt_host_api *host, llmopt_registrar *reg, cpu_path path) {
+static int register_quant(llmopt_registrar *reg, cpu_path path) {
     if (path == PATH_REF) {
         snprintf(g_qsummary[0], sizeof g_qsummary[0], "reference loops, one thread");
         snprintf(g_qsummary[1], sizeof g_qsummary[1], "reference loops, one thread");
@@ -97,8 +94,7 @@ static int register_quant(const llmopt_host_api *host, llmopt_registrar *reg, cp
         for (int o = 0; o < 2; o++) {
             int rc = reg->add_kernel(reg, &k[o]);
             if (rc) {
-                reg->set_error(reg, "registering %s kernel for %s failed (%d)", k[o].op,
-                               host->dtype_traits(quant_dtypes[i])->name, rc);
+                reg->set_error(reg, "registering %s kernel for dtype %d failed (%d)", k[o].op, quant_dtypes[i], rc);
                 return rc;
             }
         }
@@ -187,7 +183,7 @@ static int cpu_init(const llmopt_host_api *host, llmopt_registrar *reg) {
             return rc;
         }
     }
-    int rc = register_quant(host, reg, path);
+    int rc = register_quant(reg, path);
     if (rc) return rc;
     if ((rc = cpu_register_backward(reg, path == PATH_REF))) return rc;
     host->log(LLMOPT_LOG_DEBUG, "cpu: %s", g_summary);

@@ -5,9 +5,10 @@
  * normalised by sqrt(max * min)), with alpha on a grid over [0, 1] chosen to minimise the output
  * error ||Q(W diag(s)) diag(s)^-1 X - W X||, measured through G = X^T X. The 1/s is folded into
  * the op before: the RMSNorm weight for q/k/v and gate/up, up_proj's rows for down_proj, and
- * v_proj's rows for o_proj when every query head has its own value head (no GQA). Where nothing
- * can absorb it (o_proj under GQA) the layer is quantized without scaling: no extra op at run
- * time. The paper's weight clipping search is not done. Then group quantization (round to nearest). */
+ * v_proj's rows for o_proj when every query head has its own value head (no GQA); in GPT-2 the
+ * LayerNorm gain and bias for c_attn and c_fc, and c_attn's value rows for attn.c_proj. Where
+ * nothing can absorb it (o_proj under GQA, GPT-2's mlp.c_proj after GELU) the layer is quantized
+ * without scaling: no extra op at run time. The paper's weight clipping search is not done. Then group quantization (round to nearest). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,46 +81,72 @@ int qz_awq_search(const float *G, const float *x_mean, int64_t in, const float *
 
 /* ---- the stage ---- */
 
-enum { Q, K, V, O, GATE, UP, DOWN, N_LIN };
-static const char *const lin_name[N_LIN] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
-
-/* One layer's float working copies: linear weights [out, in], their biases, the two norms. */
-typedef struct layer_work {
-    char name[N_LIN][160], bias[N_LIN][160], ln[2][160];
-    const llmopt_tensor *t[N_LIN], *b[N_LIN], *lt[2];
-    float *w[N_LIN], *bw[N_LIN], *lw[2];
-    int changed[N_LIN], bchanged[N_LIN], sel[N_LIN], si[N_LIN];
-} layer_work;
+/* A block's linear layers, the norms before them and which op absorbs each group's 1/s, per
+ * family. GPT-2: ln_1 (gain and bias) before c_attn; c_attn's value rows [2C, 3C) before
+ * attn.c_proj; ln_2 before mlp.c_fc; mlp.c_proj reads GELU's output, which no op before it can
+ * rescale (GELU is not homogeneous), so it is quantized without scaling. */
+#define MAX_LIN 7
 
 typedef struct awq_group {
     int first, last;   /* consumers [first, last] of lin indices that read one input */
-    int prev_norm;     /* 0/1: input_layernorm / post_attention_layernorm; -1: prev_lin's rows */
-    int prev_lin;
+    int prev_norm;     /* 0/1: the block's first / second norm; -1: prev_lin's rows */
+    int prev_lin;      /* -1: none (with prev_norm -1: nothing can absorb 1/s, no scaling) */
+    int prev_row0;     /* first of prev_lin's output rows that feed this group, in units of C */
+    int needs_mha;     /* o_proj: only without GQA, where value heads match query heads */
 } awq_group;
 
-static const awq_group groups[] = {{Q, V, 0, -1}, {O, O, -1, V}, {GATE, UP, 1, -1}, {DOWN, DOWN, -1, UP}};
+typedef struct awq_family {
+    const char *lin[MAX_LIN];  /* module names inside a block */
+    int n_lin;
+    const char *norm[2];       /* norm module names; their .weight (and .bias when present) */
+    awq_group groups[4];
+    int n_groups;
+} awq_family;
+
+static const awq_family llama_family = {
+    {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+     "mlp.down_proj"}, 7,
+    {"input_layernorm", "post_attention_layernorm"},
+    {{0, 2, 0, -1, 0, 0}, {3, 3, -1, 2, 0, 1}, {4, 5, 1, -1, 0, 0}, {6, 6, -1, 5, 0, 0}}, 4,
+};
+static const awq_family gpt2_family = {
+    {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}, 4,
+    {"ln_1", "ln_2"},
+    {{0, 0, 0, -1, 0, 0}, {1, 1, -1, 0, 2, 0}, {2, 2, 1, -1, 0, 0}, {3, 3, -1, -1, 0, 0}}, 4,
+};
+
+/* One layer's float working copies: linear weights [rows = out, cols = in] (qz_linear_f32),
+ * their biases, the two norms' gains and biases. */
+typedef struct layer_work {
+    char name[MAX_LIN][160], bias[MAX_LIN][160], ln[2][160], lnb[2][160];
+    const llmopt_tensor *t[MAX_LIN], *b[MAX_LIN], *lt[2], *lbt[2];
+    float *w[MAX_LIN], *bw[MAX_LIN], *lw[2], *lb[2];
+    int64_t rows[MAX_LIN], cols[MAX_LIN];
+    int layout[MAX_LIN], changed[MAX_LIN], bchanged[MAX_LIN], sel[MAX_LIN], si[MAX_LIN];
+} layer_work;
 
 static void layer_free(layer_work *L) {
-    for (int i = 0; i < N_LIN; i++) free(L->w[i]), free(L->bw[i]);
-    free(L->lw[0]), free(L->lw[1]);
+    for (int i = 0; i < MAX_LIN; i++) free(L->w[i]), free(L->bw[i]);
+    for (int n = 0; n < 2; n++) free(L->lw[n]), free(L->lb[n]);
 }
 
 static int awq_group_run(llmopt_stage_ctx *ctx, layer_work *L, const awq_group *gr, const qz_stats *st, int gqa,
-                         double *gain) {
+                         int64_t C, double *gain) {
     int root = -1, n_sel = 0;
     for (int i = gr->first; i <= gr->last; i++)
         if (L->sel[i] && root < 0) root = st->root[L->si[i]];
     for (int i = gr->first; i <= gr->last; i++) n_sel += L->sel[i];
-    if (root < 0) return 0;                 /* nothing here is quantized */
-    if (gr->prev_lin == V && gqa) return 0; /* o_proj under GQA: nothing can absorb 1/s */
+    if (root < 0) return 0;                        /* nothing here is quantized */
+    if (gr->needs_mha && gqa) return 0;            /* o_proj under GQA: nothing can absorb 1/s */
+    if (gr->prev_lin < 0 && gr->prev_norm < 0) return 0;
     if (gr->prev_lin >= 0 ? !L->t[gr->prev_lin] : !L->lt[gr->prev_norm]) return 0;
-    int64_t in = st->cols[root];
-    const float *Ws[N_LIN];
-    int64_t outs[N_LIN];
+    int64_t in = st->cols[root], row0 = (int64_t)gr->prev_row0 * C;
+    if (gr->prev_lin >= 0 && row0 + in > L->rows[gr->prev_lin]) return 0;
+    const float *Ws[MAX_LIN];
+    int64_t outs[MAX_LIN];
     int k = 0;
     for (int i = gr->first; i <= gr->last; i++)
-        if (L->sel[i]) Ws[k] = L->w[i], outs[k++] = L->t[i]->shape[0];
+        if (L->sel[i]) Ws[k] = L->w[i], outs[k++] = L->rows[i];
     float *s = malloc((size_t)in * sizeof *s), *xm = malloc((size_t)in * sizeof *xm);
     if (!s || !xm) {
         free(s), free(xm);
@@ -137,18 +164,22 @@ static int awq_group_run(llmopt_stage_ctx *ctx, layer_work *L, const awq_group *
     /* W diag(s) for every reader of this input, selected or not, so the function is unchanged */
     for (int i = gr->first; i <= gr->last; i++) {
         if (!L->w[i]) continue;
-        for (int64_t r = 0; r < L->t[i]->shape[0]; r++)
+        for (int64_t r = 0; r < L->rows[i]; r++)
             for (int64_t j = 0; j < in; j++) L->w[i][r * in + j] *= s[j];
         L->changed[i] = 1;
     }
     if (gr->prev_lin < 0) {
-        for (int64_t j = 0; j < in; j++) L->lw[gr->prev_norm][j] /= s[j];
+        int n = gr->prev_norm;
+        for (int64_t j = 0; j < in; j++) {
+            L->lw[n][j] /= s[j];
+            if (L->lb[n]) L->lb[n][j] /= s[j];
+        }
     } else {
         int p = gr->prev_lin;
-        int64_t pin = L->t[p]->shape[1];
+        int64_t pin = L->cols[p];
         for (int64_t r = 0; r < in; r++) {
-            for (int64_t j = 0; j < pin; j++) L->w[p][r * pin + j] /= s[r];
-            if (L->bw[p]) L->bw[p][r] /= s[r];
+            for (int64_t j = 0; j < pin; j++) L->w[p][(row0 + r) * pin + j] /= s[r];
+            if (L->bw[p]) L->bw[p][row0 + r] /= s[r];
         }
         L->changed[p] = 1, L->bchanged[p] = L->bw[p] != NULL;
     }
@@ -156,36 +187,58 @@ static int awq_group_run(llmopt_stage_ctx *ctx, layer_work *L, const awq_group *
     return 0;
 }
 
-static int awq_layer(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, int l, const qz_stats *st, int gqa,
-                     double *gain, int *n_groups) {
+static int set_vec(llmopt_stage_ctx *ctx, llmopt_model *out, const char *name, const llmopt_tensor *t, const float *v) {
+    return qz_set_from_f32(ctx, out, name, v, t->ndim, t->shape, t->dtype);
+}
+
+/* The checkpoint name prefix of block l: "model.layers.<l>." or GPT-2's "[transformer.]h.<l>." */
+static void block_prefix(const llmopt_model *m, int gpt2, int l, char *buf, size_t n) {
+    if (!gpt2) snprintf(buf, n, "model.layers.%d.", l);
+    else snprintf(buf, n, "%sh.%d.", A->model_get(m, "transformer.wte.weight") ? "transformer." : "", l);
+}
+
+static int awq_layer(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, const awq_family *f, int gpt2,
+                     int l, const qz_stats *st, int gqa, int64_t C, double *gain, int *n_groups) {
     layer_work L;
     memset(&L, 0, sizeof L);
+    char pre[64];
+    block_prefix(in, gpt2, l, pre, sizeof pre);
     int rc = 0;
-    snprintf(L.ln[0], sizeof L.ln[0], "model.layers.%d.input_layernorm.weight", l);
-    snprintf(L.ln[1], sizeof L.ln[1], "model.layers.%d.post_attention_layernorm.weight", l);
-    for (int n = 0; n < 2; n++)
+    for (int n = 0; !rc && n < 2; n++) {
+        snprintf(L.ln[n], sizeof L.ln[n], "%s%s.weight", pre, f->norm[n]);
+        snprintf(L.lnb[n], sizeof L.lnb[n], "%s%s.bias", pre, f->norm[n]);
         if ((L.lt[n] = A->model_get(in, L.ln[n])) && !(L.lw[n] = qz_weight_f32(ctx, L.lt[n]))) rc = LLMOPT_EFAIL;
-    for (int i = 0; !rc && i < N_LIN; i++) {
-        snprintf(L.name[i], sizeof L.name[i], "model.layers.%d.%s.weight", l, lin_name[i]);
-        snprintf(L.bias[i], sizeof L.bias[i], "model.layers.%d.%s.bias", l, lin_name[i]);
+        if (!rc && (L.lbt[n] = A->model_get(in, L.lnb[n])) && !(L.lb[n] = qz_weight_f32(ctx, L.lbt[n]))) rc = LLMOPT_EFAIL;
+    }
+    for (int i = 0; !rc && i < f->n_lin; i++) {
+        snprintf(L.name[i], sizeof L.name[i], "%s%s.weight", pre, f->lin[i]);
+        snprintf(L.bias[i], sizeof L.bias[i], "%s%s.bias", pre, f->lin[i]);
         L.si[i] = qz_stats_find(st, L.name[i]);
         L.sel[i] = L.si[i] >= 0;
-        if ((L.t[i] = A->model_get(in, L.name[i])) && !(L.w[i] = qz_weight_f32(ctx, L.t[i]))) rc = LLMOPT_EFAIL;
+        if ((L.t[i] = A->model_get(in, L.name[i]))) {
+            L.layout[i] = qz_linear_dims(in, L.name[i], &L.rows[i], &L.cols[i]);
+            if (!(L.w[i] = qz_linear_f32(ctx, in, L.name[i], &L.rows[i], &L.cols[i]))) rc = LLMOPT_EFAIL;
+        }
         if (!rc && (L.b[i] = A->model_get(in, L.bias[i])) && !(L.bw[i] = qz_weight_f32(ctx, L.b[i]))) rc = LLMOPT_EFAIL;
     }
-    for (size_t g = 0; !rc && g < sizeof groups / sizeof groups[0]; g++) {
+    for (int g = 0; !rc && g < f->n_groups; g++) {
         double before = *gain;
-        rc = awq_group_run(ctx, &L, &groups[g], st, gqa, gain);
+        rc = awq_group_run(ctx, &L, &f->groups[g], st, gqa, C, gain);
         *n_groups += *gain != before;
     }
-    /* write back: quantize the selected weights, keep the others in their dtype */
-    for (int n = 0; !rc && n < 2; n++)
-        if (L.lt[n]) rc = qz_set_from_f32(ctx, out, L.ln[n], L.lw[n], L.lt[n]->ndim, L.lt[n]->shape, L.lt[n]->dtype);
-    for (int i = 0; !rc && i < N_LIN; i++) {
+    /* write back: quantize the selected weights, keep the others in their dtype and layout */
+    for (int n = 0; !rc && n < 2; n++) {
+        if (L.lt[n]) rc = set_vec(ctx, out, L.ln[n], L.lt[n], L.lw[n]);
+        if (!rc && L.lbt[n]) rc = set_vec(ctx, out, L.lnb[n], L.lbt[n], L.lb[n]);
+    }
+    for (int i = 0; !rc && i < f->n_lin; i++) {
         if (!L.t[i]) continue;
-        if (L.sel[i]) rc = qz_set_from_f32(ctx, out, L.name[i], L.w[i], 2, L.t[i]->shape, qz_group_dtype(ctx, L.t[i]->shape[1]));
-        else if (L.changed[i]) rc = qz_set_from_f32(ctx, out, L.name[i], L.w[i], 2, L.t[i]->shape, L.t[i]->dtype);
-        if (!rc && L.bchanged[i]) rc = qz_set_from_f32(ctx, out, L.bias[i], L.bw[i], L.b[i]->ndim, L.b[i]->shape, L.b[i]->dtype);
+        if (L.sel[i])
+            rc = qz_linear_set(ctx, out, L.name[i], L.w[i], L.rows[i], L.cols[i], L.layout[i],
+                               qz_group_dtype(ctx, L.cols[i]));
+        else if (L.changed[i])
+            rc = qz_linear_set(ctx, out, L.name[i], L.w[i], L.rows[i], L.cols[i], L.layout[i], L.t[i]->dtype);
+        if (!rc && L.bchanged[i]) rc = set_vec(ctx, out, L.bias[i], L.b[i], L.bw[i]);
     }
     layer_free(&L);
     return rc;
@@ -195,36 +248,45 @@ static int awq_validate(llmopt_stage_ctx *ctx) { return qz_validate_group(ctx); 
 
 static int awq_run(llmopt_stage_ctx *ctx) {
     const llmopt_model *in = A->stage_input(ctx, "model");
+    const char *arch = A->model_arch(in);
+    int gpt2 = arch && strcmp(arch, "gpt2") == 0;
+    const awq_family *f = gpt2 ? &gpt2_family : &llama_family;
+    double layers = 0;
+    A->model_cfg_get_num(in, gpt2 ? "n_layer" : "num_hidden_layers", &layers);
+    int n_layer = (int)layers;
     qz_selection sel;
     qz_stats st;
     memset(&st, 0, sizeof st);
-    int rc = qz_require_linear_layout(ctx, in);
-    if (rc || (rc = qz_select(ctx, in, 1, &sel))) return rc;
-    /* every selected weight must be one of a layer's linear layers: AWQ folds scales by position */
+    int rc = qz_select(ctx, in, 1, &sel);
+    if (rc) return rc;
+    /* every selected weight must be one of a block's linear layers: AWQ folds scales by position */
     for (size_t i = 0; !rc && i < sel.n; i++) {
-        int l = -1, ok = 0;
-        char want[160];
-        if (sscanf(sel.names[i], "model.layers.%d.", &l) == 1)
-            for (int k = 0; !ok && k < N_LIN; k++) {
-                snprintf(want, sizeof want, "model.layers.%d.%s.weight", l, lin_name[k]);
+        int ok = 0;
+        for (int l = 0; !ok && l < n_layer; l++)
+            for (int k = 0; !ok && k < f->n_lin; k++) {
+                char pre[64], want[160];
+                block_prefix(in, gpt2, l, pre, sizeof pre);
+                snprintf(want, sizeof want, "%s%s.weight", pre, f->lin[k]);
                 ok = strcmp(want, sel.names[i]) == 0;
             }
-        if (!ok) rc = A->set_error(ctx, LLMOPT_EINVAL, "AWQ quantizes a Llama layer's linear weights; '%s' is not one (exclude it)",
+        if (!ok) rc = A->set_error(ctx, LLMOPT_EINVAL, "AWQ quantizes a block's linear weights; '%s' is not one (exclude it)",
                                    sel.names[i]);
+        int64_t rows, cols;
+        qz_linear_dims(in, sel.names[i], &rows, &cols);
         qz_selection one = {&sel.names[i], 1};
-        if (!rc) rc = qz_check_rows(ctx, in, &one, qz_group_dtype(ctx, A->model_get(in, sel.names[i])->shape[1]));
+        if (!rc) rc = qz_check_rows(ctx, in, &one, qz_group_dtype(ctx, cols));
     }
     if (!rc) rc = qz_collect(ctx, in, &sel, &st);
     llmopt_model *out = rc ? NULL : A->model_clone(in);
     if (!rc && !out) rc = A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
-    double n_layer = 0, n_head = 0, n_kv = 0, gain = 0;
-    A->model_cfg_get_num(in, "num_hidden_layers", &n_layer);
-    A->model_cfg_get_num(in, "num_attention_heads", &n_head);
-    if (A->model_cfg_get_num(in, "num_key_value_heads", &n_kv)) n_kv = n_head;
+    double n_head = 0, n_kv = 0, C = 0, gain = 0;
+    A->model_cfg_get_num(in, gpt2 ? "n_head" : "num_attention_heads", &n_head);
+    A->model_cfg_get_num(in, gpt2 ? "n_embd" : "hidden_size", &C);
+    if (gpt2 || A->model_cfg_get_num(in, "num_key_value_heads", &n_kv)) n_kv = n_head;
     int n_groups = 0;
-    for (int l = 0; !rc && l < (int)n_layer; l++) {
-        rc = awq_layer(ctx, in, out, l, &st, n_kv != n_head, &gain, &n_groups);
-        A->progress(ctx, (double)(l + 1) / n_layer, "AWQ layer %d/%d", l + 1, (int)n_layer);
+    for (int l = 0; !rc && l < n_layer; l++) {
+        rc = awq_layer(ctx, in, out, f, gpt2, l, &st, n_kv != n_head, (int64_t)C, &gain, &n_groups);
+        A->progress(ctx, (double)(l + 1) / n_layer, "AWQ layer %d/%d", l + 1, n_layer);
         if (!rc && A->cancelled(ctx)) rc = A->set_error(ctx, LLMOPT_ECANCELED, "cancelled");
     }
     qz_stats_free(&st);
@@ -257,7 +319,7 @@ const llmopt_stage_desc qz_awq_stage = {
     .summary = "activation-aware weight quantization (Lin et al. 2023)",
     .doc = "Scales each layer's input channels by s = s_x^alpha (alpha searched on the calibration set\n"
            "from `data`), folds 1/s into the RMSNorm or previous projection, then group-quantizes\n"
-           "(GQ(bits, group_size, sym)). Llama models. Metrics: awq_error_ratio, size_bytes,\n"
+           "(GQ(bits, group_size, sym)). GPT-2 and Llama. Metrics: awq_error_ratio, size_bytes,\n"
            "size_ratio, bits_per_weight; ppl_input, ppl, ppl_ratio with eval_data.",
     LLMOPT_STAGE_PARAMS(params),
     LLMOPT_STAGE_INPUTS(inputs),

@@ -115,7 +115,8 @@ int qz_collect(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection 
     st->prev = -1;
     if (!st->cols || !st->root || !st->gram || !st->absum || !st->rows) return A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
     for (size_t i = 0; i < sel->n; i++) {
-        st->cols[i] = A->model_get(m, sel->names[i])->shape[1];
+        int64_t rows;
+        qz_linear_dims(m, sel->names[i], &rows, &st->cols[i]);
         st->root[i] = -2;
     }
     int32_t *tok = NULL;

@@ -201,24 +201,27 @@ static int gptq_run(llmopt_stage_ctx *ctx) {
     qz_selection sel;
     qz_stats st;
     memset(&st, 0, sizeof st);
-    int rc = qz_require_linear_layout(ctx, in);
-    if (rc || (rc = qz_select(ctx, in, 1, &sel))) return rc;
+    int rc = qz_select(ctx, in, 1, &sel);
+    if (rc) return rc;
     for (size_t i = 0; !rc && i < sel.n; i++) {
         qz_selection one = {&sel.names[i], 1};
-        rc = qz_check_rows(ctx, in, &one, qz_group_dtype(ctx, A->model_get(in, sel.names[i])->shape[1]));
+        int64_t rows, cols;
+        qz_linear_dims(in, sel.names[i], &rows, &cols);
+        rc = qz_check_rows(ctx, in, &one, qz_group_dtype(ctx, cols));
     }
     if (!rc) rc = qz_collect(ctx, in, &sel, &st);
     llmopt_model *out = rc ? NULL : A->model_clone(in);
     if (!rc && !out) rc = A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
     double damp_max = 0;
     for (size_t i = 0; !rc && i < sel.n; i++) {
-        const llmopt_tensor *t = A->model_get(in, sel.names[i]);
-        int64_t rows = t->shape[0], cols = t->shape[1];
+        int64_t rows, cols;
+        qz_linear_dims(in, sel.names[i], &rows, &cols);
         qz_gptq_opts o = {.dtype = qz_group_dtype(ctx, cols), .act_order = A->param_bool(ctx, "act_order"),
                           .damp = A->param_float(ctx, "damp_percent") / 100.0, .block = (int)A->param_int(ctx, "block_size")};
         int root = st.root[i];
-        float *W = qz_weight_f32(ctx, t), *H = malloc((size_t)(cols * cols) * sizeof *H);
-        llmopt_tensor *q = A->tensor_new(o.dtype, 2, t->shape);
+        float *W = qz_linear_f32(ctx, in, sel.names[i], &rows, &cols), *H = malloc((size_t)(cols * cols) * sizeof *H);
+        int64_t qshape[2] = {rows, cols};
+        llmopt_tensor *q = A->tensor_new(o.dtype, 2, qshape);
         if (!W || !H || !q) rc = W ? A->set_error(ctx, LLMOPT_ENOMEM, "out of memory") : LLMOPT_EFAIL;
         if (!rc) {
             const float s = 2.0f / (float)st.rows[root]; /* H = 2 X X^T / n */
@@ -269,7 +272,7 @@ const llmopt_stage_desc qz_gptq_stage = {
     .summary = "GPTQ weight quantization with a calibration set (Frantar et al. 2022)",
     .doc = "Quantizes the selected linear weights (default: all but embeddings and the LM head) to\n"
            "GQ(bits, group_size, sym), minimising each layer's output error on calibration inputs from\n"
-           "`data`. Llama models. Metrics: size_bytes, size_ratio, bits_per_weight, damp_max;\n"
+           "`data`. GPT-2 and Llama models. Metrics: size_bytes, size_ratio, bits_per_weight, damp_max;\n"
            "ppl_input, ppl, ppl_ratio with eval_data.",
     LLMOPT_STAGE_PARAMS(params),
     LLMOPT_STAGE_INPUTS(inputs),

@@ -28,9 +28,17 @@ typedef struct qz_selection {
 int qz_select(llmopt_stage_ctx *ctx, const llmopt_model *m, int weights_only, qz_selection *sel);
 void qz_selection_free(qz_selection *sel);
 
-/* Refuses GPT-2 for the quantizing stages (EUNSUPPORTED): its Conv1D weights are [in, out],
- * and the quantized matmul kernels read [out, in] rows. */
-int qz_require_linear_layout(llmopt_stage_ctx *ctx, const llmopt_model *m);
+/* Linear weights are handled as [rows = outputs, cols = inputs], the layout quantized rows take.
+ * GPT-2's float Conv1D weights are stored [in, out] (the host's model_linear_layout says which):
+ * qz_linear_dims gives a weight's [rows, cols] and returns its stored layout (negative when name
+ * is no 2-D tensor); qz_linear_f32 its f32 values as [rows, cols] (transposed from [in, out]);
+ * qz_linear_set sets it from [rows, cols] values: quantized types as [rows, cols], float ones
+ * back in the stored layout; qz_quantize_linear quantizes one weight of in into out (RTN). */
+int qz_linear_dims(const llmopt_model *m, const char *name, int64_t *rows, int64_t *cols);
+float *qz_linear_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *name, int64_t *rows, int64_t *cols);
+int qz_linear_set(llmopt_stage_ctx *ctx, llmopt_model *m, const char *name, const float *w, int64_t rows, int64_t cols,
+                  int layout, int dtype);
+int qz_quantize_linear(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, const char *name, int dtype);
 
 /* A weight's f32 values (a new [rows, cols] buffer, malloc'd), from f32, f16 or bf16. */
 float *qz_weight_f32(llmopt_stage_ctx *ctx, const llmopt_tensor *w);

@@ -23,12 +23,13 @@ static int rtn_validate(llmopt_stage_ctx *ctx) {
 static int rtn_run(llmopt_stage_ctx *ctx) {
     const llmopt_model *in = A->stage_input(ctx, "model");
     qz_selection sel;
-    int rc = qz_require_linear_layout(ctx, in);
-    if (rc || (rc = qz_select(ctx, in, 1, &sel))) return rc;
+    int rc = qz_select(ctx, in, 1, &sel);
+    if (rc) return rc;
     for (size_t i = 0; !rc && i < sel.n; i++) {
-        const llmopt_tensor *t = A->model_get(in, sel.names[i]);
+        int64_t rows, cols;
+        qz_linear_dims(in, sel.names[i], &rows, &cols);
         qz_selection one = {&sel.names[i], 1};
-        int dt = rtn_dtype(ctx, t->shape[1]);
+        int dt = rtn_dtype(ctx, cols);
         rc = qz_check_rows(ctx, in, &one, dt);
         if (!rc && !A->kernel_find(LLMOPT_OP_MATMUL, LLMOPT_DEVICE_CPU, dt))
             A->log(LLMOPT_LOG_WARN, "quantize.rtn: no CPU matmul kernel for %s ('%s'): the output is saved but cannot run here",
@@ -37,12 +38,9 @@ static int rtn_run(llmopt_stage_ctx *ctx) {
     llmopt_model *out = rc ? NULL : A->model_clone(in);
     if (!rc && !out) rc = A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
     for (size_t i = 0; !rc && i < sel.n; i++) {
-        const llmopt_tensor *t = A->model_get(in, sel.names[i]);
-        llmopt_tensor *q = NULL;
-        if (!(rc = A->tensor_convert(ctx, t, rtn_dtype(ctx, t->shape[1]), &q))) {
-            rc = A->model_set(out, sel.names[i], q);
-            A->tensor_unref(q);
-        }
+        int64_t rows, cols;
+        qz_linear_dims(in, sel.names[i], &rows, &cols);
+        rc = qz_quantize_linear(ctx, in, out, sel.names[i], rtn_dtype(ctx, cols));
         A->progress(ctx, (double)(i + 1) / (double)sel.n, "%zu/%zu weights", i + 1, sel.n);
         if (!rc && A->cancelled(ctx)) rc = A->set_error(ctx, LLMOPT_ECANCELED, "cancelled");
     }
@@ -71,7 +69,7 @@ const llmopt_stage_desc qz_rtn_stage = {
     .name = "quantize.rtn",
     .summary = "round-to-nearest weight quantization (q8_0, q4_0, q4_1, int8, GQ)",
     .doc = "Quantizes the selected 2-D linear weights (default: all but embeddings and the LM head) by\n"
-           "round to nearest. Llama models (GPT-2's Conv1D layout is not supported yet).\n"
+           "round to nearest. GPT-2 and Llama (a GPT-2 Conv1D weight is stored [out, in] once quantized).\n"
            "Metrics: size_bytes, size_ratio, bits_per_weight; ppl_input, ppl, ppl_ratio with eval_data.",
     LLMOPT_STAGE_PARAMS(params),
     LLMOPT_STAGE_INPUTS(inputs),

@@ -81,13 +81,69 @@ void qz_selection_free(qz_selection *sel) {
     memset(sel, 0, sizeof *sel);
 }
 
-int qz_require_linear_layout(llmopt_stage_ctx *ctx, const llmopt_model *m) {
-    const char *arch = A->model_arch(m);
-    if (arch && strcmp(arch, "llama") == 0) return 0;
-    return A->set_error(ctx, LLMOPT_EUNSUPPORTED,
-                        "quantizing a '%s' model is not supported yet: only Llama, whose linear weights are "
-                        "[out, in] rows as the quantized matmul kernels read them (GPT-2's Conv1D weights are [in, out])",
-                        arch ? arch : "?");
+int qz_linear_dims(const llmopt_model *m, const char *name, int64_t *rows, int64_t *cols) {
+    int layout = A->model_linear_layout(m, name);
+    const llmopt_tensor *t = A->model_get(m, name);
+    if (layout < 0 || !t) return LLMOPT_EINVAL;
+    int in_out = layout == LLMOPT_W_IN_OUT;
+    *rows = t->shape[in_out ? 1 : 0];
+    *cols = t->shape[in_out ? 0 : 1];
+    return layout;
+}
+
+/* dst[c][r] = src[r][c] for an R x C f32 matrix */
+static void transpose_f32(float *dst, const float *src, int64_t R, int64_t C) {
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = 0; c < C; c++) dst[c * R + r] = src[r * C + c];
+}
+
+float *qz_linear_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *name, int64_t *rows, int64_t *cols) {
+    int layout = qz_linear_dims(m, name, rows, cols);
+    if (layout < 0) {
+        A->set_error(ctx, LLMOPT_EINVAL, "'%s' is not a 2-D weight of the model", name);
+        return NULL;
+    }
+    float *v = qz_weight_f32(ctx, A->model_get(m, name));
+    if (!v || layout == LLMOPT_W_OUT_IN) return v;
+    float *t = malloc((size_t)(*rows * *cols) * sizeof *t);
+    if (t) transpose_f32(t, v, *cols, *rows); /* stored [in, out] = [cols, rows] */
+    else A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+    free(v);
+    return t;
+}
+
+int qz_linear_set(llmopt_stage_ctx *ctx, llmopt_model *m, const char *name, const float *w, int64_t rows, int64_t cols,
+                  int layout, int dtype) {
+    const llmopt_dtype_traits *tr = A->dtype_traits(dtype);
+    if (layout == LLMOPT_W_OUT_IN || (tr && tr->is_quantized)) {
+        int64_t shape[2] = {rows, cols};
+        return qz_set_from_f32(ctx, m, name, w, 2, shape, dtype);
+    }
+    float *t = malloc((size_t)(rows * cols) * sizeof *t);
+    if (!t) return A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+    transpose_f32(t, w, rows, cols);
+    int64_t shape[2] = {cols, rows};
+    int rc = qz_set_from_f32(ctx, m, name, t, 2, shape, dtype);
+    free(t);
+    return rc;
+}
+
+int qz_quantize_linear(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, const char *name, int dtype) {
+    const llmopt_tensor *t = A->model_get(in, name);
+    if (A->model_linear_layout(in, name) == LLMOPT_W_OUT_IN) {
+        llmopt_tensor *q = NULL;
+        int rc = A->tensor_convert(ctx, t, dtype, &q);
+        if (rc) return rc;
+        rc = A->model_set(out, name, q);
+        A->tensor_unref(q);
+        return rc ? A->set_error(ctx, rc, "cannot set tensor '%s'", name) : 0;
+    }
+    int64_t rows, cols;
+    float *w = qz_linear_f32(ctx, in, name, &rows, &cols);
+    if (!w) return LLMOPT_EFAIL;
+    int rc = qz_linear_set(ctx, out, name, w, rows, cols, LLMOPT_W_OUT_IN, dtype);
+    free(w);
+    return rc;
 }
 
 float *qz_weight_f32(llmopt_stage_ctx *ctx, const llmopt_tensor *w) {
@@ -123,13 +179,14 @@ int qz_check_rows(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selecti
         return A->set_error(ctx, LLMOPT_EINVAL, "unknown quantized type");
     }
     for (size_t i = 0; i < sel->n; i++) {
-        const llmopt_tensor *t = A->model_get(m, sel->names[i]);
-        if (t->shape[1] % tr->block_size != 0)
+        int64_t rows = 0, cols = 0;
+        qz_linear_dims(m, sel->names[i], &rows, &cols);
+        if (cols % tr->block_size != 0)
             return A->set_error(ctx, LLMOPT_EINVAL,
-                                "tensor '%s' [%lld, %lld]: group size %lld does not divide its rows of %lld (%s); "
-                                "pick a group size that does, or exclude the tensor",
-                                sel->names[i], (long long)t->shape[0], (long long)t->shape[1],
-                                (long long)tr->block_size, (long long)t->shape[1], tr->name);
+                                "tensor '%s' (%lld outputs x %lld inputs): group size %lld does not divide its rows of %lld "
+                                "(%s); pick a group size that does, or exclude the tensor",
+                                sel->names[i], (long long)rows, (long long)cols, (long long)tr->block_size,
+                                (long long)cols, tr->name);
     }
     return 0;
 }

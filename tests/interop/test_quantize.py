@@ -5,7 +5,8 @@ forward` and give perplexities in the expected order; a saved quantized checkpoi
 the same model (same perplexity, bit-identical re-save) and its logits match transformers run on
 the dequantized weights; quantize.gguf writes a file the `gguf` package reads with the right
 types; and bad inputs (too little calibration data, a group that does not divide a row, a
-pattern that matches nothing, GPT-2) fail with a clear message."""
+pattern that matches nothing) fail with a clear message. GPT-2 (our own model):
+test_quantize_gpt2.py."""
 
 import json
 import shutil
@@ -273,9 +274,3 @@ def test_pattern_that_matches_nothing_is_an_error(host, trained_llama, kjv_file,
     err = fails(host, tmp_path, trained_llama, kjv_file,
                 "{id: r, uses: quantize.rtn, with: {include: ['*q_porj*']}}", "nomatch")
     assert "include pattern '*q_porj*' matches no" in err
-
-
-def test_gpt2_is_refused_for_now(host, models_with_tokenizer, kjv_file, tmp_path):
-    err = fails(host, tmp_path, models_with_tokenizer["gpt2_byte_level"], kjv_file,
-                "{id: r, uses: quantize.rtn, with: {format: q8_0}}", "gpt2")
-    assert "quantizing a 'gpt2' model is not supported yet" in err

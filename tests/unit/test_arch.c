@@ -164,6 +164,64 @@ static void heads_times_head_dim_beyond_the_limit_is_refused(void **state) {
     expect_error(m, LLMOPT_EFORMAT, "heads x head dimension (65536 x 65536) is over 16777216");
 }
 
+/* A complete tiny GPT-2: width 32, 2 heads, MLP 128, vocab 10, 1 layer; c_fc of dtype fc_dtype,
+ * given in the layout arch_linear_layout asks of it. */
+static llmopt_model *tiny_gpt2(int fc_dtype) {
+    llmopt_model *m = rt_model_new("gpt2");
+    const char *cfg = "{\"model_type\": \"gpt2\", \"n_layer\": 1, \"n_embd\": 32, \"n_head\": 2, \"vocab_size\": 10, "
+                      "\"n_positions\": 16}";
+    llmopt_error err = {0};
+    assert_int_equal(rt_model_config_load(m, cfg, strlen(cfg), &err), 0);
+    put(m, "transformer.wte.weight", 10, 32), put(m, "transformer.wpe.weight", 16, 32);
+    put(m, "transformer.ln_f.weight", 32, 0), put(m, "transformer.ln_f.bias", 32, 0);
+    const char *vec[] = {"ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias", "attn.c_proj.bias", "mlp.c_proj.bias"};
+    char n[96];
+    for (size_t i = 0; i < 6; i++) {
+        snprintf(n, sizeof n, "transformer.h.0.%s", vec[i]);
+        put(m, n, 32, 0);
+    }
+    put(m, "transformer.h.0.attn.c_attn.weight", 32, 96), put(m, "transformer.h.0.attn.c_attn.bias", 96, 0);
+    put(m, "transformer.h.0.attn.c_proj.weight", 32, 32);
+    put(m, "transformer.h.0.mlp.c_fc.bias", 128, 0), put(m, "transformer.h.0.mlp.c_proj.weight", 128, 32);
+    int64_t in_out[2] = {32, 128}, out_in[2] = {128, 32};
+    llmopt_tensor *fc = rt_tensor_new(fc_dtype, 2, fc_dtype == LLMOPT_DTYPE_F32 ? in_out : out_in);
+    assert_non_null(fc);
+    assert_int_equal(rt_model_set(m, "transformer.h.0.mlp.c_fc.weight", fc), 0);
+    rt_tensor_unref(fc);
+    return m;
+}
+
+static void gpt2_conv1d_weights_are_in_out_while_float_and_out_in_once_quantized(void **state) {
+    (void)state;
+    const char *fc = "transformer.h.0.mlp.c_fc.weight";
+    for (int q = 0; q < 2; q++) {
+        llmopt_model *m = tiny_gpt2(q ? LLMOPT_DTYPE_Q8_0 : LLMOPT_DTYPE_F32);
+        arch_config c;
+        llmopt_error err = {0};
+        if (arch_from_model(m, &c, &err)) fail_msg("%s", err.msg);
+        assert_int_equal(arch_linear_layout(&c, rt_model_get(m, fc)), q ? LLMOPT_W_OUT_IN : LLMOPT_W_IN_OUT);
+        assert_int_equal(arch_model_linear_layout(m, fc), q ? LLMOPT_W_OUT_IN : LLMOPT_W_IN_OUT);
+        assert_int_equal(arch_model_linear_layout(m, "transformer.h.0.attn.c_attn.weight"), LLMOPT_W_IN_OUT);
+        assert_int_equal(arch_model_linear_layout(m, "transformer.wte.weight"), LLMOPT_W_OUT_IN);
+        assert_int_equal(arch_model_linear_layout(m, "transformer.ln_f.weight"), LLMOPT_EINVAL); /* 1-D */
+        assert_int_equal(arch_model_linear_layout(m, "nope"), LLMOPT_EINVAL);
+        rt_model_unref(m);
+    }
+    llmopt_model *m = tiny_llama();
+    assert_int_equal(arch_model_linear_layout(m, "model.layers.0.mlp.up_proj.weight"), LLMOPT_W_OUT_IN);
+    rt_model_unref(m);
+}
+
+static void quantized_conv1d_weight_in_the_float_layout_is_named(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_gpt2(LLMOPT_DTYPE_F32);
+    int64_t in_out[2] = {32, 128};
+    llmopt_tensor *fc = rt_tensor_new(LLMOPT_DTYPE_Q8_0, 2, in_out);
+    assert_int_equal(rt_model_set(m, "transformer.h.0.mlp.c_fc.weight", fc), 0);
+    rt_tensor_unref(fc);
+    expect_error(m, LLMOPT_EFORMAT, "tensor 'transformer.h.0.mlp.c_fc.weight' has shape [32, 128], the config implies [128, 32]");
+}
+
 /* ---- sampling ---- */
 
 static void greedy_picks_the_first_maximum(void **state) {
@@ -218,6 +276,8 @@ int main(void) {
         cmocka_unit_test(unknown_model_type_is_refused),
         cmocka_unit_test(dimension_beyond_the_limit_is_refused_before_any_product_overflows),
         cmocka_unit_test(heads_times_head_dim_beyond_the_limit_is_refused),
+        cmocka_unit_test(gpt2_conv1d_weights_are_in_out_while_float_and_out_in_once_quantized),
+        cmocka_unit_test(quantized_conv1d_weight_in_the_float_layout_is_named),
         cmocka_unit_test(missing_field_is_named),
         cmocka_unit_test(tensor_shape_disagreeing_with_config_is_named),
         cmocka_unit_test(missing_tensor_is_named),

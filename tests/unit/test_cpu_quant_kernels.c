@@ -58,18 +58,15 @@ static llmopt_tensor *trand(int64_t a, int64_t b) {
     return t;
 }
 
+/* The kernel the runtime would get for dtype: an exact key or the GQ any-group key of its bits
+ * and asym, never the f32 fallback. */
 static llmopt_kernel_fn kernel(const char *op, int dtype) {
     const kernel_rec *k = registry_find_kernel(g_reg, op, LLMOPT_DEVICE_CPU, dtype);
-    if (!k || k->desc.dtype != dtype) return NULL;
+    if (!k || k->desc.dtype == LLMOPT_DTYPE_ANY || k->desc.dtype == LLMOPT_DTYPE_F32) return NULL;
     return k->desc.fn;
 }
 
 static const char *tname(int dt) { return rt_dtype_traits(dt)->name; }
-
-/* GQ keys not registered: an ABI 1.0 host, whose registry refuses them (see plugin.c). */
-static int gq_refused(int dt) {
-    return LLMOPT_DTYPE_IS_GQ(dt) && !kernel(LLMOPT_OP_MATMUL, LLMOPT_DTYPE_GQ(4, 32, 0));
-}
 
 static int group_setup(void **state) {
     (void)state;
@@ -84,8 +81,6 @@ static int group_setup(void **state) {
         fprintf(stderr, "cpu.so not loaded: %s\n", g_cpu->reason ? g_cpu->reason : "?");
         return -1;
     }
-    if (!kernel(LLMOPT_OP_MATMUL, LLMOPT_DTYPE_GQ(4, 32, 0)))
-        fprintf(stderr, "note: this host's registry takes no GQ kernel keys (ABI 1.0); GQ cases are skipped\n");
     return 0;
 }
 
@@ -104,7 +99,6 @@ static int group_teardown(void **state) {
 static void every_quantized_dtype_has_matmul_and_embedding(void **state) {
     SKIP_IF_UNAVAILABLE();
     for (size_t i = 0; i < N_TYPES; i++) {
-        if (gq_refused(g_types[i])) continue;
         if (!kernel(LLMOPT_OP_MATMUL, g_types[i]) || !kernel(LLMOPT_OP_EMBEDDING, g_types[i]))
             fail_msg("%s: matmul or embedding not registered", tname(g_types[i]));
     }
@@ -173,7 +167,6 @@ static void matmul_matches_f32_on_the_dequantized_weights(void **state) {
     SKIP_IF_UNAVAILABLE();
     const int64_t Ms[] = {1, 3, 64};
     for (size_t i = 0; i < N_TYPES; i++) {
-        if (gq_refused(g_types[i])) continue;
         for (size_t m = 0; m < 3; m++) {
             check_matmul(g_types[i], Ms[m], 37, 256, m != 1, 0);
             check_matmul(g_types[i], Ms[m], 5, 128 * 3, 1, 1);
@@ -185,14 +178,26 @@ static void decode_matmul_stays_within_the_activation_quantization_bound_at_mode
     SKIP_IF_UNAVAILABLE();
     check_matmul(LLMOPT_DTYPE_Q8_0, 1, 769, 768, 1, 0);
     check_matmul(LLMOPT_DTYPE_Q4_0, 1, 301, 3072, 0, 1);
-    if (!gq_refused(LLMOPT_DTYPE_GQ(4, 128, 0))) check_matmul(LLMOPT_DTYPE_GQ(4, 128, 0), 2, 129, 768, 1, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(4, 128, 0), 2, 129, 768, 1, 0);
+}
+
+static void any_group_kernels_run_int8_per_channel_and_odd_groups(void **state) {
+    SKIP_IF_UNAVAILABLE();
+    /* int8 per output channel (one group per row of 768), a group of 96 (3 x 32) and one of 24
+     * (not a multiple of 32: the one-code-at-a-time path) */
+    const int dts[] = {LLMOPT_DTYPE_GQ(8, 768, 0), LLMOPT_DTYPE_GQ(4, 96, 1), LLMOPT_DTYPE_GQ(8, 24, 1)};
+    for (size_t i = 0; i < 3; i++) {
+        if (!kernel(LLMOPT_OP_MATMUL, dts[i]) || !kernel(LLMOPT_OP_EMBEDDING, dts[i]))
+            fail_msg("%s: no matmul or embedding through the any-group key", tname(dts[i]));
+        check_matmul(dts[i], 1, 33, 768, 1, 0);
+        check_matmul(dts[i], 5, 17, 768, 0, 1);
+    }
 }
 
 static void embedding_returns_the_dequantized_rows(void **state) {
     SKIP_IF_UNAVAILABLE();
     for (size_t i = 0; i < N_TYPES; i++) {
         const int dt = g_types[i];
-        if (gq_refused(dt)) continue;
         llmopt_tensor *w = trand(11, 256), *q = NULL, *wd = NULL;
         llmopt_error err;
         assert_int_equal(q_quantize_tensor(w, dt, &q, &err), 0);
@@ -257,6 +262,7 @@ int main(void) {
         cmocka_unit_test(every_quantized_dtype_has_matmul_and_embedding),
         cmocka_unit_test(matmul_matches_f32_on_the_dequantized_weights),
         cmocka_unit_test(decode_matmul_stays_within_the_activation_quantization_bound_at_model_sizes),
+        cmocka_unit_test(any_group_kernels_run_int8_per_channel_and_odd_groups),
         cmocka_unit_test(embedding_returns_the_dequantized_rows),
         cmocka_unit_test(matmul_refuses_in_out_layout_and_bad_shapes),
     };

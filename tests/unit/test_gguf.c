@@ -448,14 +448,24 @@ static void byte_fallback_tokenizer_survives_the_round_trip(void **state) {
     rt_model_unref(m);
 }
 
-static void quantized_conv1d_weight_is_refused_on_write(void **state) {
+static void quantized_gpt2_conv1d_weights_round_trip_as_out_in_rows(void **state) {
+    (void)state;
+    llmopt_model *m = make_gpt2(); /* quantized Conv1D weights are [out, in], as GGUF stores them */
+    add_random(m, "transformer.h.0.mlp.c_fc.weight", LLMOPT_DTYPE_Q8_0, 2, 4 * C, C);
+    add_random(m, "transformer.h.0.attn.c_attn.weight", LLMOPT_DTYPE_Q4_0, 2, 3 * C, C);
+    round_trip(m);
+    rt_model_unref(m);
+}
+
+static void quantized_conv1d_weight_in_the_float_layout_is_refused_on_write(void **state) {
     (void)state;
     llmopt_model *m = make_gpt2();
-    add_random(m, "transformer.h.0.mlp.c_fc.weight", LLMOPT_DTYPE_Q8_0, 2, C, 4 * C);
+    add_random(m, "transformer.h.0.mlp.c_fc.weight", LLMOPT_DTYPE_Q8_0, 2, C, 4 * C); /* [in, out]: not a layout */
     char *dir, *path = tmp_path(&dir, "m.gguf");
     llmopt_error err = {0};
-    assert_int_equal(gguf_write(m, path, &err), LLMOPT_EUNSUPPORTED);
+    assert_int_equal(gguf_write(m, path, &err), LLMOPT_EFORMAT);
     assert_non_null(strstr(err.msg, "transformer.h.0.mlp.c_fc.weight"));
+    assert_non_null(strstr(err.msg, "the config implies [256, 64]"));
     assert_false(fs_exists(path));
     free(path);
     remove_dir(dir);
@@ -699,7 +709,8 @@ int main(void) {
         cmocka_unit_test(loaded_config_keeps_rope_and_tying),
         cmocka_unit_test(byte_level_tokenizer_survives_the_round_trip),
         cmocka_unit_test(byte_fallback_tokenizer_survives_the_round_trip),
-        cmocka_unit_test(quantized_conv1d_weight_is_refused_on_write),
+        cmocka_unit_test(quantized_gpt2_conv1d_weights_round_trip_as_out_in_rows),
+        cmocka_unit_test(quantized_conv1d_weight_in_the_float_layout_is_refused_on_write),
         cmocka_unit_test(the_hand_made_file_is_valid),
         cmocka_unit_test(bad_magic_is_refused),
         cmocka_unit_test(version_1_is_unsupported),

@@ -270,6 +270,24 @@ static void kernel_lookup_prefers_exact_dtype_then_any(void **state) {
     assert_null(registry_find_kernel(f->reg, "rmsnorm", LLMOPT_DEVICE_CPU, LLMOPT_DTYPE_F32));
 }
 
+static void gq_lookup_prefers_the_exact_group_then_the_any_group_key_of_its_bits(void **state) {
+    fixture *f = *state;
+    llmopt_kernel_desc any4 = kernel("matmul", LLMOPT_DTYPE_GQ_ANY_GROUP(4, 1));
+    llmopt_kernel_desc g32 = kernel("matmul", LLMOPT_DTYPE_GQ(4, 32, 1));
+    assert_int_equal(registry_add_kernel(f->reg, f->a, &any4, &f->err), 0);
+    assert_int_equal(registry_add_kernel(f->reg, f->b, &g32, &f->err), 0);
+    assert_ptr_equal(registry_find_kernel(f->reg, "matmul", LLMOPT_DEVICE_CPU, LLMOPT_DTYPE_GQ(4, 32, 1))->plugin, f->b);
+    assert_ptr_equal(registry_find_kernel(f->reg, "matmul", LLMOPT_DEVICE_CPU, LLMOPT_DTYPE_GQ(4, 768, 1))->plugin, f->a);
+    /* other bits or symmetry are other types */
+    assert_null(registry_find_kernel(f->reg, "matmul", LLMOPT_DEVICE_CPU, LLMOPT_DTYPE_GQ(4, 768, 0)));
+    assert_null(registry_find_kernel(f->reg, "matmul", LLMOPT_DEVICE_CPU, LLMOPT_DTYPE_GQ(8, 768, 1)));
+    /* a second any-group key of the same bits is a duplicate, named as such */
+    assert_int_equal(registry_add_kernel(f->reg, f->b, &any4, &f->err), LLMOPT_EEXIST);
+    assert_non_null(strstr(f->err.msg, "kernel 'matmul' (cpu, gq4g*a)"));
+    llmopt_kernel_desc bad = kernel("matmul", LLMOPT_DTYPE_GQ_ANY_GROUP(5, 0)); /* no 5-bit type */
+    assert_int_equal(registry_add_kernel(f->reg, f->a, &bad, &f->err), LLMOPT_EINVAL);
+}
+
 static void duplicate_kernel_key_names_both_files(void **state) {
     fixture *f = *state;
     llmopt_kernel_desc k = kernel("matmul", LLMOPT_DTYPE_ANY);
@@ -354,6 +372,7 @@ int main(void) {
         T(newer_minor_descriptor_is_read_with_its_strides),
         T(duplicate_inputs_are_refused),
         T(kernel_lookup_prefers_exact_dtype_then_any),
+        T(gq_lookup_prefers_the_exact_group_then_the_any_group_key_of_its_bits),
         T(duplicate_kernel_key_names_both_files),
         T(malformed_kernels_are_refused_naming_the_field),
         T(remove_owner_drops_only_that_plugins_registrations),

@@ -300,6 +300,15 @@ struct llmopt_host_api {
      *  times. Errors (bad options: LLMOPT_EINVAL) go to set_error. */
     int (*tokenizer_train)(llmopt_stage_ctx *ctx, const char *text, size_t len, int vocab_size, int min_frequency,
                            const char *const *specials, size_t n_specials, llmopt_model *m);
+
+    /* ---- weight layout ---- */
+    /** How the 2-D tensor `name` of m multiplies its input (llmopt_w_layout in kernel_ops.h):
+     *  LLMOPT_W_IN_OUT for GPT-2's Conv1D block weights while they are float ([in, out]), else
+     *  LLMOPT_W_OUT_IN: Llama's Linear weights, embeddings, lm_head, and every quantized weight,
+     *  whose quantized rows run along the inputs (a quantized GPT-2 Conv1D weight is stored
+     *  transposed, [out, in], as llama.cpp stores it). Negative LLMOPT_E* when m has no 2-D tensor
+     *  of that name. */
+    int (*model_linear_layout)(const llmopt_model *m, const char *name);
 };
 LLMOPT_PIN(llmopt_host_api, abi_major, 4);
 LLMOPT_PIN(llmopt_host_api, host_version, 8);
@@ -323,6 +332,7 @@ LLMOPT_PIN(llmopt_host_api, trainer_load_state, 608);
 LLMOPT_PIN(llmopt_host_api, model_save, 616);
 LLMOPT_PIN(llmopt_host_api, chat_render, 664);
 LLMOPT_PIN(llmopt_host_api, tokenizer_train, 672);
+LLMOPT_PIN(llmopt_host_api, model_linear_layout, 680);
 
 #ifdef __cplusplus
 }

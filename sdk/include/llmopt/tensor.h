@@ -43,6 +43,9 @@ typedef enum llmopt_dtype {
 #define LLMOPT_DTYPE_GQ_BITS(dt) (((dt) >> 24) & 0x3f)
 #define LLMOPT_DTYPE_GQ_ASYM(dt) (((dt) >> 23) & 1)
 #define LLMOPT_DTYPE_GQ_GROUP(dt) ((dt) & 0x7fffff)
+/** A kernel key only (no tensor has it): GQ(bits, any group, asym), for a kernel that runs every
+ *  group size. The registry looks up an exact key first, then this one, then LLMOPT_DTYPE_ANY. */
+#define LLMOPT_DTYPE_GQ_ANY_GROUP(bits, asym) LLMOPT_DTYPE_GQ(bits, 0, asym)
 
 /** Where a tensor's bytes live. */
 typedef enum llmopt_device {
