@@ -220,9 +220,9 @@ def test_quantized_gguf_round_trips_through_llmopt(models, convert, tmp_path, wt
         np.testing.assert_array_equal(as_array(t), as_array(ref[t.name]), err_msg=t.name)
 
 
-def test_quantized_gpt2_conv1d_weights_load_dequantized(host, models, tmp_path):
-    # Q8_0 blocks cannot survive the transpose back to Conv1D [in, out]: those weights load as the
-    # f32 values the blocks hold, so the logits are those of transformers on the same values.
+def test_quantized_gpt2_conv1d_weights_run_as_gguf_stores_them(host, models, tmp_path):
+    # Q8_0 Conv1D weights stay the [out, in] blocks GGUF holds (the runtime runs quantized GPT-2
+    # weights in that layout), so the logits are those of transformers on the blocks' values.
     host.require_command("forward")
     path = write_with_gguf_package(models["gpt2"], tmp_path / "q8.gguf", QT.Q8_0, lambda n, f: f is np.transpose)
     r = gguf.GGUFReader(path)
