@@ -8,7 +8,10 @@
  * v_proj's rows for o_proj when every query head has its own value head (no GQA); in GPT-2 the
  * LayerNorm gain and bias for c_attn and c_fc, and c_attn's value rows for attn.c_proj. Where
  * nothing can absorb it (o_proj under GQA, GPT-2's mlp.c_proj after GELU) the layer is quantized
- * without scaling: no extra op at run time. The paper's weight clipping search is not done. Then group quantization (round to nearest). */
+ * without scaling: no extra op at run time. Then, as the paper's implementation (llm-awq
+ * auto_clip) does, each group's weights are clipped to the fraction of their max |w| (1, 0.95,
+ * ..., 0.55) that gives the least output error on the calibration inputs (not q and k). Then
+ * group quantization (round to nearest). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,6 +82,59 @@ int qz_awq_search(const float *G, const float *x_mean, int64_t in, const float *
     return 0;
 }
 
+int qz_awq_clip(float *W, int64_t rows, int64_t in, int64_t row0, int64_t row1, const float *G, const float *s, int dtype,
+                int n_grid, double max_shrink, double *err_before, double *err_after) {
+    const llmopt_dtype_traits *tr = A->dtype_traits(dtype);
+    if (!tr || in % tr->block_size != 0 || row0 < 0 || row1 > rows || row0 > row1) return LLMOPT_EINVAL;
+    int64_t g = tr->block_size, n = row1 - row0;
+    float *Gb = malloc((size_t)(g * g) * sizeof *Gb), *D = malloc((size_t)(n * g) * sizeof *D);
+    float *E = malloc((size_t)(n * g) * sizeof *E), *buf = malloc((size_t)g * sizeof *buf);
+    double *best = malloc((size_t)n * sizeof *best);
+    float *ratio = malloc((size_t)n * sizeof *ratio);
+    uint8_t *blk = malloc(tr->type_size);
+    int rc = Gb && D && E && buf && best && ratio && blk ? 0 : LLMOPT_ENOMEM;
+    int n_try = (int)(max_shrink * n_grid);
+    if (n_try < 1) n_try = 1;
+    *err_before = *err_after = 0;
+    for (int64_t j0 = 0; !rc && j0 < in; j0 += g) {
+        /* the group's block of the Gram matrix of the scaled inputs x / s */
+        for (int64_t a = 0; a < g; a++)
+            for (int64_t b = 0; b < g; b++)
+                Gb[a * g + b] = G[(j0 + a) * in + j0 + b] / (s ? s[j0 + a] * s[j0 + b] : 1.0f);
+        for (int k = 0; !rc && k < n_try; k++) {
+            float c = 1.0f - (float)k / (float)n_grid;
+            for (int64_t r = 0; r < n && !rc; r++) {
+                const float *w = W + (row0 + r) * in + j0;
+                float mx = 0;
+                for (int64_t j = 0; j < g; j++) mx = fmaxf(mx, fabsf(w[j]));
+                mx *= c;
+                for (int64_t j = 0; j < g; j++) buf[j] = fminf(fmaxf(w[j], -mx), mx);
+                if (A->quantize_row(dtype, buf, blk, g) || A->dequantize_row(dtype, blk, buf, g)) rc = LLMOPT_EFAIL;
+                for (int64_t j = 0; j < g; j++) D[r * g + j] = buf[j] - w[j];
+            }
+            if (rc) break;
+            /* per row: d Gb d^T, the output error of this group's part of the dot product */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)g, (int)g, 1.0f, D, (int)g, Gb, (int)g, 0.0f,
+                        E, (int)g);
+            for (int64_t r = 0; r < n; r++) {
+                double e = 0;
+                for (int64_t j = 0; j < g; j++) e += (double)D[r * g + j] * (double)E[r * g + j];
+                if (k == 0) *err_before += e;
+                if (k == 0 || e < best[r]) best[r] = e, ratio[r] = c;
+            }
+        }
+        for (int64_t r = 0; !rc && r < n; r++) {
+            float *w = W + (row0 + r) * in + j0, mx = 0;
+            for (int64_t j = 0; j < g; j++) mx = fmaxf(mx, fabsf(w[j]));
+            mx *= ratio[r];
+            for (int64_t j = 0; j < g; j++) w[j] = fminf(fmaxf(w[j], -mx), mx);
+            *err_after += best[r];
+        }
+    }
+    free(Gb), free(D), free(E), free(buf), free(best), free(ratio), free(blk);
+    return rc;
+}
+
 /* ---- the stage ---- */
 
 /* A block's linear layers, the norms before them and which op absorbs each group's 1/s, per
@@ -101,6 +157,9 @@ typedef struct awq_family {
     const char *norm[2];       /* norm module names; their .weight (and .bias when present) */
     awq_group groups[4];
     int n_groups;
+    int clip_from[MAX_LIN];    /* clipping search from this output row (in units of C); -1: none.
+                                * Not q and k, whose errors the attention softmax reshapes (as in
+                                * llm-awq's auto_clip): GPT-2's c_attn only for its value rows */
 } awq_family;
 
 static const awq_family llama_family = {
@@ -108,11 +167,13 @@ static const awq_family llama_family = {
      "mlp.down_proj"}, 7,
     {"input_layernorm", "post_attention_layernorm"},
     {{0, 2, 0, -1, 0, 0}, {3, 3, -1, 2, 0, 1}, {4, 5, 1, -1, 0, 0}, {6, 6, -1, 5, 0, 0}}, 4,
+    {-1, -1, 0, 0, 0, 0, 0},
 };
 static const awq_family gpt2_family = {
     {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}, 4,
     {"ln_1", "ln_2"},
     {{0, 0, 0, -1, 0, 0}, {1, 1, -1, 0, 2, 0}, {2, 2, 1, -1, 0, 0}, {3, 3, -1, -1, 0, 0}}, 4,
+    {2, 0, 0, 0},
 };
 
 /* One layer's float working copies: linear weights [rows = out, cols = in] (qz_linear_f32),
@@ -121,6 +182,8 @@ typedef struct layer_work {
     char name[MAX_LIN][160], bias[MAX_LIN][160], ln[2][160], lnb[2][160];
     const llmopt_tensor *t[MAX_LIN], *b[MAX_LIN], *lt[2], *lbt[2];
     float *w[MAX_LIN], *bw[MAX_LIN], *lw[2], *lb[2];
+    float *gs[4];                  /* each group's scales (NULL: not scaled) */
+    const float *s_in[MAX_LIN];    /* the scales applied to each weight's input (NULL: none) */
     int64_t rows[MAX_LIN], cols[MAX_LIN];
     int layout[MAX_LIN], changed[MAX_LIN], bchanged[MAX_LIN], sel[MAX_LIN], si[MAX_LIN];
 } layer_work;
@@ -128,9 +191,10 @@ typedef struct layer_work {
 static void layer_free(layer_work *L) {
     for (int i = 0; i < MAX_LIN; i++) free(L->w[i]), free(L->bw[i]);
     for (int n = 0; n < 2; n++) free(L->lw[n]), free(L->lb[n]);
+    for (int g = 0; g < 4; g++) free(L->gs[g]);
 }
 
-static int awq_group_run(llmopt_stage_ctx *ctx, layer_work *L, const awq_group *gr, const qz_stats *st, int gqa,
+static int awq_group_run(llmopt_stage_ctx *ctx, layer_work *L, const awq_group *gr, int gi, const qz_stats *st, int gqa,
                          int64_t C, double *gain) {
     int root = -1, n_sel = 0;
     for (int i = gr->first; i <= gr->last; i++)
@@ -183,7 +247,25 @@ static int awq_group_run(llmopt_stage_ctx *ctx, layer_work *L, const awq_group *
         }
         L->changed[p] = 1, L->bchanged[p] = L->bw[p] != NULL;
     }
-    free(s), free(xm);
+    L->gs[gi] = s;
+    for (int i = gr->first; i <= gr->last; i++) L->s_in[i] = s;
+    free(xm);
+    return 0;
+}
+
+/* The clipping search on every selected weight the family allows; errors summed over them. */
+static int awq_clip_layer(llmopt_stage_ctx *ctx, layer_work *L, const awq_family *f, const qz_stats *st, int64_t C,
+                          double *before, double *after) {
+    for (int i = 0; i < f->n_lin; i++) {
+        if (!L->sel[i] || f->clip_from[i] < 0) continue;
+        int root = st->root[L->si[i]];
+        double b = 0, a = 0;
+        int rc = qz_awq_clip(L->w[i], L->rows[i], L->cols[i], (int64_t)f->clip_from[i] * C, L->rows[i], st->gram[root],
+                             L->s_in[i], qz_group_dtype(ctx, L->cols[i]), 20, 0.5, &b, &a);
+        if (rc) return A->set_error(ctx, rc, "AWQ clipping search on '%s' failed", L->name[i]);
+        *before += b, *after += a;
+        L->changed[i] = 1;
+    }
     return 0;
 }
 
@@ -198,7 +280,7 @@ static void block_prefix(const llmopt_model *m, int gpt2, int l, char *buf, size
 }
 
 static int awq_layer(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, const awq_family *f, int gpt2,
-                     int l, const qz_stats *st, int gqa, int64_t C, double *gain, int *n_groups) {
+                     int l, const qz_stats *st, int gqa, int64_t C, double *gain, int *n_groups, double clip_err[2]) {
     layer_work L;
     memset(&L, 0, sizeof L);
     char pre[64];
@@ -223,9 +305,10 @@ static int awq_layer(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model
     }
     for (int g = 0; !rc && g < f->n_groups; g++) {
         double before = *gain;
-        rc = awq_group_run(ctx, &L, &f->groups[g], st, gqa, C, gain);
+        rc = awq_group_run(ctx, &L, &f->groups[g], g, st, gqa, C, gain);
         *n_groups += *gain != before;
     }
+    if (!rc && A->param_bool(ctx, "clip")) rc = awq_clip_layer(ctx, &L, f, st, C, &clip_err[0], &clip_err[1]);
     /* write back: quantize the selected weights, keep the others in their dtype and layout */
     for (int n = 0; !rc && n < 2; n++) {
         if (L.lt[n]) rc = set_vec(ctx, out, L.ln[n], L.lt[n], L.lw[n]);
@@ -284,8 +367,9 @@ static int awq_run(llmopt_stage_ctx *ctx) {
     A->model_cfg_get_num(in, gpt2 ? "n_embd" : "hidden_size", &C);
     if (gpt2 || A->model_cfg_get_num(in, "num_key_value_heads", &n_kv)) n_kv = n_head;
     int n_groups = 0;
+    double clip_err[2] = {0, 0};
     for (int l = 0; !rc && l < n_layer; l++) {
-        rc = awq_layer(ctx, in, out, f, gpt2, l, &st, n_kv != n_head, (int64_t)C, &gain, &n_groups);
+        rc = awq_layer(ctx, in, out, f, gpt2, l, &st, n_kv != n_head, (int64_t)C, &gain, &n_groups, clip_err);
         A->progress(ctx, (double)(l + 1) / n_layer, "AWQ layer %d/%d", l + 1, n_layer);
         if (!rc && A->cancelled(ctx)) rc = A->set_error(ctx, LLMOPT_ECANCELED, "cancelled");
     }
@@ -297,6 +381,9 @@ static int awq_run(llmopt_stage_ctx *ctx) {
     }
     /* mean over scaled groups of (output error with AWQ scales) / (plain round to nearest) */
     A->metric(ctx, "awq_error_ratio", n_groups ? gain / n_groups : 1.0, NULL, LLMOPT_BETTER_LOWER);
+    /* the clipped weights' summed group output error over the unclipped ones' (after scaling) */
+    if (A->param_bool(ctx, "clip"))
+        A->metric(ctx, "awq_clip_error_ratio", clip_err[0] > 0 ? clip_err[1] / clip_err[0] : 1.0, NULL, LLMOPT_BETTER_LOWER);
     rc = qz_finish(ctx, in, out, &sel);
     qz_selection_free(&sel);
     return rc;
@@ -306,6 +393,9 @@ static const llmopt_param_desc params[] = {
     QZ_GROUP_PARAMS("4", "false"),
     {.name = "n_grid", .type = LLMOPT_PARAM_INT, .default_value = "20", .min = 1, .max = 1000,
      .doc = "points of the alpha grid over [0, 1]"},
+    {.name = "clip", .type = LLMOPT_PARAM_BOOL, .default_value = "true",
+     .doc = "after scaling, search each group's clipping range (max |w| times 1, 0.95, ..., 0.55) for the\n"
+            "least output error on the calibration inputs, as the paper's implementation does"},
     QZ_CALIB_PARAMS("32"),
     QZ_SELECT_PARAMS(QZ_EXCLUDE_EMBEDDINGS),
     QZ_EVAL_PARAMS,

@@ -107,6 +107,13 @@ int qz_gptq_layer(const float *W, int64_t rows, int64_t cols, const float *H, co
  * s [in] gets the best scales; err_best and err_rtn (alpha = 0, plain round to nearest) the errors. */
 int qz_awq_search(const float *G, const float *x_mean, int64_t in, const float *const *W, const int64_t *out, int n_w,
                   int dtype, int n_grid, float *s, double *err_best, double *err_rtn);
+/* AWQ's clipping search on rows [row0, row1) of W [rows, in] (scaled by s already; s NULL: not
+ * scaled), G = X^T X of the unscaled inputs: for each row and group of dtype, the clip c in
+ * 1, 1 - 1/n_grid, ... (max_shrink * n_grid values) of [-c max|w|, c max|w|] whose quantized
+ * group gives the least output error (Q(clip(w)) - w) G_group (Q(clip(w)) - w)^T; W's groups are
+ * clipped to it in place. err_before / err_after: the summed errors without / with clipping. */
+int qz_awq_clip(float *W, int64_t rows, int64_t in, int64_t row0, int64_t row1, const float *G, const float *s, int dtype,
+                int n_grid, double max_shrink, double *err_before, double *err_after);
 /* ||(Q(W diag(s)) diag(s)^-1 - W) X^T||^2 through G = X^T X; s NULL means all ones. */
 double qz_awq_error(const float *G, int64_t in, const float *W, int64_t out, int dtype, const float *s);
 

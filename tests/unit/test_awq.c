@@ -103,11 +103,46 @@ static void awq_error_through_gram_matrix_equals_direct_error(void **s) {
     free(row), free(D);
 }
 
+static void clipping_search_clips_an_outlier_weight_whose_input_is_silent(void **s) {
+    (void)s;
+    /* row 1 of a copy of W gets a weight 40x the others on channel 0, where this G has no input:
+     * clipping it costs nothing and gives the rest of its group finer codes */
+    float *Wc = malloc(OUT * IN * sizeof *Wc), *Gc = malloc(IN * IN * sizeof *Gc);
+    memcpy(Wc, W, OUT * IN * sizeof *Wc);
+    memcpy(Gc, G, IN * IN * sizeof *Gc);
+    for (int k = 0; k < IN; k++) Gc[k] = Gc[k * IN] = 0.0f;
+    Wc[1 * IN + 0] = 2.0f;
+    int dt = LLMOPT_DTYPE_GQ(4, 32, 1);
+    double before = 0, after = 0;
+    assert_int_equal(qz_awq_clip(Wc, OUT, IN, 1, 3, Gc, NULL, dt, 20, 0.5, &before, &after), 0);
+    assert_true(after < 0.5 * before);
+    assert_true(fabsf(Wc[1 * IN + 0]) < 2.0f * 0.6f);           /* clipped to at most 0.55 of its max */
+    assert_memory_equal(Wc, W, IN * sizeof *Wc);                 /* row 0: outside [1, 3) */
+    assert_memory_equal(Wc + 3 * IN, W + 3 * IN, (OUT - 3) * IN * sizeof *Wc);
+    /* `after` is the error the clipped rows really have, group by group against the originals */
+    double direct = 0;
+    float q[IN];
+    uint8_t blk[IN];
+    for (int r = 1; r < 3; r++) {
+        assert_int_equal(qz_api->quantize_row(dt, Wc + r * IN, blk, IN), 0);
+        assert_int_equal(qz_api->dequantize_row(dt, blk, q, IN), 0);
+        for (int j0 = 0; j0 < IN; j0 += 32)
+            for (int a = j0; a < j0 + 32; a++)
+                for (int b = j0; b < j0 + 32; b++) {
+                    float wa = r == 1 && a == 0 ? 2.0f : W[r * IN + a], wb = r == 1 && b == 0 ? 2.0f : W[r * IN + b];
+                    direct += (double)(q[a] - wa) * Gc[a * IN + b] * (double)(q[b] - wb);
+                }
+    }
+    assert_true(fabs(direct - after) <= 1e-3 * after);
+    free(Wc), free(Gc);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(awq_scales_lower_the_output_error_on_outlier_channels),
         cmocka_unit_test(awq_alpha_zero_is_round_to_nearest),
         cmocka_unit_test(awq_error_through_gram_matrix_equals_direct_error),
+        cmocka_unit_test(clipping_search_clips_an_outlier_weight_whose_input_is_silent),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
