@@ -32,6 +32,11 @@ const llmopt_tensor *rt_tensor_ref(const llmopt_tensor *t);
 void rt_tensor_unref(const llmopt_tensor *t);
 int64_t rt_tensor_numel(const llmopt_tensor *t);
 long rt_tensor_refcount(const llmopt_tensor *t);  /* for tests and diagnostics */
+/* An f32/f16/bf16 tensor's values widened to f32 (exact) into dst (numel floats);
+ * LLMOPT_EINVAL for any other dtype. */
+int rt_tensor_read_f32(const llmopt_tensor *t, float *dst);
+/* A new f32 heap tensor of t's shape and values (refcount 1); NULL for other dtypes or no memory. */
+llmopt_tensor *rt_tensor_f32_copy(const llmopt_tensor *t);
 
 /* ---- models (host/runtime/model.c) ---- */
 /* The struct is private to model.c; the SDK sees llmopt_model as opaque. */
