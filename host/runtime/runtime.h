@@ -55,6 +55,11 @@ const char *rt_model_cfg_get_str(const llmopt_model *m, const char *key);
 int rt_model_cfg_set_num(llmopt_model *m, const char *key, double v);
 int rt_model_cfg_set_str(llmopt_model *m, const char *key, const char *v);
 size_t rt_model_nbytes(const llmopt_model *m);
+/* The weights file the model was loaded from (<dir>/model.safetensors, the shard index, or the
+ * .gguf), for error messages and sizes on disk; NULL for a model made or changed in memory
+ * (a clone has none: it is made to be changed). set copies the path (NULL clears it). */
+int rt_model_set_source(llmopt_model *m, const char *path);
+const char *rt_model_source(const llmopt_model *m);
 /* Appends {"stage": id, "uses": stage_name} to the model's provenance list. */
 int rt_model_add_provenance(llmopt_model *m, const char *stage_id, const char *uses);
 size_t rt_model_n_provenance(const llmopt_model *m);

@@ -358,7 +358,21 @@ def test_speed_reports_its_metrics(host, models_with_tokenizer, long_context_mod
         assert m.get("prefill512_tok_s", 0) > 0, f"no prefill512_tok_s among {sorted(m)}"
     assert m["ttft128_s"] == pytest.approx(128 / m["prefill128_tok_s"], rel=1e-3)
     assert m["model_bytes"] == safetensors_data_bytes(model_dir / "model.safetensors")
+    # on disk: the whole file, header included (the only *.safetensors in the directory)
+    assert m["disk_bytes"] == (model_dir / "model.safetensors").stat().st_size
     assert m["peak_rss_bytes"] >= m["model_bytes"]
+
+
+def test_speed_of_a_model_changed_in_memory_has_no_disk_bytes(host, models_with_tokenizer, tmp_path):
+    # a stage's output is not the checkpoint it came from: its size on disk is not known
+    _, _, report = run_pipeline(
+        host, tmp_path, f"name: speed\nmodel: {models_with_tokenizer['gpt2_byte_level']}\nstages:\n"
+        "  - {id: half, uses: quantize.cast, with: {dtype: f16}}\n"
+        "  - {id: speed, uses: eval.speed, inputs: {model: half}, with: {decode_tokens: 4, repeats: 1}}\n")
+    stage = next(s for s in report["stages"] if s["id"] == "speed")
+    assert stage["status"] == "ok", stage.get("error")
+    m = stage_metrics(stage)
+    assert "model_bytes" in m and "disk_bytes" not in m, sorted(m)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -300,6 +300,12 @@ struct llmopt_host_api {
      *  times. Errors (bad options: LLMOPT_EINVAL) go to set_error. */
     int (*tokenizer_train)(llmopt_stage_ctx *ctx, const char *text, size_t len, int vocab_size, int min_frequency,
                            const char *const *specials, size_t n_specials, llmopt_model *m);
+
+    /* ---- where a model came from ---- */
+    /** The weights file the model was loaded from: <dir>/model.safetensors, the shard index
+     *  <dir>/model.safetensors.index.json, or the .gguf file. NULL for a model made or changed in
+     *  memory (every model_clone, so every stage output). */
+    const char *(*model_source)(const llmopt_model *m);
 };
 LLMOPT_PIN(llmopt_host_api, abi_major, 4);
 LLMOPT_PIN(llmopt_host_api, host_version, 8);
@@ -323,6 +329,7 @@ LLMOPT_PIN(llmopt_host_api, trainer_load_state, 608);
 LLMOPT_PIN(llmopt_host_api, model_save, 616);
 LLMOPT_PIN(llmopt_host_api, chat_render, 664);
 LLMOPT_PIN(llmopt_host_api, tokenizer_train, 672);
+LLMOPT_PIN(llmopt_host_api, model_source, 680);
 
 #ifdef __cplusplus
 }
