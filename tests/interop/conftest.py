@@ -121,6 +121,8 @@ MODEL_SPECS = {
         lambda: _llama_config(rope_scaling={"type": "linear", "factor": 2.0}),
         4,
     ),
+    # q/k/v/o and gate/up/down projections with biases (Qwen2-like attention, mlp_bias)
+    "llama_bias": ("LlamaForCausalLM", lambda: _llama_config(attention_bias=True, mlp_bias=True), 5),
 }
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from conftest import MODEL_SPECS, _llama_config, load_reference_model, save_random_model
+from conftest import MODEL_SPECS, load_reference_model
 
 GRAD_RTOL = 1e-4
 ADAMW_RTOL = 1e-5
@@ -31,14 +31,9 @@ def driver(host_exe):
 
 
 @pytest.fixture(scope="session")
-def train_models(models, half_models, session_dir):
-    """The shared tiny models and their half-precision saves, plus a Llama with attention and MLP biases."""
-    out = dict(models, **half_models)
-    d = session_dir / "models" / "llama_bias"
-    if not (d / "model.safetensors").exists():
-        save_random_model("LlamaForCausalLM", _llama_config(attention_bias=True, mlp_bias=True), 5, d)
-    out["llama_bias"] = d
-    return out
+def train_models(models, half_models):
+    """The shared tiny models (llama_bias among them) and their half-precision saves."""
+    return dict(models, **half_models)
 
 
 def token_batch(vocab, seed=0):
