@@ -243,6 +243,7 @@ static llmopt_host_api g_api = {
     .model_cfg_set_num = rt_model_cfg_set_num,
     .model_cfg_set_str = rt_model_cfg_set_str,
     .model_nbytes = rt_model_nbytes,
+    .model_source = rt_model_source,
     .stage_id = api_stage_id,
     .stage_user = api_stage_user,
     .stage_input = api_stage_input,

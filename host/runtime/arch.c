@@ -230,5 +230,8 @@ int arch_from_model(const llmopt_model *m, arch_config *c, llmopt_error *err) {
         return error_set(err, LLMOPT_EFORMAT, "config.json: heads x head dimension (%d x %d) is over %d", c->n_head,
                          c->head_dim, ARCH_DIM_MAX);
     if (!(c->norm_eps > 0)) return error_set(err, LLMOPT_EFORMAT, "config.json: the norm epsilon must be positive");
-    return check_tensors(c, m, err);
+    /* a tensor error names the checkpoint file it is about (the index, for a sharded model) */
+    rc = check_tensors(c, m, err);
+    if (rc && rt_model_source(m)) error_prefix(err, "%s", rt_model_source(m));
+    return rc;
 }

@@ -1187,6 +1187,7 @@ int gguf_load(const char *path, llmopt_model **out, llmopt_error *err) {
     json_decref(cfg);
     gguf_file_free(f);
     rt_mapping_unref(map);  /* the loader's reference; the mapped tensors keep theirs */
+    if (!rc && rt_model_set_source(m, path)) rc = error_set(err, LLMOPT_ENOMEM, "%s: out of memory", path);
     if (rc) {
         rt_model_unref(m);
         return rc;

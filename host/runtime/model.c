@@ -38,6 +38,7 @@ struct llmopt_model {
     const llmopt_tensor **tensors;
     size_t *slots;       /* name index: index+1 into names, 0 = empty; linear probing */
     size_t nslots;       /* power of two, at least 2*n */
+    char *source;        /* the weights file it was loaded from; NULL when made in memory */
 };
 
 /* FNV-1a, 64-bit. */
@@ -194,6 +195,7 @@ static void model_free(llmopt_model *m) {
     json_decref(m->config);
     json_decref(m->provenance);
     free(m->arch);
+    free(m->source);
     free(m);
 }
 
@@ -402,3 +404,13 @@ int rt_model_config_load(llmopt_model *m, const char *text, size_t len, llmopt_e
     m->config = cfg;
     return 0;
 }
+
+int rt_model_set_source(llmopt_model *m, const char *path) {
+    char *p = path ? dup_str(path) : NULL;
+    if (path && !p) return LLMOPT_ENOMEM;
+    free(m->source);
+    m->source = p;
+    return 0;
+}
+
+const char *rt_model_source(const llmopt_model *m) { return m->source; }

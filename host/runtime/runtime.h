@@ -32,6 +32,11 @@ const llmopt_tensor *rt_tensor_ref(const llmopt_tensor *t);
 void rt_tensor_unref(const llmopt_tensor *t);
 int64_t rt_tensor_numel(const llmopt_tensor *t);
 long rt_tensor_refcount(const llmopt_tensor *t);  /* for tests and diagnostics */
+/* An f32/f16/bf16 tensor's values widened to f32 (exact) into dst (numel floats);
+ * LLMOPT_EINVAL for any other dtype. */
+int rt_tensor_read_f32(const llmopt_tensor *t, float *dst);
+/* A new f32 heap tensor of t's shape and values (refcount 1); NULL for other dtypes or no memory. */
+llmopt_tensor *rt_tensor_f32_copy(const llmopt_tensor *t);
 
 /* ---- models (host/runtime/model.c) ---- */
 /* The struct is private to model.c; the SDK sees llmopt_model as opaque. */
@@ -50,6 +55,11 @@ const char *rt_model_cfg_get_str(const llmopt_model *m, const char *key);
 int rt_model_cfg_set_num(llmopt_model *m, const char *key, double v);
 int rt_model_cfg_set_str(llmopt_model *m, const char *key, const char *v);
 size_t rt_model_nbytes(const llmopt_model *m);
+/* The weights file the model was loaded from (<dir>/model.safetensors, the shard index, or the
+ * .gguf), for error messages and sizes on disk; NULL for a model made or changed in memory
+ * (a clone has none: it is made to be changed). set copies the path (NULL clears it). */
+int rt_model_set_source(llmopt_model *m, const char *path);
+const char *rt_model_source(const llmopt_model *m);
 /* Appends {"stage": id, "uses": stage_name} to the model's provenance list. */
 int rt_model_add_provenance(llmopt_model *m, const char *stage_id, const char *uses);
 size_t rt_model_n_provenance(const llmopt_model *m);

@@ -421,6 +421,8 @@ int rt_model_load(const char *dir, llmopt_model **out, llmopt_error *err) {
     else if (fs_exists(single)) rc = load_file(m, single, NULL, NULL, 0, err);
     else if (fs_exists(index)) rc = load_index(m, dir, index, err);
     else rc = error_set(err, LLMOPT_ENOTFOUND, "%s: not found (nor %s)", single, index);
+    if (rc == 0 && rt_model_set_source(m, fs_exists(single) ? single : index))
+        rc = error_set(err, LLMOPT_ENOMEM, "%s: out of memory", dir);
     free(single);
     free(index);
     for (size_t i = 0; rc == 0 && rt_model_side_files[i]; i++) rc = load_side_file(m, dir, rt_model_side_files[i], err);

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quant.h"
+
 #define TENSOR_ALIGN 64 /* bytes: a cache line, and enough for AVX-512 loads */
 
 typedef struct rt_tensor {
@@ -114,4 +116,31 @@ int64_t rt_tensor_numel(const llmopt_tensor *t) {
 
 long rt_tensor_refcount(const llmopt_tensor *t) {
     return atomic_load_explicit(&priv_of(t)->refs, memory_order_acquire);
+}
+
+/* bf16 is the top half of an f32: widening is exact. */
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+int rt_tensor_read_f32(const llmopt_tensor *t, float *dst) {
+    int64_t n = rt_tensor_numel(t);
+    const uint16_t *h = t->data;
+    if (t->dtype == LLMOPT_DTYPE_F32) memcpy(dst, t->data, (size_t)n * sizeof(float));
+    else if (t->dtype == LLMOPT_DTYPE_F16)
+        for (int64_t i = 0; i < n; i++) dst[i] = q_f16_to_f32(h[i]);
+    else if (t->dtype == LLMOPT_DTYPE_BF16)
+        for (int64_t i = 0; i < n; i++) dst[i] = bf16_to_f32(h[i]);
+    else return LLMOPT_EINVAL;
+    return 0;
+}
+
+llmopt_tensor *rt_tensor_f32_copy(const llmopt_tensor *t) {
+    if (t->dtype != LLMOPT_DTYPE_F32 && t->dtype != LLMOPT_DTYPE_F16 && t->dtype != LLMOPT_DTYPE_BF16) return NULL;
+    llmopt_tensor *c = rt_tensor_new(LLMOPT_DTYPE_F32, t->ndim, t->shape);
+    if (c) rt_tensor_read_f32(t, c->data);
+    return c;
 }

@@ -28,29 +28,12 @@ int tr_glob(const char *pat, const char *s) {
     return *s == *pat && tr_glob(pat + 1, s + 1);
 }
 
-static float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 static uint16_t f32_to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
-}
-
-void tr_to_f32(const llmopt_tensor *t, float *dst) {
-    int64_t n = rt_tensor_numel(t);
-    const uint16_t *h = t->data;
-    if (t->dtype == F32) memcpy(dst, t->data, (size_t)n * sizeof(float));
-    else if (t->dtype == LLMOPT_DTYPE_F16)
-        for (int64_t i = 0; i < n; i++) dst[i] = q_f16_to_f32(h[i]);
-    else
-        for (int64_t i = 0; i < n; i++) dst[i] = bf16_to_f32(h[i]);
 }
 
 void tr_from_f32(llmopt_tensor *t, const float *src, int64_t n) {
@@ -346,7 +329,7 @@ static int make_full_params(tr_trainer *t, tr_w **slots, size_t n_slots, llmopt_
                 }
                 if (!(p = param_new(name, src->ndim, src->shape))) return error_set(err, LLMOPT_ENOMEM, "out of memory");
                 p->src = src;
-                tr_to_f32(src, p->w->data);
+                rt_tensor_read_f32(src, p->w->data);
                 int rc = add_param(t, p, err);
                 if (rc) return rc;
             }
@@ -414,7 +397,7 @@ static int f32_vectors(tr_trainer *t, tr_w **slots, size_t n, llmopt_error *err)
     for (size_t s = 0; s < n; s++) {
         tr_w *w = slots[s];
         if (w->p || w->t->ndim != 1 || w->t->dtype == F32) continue;
-        llmopt_tensor *c = rt_tensor_new(F32, 1, w->t->shape);
+        llmopt_tensor *c = rt_tensor_f32_copy(w->t);
         const llmopt_tensor **no = realloc(t->owned, (t->n_owned + 1) * sizeof *no);
         if (!c || !no) {
             rt_tensor_unref(c);
@@ -422,7 +405,6 @@ static int f32_vectors(tr_trainer *t, tr_w **slots, size_t n, llmopt_error *err)
             return error_set(err, LLMOPT_ENOMEM, "out of memory");
         }
         t->owned = no;
-        tr_to_f32(w->t, c->data);
         t->owned[t->n_owned++] = c;
         w->t = c;
     }

@@ -85,8 +85,6 @@ struct tr_trainer {
     size_t acc_targets;            /* targets accumulated since the last step */
 };
 
-/* The f32 values of a float tensor (f32, f16, bf16) into dst. */
-void tr_to_f32(const llmopt_tensor *t, float *dst);
 /* n f32 values into a float tensor's storage of its dtype (round to nearest even). */
 void tr_from_f32(llmopt_tensor *t, const float *src, int64_t n);
 /* '*' wildcard match of a whole string. */

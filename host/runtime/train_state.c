@@ -39,7 +39,7 @@ static int merge_one(const tr_trainer *t, const tr_linear *L, llmopt_model *nm, 
     int64_t in = L->in, out = L->out, r = t->o.lora_rank;
     float *w = malloc((size_t)(in * out) * sizeof(float));
     if (!w) return error_set(err, LLMOPT_ENOMEM, "out of memory");
-    tr_to_f32(W, w);
+    rt_tensor_read_f32(W, w);
     const float *A = L->lora->A->w->data, *B = L->lora->B->w->data;
     float s = t->o.lora_alpha / (float)r;
     int out_in = L->layout == LLMOPT_W_OUT_IN;

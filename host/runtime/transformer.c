@@ -41,6 +41,8 @@ struct tf_model {
     tf_kernels k;
     tf_capture_fn capture;               /* calibration hook (quantization); NULL when off */
     void *capture_arg;
+    llmopt_tensor **owned;               /* f32 copies of half norm gains and biases */
+    size_t n_owned;
 };
 
 struct tf_session {
@@ -88,6 +90,35 @@ static int need_weight_kernels(tf_model *tm, const llmopt_tensor *w, int embeddi
 }
 
 /* ---- binding ---- */
+
+/* A half checkpoint (save_pretrained in float16/bfloat16) has half norm gains and biases too, but
+ * the norm kernels and the matmul bias take f32: *slot becomes an f32 copy the tf_model owns.
+ * The 2-D weights stay half; their matmul kernels read them as they are. */
+static int f32_vector(tf_model *tm, const llmopt_tensor **slot, llmopt_error *err) {
+    const llmopt_tensor *t = *slot;
+    if (!t || t->dtype == LLMOPT_DTYPE_F32) return 0;
+    llmopt_tensor *c = rt_tensor_f32_copy(t);
+    if (!c) return error_set(err, LLMOPT_ENOMEM, "out of memory for an f32 copy of a %lld-element vector",
+                             (long long)t->shape[0]);
+    tm->owned[tm->n_owned++] = c;
+    *slot = c;
+    return 0;
+}
+
+static int f32_vectors(tf_model *tm, llmopt_error *err) {
+    tf_layer *Ls = tm->layers;
+    int n = tm->c.n_layer, rc;
+    tm->owned = calloc((size_t)n * 12 + 2, sizeof *tm->owned);
+    if (!tm->owned) return error_set(err, LLMOPT_ENOMEM, "out of memory");
+    if ((rc = f32_vector(tm, &tm->norm_w, err)) || (rc = f32_vector(tm, &tm->norm_b, err))) return rc;
+    for (int l = 0; l < n; l++) {
+        const llmopt_tensor **vs[] = {&Ls[l].ln1_w, &Ls[l].ln1_b, &Ls[l].ln2_w, &Ls[l].ln2_b, &Ls[l].qkv_b, &Ls[l].q_b,
+                                      &Ls[l].k_b, &Ls[l].v_b, &Ls[l].o_b, &Ls[l].up_b, &Ls[l].gate_b, &Ls[l].down_b};
+        for (size_t i = 0; i < sizeof vs / sizeof vs[0]; i++)
+            if ((rc = f32_vector(tm, vs[i], err))) return rc;
+    }
+    return 0;
+}
 
 static const llmopt_tensor *get(const tf_model *tm, int layer, const char *what) {
     char name[160];
@@ -141,6 +172,7 @@ int tf_model_new(llmopt_model *m, int device, tf_model **out, llmopt_error *err)
     }
     tm->lm_head = c->tied ? tm->tok_emb : get(tm, -1, "lm_head.weight");
     for (int l = 0; l < c->n_layer; l++) bind_layer(tm, l);
+    if ((rc = f32_vectors(tm, err))) goto fail;
 
     /* every kernel up front, so a missing one is an error before any work */
     const llmopt_tensor *weights[] = {tm->lm_head};
@@ -177,6 +209,8 @@ fail:
 
 void tf_model_free(tf_model *tm) {
     if (!tm) return;
+    for (size_t i = 0; i < tm->n_owned; i++) rt_tensor_unref(tm->owned[i]);
+    free(tm->owned);
     free(tm->layers);
     rt_model_unref(tm->m);
     free(tm);

@@ -1,9 +1,12 @@
 /* eval.speed: prefill tokens/s at prompt lengths 128 and 512, decode tokens/s, time to first
  * token, peak RSS, and model bytes in memory and on disk (the files it was loaded from). */
 #define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "eval.h"
@@ -29,6 +32,35 @@ static int time_prefill(llmopt_stage_ctx *ctx, llmopt_session *s, const int32_t 
         if (t < *best) *best = t;
     }
     return 0;
+}
+
+/* Bytes of the checkpoint on disk, from the weights file the model was loaded from: a .gguf
+ * file's size, or the sum of the *.safetensors files (every shard) in the directory of
+ * model.safetensors or its index. -1 when a file cannot be read. */
+static double disk_bytes(const char *source) {
+    struct stat st;
+    size_t n = strlen(source);
+    if (n > 5 && strcmp(source + n - 5, ".gguf") == 0) return stat(source, &st) == 0 ? (double)st.st_size : -1;
+    const char *slash = strrchr(source, '/');
+    size_t dn = slash ? (size_t)(slash - source) : 1;
+    char *dir = malloc(dn + 1);
+    if (!dir) return -1;
+    memcpy(dir, slash ? source : ".", dn);
+    dir[dn] = '\0';
+    DIR *d = opendir(dir);
+    double sum = d ? 0 : -1;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        size_t en = strlen(e->d_name);
+        if (en <= 12 || strcmp(e->d_name + en - 12, ".safetensors") != 0) continue;
+        char *path = malloc(dn + 1 + en + 1);
+        if (!path) { sum = -1; break; }
+        snprintf(path, dn + 1 + en + 1, "%s/%s", dir, e->d_name);
+        if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) sum += (double)st.st_size;
+        free(path);
+    }
+    if (d) closedir(d);
+    free(dir);
+    return sum;
 }
 
 static int speed_run(llmopt_stage_ctx *ctx) {
@@ -80,6 +112,9 @@ static int speed_run(llmopt_stage_ctx *ctx) {
         getrusage(RUSAGE_SELF, &ru);
         A->metric(ctx, "peak_rss_bytes", (double)ru.ru_maxrss * 1024.0, "B", LLMOPT_BETTER_LOWER);
         A->metric(ctx, "model_bytes", (double)A->model_nbytes(m), "B", LLMOPT_BETTER_LOWER);
+        const char *src = A->model_source(m);
+        double disk = src ? disk_bytes(src) : -1;
+        if (disk >= 0) A->metric(ctx, "disk_bytes", disk, "B", LLMOPT_BETTER_LOWER);
         A->metric(ctx, "threads", (double)A->n_threads(), NULL, LLMOPT_BETTER_NONE);
     }
     free(ids);
@@ -101,8 +136,11 @@ const llmopt_stage_desc eval_speed_stage = {
     .name = "eval.speed",
     .summary = "prefill and decode tokens/s, time to first token, memory",
     .doc = "Times a prefill of 128 and of 512 tokens (best of `repeats`), then `decode_tokens`\n"
-           "single-token steps after a 128-token prompt. Also reports the process's peak RSS and\n"
-           "the model's bytes in memory.",
+           "single-token steps after a 128-token prompt. Also reports the process's peak RSS,\n"
+           "the model's bytes in memory (model_bytes) and its checkpoint's bytes on disk\n"
+           "(disk_bytes: the .gguf, or every *.safetensors file in the model directory). A model\n"
+           "that did not come from disk as it is (a stage's output, changed in memory) has no\n"
+           "disk_bytes.",
     LLMOPT_STAGE_PARAMS(params),
     LLMOPT_STAGE_INPUTS(inputs),
     .run = speed_run,

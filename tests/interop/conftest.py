@@ -121,6 +121,8 @@ MODEL_SPECS = {
         lambda: _llama_config(rope_scaling={"type": "linear", "factor": 2.0}),
         4,
     ),
+    # q/k/v/o and gate/up/down projections with biases (Qwen2-like attention, mlp_bias)
+    "llama_bias": ("LlamaForCausalLM", lambda: _llama_config(attention_bias=True, mlp_bias=True), 5),
 }
 
 
@@ -148,6 +150,36 @@ def models(session_dir):
         if not (d / "model.safetensors").exists():
             cls_name, make_config, seed = MODEL_SPECS[name]
             save_random_model(cls_name, make_config(), seed, d)
+        out[name] = d
+    return out
+
+
+# Half-precision checkpoints: a float32 spec above cast whole (norm gains and biases too) to the
+# dtype and saved, as save_pretrained does for a model loaded with torch_dtype=float16/bfloat16.
+# name: (float32 spec, torch dtype name)
+HALF_MODEL_SPECS = {
+    "gpt2_float16": ("gpt2", "float16"),
+    "gpt2_bfloat16": ("gpt2", "bfloat16"),
+    "llama_gqa_float16": ("llama_gqa", "float16"),
+    "llama_gqa_bfloat16": ("llama_gqa", "bfloat16"),
+}
+
+
+@pytest.fixture(scope="session")
+def half_models(session_dir):
+    """{name: directory of a float16 or bfloat16 transformers checkpoint}"""
+    import torch
+    import transformers
+
+    out = {}
+    for name, (base, dtype) in HALF_MODEL_SPECS.items():
+        d = session_dir / "half_models" / name
+        if not (d / "model.safetensors").exists():
+            cls_name, make_config, seed = MODEL_SPECS[base]
+            save_random_model(cls_name, make_config(), seed, d / "f32")
+            model = getattr(transformers, cls_name).from_pretrained(d / "f32", torch_dtype=getattr(torch, dtype))
+            model.save_pretrained(d, safe_serialization=True)
+            shutil.rmtree(d / "f32")
         out[name] = d
     return out
 

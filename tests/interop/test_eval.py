@@ -358,7 +358,21 @@ def test_speed_reports_its_metrics(host, models_with_tokenizer, long_context_mod
         assert m.get("prefill512_tok_s", 0) > 0, f"no prefill512_tok_s among {sorted(m)}"
     assert m["ttft128_s"] == pytest.approx(128 / m["prefill128_tok_s"], rel=1e-3)
     assert m["model_bytes"] == safetensors_data_bytes(model_dir / "model.safetensors")
+    # on disk: the whole file, header included (the only *.safetensors in the directory)
+    assert m["disk_bytes"] == (model_dir / "model.safetensors").stat().st_size
     assert m["peak_rss_bytes"] >= m["model_bytes"]
+
+
+def test_speed_of_a_model_changed_in_memory_has_no_disk_bytes(host, models_with_tokenizer, tmp_path):
+    # a stage's output is not the checkpoint it came from: its size on disk is not known
+    _, _, report = run_pipeline(
+        host, tmp_path, f"name: speed\nmodel: {models_with_tokenizer['gpt2_byte_level']}\nstages:\n"
+        "  - {id: half, uses: quantize.cast, with: {dtype: f16}}\n"
+        "  - {id: speed, uses: eval.speed, inputs: {model: half}, with: {decode_tokens: 4, repeats: 1}}\n")
+    stage = next(s for s in report["stages"] if s["id"] == "speed")
+    assert stage["status"] == "ok", stage.get("error")
+    m = stage_metrics(stage)
+    assert "model_bytes" in m and "disk_bytes" not in m, sorted(m)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,13 +401,42 @@ def _hidden(d):
     (d / "config.json").write_text(json.dumps(cfg))
 
 
+MISSING = "model.layers.1.mlp.up_proj.weight"
+
+
+def _drop_tensor(d):
+    from safetensors.numpy import load_file, save_file
+
+    t = load_file(str(d / "model.safetensors"))
+    del t[MISSING]
+    save_file(t, str(d / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _shard_without_a_tensor(d):
+    # two shards and their index, as save_pretrained(max_shard_size=...) writes, one tensor short
+    from safetensors.numpy import load_file, save_file
+
+    t = load_file(str(d / "model.safetensors"))
+    (d / "model.safetensors").unlink()
+    del t[MISSING]
+    names = sorted(t)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for f, ns in shards.items():
+        save_file({n: t[n] for n in ns}, str(d / f), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {n: f for f, ns in shards.items() for n in ns}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
 # case: (how to break the directory, the file the message must name, what else it must name)
 BAD_MODEL_DIRS = {
     "malformed_tokenizer": (_corrupt_tokenizer, "tokenizer.json", [r"json"]),
     "model_type_bert": (_bert, "config.json", [r"bert"]),
     "truncated_safetensors": (_truncate, "model.safetensors", [r"model\.embed_tokens\.weight|bytes"]),
     # the config's hidden size against the tensors: the first tensor whose shape it contradicts
-    "hidden_size_mismatch": (_hidden, None, [r"model\.embed_tokens\.weight", r"\b64\b", r"\b128\b"]),
+    "hidden_size_mismatch": (_hidden, "model.safetensors", [r"model\.embed_tokens\.weight", r"\b64\b", r"\b128\b"]),
+    "missing_tensor": (_drop_tensor, "model.safetensors", [re.escape(MISSING), r"missing"]),
+    "missing_tensor_sharded": (_shard_without_a_tensor, "model.safetensors.index.json",
+                               [re.escape(MISSING), r"missing"]),
 }
 
 

@@ -72,9 +72,14 @@ def gguf_names(cfg):
            "attn_k": ("self_attn.k_proj", lambda w: permute(w, nkv)), "attn_v": ("self_attn.v_proj", same),
            "attn_output": ("self_attn.o_proj", same), "ffn_norm": ("post_attention_layernorm", same),
            "ffn_gate": ("mlp.gate_proj", same), "ffn_up": ("mlp.up_proj", same), "ffn_down": ("mlp.down_proj", same)}
+    # attention_bias / mlp_bias: the converter permutes the q and k biases as their weights' rows
+    biased = {"attn_q", "attn_k", "attn_v", "attn_output"} if cfg.get("attention_bias") else set()
+    biased |= {"ffn_gate", "ffn_up", "ffn_down"} if cfg.get("mlp_bias") else set()
     for b in range(cfg["num_hidden_layers"]):
         for k, (v, f) in per.items():
             out[f"blk.{b}.{k}.weight"] = (f"model.layers.{b}.{v}.weight", f)
+            if k in biased:
+                out[f"blk.{b}.{k}.bias"] = (f"model.layers.{b}.{v}.bias", f)
     return out
 
 

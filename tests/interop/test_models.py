@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
-from conftest import MODEL_SPECS, load_reference_model
+from conftest import HALF_MODEL_SPECS, MODEL_SPECS, load_reference_model
 
 LOGITS_ATOL = 1e-4
 PROMPT_LEN = 64  # long enough that rope positions (and linear rope scaling) matter
@@ -56,6 +57,27 @@ def test_logits_match_transformers(host, models, tmp_path, name, kv_cache):
         f"max |ours - transformers| = {err.max():.3g} at token {t}, vocab id {v} "
         f"(ours {got[t, v]:.6g}, transformers {ref[t, v]:.6g}); logits spread {ref.std():.3g}"
     )
+
+
+@pytest.mark.parametrize("name", list(HALF_MODEL_SPECS))
+def test_half_checkpoint_logits_match_transformers_upcast(host, half_models, tmp_path, name):
+    # Every tensor of the checkpoint is half, norm gains and biases included. Our kernels read the
+    # half weights and compute in f32, so the reference is transformers in float32 on the same
+    # half values (from_pretrained upcasts them exactly), and the fp32 tolerance holds.
+    host.require_command("forward")
+    cfg = json.loads((half_models[name] / "config.json").read_text())
+    assert cfg["torch_dtype"] == HALF_MODEL_SPECS[name][1]
+    with safe_open(str(half_models[name] / "model.safetensors"), "pt") as f:
+        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+    assert dtypes == {{"float16": "F16", "bfloat16": "BF16"}[cfg["torch_dtype"]]}, dtypes
+
+    ids = prompt_ids(300)
+    ref = reference_logits(half_models[name], ids)
+    got = our_logits(host, half_models[name], ids, tmp_path / "logits.f32", kv_cache=False)
+    assert got.size == ref.size, f"got {got.size} floats, want {ref.shape} = {ref.size}"
+    err = np.abs(got.reshape(ref.shape) - ref).max()
+    print(f"{name}: max |ours - transformers upcast| = {err:.3g}")
+    assert err <= LOGITS_ATOL, f"max |ours - transformers upcast| = {err:.3g}; logits spread {ref.std():.3g}"
 
 
 @pytest.mark.parametrize("kv_cache", [False, True], ids=["full", "kv_cache"])

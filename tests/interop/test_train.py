@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from conftest import MODEL_SPECS, _llama_config, load_reference_model, save_random_model
+from conftest import MODEL_SPECS, load_reference_model
 
 GRAD_RTOL = 1e-4
 ADAMW_RTOL = 1e-5
@@ -31,14 +31,9 @@ def driver(host_exe):
 
 
 @pytest.fixture(scope="session")
-def train_models(models, session_dir):
-    """The shared tiny models, plus a Llama with attention and MLP biases."""
-    out = dict(models)
-    d = session_dir / "models" / "llama_bias"
-    if not (d / "model.safetensors").exists():
-        save_random_model("LlamaForCausalLM", _llama_config(attention_bias=True, mlp_bias=True), 5, d)
-    out["llama_bias"] = d
-    return out
+def train_models(models, half_models):
+    """The shared tiny models (llama_bias among them) and their half-precision saves."""
+    return dict(models, **half_models)
 
 
 def token_batch(vocab, seed=0):
@@ -68,7 +63,8 @@ def rel_err(ours, ref):
     return float(np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "llama_tied_odd_heads", "llama_rope_linear", "llama_bias"])
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "llama_tied_odd_heads", "llama_rope_linear", "llama_bias",
+                                  "gpt2_bfloat16", "llama_gqa_float16"])
 def test_gradients_of_every_parameter_match_torch_autograd(driver, plugin_dir, train_models, tmp_path, name):
     model = load_reference_model(train_models[name])
     ids, targets = token_batch(model.config.vocab_size)
@@ -124,7 +120,10 @@ def key_bias_slice(param, cfg):
     return None
 
 
-LORA_TARGETS = {"gpt2": ["c_attn", "c_fc"], "llama_gqa": ["q_proj", "v_proj", "down_proj"]}
+# The half checkpoints have half norm gains and biases, which stay frozen under LoRA and must reach
+# the f32 kernels as f32 copies.
+LORA_TARGETS = {"gpt2": ["c_attn", "c_fc"], "llama_gqa": ["q_proj", "v_proj", "down_proj"],
+                "gpt2_float16": ["c_attn", "c_fc"], "llama_gqa_bfloat16": ["q_proj", "v_proj", "down_proj"]}
 
 
 @pytest.mark.parametrize("name", list(LORA_TARGETS))

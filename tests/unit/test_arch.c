@@ -97,18 +97,33 @@ static void missing_field_is_named(void **state) {
     expect_error(m, LLMOPT_EFORMAT, "missing integer field 'hidden_size'");
 }
 
-static void tensor_shape_disagreeing_with_config_is_named(void **state) {
+static void tensor_shape_disagreeing_with_config_names_file_and_tensor(void **state) {
     (void)state;
     llmopt_model *m = tiny_llama();
+    assert_int_equal(rt_model_set_source(m, "/models/tiny/model.safetensors"), 0);
     put(m, "model.layers.0.self_attn.k_proj.weight", 8, 8); /* config implies [4, 8] */
-    expect_error(m, LLMOPT_EFORMAT, "tensor 'model.layers.0.self_attn.k_proj.weight' has shape [8, 8], the config implies [4, 8]");
+    expect_error(m, LLMOPT_EFORMAT, "/models/tiny/model.safetensors: tensor 'model.layers.0.self_attn.k_proj.weight' "
+                 "has shape [8, 8], the config implies [4, 8]");
 }
 
-static void missing_tensor_is_named(void **state) {
+static void missing_tensor_names_file_and_tensor(void **state) {
     (void)state;
     llmopt_model *m = tiny_llama();
+    assert_int_equal(rt_model_set_source(m, "/models/tiny/model.safetensors.index.json"), 0);
     rt_model_remove(m, "model.layers.0.mlp.up_proj.weight");
-    expect_error(m, LLMOPT_EFORMAT, "missing tensor 'model.layers.0.mlp.up_proj.weight'");
+    expect_error(m, LLMOPT_EFORMAT, "/models/tiny/model.safetensors.index.json: missing tensor "
+                 "'model.layers.0.mlp.up_proj.weight'");
+}
+
+static void missing_tensor_of_a_model_made_in_memory_names_the_tensor(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama(); /* no file to name */
+    rt_model_remove(m, "model.layers.0.mlp.up_proj.weight");
+    arch_config c;
+    llmopt_error err = {0};
+    assert_int_equal(arch_from_model(m, &c, &err), LLMOPT_EFORMAT);
+    assert_string_equal(err.msg, "missing tensor 'model.layers.0.mlp.up_proj.weight'");
+    rt_model_unref(m);
 }
 
 static void tied_llama_needs_no_lm_head(void **state) {
@@ -279,8 +294,9 @@ int main(void) {
         cmocka_unit_test(gpt2_conv1d_weights_are_in_out_while_float_and_out_in_once_quantized),
         cmocka_unit_test(quantized_conv1d_weight_in_the_float_layout_is_named),
         cmocka_unit_test(missing_field_is_named),
-        cmocka_unit_test(tensor_shape_disagreeing_with_config_is_named),
-        cmocka_unit_test(missing_tensor_is_named),
+        cmocka_unit_test(tensor_shape_disagreeing_with_config_names_file_and_tensor),
+        cmocka_unit_test(missing_tensor_names_file_and_tensor),
+        cmocka_unit_test(missing_tensor_of_a_model_made_in_memory_names_the_tensor),
         cmocka_unit_test(tied_llama_needs_no_lm_head),
         cmocka_unit_test(rope_scaling_linear_is_read_and_others_refused),
         cmocka_unit_test(gpt2_config_defaults_mlp_to_four_times_width),

@@ -301,6 +301,12 @@ struct llmopt_host_api {
     int (*tokenizer_train)(llmopt_stage_ctx *ctx, const char *text, size_t len, int vocab_size, int min_frequency,
                            const char *const *specials, size_t n_specials, llmopt_model *m);
 
+    /* ---- where a model came from ---- */
+    /** The weights file the model was loaded from: <dir>/model.safetensors, the shard index
+     *  <dir>/model.safetensors.index.json, or the .gguf file. NULL for a model made or changed in
+     *  memory (every model_clone, so every stage output). */
+    const char *(*model_source)(const llmopt_model *m);
+
     /* ---- weight layout ---- */
     /** How the 2-D tensor `name` of m multiplies its input (llmopt_w_layout in kernel_ops.h):
      *  LLMOPT_W_IN_OUT for GPT-2's Conv1D block weights while they are float ([in, out]), else
@@ -332,7 +338,8 @@ LLMOPT_PIN(llmopt_host_api, trainer_load_state, 608);
 LLMOPT_PIN(llmopt_host_api, model_save, 616);
 LLMOPT_PIN(llmopt_host_api, chat_render, 664);
 LLMOPT_PIN(llmopt_host_api, tokenizer_train, 672);
-LLMOPT_PIN(llmopt_host_api, model_linear_layout, 680);
+LLMOPT_PIN(llmopt_host_api, model_source, 680);
+LLMOPT_PIN(llmopt_host_api, model_linear_layout, 688);
 
 #ifdef __cplusplus
 }
