@@ -6,6 +6,7 @@ session in a temporary directory, with fixed seeds and settings."""
 import json
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -329,3 +330,26 @@ def models_with_tokenizer(session_dir, tokenizers):
                 shutil.copy(tokenizers[tok_name] / f, d / f)
         out[name] = d
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-directory and checkpoint readers shared by the stage tests.
+
+def stage_metrics(rep, title=None):
+    """{stage id: {metric name: value}} of a report.json; printed under `title` when given."""
+    m = {s["id"]: {x["name"]: x["value"] for x in s["metrics"]} for s in rep["stages"]}
+    if title:
+        print(f"\n{title} metrics:")
+        for sid, mm in m.items():
+            print(f"  {sid:11s} " + " ".join(f"{k}={v:.6g}" for k, v in sorted(mm.items())))
+    return m
+
+
+def read_safetensors(path):
+    """{name: (dtype, shape, raw bytes)} of a .safetensors file, read by hand."""
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    data = raw[8 + n:]
+    return {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in header.items()}

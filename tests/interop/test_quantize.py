@@ -10,13 +10,12 @@ test_quantize_gpt2.py."""
 
 import json
 import shutil
-import struct
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import _llama_config
+from conftest import _llama_config, read_safetensors, stage_metrics
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
@@ -77,10 +76,6 @@ def run(host, tmp_path, text, name="p", check=True):
     return p, out, rep
 
 
-def metrics(rep):
-    return {s["id"]: {m["name"]: m["value"] for m in s["metrics"]} for s in rep["stages"]}
-
-
 EV = f"eval_data: eval, eval_tokens: {EVAL_TOKENS}"
 CAL = "data: train, n_samples: 32, seq_len: 128"
 
@@ -105,11 +100,7 @@ def quantized(host, trained_llama, kjv_file, tmp_path_factory):
         "{id: gguf_q4, uses: quantize.gguf, inputs: {model: q4}}",
     ]
     p, out, rep = run(host, tmp, pipeline(trained_llama, kjv_file, stages))
-    m = metrics(rep)
-    print("\nquantize metrics:")
-    for sid, mm in m.items():
-        print(f"  {sid:10s} " + " ".join(f"{k}={v:.6g}" for k, v in sorted(mm.items())))
-    return out, m
+    return out, stage_metrics(rep, "quantize")
 
 
 def test_perplexity_order_f32_q8_q4(quantized):
@@ -175,20 +166,11 @@ def test_saved_quantized_checkpoint_reloads_into_the_same_model(host, quantized,
         stages = [f"{{id: same, uses: quantize.cast, with: {{dtype: f32, {EV}}}}}"]
         _, out2, rep = run(host, tmp_path, pipeline(saved, kjv_file, stages), name=sid)
         # the reloaded model scores exactly as the in-memory one did
-        assert metrics(rep)["same"]["ppl_input"] == m[sid]["ppl"]
+        assert stage_metrics(rep)["same"]["ppl_input"] == m[sid]["ppl"]
         # and saves bit for bit the same
         a = (saved / "model.safetensors").read_bytes()
         b = (out2 / "same" / "model" / "model.safetensors").read_bytes()
         assert a == b
-
-
-def read_safetensors(path):
-    raw = path.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    header.pop("__metadata__", None)
-    data = raw[8 + n:]
-    return {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in header.items()}
 
 
 def test_quantized_logits_match_transformers_on_dequantized_weights(host, quantized, tmp_path):

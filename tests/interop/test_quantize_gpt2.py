@@ -8,12 +8,13 @@ package reads, and runs to the same logits."""
 
 import json
 import re
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import read_safetensors, stage_metrics
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
@@ -22,10 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "kjv-tiny"
 CONFIG = ROOT / "configs" / "quantize-kjv.yaml"
 IDS = np.random.default_rng(3).integers(0, 4096, size=40).tolist()
-
-
-def metrics(rep):
-    return {s["id"]: {m["name"]: m["value"] for m in s["metrics"]} for s in rep["stages"]}
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +46,7 @@ def table_run(host, kjv_plain, tmp_path_factory):
              "--set", f"data.eval.path={kjv_plain}")
     rep = json.loads((out / "report.json").read_text())
     assert all(s["status"] == "ok" for s in rep["stages"]), [(s["id"], s.get("error")) for s in rep["stages"]]
-    m = metrics(rep)
-    print("\nquantize-kjv metrics:")
-    for sid, mm in m.items():
-        print(f"  {sid:11s} " + " ".join(f"{k}={v:.6g}" for k, v in sorted(mm.items())))
-    return out, m
+    return out, stage_metrics(rep, "quantize-kjv")
 
 
 def test_gptq_and_awq_beat_round_to_nearest_at_4_and_3_bits(table_run):
@@ -75,15 +68,6 @@ def test_quality_falls_with_bits(table_run):
     assert m["q8_0"]["kl_div"] < m["q4_0"]["kl_div"] < m["rtn3_g128"]["kl_div"]
     assert m["rtn4_g32"]["kl_div"] < m["rtn4_g128"]["kl_div"]  # smaller groups, finer scales
     assert m["int8"]["bits_per_weight"] == pytest.approx(8 + 16 / 256, rel=0.01)  # one f16 scale per row
-
-
-def read_safetensors(path):
-    raw = path.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    header.pop("__metadata__", None)
-    data = raw[8 + n:]
-    return {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in header.items()}
 
 
 def transformers_on_dequantized(saved, qt):
