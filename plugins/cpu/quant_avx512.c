@@ -7,7 +7,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 VNNI static float vnni_dot_u8s8(const uint8_t *u, const int8_t *xq, const float *c, int64_t nblk, int wide) {
     (void)wide; /* dpbusd does not saturate */
@@ -43,8 +43,18 @@ VNNI static void vnni_codes_to_f32(float *dst, const uint8_t *u, const float *s,
     }
 }
 
-/* the fused 4/8-bit row dots of quant_avx2.c: maddubs is not the bottleneck there */
-const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", vnni_dot_u8s8, vnni_codes_to_f32, cpu_q_row_dot_avx2};
+/* The fused row dot (quant_rowdot.h): dpbusd multiplies unsigned codes with x as they are; a
+ * signed Q8_0 code q is read as q ^ 0x80 = q + 128, which adds 128 * sum(x). */
+#define QD_ATTR VNNI
+#define QD_DOT_U4(u, x) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (x))
+#define QD_DOT_U8(u, x) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (x))
+#define QD_DOT_S8(q, x) _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_xor_si256((q), _mm256_set1_epi8((char)0x80)), (x))
+#define QD_S8_BIAS 128
+#define QD_U8_BIAS 0
+#define QD_NAME vnni_row_dot
+#include "quant_rowdot.h"
+
+const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", vnni_dot_u8s8, vnni_codes_to_f32, vnni_row_dot};
 
 #else
 const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", NULL, NULL, NULL};

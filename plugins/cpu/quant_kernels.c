@@ -15,7 +15,7 @@
 #define QMM_INT_MAX_M 4
 #endif
 /* Rows of W dequantized per sgemm call. */
-#define QMM_TILE_N 64
+#define QMM_TILE_N 256
 
 typedef struct qmm_job {
     const float *x, *bias;
@@ -26,8 +26,7 @@ typedef struct qmm_job {
     cpu_mm_dims d;
     /* the int8 path: x quantized per 32 */
     const int8_t *xq;
-    const float *dx;
-    const int32_t *xsum;
+    const float *dx, *dxs; /* per 32 of x: scale, scale times the sum of the codes */
     atomic_int failed;
 } qmm_job;
 
@@ -37,11 +36,30 @@ static void store(const qmm_job *j, int64_t m, int64_t n, float v) {
     *o = j->d.accumulate ? *o + v : v;
 }
 
-/* The int8 path for rows [n0, n1) of W: per sub-block b, s*dx*sum(u*xq) + m*dx*sum(xq). */
+/* The int8 path for rows [n0, n1) of W: the fused SIMD row dots four rows at a time where the
+ * table has them, else per sub-block b, s*dx*sum(u*xq) + m*dx*sum(xq) on unpacked codes. */
 static void qmm_int_rows(void *arg, int64_t n0, int64_t n1) {
     qmm_job *j = arg;
     const int64_t K = j->d.K, nb = K / CPU_QK;
     const int wide = j->wt == LLMOPT_DTYPE_Q8_0 || (LLMOPT_DTYPE_IS_GQ(j->wt) && LLMOPT_DTYPE_GQ_BITS(j->wt) == 8);
+    if (cpu_qisa->row_dot) {
+        float v[4];
+        int64_t n = n0;
+        for (; n < n1; n += 4) {
+            const int rows = n1 - n < 4 ? (int)(n1 - n) : 4;
+            const uint8_t *w = j->w + (size_t)n * j->row_bytes;
+            int64_t r = 0;
+            for (; r < j->d.M; r++) {
+                if (cpu_qisa->row_dot(j->wt, w, j->row_bytes, rows, j->xq + r * K, j->dx + r * nb, j->dxs + r * nb,
+                                      K, v))
+                    break;
+                for (int i = 0; i < rows; i++) store(j, r, n + i, v[i]);
+            }
+            if (r < j->d.M) break; /* a format without a fused dot: unpack below */
+        }
+        if (n >= n1) return;
+        n0 = n;
+    }
     uint8_t *u = malloc((size_t)K + (size_t)nb * 3 * sizeof(float));
     if (!u) {
         atomic_store(&j->failed, 1);
@@ -49,22 +67,13 @@ static void qmm_int_rows(void *arg, int64_t n0, int64_t n1) {
     }
     float *s = (float *)(void *)(u + K), *m = s + nb, *c = m + nb; /* K % 32 == 0: aligned */
     for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *row = j->w + (size_t)n * j->row_bytes;
-        if (cpu_qisa->row_dot) { /* fused SIMD for the common formats */
-            int64_t r = 0;
-            float v;
-            for (; r < j->d.M && cpu_qisa->row_dot(j->wt, row, j->xq + r * K, j->dx + r * nb, j->xsum + r * nb, K, &v) == 0; r++)
-                store(j, r, n, v);
-            if (r == j->d.M) continue;
-        }
-        cpu_q_unpack_row(j->wt, row, K, u, s, m);
+        cpu_q_unpack_row(j->wt, j->w + (size_t)n * j->row_bytes, K, u, s, m);
         for (int64_t r = 0; r < j->d.M; r++) {
-            const float *dx = j->dx + r * nb;
-            const int32_t *xsum = j->xsum + r * nb;
+            const float *dx = j->dx + r * nb, *dxs = j->dxs + r * nb;
             float off = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
                 c[b] = s[b] * dx[b];
-                off += m[b] * dx[b] * (float)xsum[b];
+                off += m[b] * dxs[b];
             }
             store(j, r, n, cpu_qisa->dot_u8s8(u, j->xq + r * K, c, nb, wide) + off);
         }
@@ -125,18 +134,20 @@ int cpu_qmatmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, co
     qmm_job j = {.x = in[0]->data, .bias = d.has_bias ? in[2]->data : NULL, .w = in[1]->data,
                  .wt = in[1]->dtype, .row_bytes = cpu_q_row_bytes(in[1]->dtype, d.K), .out = out->data, .d = d};
     atomic_init(&j.failed, 0);
-    const int64_t grain = 32768 / (d.K * d.M) + 1; /* >= 32K multiply-adds a chunk */
+    const int64_t grain = (32768 / (d.K * d.M) + 4) & ~(int64_t)3; /* >= 32K multiply-adds, rows by 4 */
     if (d.M <= QMM_INT_MAX_M && cpu_q_int_path(j.wt)) {
         const int64_t nb = d.K / CPU_QK;
-        int8_t *xq = malloc((size_t)(d.M * d.K) + (size_t)(d.M * nb) * (sizeof(float) + sizeof(int32_t)));
+        int8_t *xq = malloc((size_t)(d.M * d.K) + (size_t)(d.M * nb) * (2 * sizeof(float) + sizeof(int32_t)));
         if (!xq) return LLMOPT_ENOMEM;
         float *dx = (float *)(void *)(xq + d.M * d.K); /* M*K is a multiple of 32: aligned */
-        int32_t *xsum = (int32_t *)(dx + d.M * nb);
+        float *dxs = dx + d.M * nb;
+        int32_t *xsum = (int32_t *)(dxs + d.M * nb);
         for (int64_t r = 0; r < d.M; r++)
             cpu_q_quantize_x(j.x + r * d.K, d.K, xq + r * d.K, dx + r * nb, xsum + r * nb);
+        for (int64_t b = 0; b < d.M * nb; b++) dxs[b] = dx[b] * (float)xsum[b];
         j.xq = xq;
         j.dx = dx;
-        j.xsum = xsum;
+        j.dxs = dxs;
         cpu_api->parallel_for(d.N, grain, qmm_int_rows, &j);
         free(xq);
     } else if (d.M <= QMM_INT_MAX_M) {

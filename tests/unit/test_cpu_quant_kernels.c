@@ -3,7 +3,8 @@
  * Tolerances. Dequantized rows (embedding; the sgemm path, M > 4): 1e-5 relative + 1e-5
  * absolute (f32 sums in another order; s*u + m vs s*(u - o)). The int8 path (M <= 4) also
  * quantizes x per 32 (dx = amax/127, |x - dx*xq| <= dx/2), so output n may differ by up to
- * sum_k |w[n,k]| * dx(k) / 2 from the f32 result; the test checks that bound (+1e-4 relative). */
+ * sum_k |w[n,k]| * dx(k) / 2 from the f32 result; the test checks that bound (+1e-4 relative),
+ * and that the output equals x quantized that way times the dequantized W within 1e-5 relative. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -126,6 +127,34 @@ static void f32_matmul(const float *x, const float *wd, const float *bias, int64
     }
 }
 
+/* The int8 path exactly: x quantized as the kernel does (ggml's Q8_0 rule, cpu.h), times the
+ * dequantized W, in double. What the kernel sums in int32 and scales in f32 must match this to
+ * f32 rounding, which catches a wrong code offset or scale that the activation bound above is
+ * too loose to see. */
+static void int8_matmul(const float *x, const float *wd, const float *bias, int64_t M, int64_t N, int64_t K,
+                        double *want, double *tol) {
+    double *xd = malloc((size_t)K * sizeof(double));
+    assert_non_null(xd);
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t b = 0; b < K; b += 32) {
+            float amax = 0.0f;
+            for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[m * K + b + j]));
+            const float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+            for (int j = 0; j < 32; j++) xd[b + j] = (double)d * roundf(x[m * K + b + j] * id);
+        }
+        for (int64_t n = 0; n < N; n++) {
+            double acc = bias ? bias[n] : 0.0, mag = 0.0;
+            for (int64_t k = 0; k < K; k++) {
+                acc += xd[k] * wd[n * K + k];
+                mag += fabs(xd[k] * wd[n * K + k]);
+            }
+            want[m * N + n] = acc;
+            tol[m * N + n] = 1e-5 * mag + 1e-5;
+        }
+    }
+    free(xd);
+}
+
 static void check_matmul(int dt, int64_t M, int64_t N, int64_t K, int with_bias, int accumulate) {
     llmopt_kernel_fn fn = kernel(LLMOPT_OP_MATMUL, dt);
     assert_non_null(fn);
@@ -136,25 +165,34 @@ static void check_matmul(int dt, int64_t M, int64_t N, int64_t K, int with_bias,
     assert_int_equal(q_quantize_tensor(w, dt, &q, &err), 0);
     assert_int_equal(q_dequantize_tensor(q, &wd, &err), 0);
     double *want = malloc((size_t)(M * N) * sizeof(double)), *bound = malloc((size_t)(M * N) * sizeof(double));
-    assert_non_null(want);
-    assert_non_null(bound);
+    double *exact = malloc((size_t)(M * N) * sizeof(double)), *etol = malloc((size_t)(M * N) * sizeof(double));
+    assert_true(want && bound && exact && etol);
     f32_matmul(x->data, wd->data, bias ? bias->data : NULL, M, N, K, want, bound);
+    int8_matmul(x->data, wd->data, bias ? bias->data : NULL, M, N, K, exact, etol);
     float *o = out->data;
     if (accumulate)
-        for (int64_t i = 0; i < M * N; i++) want[i] += o[i];
+        for (int64_t i = 0; i < M * N; i++) want[i] += o[i], exact[i] += o[i];
     llmopt_op_matmul p = {sizeof p, LLMOPT_W_OUT_IN, accumulate};
     const llmopt_tensor *in[3] = {x, q, bias};
     assert_int_equal(fn(in, bias ? 3 : 2, out, &p), 0);
     const int int_path = M <= 4; /* the kernel's int8 threshold (QMM_INT_MAX_M) */
+    /* GQ groups that are not a multiple of 32 take dequantized rows and f32 x on every path */
+    const int int8_x = int_path && !(LLMOPT_DTYPE_IS_GQ(dt) && LLMOPT_DTYPE_GQ_GROUP(dt) % 32 != 0);
     for (int64_t i = 0; i < M * N; i++) {
         double tol = int_path ? bound[i] : 1e-5 * fabs(want[i]) + 1e-5 * sqrt((double)K);
         if (accumulate && int_path) tol += 1e-6 * fabs(want[i]);
         if (!(fabs(o[i] - want[i]) <= tol))
             fail_msg("%s M=%lld N=%lld K=%lld: out[%lld] = %.7g, f32 on dequantized W %.7g (tol %.3g)", tname(dt),
                      (long long)M, (long long)N, (long long)K, (long long)i, (double)o[i], want[i], tol);
+        if (int8_x && !(fabs(o[i] - exact[i]) <= etol[i] + (accumulate ? 1e-6 * fabs(exact[i]) : 0.0)))
+            fail_msg("%s M=%lld N=%lld K=%lld: out[%lld] = %.7g, int8 x times dequantized W %.7g (tol %.3g)",
+                     tname(dt), (long long)M, (long long)N, (long long)K, (long long)i, (double)o[i], exact[i],
+                     etol[i]);
     }
     free(want);
     free(bound);
+    free(exact);
+    free(etol);
     rt_tensor_unref(w);
     rt_tensor_unref(x);
     rt_tensor_unref(bias);

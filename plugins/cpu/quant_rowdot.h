@@ -1,0 +1,142 @@
+/* The fused decode dot of the quantized kernels, written once for both SIMD tables: up to
+ * QD_MAXR consecutive rows of W (read straight from their blocks) against one row of x quantized
+ * per 32. quant_avx2.c and quant_avx512.c include this file after defining
+ *   QD_ATTR          the target attribute of their functions;
+ *   QD_DOT_U4(u, x)  int32 lanes summing u*x over 32 codes u <= 15 (x: int8 in [-127, 127]);
+ *   QD_DOT_U8(u, x)  the same for codes u <= 255, plus QD_U8_BIAS * sum(x);
+ *   QD_DOT_S8(q, x)  the same for signed int8 codes q, plus QD_S8_BIAS * sum(x);
+ *   QD_NAME          the name of the row_dot function to define.
+ * Every format reads as codes v with w = c*(v - z) per 32 weights, so a block adds
+ * c * (dot - (bias + z) * sum(x)): the vector part accumulates per row in f32 lanes, the offset
+ * as a scalar through dxs[b] = dx[b] * sum(x block b). Four rows at a time give four
+ * independent FMA chains (one row alone waits on its accumulator), load each x block once, and
+ * keep four weight streams in flight; each is prefetched CPU_Q_PREFETCH bytes ahead. */
+#ifndef QD_ATTR
+#error "define QD_ATTR, QD_DOT_U4, QD_DOT_U8, QD_DOT_S8, QD_U8_BIAS, QD_S8_BIAS and QD_NAME first"
+#endif
+
+#include <immintrin.h>
+#include <string.h>
+
+#define QD_MAXR 4
+#define QD_INLINE QD_ATTR static inline __attribute__((always_inline))
+/* the row loops unrolled: their accumulators stay in registers */
+#define QD_UNROLL _Pragma("GCC unroll 4")
+
+QD_INLINE float qd_hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+QD_INLINE float qd_f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* ggml Q4_0/Q4_1: element j is the low nibble of byte j, element j + 16 its high nibble */
+QD_INLINE __m256i qd_nib_ggml(const uint8_t *p) {
+    __m128i qs = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), _mm256_set1_epi8(0x0f));
+}
+
+/* GQ 4-bit: code 2j is the low nibble of byte j, code 2j + 1 its high nibble */
+QD_INLINE __m256i qd_nib_gq(const uint8_t *p) {
+    __m128i qs = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(0x0f);
+    __m128i lo = _mm_and_si128(qs, m), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), m);
+    return _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+}
+
+/* Q8_0 (f16 d, 32 int8), Q4_0 (f16 d, 16 bytes; z = 8), Q4_1 (f16 d, f16 m, 16 bytes). */
+QD_INLINE void qd_ggml(const int dtype, const int R, const uint8_t *row, size_t rb, const int8_t *xq,
+                       const float *dx, const float *dxs, int64_t nb, float *out) {
+    const size_t hdr = dtype == LLMOPT_DTYPE_Q4_1 ? 4 : 2, bsz = dtype == LLMOPT_DTYPE_Q8_0 ? 34 : hdr + 16;
+    const size_t ahead = (size_t)R * rb;
+    __m256 acc[QD_MAXR];
+    float off[QD_MAXR];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps(), off[r] = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK));
+        QD_UNROLL
+        for (int r = 0; r < R; r++) {
+            const size_t o = (size_t)b * bsz;
+            const uint8_t *p = row + (size_t)r * rb + o;
+            _mm_prefetch((const char *)row + ahead + o * R + (size_t)r * bsz, _MM_HINT_T0);
+            const float d = qd_f16(p);
+            __m256i s;
+            if (dtype == LLMOPT_DTYPE_Q8_0) {
+                s = QD_DOT_S8(_mm256_loadu_si256((const __m256i *)(p + 2)), x);
+                if (QD_S8_BIAS) off[r] -= (float)QD_S8_BIAS * d * dxs[b];
+            } else {
+                s = QD_DOT_U4(qd_nib_ggml(p + hdr), x);
+                off[r] += (dtype == LLMOPT_DTYPE_Q4_0 ? -8.0f * d : qd_f16(p + 2)) * dxs[b];
+            }
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * dx[b]), acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = qd_hsum(acc[r]) + off[r];
+}
+
+/* GQ 4 or 8 bits, groups of `group` (a multiple of 32): f16 scale (, f16 zero), codes. */
+QD_INLINE void qd_gq(const int bits, const int asym, const int R, int64_t group, const uint8_t *row, size_t rb,
+                     const int8_t *xq, const float *dx, const float *dxs, int64_t nb, float *out) {
+    const int64_t per = group / CPU_QK;
+    const size_t hdr = asym ? 4 : 2, sub = (size_t)(CPU_QK * bits / 8), gsz = hdr + (size_t)per * sub;
+    const size_t ahead = (size_t)R * rb;
+    __m256 acc[QD_MAXR];
+    float off[QD_MAXR], sc[QD_MAXR], zb[QD_MAXR];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps(), off[r] = 0.0f;
+    for (int64_t b = 0, g = 0; b < nb; g++) {
+        QD_UNROLL
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = row + (size_t)r * rb + (size_t)g * gsz;
+            sc[r] = qd_f16(p);
+            zb[r] = (asym ? qd_f16(p + 2) : (float)(1 << (bits - 1))) + (bits == 8 ? (float)QD_U8_BIAS : 0.0f);
+        }
+        for (int64_t k = 0; k < per; k++, b++) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK));
+            QD_UNROLL
+        for (int r = 0; r < R; r++) {
+                const size_t o = (size_t)g * gsz + hdr + (size_t)k * sub;
+                const uint8_t *p = row + (size_t)r * rb + o;
+                _mm_prefetch((const char *)row + ahead + o * R + (size_t)r * sub, _MM_HINT_T0);
+                __m256i s = bits == 4 ? QD_DOT_U4(qd_nib_gq(p), x)
+                                      : QD_DOT_U8(_mm256_loadu_si256((const __m256i *)p), x);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(sc[r] * dx[b]), acc[r]);
+                off[r] -= zb[r] * sc[r] * dxs[b];
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = qd_hsum(acc[r]) + off[r];
+}
+
+/* R rows at once, R a constant once inlined. */
+QD_INLINE int qd_rows(const int R, int dtype, const uint8_t *row, size_t rb, const int8_t *xq, const float *dx,
+                      const float *dxs, int64_t K, float *out) {
+    const int64_t nb = K / CPU_QK;
+    switch (dtype) {
+    case LLMOPT_DTYPE_Q8_0: qd_ggml(LLMOPT_DTYPE_Q8_0, R, row, rb, xq, dx, dxs, nb, out); return 0;
+    case LLMOPT_DTYPE_Q4_0: qd_ggml(LLMOPT_DTYPE_Q4_0, R, row, rb, xq, dx, dxs, nb, out); return 0;
+    case LLMOPT_DTYPE_Q4_1: qd_ggml(LLMOPT_DTYPE_Q4_1, R, row, rb, xq, dx, dxs, nb, out); return 0;
+    default: break;
+    }
+    if (!LLMOPT_DTYPE_IS_GQ(dtype) || LLMOPT_DTYPE_GQ_GROUP(dtype) % CPU_QK != 0) return -1;
+    const int64_t g = LLMOPT_DTYPE_GQ_GROUP(dtype);
+    const int bits = LLMOPT_DTYPE_GQ_BITS(dtype), asym = LLMOPT_DTYPE_GQ_ASYM(dtype);
+    if (bits == 4 && !asym) qd_gq(4, 0, R, g, row, rb, xq, dx, dxs, nb, out);
+    else if (bits == 4) qd_gq(4, 1, R, g, row, rb, xq, dx, dxs, nb, out);
+    else if (bits == 8 && !asym) qd_gq(8, 0, R, g, row, rb, xq, dx, dxs, nb, out);
+    else if (bits == 8) qd_gq(8, 1, R, g, row, rb, xq, dx, dxs, nb, out);
+    else return -1;
+    return 0;
+}
+
+QD_ATTR static int QD_NAME(int dtype, const uint8_t *row, size_t row_bytes, int nrows, const int8_t *xq,
+                           const float *dx, const float *dxs, int64_t K, float *out) {
+    if (nrows == QD_MAXR) return qd_rows(QD_MAXR, dtype, row, row_bytes, xq, dx, dxs, K, out);
+    for (int r = 0; r < nrows; r++)
+        if (qd_rows(1, dtype, row + (size_t)r * row_bytes, row_bytes, xq, dx, dxs, K, out + r)) return -1;
+    return 0;
+}
