@@ -94,11 +94,6 @@ int cpu_cross_entropy(const llmopt_tensor *const *in, int n_in, llmopt_tensor *o
  * sums s*dx*sum(u*xq) + m*dx*sum(xq) per sub-block. GQ groups that are not a multiple of 32
  * take a float path (dequantized row + SIMD dot). */
 #define CPU_QK 32
-/* The fused row dots prefetch the weight bytes this far ahead of the block they read. Decode
- * streams every weight once per token, and the hardware prefetcher alone left the GPT-2 124M
- * q8_0 matvec at 5 GB/s of a core's 13 (1 thread, perf: the cycles sat on the weight loads);
- * 4 KiB ahead took it to 12 GB/s (1 KiB: 9, 16 KiB: 11). */
-#define CPU_Q_PREFETCH 4096
 
 typedef struct cpu_qsimd {
     const char *name;   /* "generic", "avx2", "avx512vnni" */
