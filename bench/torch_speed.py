@@ -6,6 +6,7 @@
   torch_speed.py load DIR             import, from_pretrained, one forward of one token; prints the
                                       seconds of each and the peak RSS (run it in a fresh process)
   torch_speed.py speed DIR [--threads 2] [--repeats 5] [--decode 128] [--prompt 128] [--prefill 512]
+                      [--dynamic-int8]     the same on torch's dynamic int8 (every Linear, LM head too)
 
 `speed` prints `key=value` lines:
   prefill512_lasttok_s   transformer(ids) + lm_head on the last position (what llmopt's eval.speed
@@ -84,6 +85,28 @@ def best_of(reps, fn):
     return best
 
 
+def dynamic_int8(model):
+    """torch.quantization.quantize_dynamic, the int8 most users try first. GPT-2's blocks are
+    transformers' Conv1D, which quantize_dynamic does not know (it would quantize the LM head
+    alone), so each becomes the nn.Linear it is (weight transposed) first; then every Linear,
+    the LM head included, holds int8 weights per output channel and quantizes activations per
+    call (fbgemm on x86)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                lin = torch.nn.Linear(child.weight.shape[0], child.weight.shape[1])
+                lin.weight.data = child.weight.data.t().contiguous()
+                lin.bias.data = child.bias.data.clone()
+                setattr(parent, name, lin)
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # untie
+    q = torch.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    print(f"quantized=dynamic_int8 engine={torch.backends.quantized.engine}")
+    return q
+
+
 def cmd_speed(a):
     import torch
     import transformers
@@ -91,6 +114,8 @@ def cmd_speed(a):
 
     torch.set_num_threads(a.threads)
     model = GPT2LMHeadModel.from_pretrained(a.model, torch_dtype=torch.float32).eval()
+    if a.dynamic_int8:
+        model = dynamic_int8(model)
     vocab = model.config.vocab_size
     ids = torch.tensor([xorshift_ids(max(a.prefill, a.prompt + a.decode), vocab)])
     print(f"torch_version={torch.__version__}")
@@ -171,6 +196,7 @@ def main():
     s.add_argument("--decode", type=int, default=128)
     s.add_argument("--prompt", type=int, default=128)
     s.add_argument("--prefill", type=int, default=512)
+    s.add_argument("--dynamic-int8", action="store_true", help="time torch.quantization.quantize_dynamic (int8 Linear)")
     a = p.parse_args()
     if a.cmd == "make":
         cmd_make(a.dir)

@@ -9,6 +9,7 @@
  * static_groups): the GQ format has no per-column group index. Every layer's H comes from the
  * unquantized model in one calibration pass (not re-run after each quantized layer). */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,60 @@ static int by_diag_desc(const void *a, const void *b) {
     return x->i < y->i ? -1 : x->i > y->i;
 }
 
+/* The quantization loop of the paper (Algorithm 1) for the rows [r0, r1) of W: rows are
+ * independent given H^-1 (each row's error only updates its own later columns), so chunks of
+ * rows run on the host's compute threads, each with its own lazy batches. */
+typedef struct gptq_job {
+    float *Wp;
+    const float *Hinv;
+    const int64_t *perm;
+    uint8_t *out;
+    int64_t cols, g, bpr, B;
+    int bits, qmax, dtype, act_order;
+    size_t tsz, code_off;
+    atomic_int failed;
+} gptq_job;
+
+static void gptq_rows(void *arg, int64_t r0, int64_t r1) {
+    gptq_job *j = arg;
+    const int64_t cols = j->cols, g = j->g, bpr = j->bpr, B = j->B, nr = r1 - r0;
+    const float *Hinv = j->Hinv;
+    float *Err = malloc((size_t)(nr * B) * sizeof *Err);
+    if (!Err) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    for (int64_t i1 = 0; i1 < cols; i1 += B) {
+        int64_t i2 = i1 + B < cols ? i1 + B : cols, cnt = i2 - i1;
+        for (int64_t i = i1; i < i2; i++) {
+            const float d = Hinv[i * cols + i];
+            const int64_t oc = j->perm[i], grp = oc / g;
+            if (!j->act_order && i % g == 0) /* the group's scale from the weights as updated so far */
+                for (int64_t r = r0; r < r1; r++)
+                    A->quantize_row(j->dtype, j->Wp + r * cols + i, j->out + (size_t)(r * bpr + i / g) * j->tsz, g);
+            for (int64_t r = r0; r < r1; r++) {
+                uint8_t *blk = j->out + (size_t)(r * bpr + grp) * j->tsz;
+                float scale, off;
+                block_params(j->dtype, blk, &scale, &off);
+                float *wr = j->Wp + r * cols, w = wr[i], q = off;
+                if (scale != 0) {
+                    q = roundf(w / scale) + off;
+                    q = q < 0 ? 0 : q > (float)j->qmax ? (float)j->qmax : q;
+                }
+                set_code(blk + j->code_off, oc % g, j->bits, (unsigned)q);
+                const float e = (w - scale * (q - off)) / d;
+                Err[(r - r0) * cnt + (i - i1)] = e;
+                const float *hr = Hinv + i * cols;
+                for (int64_t k = i + 1; k < i2; k++) wr[k] -= e * hr[k];
+            }
+        }
+        if (i2 < cols) /* lazy batch update: W[:, i2:] -= Err · Hinv[i1:i2, i2:] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, (int)(cols - i2), (int)cnt, -1.0f, Err,
+                        (int)cnt, Hinv + i1 * cols + i2, (int)cols, 1.0f, j->Wp + r0 * cols + i2, (int)cols);
+    }
+    free(Err);
+}
+
 int qz_gptq_layer(const float *W, int64_t rows, int64_t cols, const float *Hin, const qz_gptq_opts *o, void *blocks,
                   double *damp_used, char *msg, size_t msg_len) {
     const llmopt_dtype_traits *tr = A->dtype_traits(o->dtype);
@@ -103,12 +158,11 @@ int qz_gptq_layer(const float *W, int64_t rows, int64_t cols, const float *Hin, 
     if (B > cols) B = cols;
 
     float *Wp = malloc((size_t)(rows * cols) * sizeof *Wp), *Hinv = malloc((size_t)(cols * cols) * sizeof *Hinv);
-    float *Err = malloc((size_t)(rows * B) * sizeof *Err);
     double *H = malloc((size_t)(cols * cols) * sizeof *H), *U = malloc((size_t)(cols * cols) * sizeof *U);
     int64_t *perm = malloc((size_t)cols * sizeof *perm);
     diag_idx *di = malloc((size_t)cols * sizeof *di);
     int rc = 0;
-    if (!Wp || !Hinv || !Err || !H || !U || !perm || !di) {
+    if (!Wp || !Hinv || !H || !U || !perm || !di) {
         snprintf(msg, msg_len, "out of memory for a %lld x %lld layer", (long long)rows, (long long)cols);
         rc = LLMOPT_ENOMEM;
         goto done;
@@ -159,36 +213,17 @@ int qz_gptq_layer(const float *W, int64_t rows, int64_t cols, const float *Hin, 
     if (damp_used) *damp_used = damp;
     for (int64_t i = 0; i < cols * cols; i++) Hinv[i] = (float)U[i];
 
-    for (int64_t i1 = 0; i1 < cols; i1 += B) {
-        int64_t i2 = i1 + B < cols ? i1 + B : cols, cnt = i2 - i1;
-        for (int64_t i = i1; i < i2; i++) {
-            const float d = Hinv[i * cols + i];
-            const int64_t oc = perm[i], grp = oc / g;
-            if (!o->act_order && i % g == 0) /* the group's scale from the weights as updated so far */
-                for (int64_t r = 0; r < rows; r++) A->quantize_row(o->dtype, Wp + r * cols + i, out + (size_t)(r * bpr + i / g) * tsz, g);
-            for (int64_t r = 0; r < rows; r++) {
-                uint8_t *blk = out + (size_t)(r * bpr + grp) * tsz;
-                float scale, off;
-                block_params(o->dtype, blk, &scale, &off);
-                float w = Wp[r * cols + i], q = off;
-                if (scale != 0) {
-                    q = roundf(w / scale) + off;
-                    q = q < 0 ? 0 : q > (float)qmax ? (float)qmax : q;
-                }
-                set_code(blk + code_off, oc % g, bits, (unsigned)q);
-                const float e = (w - scale * (q - off)) / d;
-                Err[r * cnt + (i - i1)] = e;
-                float *wr = Wp + r * cols;
-                const float *hr = Hinv + i * cols;
-                for (int64_t j = i + 1; j < i2; j++) wr[j] -= e * hr[j];
-            }
-        }
-        if (i2 < cols) /* lazy batch update: W[:, i2:] -= Err · Hinv[i1:i2, i2:] */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)(cols - i2), (int)cnt, -1.0f, Err,
-                        (int)cnt, Hinv + i1 * cols + i2, (int)cols, 1.0f, Wp + i2, (int)cols);
+    gptq_job j = {.Wp = Wp, .Hinv = Hinv, .perm = perm, .out = out, .cols = cols, .g = g, .bpr = bpr, .B = B,
+                  .bits = bits, .qmax = qmax, .tsz = tsz, .code_off = code_off, .dtype = o->dtype,
+                  .act_order = o->act_order};
+    atomic_init(&j.failed, 0);
+    A->parallel_for(rows, 8, gptq_rows, &j);
+    if (atomic_load(&j.failed)) {
+        snprintf(msg, msg_len, "out of memory");
+        rc = LLMOPT_ENOMEM;
     }
 done:
-    free(Wp), free(Hinv), free(Err), free(H), free(U), free(perm), free(di);
+    free(Wp), free(Hinv), free(H), free(U), free(perm), free(di);
     return rc;
 }
 
