@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Quantized against f32 on the same checkpoint, in one run: the eval.speed stage (prefill 512 and
-# decode 128 after a 128-token prompt, best of the stage's repeats; model bytes in memory) on the
-# input and on its quantize.rtn outputs q8_0, q4_0 and GQ4 g128 (sym), then a table with the
-# ratios to f32. GPT-2's Conv1D weights run quantized as [out, in] rows.
+# Quantized against f32 on the same checkpoint, in one run, side by side with PyTorch's dynamic
+# int8 (torch.quantization.quantize_dynamic, the tool most users try first):
+#   - llmopt: the eval.speed stage (prefill 512 and decode 128 after a 128-token prompt, best of
+#     the stage's repeats; model bytes in memory) on the input and on quantize.rtn outputs:
+#       q8_0        every linear weight and the tied LM head (wte) in Q8_0
+#       int8        int8 per output channel (GQ 8-bit, one group a row), LM head too
+#       q4_0        the blocks' weights in Q4_0, the LM head in Q8_0 (llama.cpp keeps its output
+#                   matrix at higher precision too)
+#       gq4         GQ 4-bit groups of 128 (sym), the LM head in Q8_0
+#       *_f32head   the stages' default selection: the tied LM head left f32 (for comparison)
+#     The position embedding (wpe) stays f32 in every row; it is read one row a token.
+#   - PyTorch (bench/torch_speed.py speed): the same model in float32 and after quantize_dynamic
+#     (GPT-2's Conv1D turned into the nn.Linear it is first, or quantize_dynamic skips them), with
+#     each Python found: the interop venv (Debian's torch 1.13) and, when present,
+#     build-bench/torch2-venv (PyPI torch, `TORCH2=1 bench/run.sh` makes it).
 #
 #   bench/quant_speed.sh BUILD_DIR MODEL_DIR [THREADS]
 #
 # MODEL_DIR: e.g. the GPT-2 124M shape bench/run.sh makes (build-bench/gpt2-124m), or
-# `.venv/bin/python bench/torch_speed.py make DIR`. PyTorch's dynamic int8 is not in it yet.
+# `.venv/bin/python bench/torch_speed.py make DIR`. NO_TORCH=1 leaves PyTorch out.
 set -eu
+root="$(cd "$(dirname "$0")/.." && pwd)"
 build="$(cd "${1:?usage: quant_speed.sh BUILD_DIR MODEL_DIR [THREADS]}" && pwd)"
 model="$(cd "${2:?model dir}" && pwd)"
 threads="${3:-2}"
@@ -16,30 +28,67 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 export OPENBLAS_NUM_THREADS=1 # the cpu plugin runs OpenBLAS single-threaded inside host threads
 speed="uses: eval.speed, with: {repeats: 3, decode_tokens: 128}"
+head="uses: quantize.rtn, with: {format: q8_0, include: ['*wte*'], exclude: []}"
 cat >"$tmp/q.yaml" <<YAML
 name: bench-quant-speed
 model: $model
 stages:
-  - {id: q8_0, uses: quantize.rtn, with: {format: q8_0}}
-  - {id: q4_0, uses: quantize.rtn, with: {format: q4_0}}
-  - {id: gq4, uses: quantize.rtn, with: {format: gq, bits: 4, group_size: 128, sym: true}}
+  - {id: q8_0, uses: quantize.rtn, with: {format: q8_0, exclude: ['*wpe*']}}
+  - {id: int8, uses: quantize.rtn, with: {format: int8, exclude: ['*wpe*']}}
+  - {id: q4_0_body, uses: quantize.rtn, with: {format: q4_0}}
+  - {id: q4_0, inputs: {model: q4_0_body}, $head}
+  - {id: gq4_body, uses: quantize.rtn, with: {format: gq, bits: 4, group_size: 128, sym: true}}
+  - {id: gq4, inputs: {model: gq4_body}, $head}
+  - {id: q8_0_f32head, uses: quantize.rtn, with: {format: q8_0}}
   - {id: speed_f32, $speed}
   - {id: speed_q8_0, inputs: {model: q8_0}, $speed}
+  - {id: speed_int8, inputs: {model: int8}, $speed}
   - {id: speed_q4_0, inputs: {model: q4_0}, $speed}
   - {id: speed_gq4, inputs: {model: gq4}, $speed}
+  - {id: speed_q8_0_f32head, inputs: {model: q8_0_f32head}, $speed}
+  - {id: speed_q4_0_f32head, inputs: {model: q4_0_body}, $speed}
 YAML
 "$build/host/llmopt-host" -q --plugins "$build/plugins" --threads "$threads" run "$tmp/q.yaml" --out "$tmp/run" --jobs 1 >/dev/null
-python3 - "$tmp/run/report.json" "$threads" <<'PY'
-import json, sys
+
+pys=()
+if [ "${NO_TORCH:-0}" != 1 ]; then
+    for py in "$root/.venv/bin/python" "$root/build-bench/torch2-venv/bin/python"; do
+        [ -x "$py" ] && "$py" -c 'import torch, transformers' 2>/dev/null && pys+=("$py")
+    done
+fi
+i=0
+for py in ${pys[@]+"${pys[@]}"}; do
+    for mode in f32 dynamic_int8; do
+        flag=""
+        [ "$mode" = dynamic_int8 ] && flag="--dynamic-int8"
+        "$py" "$root/bench/torch_speed.py" speed "$model" --threads "$threads" --repeats 2 $flag \
+            >"$tmp/torch_${i}_$mode.txt" 2>/dev/null || echo "torch ($py, $mode) failed" >&2
+    done
+    i=$((i + 1))
+done
+
+python3 - "$tmp/run/report.json" "$threads" "$tmp" <<'PY'
+import glob, json, os, sys
 r = json.load(open(sys.argv[1]))
 m = {s["id"]: {x["name"]: x["value"] for x in s["metrics"]} for s in r["stages"]}
 base = m["speed_f32"]
 print(f"threads={sys.argv[2]} llmopt={r['llmopt']['version']} git={r['llmopt']['git_revision']}")
-print("| weights | model MiB in memory | prefill 512 tok/s | vs f32 | decode tok/s | vs f32 |")
-print("|---|---|---|---|---|---|")
-for k in ("f32", "q8_0", "q4_0", "gq4"):
+print("| engine | weights | MiB in memory | prefill 512 tok/s | vs llmopt f32 | decode tok/s | vs llmopt f32 |")
+print("|---|---|---|---|---|---|---|")
+rows = [("f32", "f32"), ("q8_0", "q8_0 (LM head too)"), ("int8", "int8 per channel (LM head too)"),
+        ("q4_0", "q4_0, LM head q8_0"), ("gq4", "GQ4 g128, LM head q8_0"),
+        ("q8_0_f32head", "q8_0, LM head f32"), ("q4_0_f32head", "q4_0, LM head f32")]
+for k, label in rows:
     s = m[f"speed_{k}"]
-    print(f"| {k} | {s['model_bytes'] / 2**20:.1f} | {s['prefill512_tok_s']:.1f} | "
+    print(f"| llmopt | {label} | {s['model_bytes'] / 2**20:.1f} | {s['prefill512_tok_s']:.1f} | "
           f"{s['prefill512_tok_s'] / base['prefill512_tok_s']:.2f}x | {s['decode_tok_s']:.1f} | "
           f"{s['decode_tok_s'] / base['decode_tok_s']:.2f}x |")
+for f in sorted(glob.glob(os.path.join(sys.argv[3], "torch_*.txt"))):
+    kv = dict(l.strip().split("=", 1) for l in open(f) if "=" in l)
+    if "prefill512_lasttok_s" not in kv or "decode128_eager_s" not in kv:
+        continue
+    mode = "dynamic int8 (every Linear)" if kv.get("quantized") else "f32"
+    pf, dec = 512 / float(kv["prefill512_lasttok_s"]), 128 / float(kv["decode128_eager_s"])
+    print(f"| torch {kv['torch_version']} | {mode} | peak RSS {float(kv['peak_rss_mib']):.0f} | {pf:.1f} | "
+          f"{pf / base['prefill512_tok_s']:.2f}x | {dec:.1f} | {dec / base['decode_tok_s']:.2f}x |")
 PY

@@ -54,12 +54,19 @@ int cpu_ref_softmax(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out
 int cpu_ref_cross_entropy(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 
 /* ---- SIMD primitives: one table per instruction set, chosen once at init ---- */
+/* vexp's argument range: exp(-87.3) is still a normal float, exp(88.37) still finite */
+#define CPU_EXP_LO (-87.3365448f)
+#define CPU_EXP_HI 88.3762626647949f
+
 typedef struct cpu_simd {
     const char *name;                                              /* "generic", "avx2", "avx512" */
     float (*dot)(const float *a, const float *b, int64_t n);       /* sum a[i]*b[i] */
     void (*axpy)(float *y, float a, const float *x, int64_t n);    /* y += a*x */
     void (*f16_to_f32)(float *dst, const uint16_t *src, int64_t n);
     void (*bf16_to_f32)(float *dst, const uint16_t *src, int64_t n);
+    /* x[i] = exp(x[i]) in place: Cephes' expf polynomial (about 1 ulp), arguments clamped to
+     * [-87.3, 88.37] (so exp of a very negative x is 1e-38, not 0, and never inf) */
+    void (*vexp)(float *x, int64_t n);
 } cpu_simd;
 
 extern const cpu_simd cpu_simd_generic;   /* fast.c */

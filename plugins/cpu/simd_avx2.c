@@ -5,6 +5,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include <string.h>
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -54,9 +55,40 @@ AVX2 static void avx2_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) {
     for (; i < n; i++) dst[i] = cpu_bf16_to_f32(src[i]);
 }
 
-const cpu_simd cpu_simd_avx2 = {"avx2", avx2_dot, avx2_axpy, avx2_f16_to_f32, avx2_bf16_to_f32};
+/* exp of 8 floats,
+ * Cephes expf: x = n ln2 + r, |r| <= ln2/2 (ln2 split in two for the reduction), exp(r) by a
+ * degree-5 polynomial, times 2^n through the exponent bits. */
+AVX2 static __m256 avx2_exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(CPU_EXP_LO)), _mm256_set1_ps(CPU_EXP_HI));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+AVX2 static void avx2_vexp(float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, avx2_exp8(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        float t[8] = {0};
+        memcpy(t, x + i, (size_t)(n - i) * sizeof(float));
+        _mm256_storeu_ps(t, avx2_exp8(_mm256_loadu_ps(t)));
+        memcpy(x + i, t, (size_t)(n - i) * sizeof(float));
+    }
+}
+
+const cpu_simd cpu_simd_avx2 = {"avx2", avx2_dot, avx2_axpy, avx2_f16_to_f32, avx2_bf16_to_f32, avx2_vexp};
 
 #else
 /* Not x86: never selected (plugin.c detects nothing), defined so the table links. */
-const cpu_simd cpu_simd_avx2 = {"avx2", NULL, NULL, NULL, NULL};
+const cpu_simd cpu_simd_avx2 = {"avx2", NULL, NULL, NULL, NULL, NULL};
 #endif

@@ -53,9 +53,39 @@ AVX512 static void avx512_bf16_to_f32(float *dst, const uint16_t *src, int64_t n
     for (; i < n; i++) dst[i] = cpu_bf16_to_f32(src[i]);
 }
 
-const cpu_simd cpu_simd_avx512 = {"avx512", avx512_dot, avx512_axpy, avx512_f16_to_f32, avx512_bf16_to_f32};
+/* exp of 16 floats,
+ * Cephes expf: x = n ln2 + r, |r| <= ln2/2 (ln2 split in two for the reduction), exp(r) by a
+ * degree-5 polynomial, times 2^n through the exponent bits. */
+AVX512 static __m512 avx512_exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(CPU_EXP_LO)), _mm512_set1_ps(CPU_EXP_HI));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+AVX512 static void avx512_vexp(float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, avx512_exp16(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(x + i, k, avx512_exp16(_mm512_maskz_loadu_ps(k, x + i)));
+    }
+}
+
+const cpu_simd cpu_simd_avx512 = {"avx512", avx512_dot, avx512_axpy, avx512_f16_to_f32, avx512_bf16_to_f32,
+                                  avx512_vexp};
 
 #else
 /* Not x86: never selected (plugin.c detects nothing), defined so the table links. */
-const cpu_simd cpu_simd_avx512 = {"avx512", NULL, NULL, NULL, NULL};
+const cpu_simd cpu_simd_avx512 = {"avx512", NULL, NULL, NULL, NULL, NULL};
 #endif

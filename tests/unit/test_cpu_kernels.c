@@ -572,7 +572,9 @@ static void attention_fast_path_matches_reference(void **state) {
     SKIP_IF_UNAVAILABLE();
     /* T, S, Hq, Hkv, D, n_past, causal */
     static const int cfg[][7] = {{1, 9, 4, 2, 7, 8, 1},   {5, 12, 6, 3, 33, 7, 1}, {7, 7, 2, 2, 64, 0, 0},
-                                 {3, 20, 8, 1, 17, 10, 0}, {17, 40, 3, 1, 128, 23, 1}, {1, 1000, 2, 1, 64, 999, 1}};
+                                 {3, 20, 8, 1, 17, 10, 0}, {17, 40, 3, 1, 128, 23, 1}, {1, 1000, 2, 1, 64, 999, 1},
+                                 /* several query blocks of the fast path (32 rows), a partial last one */
+                                 {70, 70, 4, 2, 64, 0, 1},  {45, 50, 3, 3, 16, 5, 1},  {33, 33, 2, 1, 8, 0, 0}};
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
         int T = cfg[c][0], S = cfg[c][1], Hq = cfg[c][2], Hkv = cfg[c][3], D = cfg[c][4];
         llmopt_tensor *q = t3(LLMOPT_DTYPE_F32, T, Hq, D), *k = t3(LLMOPT_DTYPE_F32, S, Hkv, D);
