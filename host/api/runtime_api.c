@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "runtime_api.h"
 #include "../runtime/generate.h"
 #include "../runtime/runtime.h"
@@ -88,6 +90,38 @@ int32_t rt_model_eos(const llmopt_model *m) {
     return config_id(m, "eos_token_id");
 }
 
+/* Adds the ids of v (an integer or an array of them) to out[*n], without repeats. */
+static void add_json_ids(json_t *v, int32_t *out, int *n, int max) {
+    json_t *one = v;
+    for (size_t i = 0; json_is_array(v) ? i < json_array_size(v) : i < 1; i++) {
+        if (json_is_array(v)) one = json_array_get(v, i);
+        if (!json_is_integer(one) || json_integer_value(one) < 0 || json_integer_value(one) > INT32_MAX) continue;
+        int32_t id = (int32_t)json_integer_value(one), seen = 0;
+        for (int k = 0; k < *n; k++) seen |= out[k] == id;
+        if (!seen && *n < max) out[(*n)++] = id;
+    }
+}
+
+int rt_model_eos_ids(const llmopt_model *m, int32_t *out, int max) {
+    llmopt_error err = {0};
+    const tok_tokenizer *t = rt_model_get_file(m, "tokenizer.json", NULL) ? rt_model_tokenizer(m, &err) : NULL;
+    int n = 0;
+    if (t) { /* tokenizer_config.json's eos_token, then every id of generation_config.json's */
+        size_t k = 0;
+        const int32_t *ids = tok_eos_ids(t, &k);
+        for (size_t i = 0; i < k && n < max; i++)
+            if (ids[i] >= 0) out[n++] = ids[i];
+        if (n) return n;
+    }
+    add_json_ids(json_object_get(rt_model_config_json(m), "eos_token_id"), out, &n, max);
+    size_t len = 0;
+    const char *gen = rt_model_get_file(m, "generation_config.json", &len);
+    json_t *g = gen ? json_loadb(gen, len, 0, NULL) : NULL;
+    if (g) add_json_ids(json_object_get(g, "eos_token_id"), out, &n, max);
+    json_decref(g);
+    return n;
+}
+
 static int32_t api_token_bos(const llmopt_model *m) {
     llmopt_error err = {0};
     const tok_tokenizer *t = rt_model_get_file(m, "tokenizer.json", NULL) ? rt_model_tokenizer(m, &err) : NULL;
@@ -146,9 +180,9 @@ static int api_generate(llmopt_stage_ctx *ctx, llmopt_session *s, const int32_t 
                         const llmopt_gen_params *p, int32_t **out, size_t *n_out) {
     gen_params g = {.max_tokens = p->max_tokens, .greedy = p->greedy, .temperature = p->temperature,
                     .top_k = p->top_k, .top_p = p->top_p, .repetition_penalty = p->repetition_penalty,
-                    .seed = p->seed, .eos = -1};
-    /* the eos of the session's model */
-    if (p->stop_at_eos) g.eos = rt_model_eos(tf_model_source(s->tm));
+                    .seed = p->seed};
+    /* every end-of-sequence id of the session's model */
+    if (p->stop_at_eos) g.n_eos = rt_model_eos_ids(tf_model_source(s->tm), g.eos, GEN_MAX_EOS);
     llmopt_error err = {0};
     return gen_run(s->s, prompt, n_prompt, &g, NULL, NULL, out, n_out, &err) ? fail(ctx, &err) : 0;
 }

@@ -15,5 +15,9 @@ void runtime_api_fill(llmopt_host_api *api);
 const tok_tokenizer *rt_model_tokenizer(const llmopt_model *m, llmopt_error *err);
 /* The end-of-sequence id: the tokenizer's, else config.json's eos_token_id; -1 if none. */
 int32_t rt_model_eos(const llmopt_model *m);
+/* Every end-of-sequence id of the model, at most max into out: the tokenizer's (its config's
+ * eos_token and generation_config.json's eos_token_id, one id or a list), else config.json's and
+ * generation_config.json's eos_token_id. Returns how many. */
+int rt_model_eos_ids(const llmopt_model *m, int32_t *out, int max);
 
 #endif

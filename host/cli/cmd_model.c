@@ -236,7 +236,7 @@ int cmd_generate(const cli_opts *o) {
     const char **stops = calloc(o->n_args + 1, sizeof *stops);
     size_t n_stop = 0;
     gen_params p = {.max_tokens = 64, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f,
-                    .repetition_penalty = 1.0f, .seed = 0, .eos = -1};
+                    .repetition_penalty = 1.0f, .seed = 0};
     const char *system = NULL;
     int print_ids = 0, ignore_eos = 0, chat = 0, bad = !stops;
     for (size_t i = 0; !bad && i < o->n_args; i++) {
@@ -311,11 +311,7 @@ int cmd_generate(const cli_opts *o) {
         fprintf(stderr, "llmopt-host: generate: --ids wants comma-separated token ids\n");
         rc = EXIT_USAGE;
     }
-    if (!rc && !ignore_eos) {
-        double e;
-        if (tok && tok_eos(tok) >= 0) p.eos = tok_eos(tok);
-        else if (rt_model_cfg_get_num(m, "eos_token_id", &e) == 0) p.eos = (int32_t)e;
-    }
+    if (!rc && !ignore_eos) p.n_eos = rt_model_eos_ids(m, p.eos, GEN_MAX_EOS);
     if (!rc && tf_session_new(tm, 0, &s, &err) != 0) {
         fprintf(stderr, "llmopt-host: %s\n", err.msg);
         rc = EXIT_CONFIG;

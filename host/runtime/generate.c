@@ -103,7 +103,9 @@ int gen_run(tf_session *s, const int32_t *prompt, size_t n_prompt, const gen_par
     while (rc == 0 && n < (size_t)(p->max_tokens > 0 ? p->max_tokens : 0)) {
         int32_t id = gen_pick(logits, vocab, p, all, n_prompt + n, &rng);
         all[n_prompt + n++] = id;
-        if (id == p->eos) break;
+        int end = 0;
+        for (int e = 0; e < p->n_eos && e < GEN_MAX_EOS; e++) end |= id == p->eos[e];
+        if (end) break;
         if (step && step(step_arg, all + n_prompt, n)) break;
         if (n == (size_t)p->max_tokens) break;
         if (tf_session_pos(s) >= tf_session_capacity(s)) break; /* context full */

@@ -9,6 +9,9 @@
 #include <stdint.h>
 #include "transformer.h"
 
+/* End-of-sequence ids a generation stops at, at most. */
+#define GEN_MAX_EOS 8
+
 typedef struct gen_params {
     int max_tokens;           /* new tokens at most */
     int greedy;               /* argmax (also when temperature <= 0) */
@@ -17,14 +20,15 @@ typedef struct gen_params {
     float top_p;              /* 1: off */
     float repetition_penalty; /* 1: off (CTRL paper's penalty, as transformers) */
     uint64_t seed;
-    int32_t eos;              /* stop after this token; -1: none */
+    int32_t eos[GEN_MAX_EOS]; /* stop after any of these tokens (Llama 3 has three) */
+    int n_eos;                /* 0: none */
 } gen_params;
 
 /* Called after each new token with every generated id so far; return non-zero to stop. */
 typedef int (*gen_step_fn)(void *arg, const int32_t *ids, size_t n);
 
 /* Runs the prompt (prefill), then decodes up to max_tokens new tokens. *out (malloc'd) gets the
- * new ids, eos included when it was produced. The session starts from position 0. */
+ * new ids, the eos id included when one was produced. The session starts from position 0. */
 int gen_run(tf_session *s, const int32_t *prompt, size_t n_prompt, const gen_params *p, gen_step_fn step,
             void *step_arg, int32_t **out, size_t *n_out, llmopt_error *err);
 

@@ -119,6 +119,38 @@ def test_greedy_generation_matches_transformers(host, models, name):
     assert got == want
 
 
+@pytest.mark.parametrize("where", ["config.json", "generation_config.json"])
+def test_generation_stops_at_any_id_of_an_eos_list(host, models, tmp_path, where):
+    """eos_token_id may be a list (Llama 3 has three): generate stops after whichever comes first,
+    as transformers' generate does with the same list."""
+    host.require_command("generate")
+    import shutil
+    d = tmp_path / "gpt2_eos"
+    shutil.copytree(models["gpt2"], d)
+    model = load_reference_model(d)
+    ids = torch.tensor([GEN_PROMPT])
+    kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, synced_gpus=False, pad_token_id=0)
+    with torch.no_grad():
+        free = model.generate(ids, max_new_tokens=GEN_TOKENS, min_new_tokens=GEN_TOKENS, eos_token_id=None, **kw)
+    free = free[0, len(GEN_PROMPT):].tolist()
+    stop = free[7]  # the list's second id ends the run after 8 tokens (or earlier, where it occurs first)
+    never = next(i for i in range(model.config.vocab_size) if i not in free)
+    eos = [never, stop]
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=GEN_TOKENS, eos_token_id=eos, **kw)[0, len(GEN_PROMPT):].tolist()
+    assert ref == free[: free.index(stop) + 1]
+    f = d / where
+    cfg = json.loads(f.read_text()) if f.exists() else {}
+    cfg["eos_token_id"] = eos
+    f.write_text(json.dumps(cfg))
+    p = host.run("generate", d, "--ids", ",".join(map(str, GEN_PROMPT)), "--max-tokens", GEN_TOKENS, "--greedy",
+                 "--print-ids")
+    assert json.loads(p.stdout.decode().strip().splitlines()[-1])["ids"] == ref
+    p = host.run("generate", d, "--ids", ",".join(map(str, GEN_PROMPT)), "--max-tokens", GEN_TOKENS, "--greedy",
+                 "--print-ids", "--ignore-eos")
+    assert json.loads(p.stdout.decode().strip().splitlines()[-1])["ids"] == free
+
+
 PPL_WINDOW, PPL_STRIDE = 128, 48
 PPL_CHARS = 20000  # about 6000 tokens of KJV: some 120 windows
 
