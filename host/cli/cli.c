@@ -6,9 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "../plugin/loader.h"
+#include "../runtime/runtime.h"
 #include "../runtime/threadpool.h"
 #include "../sched/stage_ctx.h"
 #include "../util/fs.h"
@@ -82,6 +84,23 @@ static int parse_int(const char *s, int *out) {
     return 0;
 }
 
+/* A size as transformers' max_shard_size takes it: a number of bytes, or with a unit KB, MB,
+ * GB (powers of 1000) or KiB, MiB, GiB (of 1024), any case ("500MB", "2GiB"). */
+static int parse_size(const char *s, uint64_t *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || !(v >= 1)) return -1;
+    static const struct { const char *unit; double mult; } units[] = {
+        {"", 1}, {"b", 1}, {"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"tb", 1e12},
+        {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0}, {"tib", 1099511627776.0}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (strcasecmp(end, units[i].unit) == 0 && v * units[i].mult < 1.8e19) {
+            *out = (uint64_t)(v * units[i].mult);
+            return 0;
+        }
+    return -1;
+}
+
 int cli_main(int argc, char **argv) {
     cli_opts o;
     memset(&o, 0, sizeof o);
@@ -134,6 +153,14 @@ int cli_main(int argc, char **argv) {
             printf("llmopt-host %s (ABI %d.%d, git %s)\n", LLMOPT_VERSION, LLMOPT_ABI_MAJOR,
                    LLMOPT_ABI_MINOR, *LLMOPT_GIT_REV ? LLMOPT_GIT_REV : "unknown");
             goto done;
+        } else if (strcmp(a, "--max-shard-size") == 0 || strncmp(a, "--max-shard-size=", 17) == 0) {
+            const char *v = a[16] == '=' ? a + 17 : (i + 1 < argc ? argv[++i] : "");
+            uint64_t bytes = 0;
+            if (parse_size(v, &bytes) != 0) {
+                rc = usage_error("--max-shard-size wants a size such as 5GB, 500MB or 2GiB, not '%s'", v);
+                goto done;
+            }
+            rt_set_max_shard_bytes(bytes);
         } else if (strcmp(a, "--threads") == 0 || strncmp(a, "--threads=", 10) == 0) {
             const char *v = a[9] == '=' ? a + 10 : (i + 1 < argc ? argv[++i] : "");
             int n = 0;

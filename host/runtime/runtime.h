@@ -95,6 +95,11 @@ void *rt_model_file_parsed(const llmopt_model *m, const char *name,
 /* Saves every tensor of the model as <dir>/model.safetensors (plus config.json), written to
  * temporary names first. F32/F16/BF16/I8/U8/I32/I64 tensors only. */
 int rt_model_save(const llmopt_model *m, const char *dir, llmopt_error *err);
+/* rt_model_save splits the weights into shards of at most this many bytes (a tensor larger than
+ * that is a shard alone), as transformers' save_pretrained(max_shard_size=...) does: default
+ * 5 GB, its default. 0 restores the default. */
+#define RT_DEFAULT_MAX_SHARD 5000000000ull
+void rt_set_max_shard_bytes(uint64_t max);
 /* Writes m's tensors as one safetensors file at path (no config.json, no side files): streamed to
  * a temporary name and renamed, so the file is complete or absent. */
 int rt_safetensors_write(const llmopt_model *m, const char *path, llmopt_error *err);

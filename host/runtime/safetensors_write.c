@@ -80,14 +80,21 @@ static int check_tensors(const llmopt_model *m, llmopt_error *err) {
     return 0;
 }
 
-/* The header JSON, compact, padded with spaces so that 8 + length is a multiple of 8. */
-static char *build_header(const llmopt_model *m, size_t *len) {
+/* The tensors of one file: indices into the model's tensors, in order. */
+typedef struct shard {
+    const size_t *idx;
+    size_t n;
+} shard;
+
+/* The header JSON of the tensors of sh, compact, padded with spaces so that 8 + length is a
+ * multiple of 8. */
+static char *build_header(const llmopt_model *m, shard sh, size_t *len) {
     json_t *h = json_object();
     if (!h) return NULL;
     json_object_set_new(h, "__metadata__", json_pack("{s:s}", "format", "pt"));
     json_int_t off = 0;
-    for (size_t i = 0; i < rt_model_n_tensors(m); i++) {
-        const char *name = rt_model_tensor_name(m, i);
+    for (size_t k = 0; k < sh.n; k++) {
+        const char *name = rt_model_tensor_name(m, sh.idx[k]);
         const llmopt_tensor *t = rt_model_get(m, name);
         json_t *shape = json_array();
         const llmopt_dtype_traits *tr = rt_dtype_traits(t->dtype);
@@ -122,9 +129,9 @@ static char *build_header(const llmopt_model *m, size_t *len) {
     return out;
 }
 
-static int write_safetensors(out_file *o, const llmopt_model *m, llmopt_error *err) {
+static int write_safetensors(out_file *o, const llmopt_model *m, shard sh, llmopt_error *err) {
     size_t hlen = 0;
-    char *header = build_header(m, &hlen);
+    char *header = build_header(m, sh, &hlen);
     if (!header) return error_set(err, LLMOPT_ENOMEM, "%s: cannot build the header", o->final);
     unsigned char len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
@@ -133,11 +140,18 @@ static int write_safetensors(out_file *o, const llmopt_model *m, llmopt_error *e
     free(header);
     /* Tensor bytes go out as they are in memory: safetensors is little-endian, as are the
      * machines we run on (x86-64, aarch64). */
-    for (size_t i = 0; rc == 0 && i < rt_model_n_tensors(m); i++) {
-        const llmopt_tensor *t = rt_model_get(m, rt_model_tensor_name(m, i));
+    for (size_t k = 0; rc == 0 && k < sh.n; k++) {
+        const llmopt_tensor *t = rt_model_get(m, rt_model_tensor_name(m, sh.idx[k]));
         rc = out_write(o, t->data, t->nbytes, err);
     }
     return rc;
+}
+
+/* Every tensor, in order, as one shard; NULL when out of memory. */
+static size_t *all_tensors(const llmopt_model *m) {
+    size_t n = rt_model_n_tensors(m), *idx = malloc((n ? n : 1) * sizeof *idx);
+    for (size_t i = 0; idx && i < n; i++) idx[i] = i;
+    return idx;
 }
 
 static void sync_dir(const char *dir) {
@@ -219,8 +233,10 @@ int rt_safetensors_write(const llmopt_model *m, const char *path, llmopt_error *
     const char *name = slash ? slash + 1 : path;
     if (slash) *slash = '\0';
     out_file st = {0};
-    rc = out_open(&st, slash ? (*dir ? dir : "/") : ".", name, err);
-    if (rc == 0) rc = write_safetensors(&st, m, err);
+    size_t *idx = all_tensors(m);
+    rc = idx ? out_open(&st, slash ? (*dir ? dir : "/") : ".", name, err) : error_set(err, LLMOPT_ENOMEM, "out of memory");
+    if (rc == 0) rc = write_safetensors(&st, m, (shard){idx, rt_model_n_tensors(m)}, err);
+    free(idx);
     if (rc == 0) rc = out_finish(&st, err);
     if (rc == 0) rc = out_commit(&st, err);
     out_abort(&st);
@@ -229,12 +245,80 @@ int rt_safetensors_write(const llmopt_model *m, const char *path, llmopt_error *
     return rc;
 }
 
+/* ---- sharding, as huggingface_hub's split_torch_state_dict_into_shards ----
+ * Tensors in order fill a shard until the next would take it over max bytes; a tensor larger
+ * than max is a shard of its own. More than one shard: model-0000i-of-0000n.safetensors and
+ * model.safetensors.index.json ({"metadata": {"total_size"}, "weight_map": {name: file}}). */
+
+static uint64_t g_max_shard = RT_DEFAULT_MAX_SHARD;
+
+void rt_set_max_shard_bytes(uint64_t max) { g_max_shard = max ? max : RT_DEFAULT_MAX_SHARD; }
+
+/* Splits the tensors into shards: order[] holds tensor indices grouped by shard, sh[] points
+ * into it. Returns the number of shards, 0 when out of memory. */
+static size_t plan_shards(const llmopt_model *m, uint64_t max, size_t *order, shard *sh) {
+    const size_t n = rt_model_n_tensors(m);
+    size_t ns = 0, used = 0, cur = 0, cur_start = 0;
+    uint64_t cur_bytes = 0;
+    /* big tensors first take their own slots at the end of order; the rest fill shards in order */
+    size_t *big = malloc((n ? n : 1) * sizeof *big), nbig = 0;
+    if (!big) return 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t b = rt_model_get(m, rt_model_tensor_name(m, i))->nbytes;
+        if (b > max) {
+            big[nbig++] = i;
+            continue;
+        }
+        if (cur > 0 && cur_bytes + b > max) {
+            sh[ns++] = (shard){order + cur_start, cur};
+            cur_start = used, cur = 0, cur_bytes = 0;
+        }
+        order[used++] = i, cur++, cur_bytes += b;
+    }
+    if (cur > 0) sh[ns++] = (shard){order + cur_start, cur};
+    for (size_t k = 0; k < nbig; k++) {
+        order[used] = big[k];
+        sh[ns++] = (shard){order + used++, 1};
+    }
+    free(big);
+    if (ns == 0) sh[ns++] = (shard){order, 0}; /* a model without tensors: one empty file */
+    return ns;
+}
+
+static char *index_text(const llmopt_model *m, const shard *sh, size_t ns, char names[][64]) {
+    json_t *map = json_object(), *idx = json_object();
+    json_int_t total = 0;
+    for (size_t s = 0; s < ns; s++)
+        for (size_t k = 0; k < sh[s].n; k++) {
+            const char *name = rt_model_tensor_name(m, sh[s].idx[k]);
+            total += (json_int_t)rt_model_get(m, name)->nbytes;
+            json_object_set_new(map, name, json_string(names[s]));
+        }
+    json_object_set_new(idx, "metadata", json_pack("{s:I}", "total_size", total));
+    json_object_set_new(idx, "weight_map", map);
+    char *text = json_dumps(idx, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(idx);
+    return text;
+}
+
 int rt_model_save(const llmopt_model *m, const char *dir, llmopt_error *err) {
     int rc = check_tensors(m, err);
     if (rc != 0) return rc;
-    char *config = config_text(m);
-    if (!config) return error_set(err, LLMOPT_ENOMEM, "%s: cannot serialize config.json", dir);
-    rc = fs_mkdirs(dir, err);
+    const size_t n = rt_model_n_tensors(m);
+    size_t *order = malloc((n ? n : 1) * sizeof *order);
+    shard *sh = malloc((n ? n : 1) * sizeof *sh);
+    size_t ns = order && sh ? plan_shards(m, g_max_shard, order, sh) : 0;
+    char (*names)[64] = ns ? calloc(ns, sizeof *names) : NULL;
+    out_file *files = ns ? calloc(ns + 2, sizeof *files) : NULL; /* shards, the index, config.json */
+    char *config = files ? config_text(m) : NULL, *index = NULL;
+    if (!config) rc = error_set(err, LLMOPT_ENOMEM, "%s: cannot serialize config.json", dir);
+    for (size_t s = 0; rc == 0 && s < ns; s++) {
+        if (ns == 1) snprintf(names[s], sizeof names[s], "model.safetensors");
+        else snprintf(names[s], sizeof names[s], "model-%05zu-of-%05zu.safetensors", s + 1, ns);
+    }
+    if (rc == 0 && ns > 1 && !(index = index_text(m, sh, ns, names)))
+        rc = error_set(err, LLMOPT_ENOMEM, "%s: cannot serialize the shard index", dir);
+    if (rc == 0) rc = fs_mkdirs(dir, err);
     /* side files (tokenizer, generation config) first, each complete or absent */
     for (size_t i = 0; rc == 0 && i < rt_model_n_files(m); i++) {
         size_t len = 0;
@@ -243,21 +327,33 @@ int rt_model_save(const llmopt_model *m, const char *dir, llmopt_error *err) {
         rc = path ? fs_write_atomic(path, data, len, err) : error_set(err, LLMOPT_ENOMEM, "out of memory");
         free(path);
     }
-    out_file st = {0}, cfg = {0};
-    if (rc == 0) rc = out_open(&st, dir, "model.safetensors", err);
-    if (rc == 0) rc = write_safetensors(&st, m, err);
-    if (rc == 0) rc = out_finish(&st, err);
-    if (rc == 0) rc = out_open(&cfg, dir, "config.json", err);
-    if (rc == 0) rc = out_write(&cfg, config, strlen(config), err);
-    if (rc == 0) rc = out_write(&cfg, "\n", 1, err);
-    if (rc == 0) rc = out_finish(&cfg, err);
-    /* Both files are complete; now the two renames. If the second fails, take the first back
-     * out so no model.safetensors stands without its config. */
-    if (rc == 0) rc = out_commit(&st, err);
-    if (rc == 0 && (rc = out_commit(&cfg, err)) != 0) unlink(st.final);
-    out_abort(&st);
-    out_abort(&cfg);
-    free(config);
+    size_t nf = 0; /* files opened, in order: shards, index (when sharded), config.json */
+    for (size_t s = 0; rc == 0 && s < ns; s++) {
+        rc = out_open(&files[nf++], dir, names[s], err);
+        if (rc == 0) rc = write_safetensors(&files[nf - 1], m, sh[s], err);
+        if (rc == 0) rc = out_finish(&files[nf - 1], err);
+    }
+    if (rc == 0 && index) {
+        rc = out_open(&files[nf++], dir, "model.safetensors.index.json", err);
+        if (rc == 0) rc = out_write(&files[nf - 1], index, strlen(index), err);
+        if (rc == 0) rc = out_write(&files[nf - 1], "\n", 1, err);
+        if (rc == 0) rc = out_finish(&files[nf - 1], err);
+    }
+    if (rc == 0) {
+        rc = out_open(&files[nf++], dir, "config.json", err);
+        if (rc == 0) rc = out_write(&files[nf - 1], config, strlen(config), err);
+        if (rc == 0) rc = out_write(&files[nf - 1], "\n", 1, err);
+        if (rc == 0) rc = out_finish(&files[nf - 1], err);
+    }
+    /* Every file is complete; now the renames, config.json last. If one fails, take the ones
+     * already renamed back out so no weights stand without their index and config. */
+    size_t done = 0;
+    for (; rc == 0 && done < nf; done++) rc = out_commit(&files[done], err);
+    if (rc != 0)
+        for (size_t k = 0; k < done && k < nf; k++)
+            if (!files[k].tmp[0]) unlink(files[k].final);
+    for (size_t k = 0; files && k < nf; k++) out_abort(&files[k]);
     if (rc == 0) sync_dir(dir);
+    free(config), free(index), free(files), free(names), free(sh), free(order);
     return rc;
 }
