@@ -492,17 +492,6 @@ static int encode_piece(enc_ctx *c, const char *s, size_t n, int at_start) {
 }
 
 /* Copies s with each ill-formed UTF-8 byte replaced by U+FFFD. */
-static int sanitize(const char *s, size_t n, tok_buf *out) {
-    for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        size_t l = uni_decode((const unsigned char *)s + i, n - i, &cp);
-        int bad = l == 1 && (unsigned char)s[i] >= 0x80;
-        if (bad ? tok_buf_add(out, "\xEF\xBF\xBD", 3) != 0 : tok_buf_add(out, s + i, l) != 0) return LLMOPT_ENOMEM;
-        i += l;
-    }
-    return 0;
-}
-
 static void enc_free(enc_ctx *c) {
     tok_map_free(&c->cache);
     free(c->pool);
@@ -521,12 +510,18 @@ int tok_encode(const tok_tokenizer *t, const char *text, size_t len, int add_spe
     *ids = NULL;
     *n = 0;
     enc_ctx c = {.t = t};
-    tok_buf clean = {0};
+    char *clean = NULL;
     int rc = 0;
+    /* ill-formed UTF-8: U+FFFD for each maximal ill-formed subpart, the text Python's and Rust's
+     * lossy decoding give the tokenizers library (byte-level tokenizers keep the bytes) */
     if (!t->byte_level && !uni_valid((const unsigned char *)text, len)) {
-        if ((rc = sanitize(text, len, &clean)) != 0) goto done;
-        text = clean.p;
-        len = clean.n;
+        size_t clean_len = 0;
+        if (!(clean = uni_sanitize(text, len, &clean_len))) {
+            rc = LLMOPT_ENOMEM;
+            goto done;
+        }
+        text = clean;
+        len = clean_len;
     }
     size_t from = 0, ms, me;
     int32_t id;
@@ -552,7 +547,7 @@ int tok_encode(const tok_tokenizer *t, const char *text, size_t len, int add_spe
     }
     if (!c.ids && !(c.ids = malloc(sizeof *c.ids))) rc = LLMOPT_ENOMEM;
 done:
-    tok_buf_free(&clean);
+    free(clean);
     if (rc == 0) {
         *ids = c.ids;
         *n = c.n;

@@ -198,3 +198,25 @@ def test_invalid_utf8_llama_encodes_without_crashing(tokenize, tokenizers, case,
     n_vocab = Tokenizer.from_file(str(d / "tokenizer.json")).get_vocab_size()
     ids = our_encode(tokenize, d, INVALID_UTF8[case], tmp_path)  # fails on a non-zero exit
     assert ids and all(0 <= i < n_vocab for i in ids)
+
+
+@pytest.mark.parametrize("case", list(INVALID_UTF8))
+def test_invalid_utf8_llama_encodes_as_tokenizers_does_the_replaced_text(tokenize, tokenizers, case, tmp_path):
+    """tokenizers takes text, not bytes: what a caller gives it for ill-formed UTF-8 is the text
+    Python (and Rust's from_utf8_lossy) make of it, U+FFFD for each maximal ill-formed subpart.
+    The Llama-style tokenizer (no byte-level pre-tokenizer) must encode the bytes to those ids."""
+    d = tokenizers["llama_bpe"]
+    ref = Tokenizer.from_file(str(d / "tokenizer.json"))
+    want = ref.encode(INVALID_UTF8[case].decode("utf-8", errors="replace")).ids
+    assert_same_ids(our_encode(tokenize, d, INVALID_UTF8[case], tmp_path), want, ref, repr(INVALID_UTF8[case]))
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_decode_whole_kjv_matches_tokenizers(tokenize, tokenizers, kjv_file, kjv_text, name, tmp_path):
+    ref = Tokenizer.from_file(str(tokenizers[name] / "tokenizer.json"))
+    ids = reference_kjv_ids(tokenizers[name] / "tokenizer.json", kjv_file)
+    f = tmp_path / "ids.json"
+    f.write_text(json.dumps(ids))
+    got = tokenize.run("tokenize", tokenizers[name], "--decode", "--file", f).stdout
+    want = ref.decode(ids, skip_special_tokens=False).encode()
+    assert got == want, f"first difference at byte {next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)}"
