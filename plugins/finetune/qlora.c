@@ -136,7 +136,7 @@ static int make_base(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model
 }
 
 /* merge: true. `out` holds the merged weights (f32, float layout) and the rest of the quantized
- * base: every tensor that differs from the input's becomes float again, in the input's dtype
+ * base: every quantized or merged tensor becomes float again, in the input's float dtype
  * and layout (f32 where the input was quantized; a quantized GPT-2 Conv1D weight [out, in] goes
  * back to [in, out]), so the output is a plain HF checkpoint. */
 static int dequantize_output(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out) {
@@ -145,8 +145,8 @@ static int dequantize_output(llmopt_stage_ctx *ctx, const llmopt_model *in, llmo
     for (size_t i = 0; i < A->model_n_tensors(out); i++) {
         const char *name = A->model_tensor_name(out, i);
         const llmopt_tensor *t = A->model_get(out, name), *src = A->model_get(in, name);
-        if (t == src) continue; /* unchanged, shared */
         const llmopt_dtype_traits *tr = A->dtype_traits(t->dtype);
+        if (t == src && !(tr && tr->is_quantized)) continue; /* a float tensor of the input, shared */
         int target = src && is_float(src->dtype) ? src->dtype : LLMOPT_DTYPE_F32;
         llmopt_tensor *f = NULL;
         int rc = A->tensor_convert(ctx, t, tr && tr->is_quantized ? LLMOPT_DTYPE_F32 : target, &f);
