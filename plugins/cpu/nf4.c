@@ -32,14 +32,13 @@ void cpu_nf4_row_to_f32(const uint8_t *row, int64_t K, float *dst) {
 
 /* ---- argument checks ---- */
 
-static int64_t numel(const llmopt_tensor *t) {
+int64_t cpu_qt_numel(const llmopt_tensor *t) {
     int64_t n = 1;
     for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
     return n;
 }
 
-/* A CPU f32/i32 tensor with 1..4 dims >= 1 whose storage holds every element. */
-static int plain_ok(const llmopt_tensor *t, int dtype) {
+int cpu_qt_plain_ok(const llmopt_tensor *t, int dtype) {
     if (!t || t->device != LLMOPT_DEVICE_CPU || t->dtype != dtype || t->ndim < 1 || t->ndim > LLMOPT_MAX_DIMS || !t->data)
         return 0;
     int64_t n = 1;
@@ -62,12 +61,12 @@ int cpu_qweight_ok(const llmopt_tensor *w, size_t *row_bytes, size_t *bytes) {
     return 1;
 }
 
-static int overlaps(const void *a, size_t na, const void *b, size_t nb) {
+int cpu_qt_overlaps(const void *a, size_t na, const void *b, size_t nb) {
     const char *a0 = a, *b0 = b;
     return a0 < b0 + nb && b0 < a0 + na;
 }
 
-#define F32_BYTES(t) ((size_t)numel(t) * 4u)
+#define F32_BYTES(t) ((size_t)cpu_qt_numel(t) * 4u)
 
 /* x [M,K] f32, W [N,K] NF4 (OUT_IN only: NF4 rows run along the inputs), bias [N], out [M,N]. */
 static int check_matmul(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, const void *params,
@@ -78,24 +77,25 @@ static int check_matmul(const llmopt_tensor *const *in, int n_in, const llmopt_t
     const llmopt_op_matmul *p = params;
     const llmopt_tensor *x = in[0], *w = in[1], *b = n_in == 3 ? in[2] : NULL;
     size_t wbytes;
-    if (!plain_ok(x, LLMOPT_DTYPE_F32) || !w || w->dtype != LLMOPT_DTYPE_NF4 || !cpu_qweight_ok(w, row_bytes, &wbytes))
+    if (!cpu_qt_plain_ok(x, LLMOPT_DTYPE_F32) || !w || w->dtype != LLMOPT_DTYPE_NF4 ||
+        !cpu_qweight_ok(w, row_bytes, &wbytes))
         return LLMOPT_EINVAL;
     if (p->w_layout != LLMOPT_W_OUT_IN && p->w_layout != LLMOPT_W_IN_OUT) return LLMOPT_EINVAL;
     if (p->w_layout == LLMOPT_W_IN_OUT) return LLMOPT_EUNSUPPORTED;
     d->K = x->shape[x->ndim - 1];
-    d->M = numel(x) / d->K;
+    d->M = cpu_qt_numel(x) / d->K;
     d->layout = p->w_layout;
     d->accumulate = p->accumulate != 0;
     d->N = w->shape[0];
     if (w->shape[1] != d->K || (n_in == 3 && !b) || d->M > INT32_MAX) return LLMOPT_EINVAL;
     d->has_bias = b != NULL;
-    if (!plain_ok(out, LLMOPT_DTYPE_F32) || out->shape[out->ndim - 1] != d->N || numel(out) != d->M * d->N)
+    if (!cpu_qt_plain_ok(out, LLMOPT_DTYPE_F32) || out->shape[out->ndim - 1] != d->N || cpu_qt_numel(out) != d->M * d->N)
         return LLMOPT_EINVAL;
-    if (b && (!plain_ok(b, LLMOPT_DTYPE_F32) || numel(b) != d->N ||
-              overlaps(out->data, F32_BYTES(out), b->data, F32_BYTES(b))))
+    if (b && (!cpu_qt_plain_ok(b, LLMOPT_DTYPE_F32) || cpu_qt_numel(b) != d->N ||
+              cpu_qt_overlaps(out->data, F32_BYTES(out), b->data, F32_BYTES(b))))
         return LLMOPT_EINVAL;
-    if (overlaps(out->data, F32_BYTES(out), x->data, F32_BYTES(x)) ||
-        overlaps(out->data, F32_BYTES(out), w->data, wbytes))
+    if (cpu_qt_overlaps(out->data, F32_BYTES(out), x->data, F32_BYTES(x)) ||
+        cpu_qt_overlaps(out->data, F32_BYTES(out), w->data, wbytes))
         return LLMOPT_EINVAL;
     return 0;
 }
@@ -107,12 +107,12 @@ static int check_embedding(const llmopt_tensor *const *in, int n_in, const llmop
     const llmopt_tensor *table = in[0], *ids = in[1];
     size_t tbytes;
     if (!table || table->dtype != LLMOPT_DTYPE_NF4 || !cpu_qweight_ok(table, row_bytes, &tbytes) ||
-        !plain_ok(ids, LLMOPT_DTYPE_I32) || !plain_ok(out, LLMOPT_DTYPE_F32))
+        !cpu_qt_plain_ok(ids, LLMOPT_DTYPE_I32) || !cpu_qt_plain_ok(out, LLMOPT_DTYPE_F32))
         return LLMOPT_EINVAL;
-    int64_t V = table->shape[0], C = table->shape[1], T = numel(ids);
-    if (out->shape[out->ndim - 1] != C || numel(out) != T * C ||
-        overlaps(out->data, F32_BYTES(out), table->data, tbytes) ||
-        overlaps(out->data, F32_BYTES(out), ids->data, (size_t)T * 4u))
+    int64_t V = table->shape[0], C = table->shape[1], T = cpu_qt_numel(ids);
+    if (out->shape[out->ndim - 1] != C || cpu_qt_numel(out) != T * C ||
+        cpu_qt_overlaps(out->data, F32_BYTES(out), table->data, tbytes) ||
+        cpu_qt_overlaps(out->data, F32_BYTES(out), ids->data, (size_t)T * 4u))
         return LLMOPT_EINVAL;
     const int32_t *id = ids->data;
     for (int64_t t = 0; t < T; t++)
@@ -228,7 +228,8 @@ typedef struct emb_job {
 
 static void emb_rows(void *arg, int64_t t0, int64_t t1) {
     emb_job *j = arg;
-    for (int64_t t = t0; t < t1; t++) cpu_nf4_row_to_f32(j->table + (size_t)j->ids[t] * j->row_bytes, j->C, j->out + t * j->C);
+    for (int64_t t = t0; t < t1; t++)
+        cpu_nf4_row_to_f32(j->table + (size_t)j->ids[t] * j->row_bytes, j->C, j->out + t * j->C);
 }
 
 static int embedding(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, int threads) {

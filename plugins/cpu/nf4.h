@@ -8,6 +8,13 @@
 /* K weights of one NF4 row (K a multiple of 64) to f32: absmax * NF4[code] per element. */
 void cpu_nf4_row_to_f32(const uint8_t *row, int64_t K, float *dst);
 
+/* Argument-check helpers of nf4.c and quant_backward.c: elements of t; a CPU tensor of dtype
+ * (f32, i32: 4 bytes an element) with 1..4 dims >= 1 whose storage holds every element; whether
+ * two byte ranges intersect. */
+int64_t cpu_qt_numel(const llmopt_tensor *t);
+int cpu_qt_plain_ok(const llmopt_tensor *t, int dtype);
+int cpu_qt_overlaps(const void *a, size_t na, const void *b, size_t nb);
+
 /* A 2-D CPU weight [R, C] of a block-quantized dtype (any that has traits: NF4, ggml, GQ): C whole
  * blocks and storage for every row. 1 and *row_bytes, *bytes set when it is one. */
 int cpu_qweight_ok(const llmopt_tensor *w, size_t *row_bytes, size_t *bytes);

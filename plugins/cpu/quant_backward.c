@@ -15,30 +15,9 @@
 #define QBW_COLS 256   /* columns of dx per task (rounded up to whole blocks) */
 #define QBW_TILE_N 128 /* rows of W dequantized per sgemm */
 
-static int64_t numel(const llmopt_tensor *t) {
-    int64_t n = 1;
-    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
-    return n;
-}
+#define F32_BYTES(t) ((size_t)cpu_qt_numel(t) * 4u)
 
-static int f32_ok(const llmopt_tensor *t) {
-    if (!t || t->device != LLMOPT_DEVICE_CPU || t->dtype != LLMOPT_DTYPE_F32 || t->ndim < 1 || t->ndim > LLMOPT_MAX_DIMS ||
-        !t->data)
-        return 0;
-    int64_t n = 1;
-    for (int i = 0; i < t->ndim; i++) {
-        if (t->shape[i] < 1 || t->shape[i] > (INT64_MAX / 16) / n) return 0;
-        n *= t->shape[i];
-    }
-    return (uint64_t)n * 4u <= (uint64_t)t->nbytes;
-}
-
-static int overlaps(const void *a, size_t na, const void *b, size_t nb) {
-    const char *a0 = a, *b0 = b;
-    return a0 < b0 + nb && b0 < a0 + na;
-}
-
-#define F32_BYTES(t) ((size_t)numel(t) * 4u)
+static int f32_ok(const llmopt_tensor *t) { return cpu_qt_plain_ok(t, LLMOPT_DTYPE_F32); }
 
 void cpu_qrow_range_to_f32(int dtype, const uint8_t *row, int64_t k0, int64_t n, float *dst, void *scratch) {
     const llmopt_dtype_traits *tr = cpu_api->dtype_traits(dtype);
@@ -62,23 +41,24 @@ static int check(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *
     if (p->w_layout == LLMOPT_W_IN_OUT) return LLMOPT_EUNSUPPORTED; /* quantized rows run along K */
     if (p->dw) return LLMOPT_EINVAL;                                 /* a quantized W is frozen */
     d->K = x->shape[x->ndim - 1];
-    d->M = numel(x) / d->K;
+    d->M = cpu_qt_numel(x) / d->K;
     d->N = w->shape[0];
     d->layout = p->w_layout;
     d->accumulate = p->accumulate_dx != 0;
     d->has_bias = p->db != NULL;
-    if (w->shape[1] != d->K || dy->shape[dy->ndim - 1] != d->N || numel(dy) != d->M * d->N || d->M > INT32_MAX)
+    if (w->shape[1] != d->K || dy->shape[dy->ndim - 1] != d->N || cpu_qt_numel(dy) != d->M * d->N || d->M > INT32_MAX)
         return LLMOPT_EINVAL;
     *want_dx = out->data != NULL;
-    if (*want_dx && (!f32_ok(out) || out->shape[out->ndim - 1] != d->K || numel(out) != d->M * d->K ||
-                     overlaps(out->data, F32_BYTES(out), x->data, F32_BYTES(x)) ||
-                     overlaps(out->data, F32_BYTES(out), w->data, wbytes) ||
-                     overlaps(out->data, F32_BYTES(out), dy->data, F32_BYTES(dy))))
+    if (*want_dx && (!f32_ok(out) || out->shape[out->ndim - 1] != d->K || cpu_qt_numel(out) != d->M * d->K ||
+                     cpu_qt_overlaps(out->data, F32_BYTES(out), x->data, F32_BYTES(x)) ||
+                     cpu_qt_overlaps(out->data, F32_BYTES(out), w->data, wbytes) ||
+                     cpu_qt_overlaps(out->data, F32_BYTES(out), dy->data, F32_BYTES(dy))))
         return LLMOPT_EINVAL;
     const llmopt_tensor *db = p->db;
-    if (db && (!f32_ok(db) || numel(db) != d->N || overlaps(db->data, F32_BYTES(db), dy->data, F32_BYTES(dy)) ||
-               overlaps(db->data, F32_BYTES(db), x->data, F32_BYTES(x)) ||
-               (*want_dx && overlaps(db->data, F32_BYTES(db), out->data, F32_BYTES(out)))))
+    if (db && (!f32_ok(db) || cpu_qt_numel(db) != d->N ||
+               cpu_qt_overlaps(db->data, F32_BYTES(db), dy->data, F32_BYTES(dy)) ||
+               cpu_qt_overlaps(db->data, F32_BYTES(db), x->data, F32_BYTES(x)) ||
+               (*want_dx && cpu_qt_overlaps(db->data, F32_BYTES(db), out->data, F32_BYTES(out)))))
         return LLMOPT_EINVAL;
     if (!*want_dx && !db) return LLMOPT_EINVAL; /* nothing to compute */
     return 0;

@@ -39,8 +39,8 @@ static int base_dtype(llmopt_stage_ctx *ctx, int64_t cols) {
 static int qlora_validate(llmopt_stage_ctx *ctx) {
     int64_t g = A->param_int(ctx, "group_size");
     if (strcmp(A->param_str(ctx, "base_format"), "gq4") == 0 && g % 2 != 0)
-        return A->set_error(ctx, LLMOPT_EINVAL, "group_size %lld: 4-bit groups must hold a whole number of bytes (an even size)",
-                            (long long)g);
+        return A->set_error(ctx, LLMOPT_EINVAL,
+                            "group_size %lld: 4-bit groups must hold a whole number of bytes (an even size)", (long long)g);
     return 0;
 }
 

@@ -146,7 +146,8 @@ static void check_backward(int dt, int64_t M, int64_t N, int64_t K, int accumula
     assert_non_null(ffn);
     llmopt_tensor *w = trand(N, K), *x = trand(M, K), *dy = trand(M, N), *wd = NULL, *q = quantize(w, dt, &wd);
     llmopt_tensor *dx = trand(M, K), *dx_want = rt_tensor_new(LLMOPT_DTYPE_F32, 2, (int64_t[]){M, K});
-    llmopt_tensor *db = with_db ? trand(1, N) : NULL, *db_want = with_db ? rt_tensor_new(LLMOPT_DTYPE_F32, 2, (int64_t[]){1, N}) : NULL;
+    llmopt_tensor *db = with_db ? trand(1, N) : NULL;
+    llmopt_tensor *db_want = with_db ? rt_tensor_new(LLMOPT_DTYPE_F32, 2, (int64_t[]){1, N}) : NULL;
     memcpy(dx_want->data, dx->data, dx->nbytes);
     if (db) memcpy(db_want->data, db->data, db->nbytes);
     llmopt_op_matmul_backward pq = {sizeof pq, LLMOPT_W_OUT_IN, accumulate, NULL, db};
@@ -167,7 +168,8 @@ static void check_backward(int dt, int64_t M, int64_t N, int64_t K, int accumula
         }
     for (int64_t n = 0; db && n < N; n++) {
         float a = ((float *)db->data)[n], b = ((float *)db_want->data)[n];
-        if (!(fabsf(a - b) <= 1e-5f * (float)M + 1e-6f)) fail_msg("%s: db[%lld] = %.7g, expected %.7g", tname(dt), (long long)n, a, b);
+        if (!(fabsf(a - b) <= 1e-5f * (float)M + 1e-6f))
+            fail_msg("%s: db[%lld] = %.7g, expected %.7g", tname(dt), (long long)n, a, b);
     }
     rt_tensor_unref(w), rt_tensor_unref(x), rt_tensor_unref(dy), rt_tensor_unref(wd), rt_tensor_unref(q);
     rt_tensor_unref(dx), rt_tensor_unref(dx_want), rt_tensor_unref(db), rt_tensor_unref(db_want);
