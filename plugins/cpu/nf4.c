@@ -1,4 +1,5 @@
 /* NF4 weights (QLoRA's 4-bit NormalFloat, llmopt/tensor.h) on the CPU: matmul and embedding.
+ * Rows decode through the scaled 16-value table, with AVX2 lane permutes on the SIMD paths.
  * NF4 codes index a table, so there is no integer dot as for the affine types: decode (M <= 4)
  * dequantizes each row of W once and dots it with every row of x; prefill dequantizes tiles of
  * 64 rows of W to f32 and multiplies them with OpenBLAS sgemm, as quant_kernels.c does. Rows of
@@ -16,7 +17,47 @@
 
 static const float nf4_codes[16] = LLMOPT_NF4_CODES;
 
+/* Set once at registration: decode blocks with AVX2 (the SIMD paths, on a CPU that has it). */
+static int g_avx2;
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define NF4_AVX2 __attribute__((target("avx2,fma")))
+
+/* One block of 64: the table scaled by absmax as two 8-lane halves, each code looked up in both
+ * with permutevar8x32 and the half picked by its bit 3. The products are the scalar path's. */
+NF4_AVX2 static void block_to_f32_avx2(const uint8_t *blk, float *dst) {
+    float amax;
+    memcpy(&amax, blk, 4);
+    const __m256 s = _mm256_set1_ps(amax);
+    const __m256 lo = _mm256_mul_ps(_mm256_loadu_ps(nf4_codes), s), hi = _mm256_mul_ps(_mm256_loadu_ps(nf4_codes + 8), s);
+    /* bytes j..j+3 to lanes [b0 b0 b1 b1 b2 b2 b3 b3], then >> 4 on even lanes (element 2j: high nibble) */
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i shift = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0), m15 = _mm256_set1_epi32(15);
+    for (int j = 0; j < LLMOPT_NF4_BLOCK / 2; j += 4) {
+        int32_t four;
+        memcpy(&four, blk + 4 + j, 4);
+        __m128i b = _mm_shuffle_epi8(_mm_cvtsi32_si128(four), dup);
+        __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(b), shift), m15);
+        __m256 a = _mm256_permutevar8x32_ps(lo, idx), c = _mm256_permutevar8x32_ps(hi, idx);
+        _mm256_storeu_ps(dst + 2 * j, _mm256_blendv_ps(a, c, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28))));
+    }
+}
+
+static int cpu_has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+static void block_to_f32_avx2(const uint8_t *blk, float *dst) { (void)blk, (void)dst; }
+static int cpu_has_avx2(void) { return 0; }
+#endif
+
 void cpu_nf4_row_to_f32(const uint8_t *row, int64_t K, float *dst) {
+    if (g_avx2) {
+        for (int64_t b = 0; b < K / LLMOPT_NF4_BLOCK; b++) block_to_f32_avx2(row + b * NF4_BLOCK_BYTES, dst + b * LLMOPT_NF4_BLOCK);
+        return;
+    }
     for (int64_t b = 0; b < K / LLMOPT_NF4_BLOCK; b++, row += NF4_BLOCK_BYTES, dst += LLMOPT_NF4_BLOCK) {
         float amax;
         memcpy(&amax, row, 4);
@@ -256,11 +297,13 @@ int cpu_ref_nf4_embedding(const llmopt_tensor *const *in, int n_in, llmopt_tenso
 /* ---- registration ---- */
 
 int cpu_register_nf4(llmopt_registrar *reg, int use_ref) {
+    g_avx2 = !use_ref && cpu_isa != &cpu_simd_generic && cpu_has_avx2();
     const llmopt_kernel_desc k[3] = {
         {.struct_size = sizeof k[0], .device = LLMOPT_DEVICE_CPU, .op = LLMOPT_OP_MATMUL, .dtype = LLMOPT_DTYPE_NF4,
          .fn = use_ref ? cpu_ref_nf4_matmul : cpu_nf4_matmul,
          .summary = use_ref ? "reference loops, one thread"
-                            : "NF4 rows to f32 + dot for M<=4, else NF4 tiles to f32 + OpenBLAS sgemm"},
+                            : g_avx2 ? "NF4 rows to f32 (AVX2 table lookups) + dot for M<=4, else tiles + OpenBLAS sgemm"
+                                     : "NF4 rows to f32 + dot for M<=4, else NF4 tiles to f32 + OpenBLAS sgemm"},
         {.struct_size = sizeof k[1], .device = LLMOPT_DEVICE_CPU, .op = LLMOPT_OP_EMBEDDING, .dtype = LLMOPT_DTYPE_NF4,
          .fn = use_ref ? cpu_ref_nf4_embedding : cpu_nf4_embedding,
          .summary = use_ref ? "reference loops, one thread" : "NF4 rows to f32 on host threads"},
