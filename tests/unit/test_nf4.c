@@ -59,8 +59,9 @@ static void every_code_value_rounds_to_itself(void **state) {
     for (unsigned i = 0; i < 16; i++) assert_int_equal(q_nf4_nearest((float)paper_nf4[i]), i);
 }
 
-static void normalized_weights_go_to_the_nearest_code_on_either_side_of_each_midpoint(void **state) {
+static void normalized_weights_go_to_the_nearest_code_and_exact_ties_to_the_lower(void **state) {
     (void)state;
+    int ties = 0;
     for (unsigned i = 0; i < 15; i++) {
         double mid = (paper_nf4[i] + paper_nf4[i + 1]) / 2.0;
         float below = nextafterf((float)mid, -2.0f), above = nextafterf((float)mid, 2.0f);
@@ -68,6 +69,8 @@ static void normalized_weights_go_to_the_nearest_code_on_either_side_of_each_mid
         if ((double)above <= mid) above = nextafterf(above, 2.0f);
         assert_int_equal(q_nf4_nearest(below), i);
         assert_int_equal(q_nf4_nearest(above), i + 1);
+        /* an exact tie (six midpoints are floats) takes the lower code, as bitsandbytes' '>' */
+        if ((double)(float)mid == mid) assert_int_equal(q_nf4_nearest((float)mid), i), ties++;
         /* a brute-force nearest over the table agrees at points across the interval */
         for (int s = 0; s <= 8; s++) {
             float x = (float)(paper_nf4[i] + (paper_nf4[i + 1] - paper_nf4[i]) * s / 8.0);
@@ -77,6 +80,7 @@ static void normalized_weights_go_to_the_nearest_code_on_either_side_of_each_mid
             assert_int_equal(q_nf4_nearest(x), best);
         }
     }
+    assert_int_equal(ties, 6);
     /* outside [-1, 1] (not produced by absmax scaling, but defined): the end codes */
     assert_int_equal(q_nf4_nearest(-3.0f), 0);
     assert_int_equal(q_nf4_nearest(3.0f), 15);
@@ -182,7 +186,7 @@ int main(void) {
         cmocka_unit_test(nf4_traits_are_blocks_of_64_in_36_bytes_named_nf4),
         cmocka_unit_test(nf4_code_table_is_exactly_the_qlora_papers),
         cmocka_unit_test(every_code_value_rounds_to_itself),
-        cmocka_unit_test(normalized_weights_go_to_the_nearest_code_on_either_side_of_each_midpoint),
+        cmocka_unit_test(normalized_weights_go_to_the_nearest_code_and_exact_ties_to_the_lower),
         cmocka_unit_test(block_stores_the_f32_absmax_and_packs_element_2j_in_the_high_nibble),
         cmocka_unit_test(a_zero_block_has_absmax_zero_and_dequantizes_to_zeros),
         cmocka_unit_test(random_rows_dequantize_to_absmax_times_the_nearest_code),
