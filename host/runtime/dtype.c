@@ -29,6 +29,8 @@ static const rt_dtype_entry dtype_table[LLMOPT_DTYPE_COUNT] = {
     [LLMOPT_DTYPE_Q8_0] = {{sizeof(llmopt_dtype_traits), "q8_0", 32, 2 + 32, 1}, NULL},
     [LLMOPT_DTYPE_Q4_0] = {{sizeof(llmopt_dtype_traits), "q4_0", 32, 2 + 16, 1}, NULL},
     [LLMOPT_DTYPE_Q4_1] = {{sizeof(llmopt_dtype_traits), "q4_1", 32, 2 + 2 + 16, 1}, NULL},
+    /* QLoRA's NF4, blocks of 64: f32 absmax and 32 bytes of codes */
+    [LLMOPT_DTYPE_NF4] = {{sizeof(llmopt_dtype_traits), "nf4", LLMOPT_NF4_BLOCK, 4 + LLMOPT_NF4_BLOCK / 2, 1}, NULL},
 };
 
 /* ---- group-quantized dtypes: LLMOPT_DTYPE_GQ(bits, group, asym) ----

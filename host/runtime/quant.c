@@ -1,7 +1,8 @@
 /* Reference quantize / dequantize of rows and 2-D weights (see quant.h for the rules). The ggml
  * types follow ggml-quants.c's quantize_row_q8_0_ref, quantize_row_q4_0_ref,
  * quantize_row_q4_1_ref and the matching dequantize_row_*: the code is computed from the f32
- * scale (not its f16 rounding), with ggml's rounding for each type. */
+ * scale (not its f16 rounding), with ggml's rounding for each type. NF4 follows the QLoRA paper
+ * and bitsandbytes' blockwise NF4 (f32 absmax per 64, nearest code). */
 #include "quant.h"
 
 #include <float.h>
@@ -129,6 +130,42 @@ static void dequantize_q4_1(const uint8_t *b, float *y) {
     }
 }
 
+/* ---- NF4 (QLoRA, Dettmers et al. 2023, section 3): blocks of 64, f32 absmax, codes ----
+ * The normalized weight x / absmax goes to the nearest of the 16 NF4 values; a value exactly
+ * halfway takes the lower code (bitsandbytes' dQuantizeNF4 compares against the midpoints with
+ * '>'). An all-zero block has absmax 0 and every code 7 (the exact zero). */
+
+static const float nf4_codes[16] = LLMOPT_NF4_CODES;
+
+float q_nf4_value(unsigned code) { return nf4_codes[code & 15]; }
+
+unsigned q_nf4_nearest(float x) {
+    unsigned q = 0;
+    for (int i = 0; i < 15; i++)
+        if ((double)x > ((double)nf4_codes[i] + (double)nf4_codes[i + 1]) / 2.0) q = (unsigned)i + 1;
+    return q;
+}
+
+static void quantize_nf4(const float *x, uint8_t *y) {
+    float amax = 0.0f;
+    for (int j = 0; j < LLMOPT_NF4_BLOCK; j++) amax = fmaxf(amax, fabsf(x[j]));
+    memcpy(y, &amax, 4);
+    for (int j = 0; j < LLMOPT_NF4_BLOCK / 2; j++) {
+        unsigned hi = amax > 0.0f ? q_nf4_nearest(x[2 * j] / amax) : 7u;
+        unsigned lo = amax > 0.0f ? q_nf4_nearest(x[2 * j + 1] / amax) : 7u;
+        y[4 + j] = (uint8_t)(hi << 4 | lo);
+    }
+}
+
+static void dequantize_nf4(const uint8_t *b, float *y) {
+    float amax;
+    memcpy(&amax, b, 4);
+    for (int j = 0; j < LLMOPT_NF4_BLOCK / 2; j++) {
+        y[2 * j] = nf4_codes[b[4 + j] >> 4] * amax;
+        y[2 * j + 1] = nf4_codes[b[4 + j] & 15] * amax;
+    }
+}
+
 /* ---- group-quantized: f16 scale, (asym) f16 zero, codes little-endian at bit i*bits ---- */
 
 static void put_code(uint8_t *codes, int64_t i, int bits, unsigned q) {
@@ -204,6 +241,7 @@ int q_quantize_row(int dtype, const float *x, void *blocks, int64_t n) {
         case LLMOPT_DTYPE_Q8_0: quantize_q8_0(x, y); break;
         case LLMOPT_DTYPE_Q4_0: quantize_q4_0(x, y); break;
         case LLMOPT_DTYPE_Q4_1: quantize_q4_1(x, y); break;
+        case LLMOPT_DTYPE_NF4: quantize_nf4(x, y); break;
         default: quantize_gq(dtype, x, y); break;
         }
     }
@@ -219,6 +257,7 @@ int q_dequantize_row(int dtype, const void *blocks, float *y, int64_t n) {
         case LLMOPT_DTYPE_Q8_0: dequantize_q8_0(b, y); break;
         case LLMOPT_DTYPE_Q4_0: dequantize_q4_0(b, y); break;
         case LLMOPT_DTYPE_Q4_1: dequantize_q4_1(b, y); break;
+        case LLMOPT_DTYPE_NF4: dequantize_nf4(b, y); break;
         default: dequantize_gq(dtype, b, y); break;
         }
     }

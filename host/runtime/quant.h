@@ -9,7 +9,10 @@
  *         q = clamp(roundf(w / scale) + zero)
  *   f16up rounds the f32 ratio *up* to an f16 value, so no code clamps below the real range and
  *   every weight dequantizes within scale/2: |w - scale * (q - offset)| <= scale / 2. A group of
- *   zeros has scale 0 (and zero 0); roundf rounds halves away from zero, as ggml's Q8_0. */
+ *   zeros has scale 0 (and zero 0); roundf rounds halves away from zero, as ggml's Q8_0.
+ *
+ * NF4 (QLoRA): per block of 64, absmax = max |w| in f32; q = the NF4 value nearest w / absmax
+ * (f32 division; a tie takes the lower code); w' = absmax * NF4[q]. No double quantization. */
 #ifndef HOST_RUNTIME_QUANT_H
 #define HOST_RUNTIME_QUANT_H
 
@@ -21,6 +24,11 @@
  * GGML_FP32_TO_FP16. */
 float q_f16_to_f32(uint16_t h);
 uint16_t q_f32_to_f16(float f);
+
+/* NF4 (LLMOPT_DTYPE_NF4): the value of a code (0..15), and the code nearest a normalized weight
+ * x = w / absmax (ties to the lower code). */
+float q_nf4_value(unsigned code);
+unsigned q_nf4_nearest(float x);
 
 /* One row of n f32 values into n / block_size blocks of a quantized dtype, and back.
  * LLMOPT_EINVAL when dtype is not block-quantized or n is not a whole number of blocks. */

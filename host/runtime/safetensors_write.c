@@ -172,6 +172,8 @@ static int quant_summary(int dtype, json_t *q) {
     int bits, group, sym;
     if (LLMOPT_DTYPE_IS_GQ(dtype)) {
         bits = LLMOPT_DTYPE_GQ_BITS(dtype), group = LLMOPT_DTYPE_GQ_GROUP(dtype), sym = !LLMOPT_DTYPE_GQ_ASYM(dtype);
+    } else if (dtype == LLMOPT_DTYPE_NF4) {
+        bits = 4, group = LLMOPT_NF4_BLOCK, sym = 1;
     } else {
         bits = dtype == LLMOPT_DTYPE_Q8_0 ? 8 : 4, group = 32, sym = dtype != LLMOPT_DTYPE_Q4_1;
     }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "quant.h"
 #include "runtime.h"
 #include "../util/fs.h"
 
@@ -30,26 +31,56 @@ static int set_new(llmopt_model *nm, const char *name, const llmopt_tensor *like
     return rc ? error_set(err, rc, "cannot set '%s' in the exported model", name) : 0;
 }
 
-/* W + s B A in W's layout and dtype. */
+/* W + s B A in W's layout and dtype. A block-quantized W (QLoRA's frozen base) is dequantized
+ * and the sum is f32 in the layout a float checkpoint of the family has (a GPT-2 Conv1D weight
+ * back to [in, out]), so the merged model is a plain HF checkpoint there. */
 static int merge_one(const tr_trainer *t, const tr_linear *L, llmopt_model *nm, llmopt_error *err) {
     const llmopt_tensor *W = L->w.t;
-    if (W->dtype != F32 && W->dtype != LLMOPT_DTYPE_F16 && W->dtype != LLMOPT_DTYPE_BF16)
+    const llmopt_dtype_traits *tr = rt_dtype_traits(W->dtype);
+    int quantized = tr && tr->is_quantized;
+    if (W->dtype != F32 && W->dtype != LLMOPT_DTYPE_F16 && W->dtype != LLMOPT_DTYPE_BF16 && !quantized)
         return error_set(err, LLMOPT_EUNSUPPORTED, "cannot merge LoRA into '%s' of dtype %s: export the adapters instead",
-                         L->w.name, rt_dtype_traits(W->dtype)->name);
+                         L->w.name, tr ? tr->name : "?");
     int64_t in = L->in, out = L->out, r = t->o.lora_rank;
     float *w = malloc((size_t)(in * out) * sizeof(float));
     if (!w) return error_set(err, LLMOPT_ENOMEM, "out of memory");
-    rt_tensor_read_f32(W, w);
+    int out_in = L->layout == LLMOPT_W_OUT_IN, rc = 0;
+    llmopt_tensor *like = NULL;
+    if (quantized) {
+        llmopt_tensor *f = NULL;
+        if ((rc = q_dequantize_tensor(W, &f, err)) != 0) {
+            free(w);
+            return rc;
+        }
+        memcpy(w, f->data, (size_t)(in * out) * sizeof(float));
+        rt_tensor_unref(f);
+        /* the float layout of this weight: [in, out] for GPT-2's Conv1D blocks */
+        int float_in_out = t->c.family == ARCH_GPT2;
+        like = rt_tensor_new(F32, 2, float_in_out ? (int64_t[]){in, out} : (int64_t[]){out, in});
+        if (!like) {
+            free(w);
+            return error_set(err, LLMOPT_ENOMEM, "out of memory");
+        }
+        if (float_in_out) { /* dequantized [out, in] -> [in, out] */
+            float *tw = like->data;
+            for (int64_t o = 0; o < out; o++)
+                for (int64_t i = 0; i < in; i++) tw[i * out + o] = w[o * in + i];
+            memcpy(w, tw, (size_t)(in * out) * sizeof(float));
+            out_in = 0;
+        }
+    } else {
+        rt_tensor_read_f32(W, w);
+    }
     const float *A = L->lora->A->w->data, *B = L->lora->B->w->data;
     float s = t->o.lora_alpha / (float)r;
-    int out_in = L->layout == LLMOPT_W_OUT_IN;
     for (int64_t o = 0; o < out; o++)
         for (int64_t i = 0; i < in; i++) {
             float d = 0.0f;
             for (int64_t k = 0; k < r; k++) d += B[o * r + k] * A[k * in + i];
             w[out_in ? o * in + i : i * out + o] += s * d;
         }
-    int rc = set_new(nm, L->w.name, W, w, err);
+    rc = set_new(nm, L->w.name, like ? like : W, w, err);
+    rt_tensor_unref(like);
     free(w);
     return rc;
 }

@@ -8,6 +8,7 @@
 #include <cpuid.h>
 #endif
 #include "backward.h"
+#include "nf4.h"
 
 #include <cblas.h>
 #include <stdio.h>
@@ -71,8 +72,8 @@ static const int quant_dtypes[] = {
 
 static char g_qsummary[2][160];
 
-/* matmul and embedding for every quantized dtype (the registry accepts any dtype that has
- * traits, group-quantized ones included). */
+/* matmul, embedding and (dx only, the weight frozen) matmul_backward for every quantized dtype
+ * (the registry accepts any dtype that has traits, group-quantized ones included). */
 static int register_quant(llmopt_registrar *reg, cpu_path path) {
     if (path == PATH_REF) {
         snprintf(g_qsummary[0], sizeof g_qsummary[0], "reference loops, one thread");
@@ -84,14 +85,18 @@ static int register_quant(llmopt_registrar *reg, cpu_path path) {
         snprintf(g_qsummary[1], sizeof g_qsummary[1], "%s dequantized rows", cpu_qisa->name);
     }
     for (size_t i = 0; i < N_QUANT; i++) {
-        llmopt_kernel_desc k[2] = {
+        llmopt_kernel_desc k[3] = {
             {.struct_size = sizeof k[0], .device = LLMOPT_DEVICE_CPU, .op = LLMOPT_OP_MATMUL,
              .dtype = quant_dtypes[i], .fn = path == PATH_REF ? cpu_ref_qmatmul : cpu_qmatmul,
              .summary = g_qsummary[0]},
             {.struct_size = sizeof k[1], .device = LLMOPT_DEVICE_CPU, .op = LLMOPT_OP_EMBEDDING,
              .dtype = quant_dtypes[i], .fn = path == PATH_REF ? cpu_ref_qembedding : cpu_qembedding,
-             .summary = g_qsummary[1]}};
-        for (int o = 0; o < 2; o++) {
+             .summary = g_qsummary[1]},
+            {.struct_size = sizeof k[2], .device = LLMOPT_DEVICE_CPU, .op = LLMOPT_OP_MATMUL_BACKWARD,
+             .dtype = quant_dtypes[i], .fn = path == PATH_REF ? cpu_ref_qmatmul_backward : cpu_qmatmul_backward,
+             .summary = path == PATH_REF ? "dx only (frozen W), reference loops"
+                                         : "dx only (frozen W): dequantized column blocks of W + OpenBLAS sgemm"}};
+        for (int o = 0; o < 3; o++) {
             int rc = reg->add_kernel(reg, &k[o]);
             if (rc) {
                 reg->set_error(reg, "registering %s kernel for dtype %d failed (%d)", k[o].op, quant_dtypes[i], rc);
@@ -99,7 +104,7 @@ static int register_quant(llmopt_registrar *reg, cpu_path path) {
             }
         }
     }
-    return 0;
+    return cpu_register_nf4(reg, path == PATH_REF);
 }
 
 /* What each op's fast path does; %s is the instruction set's label. */

@@ -9,7 +9,7 @@
 
 extern const llmopt_host_api *ft_api;
 
-extern const llmopt_stage_desc ft_full_stage, ft_lora_stage, ft_pretrain_stage;
+extern const llmopt_stage_desc ft_full_stage, ft_lora_stage, ft_qlora_stage, ft_pretrain_stage;
 
 /* What a stage hands the shared training loop. */
 typedef struct ft_job {
@@ -25,6 +25,26 @@ typedef struct ft_job {
 /* Reads the data, trains (resuming, checkpointing, evaluating, stopping early as the parameters
  * say), reports the metrics, and leaves the trainer in *out (ft_api->trainer_free). */
 int ft_train(llmopt_stage_ctx *ctx, const ft_job *job, llmopt_trainer **out);
+
+/* LoRA on m with the stage's LoRA parameters (FT_LORA_PARAMS): trains, writes the adapter in
+ * PEFT's format to <stage dir>/adapter, and leaves in *out the model with the adapters merged
+ * (merge) or m itself (a new reference-counted clone either way). */
+int ft_lora_train(llmopt_stage_ctx *ctx, const llmopt_model *m, int merge, llmopt_model **out);
+
+/* The LoRA parameters of finetune.lora and finetune.qlora. */
+#define FT_LORA_PARAMS                                                                                                \
+    {.name = "rank", .type = LLMOPT_PARAM_INT, .default_value = "8", .min = 1, .max = 4096, .doc = "LoRA rank r"},   \
+    {.name = "alpha", .type = LLMOPT_PARAM_FLOAT, .default_value = "16", .min = 0, .max = 1e6,                       \
+     .doc = "LoRA alpha: the update is scaled by alpha / r"},                                                        \
+    {.name = "dropout", .type = LLMOPT_PARAM_FLOAT, .default_value = "0", .min = 0, .max = 0.999,                    \
+     .doc = "dropout on the adapter's input (PEFT's lora_dropout)"},                                                 \
+    {.name = "targets", .type = LLMOPT_PARAM_LIST, .default_value = "",                                             \
+     .doc = "modules to adapt by HF name (c_attn, q_proj, ...) or globs over full names; empty = PEFT's "           \
+            "defaults (gpt2: c_attn; llama: q_proj, v_proj)"},                                                       \
+    {.name = "merge", .type = LLMOPT_PARAM_BOOL, .default_value = "false",                                          \
+     .doc = "output the base with the adapters merged in (a plain HF checkpoint); else the base itself"},           \
+    {.name = "base_model_name_or_path", .type = LLMOPT_PARAM_STRING, .default_value = "",                           \
+     .doc = "written into adapter_config.json for PEFT"}
 
 /* The training parameters every finetune stage takes (data, loop, checkpoints), and a macro
  * listing them into a stage's schema. */

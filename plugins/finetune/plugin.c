@@ -9,7 +9,7 @@ static int init(const llmopt_host_api *api, llmopt_registrar *reg) {
         return LLMOPT_EABI;
     }
     ft_api = api;
-    const llmopt_stage_desc *stages[] = {&ft_full_stage, &ft_lora_stage, &ft_pretrain_stage};
+    const llmopt_stage_desc *stages[] = {&ft_full_stage, &ft_lora_stage, &ft_qlora_stage, &ft_pretrain_stage};
     for (size_t i = 0; i < sizeof stages / sizeof stages[0]; i++) {
         int rc = reg->add_stage(reg, stages[i]);
         if (rc) return rc;
@@ -18,4 +18,4 @@ static int init(const llmopt_host_api *api, llmopt_registrar *reg) {
 }
 
 LLMOPT_PLUGIN(.id = "finetune", .version = "0.1.0", .license = "MIT",
-              .summary = "training: full fine-tuning, LoRA (PEFT format), pretraining from scratch", .init = init);
+              .summary = "training: full fine-tuning, LoRA and QLoRA (PEFT format), pretraining from scratch", .init = init);

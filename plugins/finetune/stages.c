@@ -1,4 +1,5 @@
-/* finetune.full and finetune.lora: the stages over an input model. LoRA adapters are saved in
+/* finetune.full and finetune.lora: the stages over an input model (finetune.qlora, in qlora.c,
+ * trains LoRA through ft_lora_train below). LoRA adapters are saved in
  * PEFT's on-disk format (adapter/adapter_config.json, adapter/adapter_model.safetensors), so
  * PeftModel.from_pretrained loads them onto the transformers model. */
 #include <errno.h>
@@ -130,8 +131,8 @@ static int save_adapter(llmopt_stage_ctx *ctx, llmopt_trainer *t, const char *co
     return rc;
 }
 
-static int lora_run(llmopt_stage_ctx *ctx) {
-    const llmopt_model *m = A->stage_input(ctx, "model");
+int ft_lora_train(llmopt_stage_ctx *ctx, const llmopt_model *m, int merge, llmopt_model **out) {
+    *out = NULL;
     const char *arch = A->model_arch(m);
     size_t n = 0;
     const char **targets = param_list(ctx, "targets", &n);
@@ -150,10 +151,15 @@ static int lora_run(llmopt_stage_ctx *ctx) {
     int rc = ft_train(ctx, &job, &t);
     /* GPT-2's linear layers are Conv1D, weights stored [in, out]: PEFT's fan_in_fan_out */
     if (!rc) rc = save_adapter(ctx, t, tg, n, rank, alpha, dropout, arch && strcmp(arch, "gpt2") == 0);
-    llmopt_model *out = NULL;
-    if (!rc) rc = A->trainer_export(ctx, t, A->param_bool(ctx, "merge"), &out);
+    if (!rc) rc = A->trainer_export(ctx, t, merge, out);
     A->trainer_free(t);
     free(targets);
+    return rc;
+}
+
+static int lora_run(llmopt_stage_ctx *ctx) {
+    llmopt_model *out = NULL;
+    int rc = ft_lora_train(ctx, A->stage_input(ctx, "model"), A->param_bool(ctx, "merge"), &out);
     return rc ? rc : A->stage_set_output(ctx, out);
 }
 
@@ -163,18 +169,7 @@ static const llmopt_param_desc full_params[] = {
     FT_COMMON_PARAMS,
 };
 static const llmopt_param_desc lora_params[] = {
-    {.name = "rank", .type = LLMOPT_PARAM_INT, .default_value = "8", .min = 1, .max = 4096, .doc = "LoRA rank r"},
-    {.name = "alpha", .type = LLMOPT_PARAM_FLOAT, .default_value = "16", .min = 0, .max = 1e6,
-     .doc = "LoRA alpha: the update is scaled by alpha / r"},
-    {.name = "dropout", .type = LLMOPT_PARAM_FLOAT, .default_value = "0", .min = 0, .max = 0.999,
-     .doc = "dropout on the adapter's input (PEFT's lora_dropout)"},
-    {.name = "targets", .type = LLMOPT_PARAM_LIST, .default_value = "",
-     .doc = "modules to adapt by HF name (c_attn, q_proj, ...) or globs over full names; empty = PEFT's "
-            "defaults (gpt2: c_attn; llama: q_proj, v_proj)"},
-    {.name = "merge", .type = LLMOPT_PARAM_BOOL, .default_value = "false",
-     .doc = "output the base with the adapters merged in (a plain HF checkpoint); else the base itself"},
-    {.name = "base_model_name_or_path", .type = LLMOPT_PARAM_STRING, .default_value = "",
-     .doc = "written into adapter_config.json for PEFT"},
+    FT_LORA_PARAMS,
     FT_COMMON_PARAMS,
 };
 static const llmopt_input_desc inputs[] = {{.name = "model", .required = 1, .doc = "the model to fine-tune"}};

@@ -1,5 +1,5 @@
 /* quantize.rtn: round-to-nearest quantization of the selected linear weights into ggml's
- * Q8_0 / Q4_0 / Q4_1, int8 per output channel, or group-quantized GQ(bits, group, sym|asym),
+ * Q8_0 / Q4_0 / Q4_1, QLoRA's NF4, int8 per output channel, or group-quantized GQ(bits, group, sym|asym),
  * with the host's reference quantizers (the rules in host/runtime/quant.h). */
 #include <string.h>
 
@@ -55,8 +55,9 @@ static int rtn_run(llmopt_stage_ctx *ctx) {
 }
 
 static const llmopt_param_desc params[] = {
-    {.name = "format", .type = LLMOPT_PARAM_ENUM, .default_value = "q8_0", .choices = "q8_0|q4_0|q4_1|int8|gq",
-     .doc = "ggml q8_0/q4_0/q4_1 (blocks of 32), int8 per output channel, or gq: bits/group_size/sym below"},
+    {.name = "format", .type = LLMOPT_PARAM_ENUM, .default_value = "q8_0", .choices = "q8_0|q4_0|q4_1|nf4|int8|gq",
+     .doc = "ggml q8_0/q4_0/q4_1 (blocks of 32), nf4 (QLoRA's NormalFloat, blocks of 64, f32 absmax), int8 per "
+            "output channel, or gq: bits/group_size/sym below"},
     QZ_GROUP_PARAMS("4", "true"),
     QZ_SELECT_PARAMS(QZ_EXCLUDE_EMBEDDINGS),
     QZ_EVAL_PARAMS,
@@ -67,7 +68,7 @@ const llmopt_stage_desc qz_rtn_stage = {
     .struct_size = sizeof(llmopt_stage_desc),
     .flags = LLMOPT_STAGE_OUTPUTS_MODEL,
     .name = "quantize.rtn",
-    .summary = "round-to-nearest weight quantization (q8_0, q4_0, q4_1, int8, GQ)",
+    .summary = "round-to-nearest weight quantization (q8_0, q4_0, q4_1, nf4, int8, GQ)",
     .doc = "Quantizes the selected 2-D linear weights (default: all but embeddings and the LM head) by\n"
            "round to nearest. GPT-2 and Llama (a GPT-2 Conv1D weight is stored [out, in] once quantized).\n"
            "Metrics: size_bytes, size_ratio, bits_per_weight; ppl_input, ppl, ppl_ratio with eval_data.",

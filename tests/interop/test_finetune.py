@@ -3,9 +3,11 @@ PeftModel.from_pretrained onto the transformers model and gives the logits of ou
 (which transformers loads alone); a run killed with SIGKILL and resumed from its last checkpoint
 ends bitwise where an uninterrupted run does; and bad inputs (malformed JSONL, empty data, long
 records, unknown LoRA targets, a checkpoint of another model, a full disk while checkpointing)
-fail or warn, saying where."""
+fail or warn, saying where; early stopping stops where transformers' EarlyStoppingCallback rule
+does, and the progress line's learning rate is transformers' schedule."""
 
 import json
+import re
 import resource
 import signal
 import subprocess
@@ -384,3 +386,110 @@ def test_pretrain_from_scratch_loads_in_transformers(host, tokenizers, kjv_file,
         ref = model(torch.tensor([ids])).logits[0].numpy()
     ours = our_logits(host, d, ids, tmp_path)
     assert np.abs(ours - ref).max() < LOGIT_ATOL
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) the loop's controls: early stopping, the progress line
+
+
+def _val_losses(stderr):
+    return [(int(s), float(v)) for s, v in re.findall(r"step (\d+): val_loss ([0-9.]+)", stderr)]
+
+
+def hf_early_stop_step(vals, patience):
+    """Where transformers' EarlyStoppingCallback (threshold 0, lower is better) stops: after the
+    evaluation that makes `patience` in a row without a strictly better value; None: never."""
+    best, bad = None, 0
+    for step, v in vals:
+        if best is None or v < best:
+            best, bad = v, 0
+        else:
+            bad += 1
+        if bad >= patience:
+            return step
+    return None
+
+
+@pytest.mark.parametrize("lr,patience", [(0.0, 2), (0.05, 1), (0.05, 2)])
+def test_early_stopping_stops_where_transformers_early_stopping_callback_would(
+        host, models_with_tokenizer, kjv_file, tmp_path, lr, patience):
+    """lr 0: every validation equals the first, so the run stops after patience more; lr 0.05 on
+    the tiny model: validation losses go up and down, and the stop must land where the rule says."""
+    base_dir = models_with_tokenizer["gpt2_byte_level"]
+    cfg = write_config(
+        tmp_path, base_dir, {"train": (kjv_file, "0:1500"), "eval": (kjv_file, "1500:1600")},
+        [f"{{id: ft, uses: finetune.full, with: {{steps: 60, seq_len: 32, batch: 4, lr: {lr}, schedule: constant, "
+         f"eval_data: eval, eval_every: 2, patience: {patience}, seed: 5}}}}"])
+    p = host.run("run", cfg, "--out", tmp_path / "run", "--jobs", "1")
+    err = p.stderr.decode()
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    vals = _val_losses(err)
+    steps = metrics(report, "ft")["steps"]
+    want = hf_early_stop_step(vals, patience)
+    if lr == 0.0:
+        assert want == 2 * (patience + 1), vals
+    assert want is not None, f"no early stop in {vals}: pick settings where the rule stops"
+    print(f"lr {lr} patience {patience}: stopped at {steps}; val_loss {vals}")
+    assert steps == want, (steps, want, vals)
+    assert f"early stop at step {want}: no better val_loss in {patience} evaluations" in err, err[-2000:]
+    assert vals[-1][0] == want  # no validation after the stop
+
+
+def test_progress_line_shows_step_loss_lr_tokens_per_s_and_eta(host, models_with_tokenizer, kjv_file, tmp_path):
+    """On a terminal the live line is redrawn every 200 ms; under a pseudo-terminal we read the
+    snapshots: steps count up to the total, the learning rate is transformers'
+    get_cosine_schedule_with_warmup at that step, and tokens/s and ETA agree with the clock."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    from transformers import get_cosine_schedule_with_warmup
+
+    base_dir = models_with_tokenizer["gpt2_byte_level"]
+    total, warmup, lr, batch, seq = 600, 20, 3e-3, 4, 32
+    cfg = write_config(
+        tmp_path, base_dir, {"train": (kjv_file, "0:3000")},
+        [f"{{id: ft, uses: finetune.full, with: {{steps: {total}, seq_len: {seq}, batch: {batch}, lr: {lr}, "
+         f"schedule: cosine, warmup: {warmup}, seed: 1}}}}"])
+    master, slave = pty.openpty()
+    # a wide terminal: the live line is cut at the terminal's width
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 300, 0, 0))
+    proc = subprocess.Popen([str(host.exe), "--plugins", str(host.plugins), "run", str(cfg), "--out",
+                             str(tmp_path / "run"), "--jobs", "1"], stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            b = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not b:
+            break
+        chunks.append(b)
+    os.close(master)
+    assert proc.wait(timeout=600) == 0
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    snaps = [(int(k), int(n), float(loss), float(r), float(tps), float(eta), float(el)) for k, n, loss, r, tps, eta, el in
+             re.findall(r"step (\d+)/(\d+) loss ([0-9.]+) lr ([0-9.e+-]+) ([0-9]+) tok/s ETA ([0-9]+)s\s+([0-9.]+)s",
+                        text)]
+    assert len(snaps) >= 3, text[-2000:]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = get_cosine_schedule_with_warmup(opt, warmup, total)
+    rates = []
+    for _ in range(total):
+        rates.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    prev = 0
+    for k, n, loss, r, tps, eta, el in snaps:
+        assert n == total and prev <= k <= total
+        prev = k
+        assert r == pytest.approx(rates[k - 1], rel=5e-3, abs=1e-12), (k, r, rates[k - 1])
+        assert 0 < loss < 20
+        # tokens/s is over the loop's time, which the stage's elapsed time (the line's end) contains
+        assert tps * el >= k * batch * seq * 0.99 - 1, (k, tps, el)
+        # ETA: the loop's time per step so far times the steps left, at most el / k per step
+        assert eta <= el / k * (total - k) * 1.01 + 1, (k, eta, el)
+    assert snaps[-1][0] > snaps[0][0], "the step count never moved"

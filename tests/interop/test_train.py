@@ -1,7 +1,8 @@
 """llmopt's training engine against torch autograd on the same checkpoints: the gradient of every
 parameter of transformers' loss (mean cross-entropy over the shifted labels), ten AdamW steps
-against torch.optim.AdamW, and LoRA adapter gradients against a hand-made torch LoRA on the same
-adapter weights. The C side is <build>/tests/unit/train_driver (tests/interop/train_driver.c).
+against torch.optim.AdamW, global-norm gradient clipping against torch.nn.utils.clip_grad_norm_,
+gradient accumulation against one big batch, and LoRA adapter gradients against a hand-made
+torch LoRA on the same adapter weights. The C side is <build>/tests/unit/train_driver (tests/interop/train_driver.c).
 Errors are norm-wise per tensor: ||ours - torch|| / ||torch||."""
 
 import json
@@ -36,10 +37,10 @@ def train_models(models, half_models):
     return dict(models, **half_models)
 
 
-def token_batch(vocab, seed=0):
-    ids = np.random.default_rng(seed).integers(0, vocab, size=(BATCH, SEQ))
+def token_batch(vocab, seed=0, batch=BATCH):
+    ids = np.random.default_rng(seed).integers(0, vocab, size=(batch, SEQ))
     # transformers shifts labels inside the model: position t predicts ids[t + 1]
-    targets = np.concatenate([ids[:, 1:], np.full((BATCH, 1), -100)], axis=1)
+    targets = np.concatenate([ids[:, 1:], np.full((batch, 1), -100)], axis=1)
     targets[0, 5] = -100  # an ignored target inside a sequence
     return ids, targets
 
@@ -154,3 +155,91 @@ def test_lora_gradients_match_a_torch_lora_on_the_same_adapters(driver, plugin_d
     worst = max(errs, key=errs.get)
     print(f"{name}: max LoRA gradient error {errs[worst]:.3g} ({worst})")
     assert errs[worst] < GRAD_RTOL, f"{worst}: relative error {errs[worst]:.3g}"
+
+
+def torch_adamw_run(model, ids, targets, steps, lr, clip):
+    """steps of AdamW on the whole batch, clipping with clip_grad_norm_ when clip > 0: (losses, norms)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    losses, norms = [], []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch_loss(model, ids, targets)
+        loss.backward()
+        if clip > 0:
+            norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
+        opt.step()
+        losses.append(loss.item())
+    return losses, norms
+
+
+def weight_errors(ours, model):
+    errs = {}
+    for n, p in model.named_parameters():
+        o, t = ours[n].copy(), p.detach().numpy().copy()
+        key = key_bias_slice(n, model.config)
+        if key is not None:  # true gradient 0 (see test_ten_adamw_steps_end_at_torch_adamw_weights)
+            o[key], t[key] = 0, 0
+        errs[n] = rel_err(o, t)
+    return errs
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+def test_gradient_clipping_by_global_norm_matches_torch_clip_grad_norm(driver, plugin_dir, train_models, tmp_path,
+                                                                      name):
+    ids, targets = token_batch(load_reference_model(train_models[name]).config.vocab_size, seed=3)
+    steps, lr = 5, 1e-3
+    # the global norm of the first step's gradient, to pick a clip that binds at every step
+    first = run_driver(driver, plugin_dir, train_models[name], tmp_path / "probe", ids, targets, steps=1, lr=0.0,
+                       clip=0, grads=False)
+    clip = first["norms"][0] / 4
+    res = run_driver(driver, plugin_dir, train_models[name], tmp_path / "clipped", ids, targets, steps=steps, lr=lr,
+                     weight_decay=0.01, betas=[0.9, 0.999], eps=1e-8, clip=clip, grads=False)
+    model = load_reference_model(train_models[name])
+    losses, norms = torch_adamw_run(model, ids, targets, steps, lr, clip)
+    # the norm each step reports is the pre-clip total norm clip_grad_norm_ returns
+    np.testing.assert_allclose(res["norms"], norms, rtol=1e-4)
+    assert min(norms) > clip, "the clip never binds: the comparison would not test clipping"
+    np.testing.assert_allclose(res["losses"], losses, rtol=1e-4)
+    errs = weight_errors(load_file(tmp_path / "clipped" / "params" / "model.safetensors"), model)
+    worst = max(errs, key=errs.get)
+    # and the clipped run is measurably not the unclipped one, so the tolerance can tell them apart
+    unclipped = load_reference_model(train_models[name])
+    torch_adamw_run(unclipped, ids, targets, steps, lr, 0)
+    apart = weight_errors({n: p.detach().numpy() for n, p in unclipped.named_parameters()}, model)
+    print(f"{name}: clip {clip:.4g}, max weight error {errs[worst]:.3g} ({worst}); clipped vs unclipped "
+          f"{max(apart.values()):.3g}")
+    assert errs[worst] < ADAMW_RTOL, f"{worst}: relative error {errs[worst]:.3g}"
+    assert max(apart.values()) > 10 * ADAMW_RTOL
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+def test_gradient_accumulation_equals_one_big_batch(driver, plugin_dir, train_models, tmp_path, name):
+    """Four sequences as one batch, as 2 x 2 and as 4 x 1 micro-batches: the same gradients
+    (the mean over every target of the step, whatever micro-batch holds it; sequence 0 has one
+    target fewer) and the same weights after three AdamW steps, which equal torch's on the batch."""
+    model = load_reference_model(train_models[name])
+    ids, targets = token_batch(model.config.vocab_size, seed=4, batch=4)
+    grads, params = {}, {}
+    for accum in (1, 2, 4):
+        out = tmp_path / f"accum{accum}"
+        run_driver(driver, plugin_dir, train_models[name], out, ids, targets, steps=0, grads=True, accum=accum)
+        grads[accum] = load_file(out / "grads" / "model.safetensors")
+        out = tmp_path / f"steps{accum}"
+        res = run_driver(driver, plugin_dir, train_models[name], out, ids, targets, steps=3, lr=1e-3, clip=1.0,
+                         grads=False, accum=accum)
+        params[accum] = (load_file(out / "params" / "model.safetensors"), res)
+    for accum in (2, 4):
+        errs = {n: rel_err(grads[accum][n], grads[1][n]) for n in grads[1]}
+        worst = max(errs, key=errs.get)
+        assert errs[worst] < 1e-5, f"accum {accum}: gradient of {worst} differs by {errs[worst]:.3g}"
+        np.testing.assert_allclose(params[accum][1]["losses"], params[1][1]["losses"], rtol=1e-6)
+        np.testing.assert_allclose(params[accum][1]["norms"], params[1][1]["norms"], rtol=1e-5)
+    model.zero_grad()
+    torch_loss(model, ids, targets).backward()
+    errs = {n: rel_err(grads[2][n], p.grad.numpy()) for n, p in model.named_parameters()}
+    assert max(errs.values()) < GRAD_RTOL, max(errs.items(), key=lambda kv: kv[1])
+    losses, _ = torch_adamw_run(model, ids, targets, 3, 1e-3, 1.0)
+    np.testing.assert_allclose(params[4][1]["losses"], losses, rtol=1e-4)
+    errs = weight_errors(params[4][0], model)
+    worst = max(errs, key=errs.get)
+    assert errs[worst] < ADAMW_RTOL, f"{worst}: relative error {errs[worst]:.3g} after 3 steps of 4 x 1"

@@ -2,11 +2,13 @@
  *   {"model": DIR, "out": DIR, "inputs": [[ids]...], "targets": [[ids]...] (-100 ignored),
  *    "steps": N, "lr": F, "clip": F, "weight_decay": F, "betas": [F, F], "eps": F, "seed": N,
  *    "threads": N, "lora": {"rank": N, "alpha": F, "dropout": F, "targets": [names]} (optional),
- *    "grads": true|false}
- * runs N optimizer steps on the batch (one micro-batch of all sequences), then, when "grads",
- * one more forward/backward, and writes <out>/params/model.safetensors (the trainable tensors
- * after the steps), <out>/grads/model.safetensors (gradients of the mean loss over the targets,
- * as torch's loss.backward() of transformers' loss gives) and <out>/result.json (losses). */
+ *    "grads": true|false, "accum": N (optional, default 1)}
+ * runs N optimizer steps on the batch (accum micro-batches of consecutive sequences, one
+ * gradient step over all of them), then, when "grads", one more forward/backward, and writes
+ * <out>/params/model.safetensors (the trainable tensors after the steps),
+ * <out>/grads/model.safetensors (gradients of the mean loss over the targets, as torch's
+ * loss.backward() of transformers' loss gives) and <out>/result.json (losses; norms: each step's
+ * global gradient norm before clipping, as tr_step reports it). */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +48,20 @@ static int save(tr_trainer *t, int grads, double scale, const char *dir, llmopt_
     return rc;
 }
 
+/* forward/backward of accum micro-batches of `per` tokens each: summed loss and target count */
+static int fb_all(tr_trainer *t, const int32_t *in, const int32_t *tg, int accum, size_t per, double *loss, size_t *n,
+                  llmopt_error *err) {
+    *loss = 0, *n = 0;
+    for (int a = 0; a < accum; a++) {
+        double l;
+        size_t k;
+        int rc = tr_forward_backward(t, in + (size_t)a * per, tg + (size_t)a * per, &l, &k, err);
+        if (rc) return rc;
+        *loss += l, *n += k;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *plugins = argc > 1 ? argv[1] : getenv("LLMOPT_PLUGINS");
     json_error_t jerr;
@@ -71,9 +87,15 @@ int main(int argc, char **argv) {
             in[b * Tn + i] = (int32_t)json_integer_value(json_array_get(json_array_get(inputs, (size_t)b), (size_t)i));
             tg[b * Tn + i] = (int32_t)json_integer_value(json_array_get(json_array_get(targets, (size_t)b), (size_t)i));
         }
+    int accum = (int)num(job, "accum", 1);
+    if (accum < 1 || Bn % accum != 0) {
+        fprintf(stderr, "train_driver: accum %d does not divide the %d sequences\n", accum, Bn);
+        return 2;
+    }
+    const int mb = Bn / accum; /* sequences per micro-batch */
     tr_options o;
     tr_options_default(&o);
-    o.batch = Bn, o.seq = Tn;
+    o.batch = mb, o.seq = Tn;
     o.weight_decay = (float)num(job, "weight_decay", 0.01);
     o.eps = (float)num(job, "eps", 1e-8);
     o.seed = (uint64_t)num(job, "seed", 0);
@@ -94,23 +116,25 @@ int main(int argc, char **argv) {
     if (tr_new(m, &o, &t, &err) != 0) return die("tr_new", &err);
     int steps = (int)num(job, "steps", 0);
     float lr = (float)num(job, "lr", 1e-3), clip = (float)num(job, "clip", 0);
-    json_t *losses = json_array();
+    json_t *losses = json_array(), *norms = json_array();
     double loss;
     size_t n;
     for (int s = 0; s < steps; s++) {
         float norm;
-        if (tr_forward_backward(t, in, tg, &loss, &n, &err) || tr_step(t, lr, clip, &norm, &err)) return die("step", &err);
+        if (fb_all(t, in, tg, accum, (size_t)mb * (size_t)Tn, &loss, &n, &err) || tr_step(t, lr, clip, &norm, &err))
+            return die("step", &err);
         json_array_append_new(losses, json_real(loss / (double)n));
+        json_array_append_new(norms, json_real(norm));
     }
     const char *out = json_string_value(json_object_get(job, "out"));
     char *pdir = fs_join(out, "params"), *gdir = fs_join(out, "grads"), *rpath = fs_join(out, "result.json");
     if (save(t, 0, 1.0, pdir, &err)) return die("saving params", &err);
     if (json_is_true(json_object_get(job, "grads"))) {
-        if (tr_forward_backward(t, in, tg, &loss, &n, &err)) return die("forward_backward", &err);
+        if (fb_all(t, in, tg, accum, (size_t)mb * (size_t)Tn, &loss, &n, &err)) return die("forward_backward", &err);
         json_array_append_new(losses, json_real(loss / (double)n));
         if (save(t, 1, 1.0 / (double)n, gdir, &err)) return die("saving grads", &err);
     }
-    json_t *res = json_pack("{s:o}", "losses", losses);
+    json_t *res = json_pack("{s:o, s:o}", "losses", losses, "norms", norms);
     char *text = json_dumps(res, 0);
     if (fs_write_atomic(rpath, text, strlen(text), &err)) return die("writing result.json", &err);
     free(text), json_decref(res), json_decref(job);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "plugin/loader.h"
+#include "runtime/quant.h"
 #include "runtime/runtime.h"
 #include "runtime/threadpool.h"
 #include "runtime/train.h"
@@ -49,31 +50,34 @@ static void config(llmopt_model *m, const char *json) {
     assert_int_equal(rt_model_config_load(m, json, strlen(json), &err), 0);
 }
 
-/* GPT-2: 2 layers, width 16, 2 heads, MLP 64, 16 positions, tied embeddings. */
-static llmopt_model *tiny_gpt2(uint64_t seed, int n_layer) {
+/* GPT-2: n_layer layers, width C, 2 heads, MLP 4C, 16 positions, tied embeddings. */
+static llmopt_model *gpt2_of_width(uint64_t seed, int n_layer, int C) {
     g_rng = seed;
     llmopt_model *m = rt_model_new("gpt2");
     char cfg[256];
-    snprintf(cfg, sizeof cfg, "{\"model_type\": \"gpt2\", \"n_layer\": %d, \"n_embd\": 16, \"n_head\": 2, "
-             "\"vocab_size\": %d, \"n_positions\": 16}", n_layer, VOCAB);
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"gpt2\", \"n_layer\": %d, \"n_embd\": %d, \"n_head\": 2, "
+             "\"vocab_size\": %d, \"n_positions\": 16}", n_layer, C, VOCAB);
     config(m, cfg);
-    put(m, "wte.weight", VOCAB, 16, -0.3f, 0.3f);
-    put(m, "wpe.weight", 16, 16, -0.1f, 0.1f);
+    put(m, "wte.weight", VOCAB, C, -0.3f, 0.3f);
+    put(m, "wpe.weight", 16, C, -0.1f, 0.1f);
     for (int l = 0; l < n_layer; l++) {
         char n[96];
 #define P(what, a, b, lo, hi) (snprintf(n, sizeof n, "h.%d.%s", l, what), put(m, n, a, b, lo, hi))
-        P("ln_1.weight", 16, 0, 0.8f, 1.2f), P("ln_1.bias", 16, 0, -0.1f, 0.1f);
-        P("attn.c_attn.weight", 16, 48, -0.3f, 0.3f), P("attn.c_attn.bias", 48, 0, -0.1f, 0.1f);
-        P("attn.c_proj.weight", 16, 16, -0.3f, 0.3f), P("attn.c_proj.bias", 16, 0, -0.1f, 0.1f);
-        P("ln_2.weight", 16, 0, 0.8f, 1.2f), P("ln_2.bias", 16, 0, -0.1f, 0.1f);
-        P("mlp.c_fc.weight", 16, 64, -0.3f, 0.3f), P("mlp.c_fc.bias", 64, 0, -0.1f, 0.1f);
-        P("mlp.c_proj.weight", 64, 16, -0.2f, 0.2f), P("mlp.c_proj.bias", 16, 0, -0.1f, 0.1f);
+        P("ln_1.weight", C, 0, 0.8f, 1.2f), P("ln_1.bias", C, 0, -0.1f, 0.1f);
+        P("attn.c_attn.weight", C, 3 * C, -0.3f, 0.3f), P("attn.c_attn.bias", 3 * C, 0, -0.1f, 0.1f);
+        P("attn.c_proj.weight", C, C, -0.3f, 0.3f), P("attn.c_proj.bias", C, 0, -0.1f, 0.1f);
+        P("ln_2.weight", C, 0, 0.8f, 1.2f), P("ln_2.bias", C, 0, -0.1f, 0.1f);
+        P("mlp.c_fc.weight", C, 4 * C, -0.3f, 0.3f), P("mlp.c_fc.bias", 4 * C, 0, -0.1f, 0.1f);
+        P("mlp.c_proj.weight", 4 * C, C, -0.2f, 0.2f), P("mlp.c_proj.bias", C, 0, -0.1f, 0.1f);
 #undef P
     }
-    put(m, "ln_f.weight", 16, 0, 0.8f, 1.2f);
-    put(m, "ln_f.bias", 16, 0, -0.1f, 0.1f);
+    put(m, "ln_f.weight", C, 0, 0.8f, 1.2f);
+    put(m, "ln_f.bias", C, 0, -0.1f, 0.1f);
     return m;
 }
+
+/* GPT-2: 2 layers, width 16, 2 heads, MLP 64, 16 positions, tied embeddings. */
+static llmopt_model *tiny_gpt2(uint64_t seed, int n_layer) { return gpt2_of_width(seed, n_layer, 16); }
 
 /* Llama: 2 layers, width 16, 4 query heads and 2 kv heads of 4, MLP 24, attention biases,
  * linear rope scaling 2, untied head. */
@@ -330,6 +334,76 @@ static void merged_model_forward_equals_the_lora_forward(void **state) {
     }
 }
 
+/* A block linear weight (not an embedding or the head) of a model built above. */
+static int block_weight(const char *name, const llmopt_tensor *t) {
+    return t->ndim == 2 && strstr(name, ".weight") && (strncmp(name, "h.", 2) == 0 || strstr(name, "layers."));
+}
+
+/* The block linear weights of m quantized to dtype (qm, GPT-2 Conv1D stored [out, in]) and the
+ * same quantized values back in f32 in m's own layout (dm). */
+static void quantized_pair(const llmopt_model *m, int gpt2, int dtype, llmopt_model **qm, llmopt_model **dm) {
+    *qm = rt_model_clone(m), *dm = rt_model_clone(m);
+    llmopt_error err = {0};
+    for (size_t i = 0; i < rt_model_n_tensors(m); i++) {
+        const char *name = rt_model_tensor_name(m, i);
+        const llmopt_tensor *w = rt_model_get(m, name);
+        if (!block_weight(name, w)) continue;
+        int64_t R = w->shape[0], C = w->shape[1];
+        llmopt_tensor *oi = rt_tensor_new(LLMOPT_DTYPE_F32, 2, gpt2 ? (int64_t[]){C, R} : w->shape), *q = NULL, *d = NULL;
+        const float *src = w->data;
+        float *dst = oi->data;
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t c = 0; c < C; c++) dst[gpt2 ? c * R + r : r * C + c] = src[r * C + c];
+        if (q_quantize_tensor(oi, dtype, &q, &err) || q_dequantize_tensor(q, &d, &err)) fail_msg("%s: %s", name, err.msg);
+        assert_int_equal(rt_model_set(*qm, name, q), 0);
+        llmopt_tensor *back = rt_tensor_new(LLMOPT_DTYPE_F32, 2, w->shape);
+        const float *dv = d->data;
+        float *bv = back->data;
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t c = 0; c < C; c++) bv[r * C + c] = dv[gpt2 ? c * R + r : r * C + c];
+        assert_int_equal(rt_model_set(*dm, name, back), 0);
+        rt_tensor_unref(oi), rt_tensor_unref(q), rt_tensor_unref(d), rt_tensor_unref(back);
+    }
+}
+
+/* QLoRA's premise in the engine: adapters over a frozen quantized base get the gradients, and
+ * after AdamW steps the weights, of adapters over the f32 copy of the dequantized base (the
+ * quantized forward and the dx-only backward kernels against the f32 ones). */
+static void lora_over_a_quantized_base_trains_as_over_its_dequantized_weights(void **state) {
+    (void)state;
+    struct { int which, dtype; } cases[] = {
+        {0, LLMOPT_DTYPE_GQ(4, 16, 0)}, {1, LLMOPT_DTYPE_GQ(4, 8, 1)}, {2, LLMOPT_DTYPE_NF4}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int which = cases[c].which, gpt2 = which != 1;
+        llmopt_model *m = which == 0 ? tiny_gpt2(1, 2) : which == 1 ? tiny_llama(2) : gpt2_of_width(3, 1, 64);
+        llmopt_model *qm, *dm;
+        quantized_pair(m, gpt2, cases[c].dtype, &qm, &dm);
+        tr_options lo = opts(B);
+        const char *targets[] = {"*"};
+        lo.lora_rank = 2, lo.lora_alpha = 4, lo.lora_targets = targets, lo.n_lora_targets = 1;
+        tr_trainer *tq = trainer(qm, &lo), *td = trainer(dm, &lo);
+        int32_t in[B * T], tg[B * T];
+        batch(9, B, in, tg);
+        for (int s = 0; s < 4; s++) {
+            double lq = fb(tq, in, tg), ld = fb(td, in, tg);
+            if (!(fabs(lq - ld) <= 1e-5 * fabs(ld)))
+                fail_msg("%s step %d: loss %.8f on the quantized base, %.8f on its dequantized copy",
+                         rt_dtype_traits(cases[c].dtype)->name, s, lq, ld);
+            assert_int_equal(tr_n_params(tq), tr_n_params(td));
+            for (size_t i = 0; s > 0 && i < tr_n_params(tq); i++) {
+                double e = rel_diff(tr_param_grad(tq, i), tr_param_grad(td, i));
+                if (!(e < 1e-4)) fail_msg("%s step %d: gradient of %s differs by %.3g", rt_dtype_traits(cases[c].dtype)->name,
+                                          s, tr_param_name(tq, i), e);
+            }
+            step(tq, 1e-2f), step(td, 1e-2f);
+        }
+        for (size_t i = 0; i < tr_n_params(tq); i++)
+            assert_true(rel_diff(tr_param_value(tq, i), tr_param_value(td, i)) < 1e-4);
+        tr_free(tq), tr_free(td);
+        rt_model_unref(qm), rt_model_unref(dm), rt_model_unref(m);
+    }
+}
+
 static void expect_new_error(llmopt_model *m, const tr_options *o, const char *text) {
     tr_trainer *t = NULL;
     llmopt_error err = {0};
@@ -447,6 +521,7 @@ int main(void) {
         cmocka_unit_test(resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run),
         cmocka_unit_test(a_checkpoint_of_another_model_is_refused_saying_what_differs),
         cmocka_unit_test(bad_targets_are_refused_before_any_work),
+        cmocka_unit_test(lora_over_a_quantized_base_trains_as_over_its_dequantized_weights),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

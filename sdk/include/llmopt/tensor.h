@@ -26,9 +26,25 @@ typedef enum llmopt_dtype {
     LLMOPT_DTYPE_Q8_0 = 7,
     LLMOPT_DTYPE_Q4_0 = 8,
     LLMOPT_DTYPE_Q4_1 = 9,
+    /* NF4, 4-bit NormalFloat (Dettmers et al. 2023, QLoRA, section 3; bitsandbytes' blockwise
+     * layout without double quantization): a block of 64 weights of a row is an f32 absmax and
+     * 32 bytes of codes; w = absmax * LLMOPT_NF4_CODES[q], q the nearest code to w / absmax.
+     * Byte j holds element 2j in its high nibble and element 2j+1 in its low one (as
+     * bitsandbytes packs them). 36 bytes per 64 weights: 4.5 bits per weight. */
+    LLMOPT_DTYPE_NF4 = 10,
     LLMOPT_DTYPE_COUNT, /**< number of fixed types this SDK knows; not a type */
     LLMOPT_DTYPE_ANY = -1 /**< wildcard in kernel keys */
 } llmopt_dtype;
+
+/** The 16 NF4 values, ascending: the QLoRA paper's NormalFloat data type as bitsandbytes
+ *  defines it (equal-area quantiles of N(0, 1) normalized to [-1, 1], with an exact zero). One
+ *  definition for the host's quantizer and every kernel plugin. */
+#define LLMOPT_NF4_BLOCK 64
+#define LLMOPT_NF4_CODES                                                                        \
+    {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,                  \
+     -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,                 \
+     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,     \
+     0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f}
 
 /** Group-quantized types (GPTQ/AWQ/RTN style), any group size: each run of `group` consecutive
  *  weights of a row is one block holding an f16 scale, for asym also an f16 zero point, then the
