@@ -28,7 +28,17 @@ double now_monotonic(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The peak RSS of this process's own memory: Linux's VmHWM (/proc/self/status), which starts
+ * afresh at exec. getrusage's ru_maxrss does not: it keeps the parent's RSS at fork, so a host
+ * started from a Python process holding torch reported that process's 400 MB as its own. */
 size_t peak_rss_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %llu kB", &kb) == 1) break;
+    if (f) fclose(f);
+    if (kb) return (size_t)kb * 1024u;
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
     return (size_t)ru.ru_maxrss * 1024u; /* Linux reports KiB */

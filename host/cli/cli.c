@@ -207,6 +207,8 @@ int cli_main(int argc, char **argv) {
     rc = usage_error("unknown command '%s'; commands are run, validate, plugins, describe, init, generate, forward, help",
                      o.command);
 done:
+    /* -v: what the command cost in memory (VmHWM: this process's own peak, not its parent's) */
+    if (o.command) log_msg(LLMOPT_LOG_DEBUG, "peak RSS %.1f MiB", (double)peak_rss_bytes() / 1048576.0);
     free(o.plugin_dirs);
     free(o.sets);
     free(o.args);

@@ -199,3 +199,40 @@ def test_perplexity_matches_transformers(host, models_with_tokenizer, kjv_text, 
     assert metrics["tokens"] == tokens
     assert metrics["nll"] == pytest.approx(nll, rel=1e-5, abs=1e-6)
     assert metrics["ppl"] == pytest.approx(ppl, rel=1e-4)
+
+
+def _peak_rss_bytes(host, *args):
+    """The peak RSS `llmopt-host -v` reports for its own process (VmHWM; ru_maxrss would count
+    this Python process, which forked it)."""
+    import re
+    p = host.run("-v", "--threads", "1", *args)
+    m = re.search(rb"peak RSS ([0-9.]+) MiB", p.stderr)
+    assert m, p.stderr[-2000:]
+    return float(m.group(1)) * 2**20
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_loading_costs_about_the_file_size_in_memory(host, session_dir, models, dtype):
+    """Weights are mapped from model.safetensors, not copied: running a checkpoint of ~90 MB adds
+    about its size to the peak RSS over a tiny model's, not twice it (f16 matmul weights are read
+    as they are; only norm gains and biases get f32 copies)."""
+    host.require_command("forward")
+    from transformers import GPT2Config
+    from conftest import save_random_model
+    d = session_dir / f"gpt2_rss_{dtype}"
+    if not (d / "model.safetensors").exists():
+        cfg = GPT2Config(n_layer=6, n_embd=512, n_head=8, vocab_size=8000, n_positions=256,
+                         bos_token_id=None, eos_token_id=None)
+        save_random_model("GPT2LMHeadModel", cfg, 0, d)
+        if dtype == "float16":
+            import transformers
+            m = transformers.GPT2LMHeadModel.from_pretrained(d, torch_dtype=torch.float16)
+            m.save_pretrained(d, safe_serialization=True)
+    size = (d / "model.safetensors").stat().st_size
+    tiny = models["gpt2"]
+    tiny_size = (tiny / "model.safetensors").stat().st_size
+    rss_tiny = _peak_rss_bytes(host, "forward", tiny, "--ids", "1,2,3")
+    rss = _peak_rss_bytes(host, "forward", d, "--ids", "1,2,3")
+    extra = rss - rss_tiny
+    assert extra <= 1.15 * (size - tiny_size) + 8 * 2**20, \
+        f"{dtype}: {size / 2**20:.1f} MiB file, peak RSS {rss / 2**20:.1f} MiB ({extra / 2**20:.1f} MiB over a tiny model)"
