@@ -115,6 +115,9 @@ typedef struct cpu_qsimd {
      * other dtypes (the caller unpacks codes and uses dot_u8s8). NULL in the portable table. */
     int (*row_dot)(int dtype, const uint8_t *row, size_t row_bytes, int nrows, const int8_t *xq, const float *dx,
                    const float *dxs, int64_t K, float *out);
+    /* One row of K weights to f32 read straight from its blocks: 0 for Q8_0, Q4_0, Q4_1 and GQ
+     * 4/8-bit groups of 32k; -1 for other dtypes (unpack + codes_to_f32). NULL: portable table. */
+    int (*row_to_f32)(int dtype, const uint8_t *row, int64_t K, float *dst);
 } cpu_qsimd;
 
 extern const cpu_qsimd cpu_qsimd_generic;     /* quant_rows.c */

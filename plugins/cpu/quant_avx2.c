@@ -65,10 +65,11 @@ AVX2 static __m256i dot_s8(__m256i q, __m256i x) {
 #define QD_S8_BIAS 0
 #define QD_U8_BIAS (-128)
 #define QD_NAME avx2_row_dot
+#define QD_F32_NAME avx2_row_f32
 #include "quant_rowdot.h"
 
-const cpu_qsimd cpu_qsimd_avx2 = {"avx2", avx2_dot_u8s8, avx2_codes_to_f32, avx2_row_dot};
+const cpu_qsimd cpu_qsimd_avx2 = {"avx2", avx2_dot_u8s8, avx2_codes_to_f32, avx2_row_dot, avx2_row_f32};
 
 #else
-const cpu_qsimd cpu_qsimd_avx2 = {"avx2", NULL, NULL, NULL};
+const cpu_qsimd cpu_qsimd_avx2 = {"avx2", NULL, NULL, NULL, NULL};
 #endif

@@ -5,7 +5,8 @@
  *   QD_DOT_U4(u, x)  int32 lanes summing u*x over 32 codes u <= 15 (x: int8 in [-127, 127]);
  *   QD_DOT_U8(u, x)  the same for codes u <= 255, plus QD_U8_BIAS * sum(x);
  *   QD_DOT_S8(q, x)  the same for signed int8 codes q, plus QD_S8_BIAS * sum(x);
- *   QD_NAME          the name of the row_dot function to define.
+ *   QD_NAME          the name of the row_dot function to define;
+ *   QD_F32_NAME      the name of the row-to-f32 function to define (prefill tiles, embedding).
  * Every format reads as codes v with w = c*(v - z) per 32 weights, so a block adds
  * c * (dot - (bias + z) * sum(x)): the vector part accumulates per row in f32 lanes, the offset
  * as a scalar through dxs[b] = dx[b] * sum(x block b). Four rows at a time give four
@@ -138,5 +139,48 @@ QD_ATTR static int QD_NAME(int dtype, const uint8_t *row, size_t row_bytes, int 
     if (nrows == QD_MAXR) return qd_rows(QD_MAXR, dtype, row, row_bytes, xq, dx, dxs, K, out);
     for (int r = 0; r < nrows; r++)
         if (qd_rows(1, dtype, row + (size_t)r * row_bytes, row_bytes, xq, dx, dxs, K, out + r)) return -1;
+    return 0;
+}
+
+/* 32 codes (bytes of u, unsigned or, when sign, int8) to f32: dst = s * code + m. */
+QD_INLINE void qd_codes_f32(__m256i u, int sign, float s, float m, float *dst) {
+    const __m256 vs = _mm256_set1_ps(s), vm = _mm256_set1_ps(m);
+    const __m128i lo = _mm256_castsi256_si128(u), hi = _mm256_extracti128_si256(u, 1);
+    const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int k = 0; k < 4; k++) {
+        __m256i q = sign ? _mm256_cvtepi8_epi32(part[k]) : _mm256_cvtepu8_epi32(part[k]);
+        _mm256_storeu_ps(dst + 8 * k, _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), vs, vm));
+    }
+}
+
+/* One row of K weights to f32 straight from its blocks (what cpu_q_unpack_row + codes_to_f32 do
+ * in two passes); -1 for the formats without a fused path (GQ 2/3 bits, groups not of 32k). */
+QD_ATTR static int QD_F32_NAME(int dtype, const uint8_t *row, int64_t K, float *dst) {
+    const int64_t nb = K / CPU_QK;
+    if (dtype == LLMOPT_DTYPE_Q8_0) {
+        for (int64_t b = 0; b < nb; b++, row += 34, dst += CPU_QK)
+            qd_codes_f32(_mm256_loadu_si256((const __m256i *)(row + 2)), 1, qd_f16(row), 0.0f, dst);
+        return 0;
+    }
+    if (dtype == LLMOPT_DTYPE_Q4_0 || dtype == LLMOPT_DTYPE_Q4_1) {
+        const int q40 = dtype == LLMOPT_DTYPE_Q4_0;
+        for (int64_t b = 0; b < nb; b++, row += q40 ? 18 : 20, dst += CPU_QK) {
+            const float d = qd_f16(row);
+            qd_codes_f32(qd_nib_ggml(row + (q40 ? 2 : 4)), 0, d, q40 ? -8.0f * d : qd_f16(row + 2), dst);
+        }
+        return 0;
+    }
+    if (!LLMOPT_DTYPE_IS_GQ(dtype) || LLMOPT_DTYPE_GQ_GROUP(dtype) % CPU_QK != 0) return -1;
+    const int bits = LLMOPT_DTYPE_GQ_BITS(dtype), asym = LLMOPT_DTYPE_GQ_ASYM(dtype);
+    if (bits != 4 && bits != 8) return -1;
+    const int64_t per = LLMOPT_DTYPE_GQ_GROUP(dtype) / CPU_QK;
+    const size_t hdr = asym ? 4 : 2, sub = (size_t)(CPU_QK * bits / 8);
+    for (int64_t b = 0; b < nb; row += hdr + (size_t)per * sub) {
+        const float sc = qd_f16(row), z = asym ? qd_f16(row + 2) : (float)(1 << (bits - 1));
+        for (int64_t k = 0; k < per; k++, b++, dst += CPU_QK) {
+            const uint8_t *p = row + hdr + (size_t)k * sub;
+            qd_codes_f32(bits == 4 ? qd_nib_gq(p) : _mm256_loadu_si256((const __m256i *)p), 0, sc, -z * sc, dst);
+        }
+    }
     return 0;
 }

@@ -113,6 +113,7 @@ void cpu_q_row_to_f32(const cpu_qsimd *q, int dtype, const uint8_t *row, int64_t
         gq_row_to_f32_slow(dtype, row, K, dst);
         return;
     }
+    if (q->row_to_f32 && q->row_to_f32(dtype, row, K, dst) == 0) return;
     uint8_t *u = scratch;
     float *s = (float *)((uintptr_t)(u + K + 63) & ~(uintptr_t)63), *m = s + K / CPU_QK;
     cpu_q_unpack_row(dtype, row, K, u, s, m);
@@ -152,7 +153,7 @@ static void generic_codes_to_f32(float *dst, const uint8_t *u, const float *s, c
         for (int j = 0; j < CPU_QK; j++) dst[j] = s[b] * (float)u[j] + m[b];
 }
 
-const cpu_qsimd cpu_qsimd_generic = {"generic", generic_dot_u8s8, generic_codes_to_f32, NULL};
+const cpu_qsimd cpu_qsimd_generic = {"generic", generic_dot_u8s8, generic_codes_to_f32, NULL, NULL};
 
 /* ---- argument checks ---- */
 
