@@ -40,6 +40,21 @@ int cmd_plugins(const cli_opts *o) {
     return rc;
 }
 
+/* A list parameter's default ("a|b|c" in the descriptor) as the YAML flow list a config would
+ * hold: ["a", "b", "c"] (quoted: a glob starting with '*' is a YAML alias otherwise). */
+static void list_yaml(const char *v, char *out, size_t n) {
+    size_t k = 0;
+    out[k++] = '[';
+    for (const char *p = v; p && *p && k + 8 < n;) {
+        const char *e = strchr(p, '|');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        k += (size_t)snprintf(out + k, n - k, "%s\"%.*s\"", k > 1 ? ", " : "", (int)len, p);
+        if (k >= n) k = n - 2;
+        p = e ? e + 1 : NULL;
+    }
+    snprintf(out + k, n - k, "]");
+}
+
 static void describe_param(const llmopt_param_desc *d) {
     char range[160] = "";
     if (d->type == LLMOPT_PARAM_INT && d->min < d->max)
@@ -48,9 +63,14 @@ static void describe_param(const llmopt_param_desc *d) {
         snprintf(range, sizeof range, " in [%g, %g]", d->min, d->max);
     else if (d->type == LLMOPT_PARAM_ENUM && d->choices)
         snprintf(range, sizeof range, " one of %s", d->choices);
-    printf("  %-18s %s%s, %s%s%s\n", d->name, param_type_str(d->type), range,
-           d->required ? "required" : "default ", d->required ? "" : "",
-           d->required ? "" : (d->default_value && *d->default_value ? d->default_value : "(empty)"));
+    char list[512];
+    const char *def = d->default_value && *d->default_value ? d->default_value : "(empty)";
+    if (d->type == LLMOPT_PARAM_LIST && d->default_value && *d->default_value) {
+        list_yaml(d->default_value, list, sizeof list);
+        def = list;
+    }
+    printf("  %-18s %s%s, %s%s\n", d->name, param_type_str(d->type), range, d->required ? "required" : "default ",
+           d->required ? "" : def);
     if (d->doc) printf("  %-18s %s\n", "", d->doc);
 }
 
@@ -87,7 +107,11 @@ int cmd_describe(const cli_opts *o) {
     for (size_t i = 0; i < d->n_params; i++) {
         const llmopt_param_desc *p = &s->params[i];
         const char *v = p->default_value && *p->default_value ? p->default_value : "";
-        if (p->type == LLMOPT_PARAM_LIST) printf("      %s: [%s]\n", p->name, v);
+        char list[512];
+        if (p->type == LLMOPT_PARAM_LIST) {
+            list_yaml(v, list, sizeof list);
+            printf("      %s: %s\n", p->name, list);
+        }
         else printf("      %s: %s%s\n", p->name, p->required ? "<required>" : v, "");
     }
     registry_free(reg);

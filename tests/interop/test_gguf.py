@@ -302,3 +302,38 @@ def test_llama_cpp_python_logits_match_transformers(models_with_tokenizer, conve
     with torch.no_grad():
         ref = load_reference_model(models_with_tokenizer[name])(torch.tensor([IDS])).logits[0].numpy()
     assert np.abs(got - ref).max() <= LOGITS_ATOL
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
+def test_llama_cpp_python_runs_our_quantized_gguf_as_we_do(host, models_with_tokenizer, tmp_path, fmt):
+    """quantize.rtn into a ggml block type, then quantize.gguf: llama.cpp loads the file and its
+    logits agree with ours on the same quantized model within the activation quantization both
+    sides apply (llama.cpp quantizes activations to Q8_0 for these dot products; our prefill
+    multiplies the dequantized weights in f32)."""
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (optional: pip install -r "
+        "tests/interop/requirements-llama-cpp.txt; it builds llama.cpp from source)")
+    if not host.has_stage("quantize.gguf"):
+        pytest.skip("no quantize.gguf stage in this build")
+    src = models_with_tokenizer["llama_llama_bpe"]
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text(f"name: q\nmodel: {src}\nstages:\n"
+                   # down_proj reads the MLP's 176 features, not a whole number of 32-blocks
+                   f"  - {{id: q, uses: quantize.rtn, with: {{format: {fmt}, exclude: ['*down_proj*', "
+                   "'*embed_tokens*', '*lm_head*']}}\n"
+                   "  - {id: g, uses: quantize.gguf, inputs: {model: q}}\n"
+                   "outputs: [q]\n")
+    run = tmp_path / "run"
+    host.run("-q", "run", cfg, "--out", run)
+    host.run("forward", run / "q" / "model", "--ids", ",".join(map(str, IDS)), "--out", tmp_path / "ours.bin")
+    ours = np.fromfile(tmp_path / "ours.bin", dtype="<f4").reshape(len(IDS), -1)
+    llm = llama_cpp.Llama(model_path=str(run / "g" / "model.gguf"), logits_all=True, n_ctx=128, n_threads=2,
+                          verbose=False, type_k=0, type_v=0)
+    llm.eval(IDS)
+    theirs = np.array(llm.scores[: len(IDS)], dtype=np.float32)
+    with torch.no_grad():
+        f32 = load_reference_model(src)(torch.tensor([IDS])).logits[0].numpy()
+    quant_err = np.abs(ours - f32).max()  # what quantizing the weights moved
+    err = np.abs(theirs - ours).max()
+    assert quant_err > 1e-4, "the quantized model should differ from the f32 one"
+    assert err <= max(0.25 * quant_err, 5e-3), f"{fmt}: llama.cpp vs ours {err:.3g} (weights' own effect {quant_err:.3g})"
