@@ -59,9 +59,10 @@ AVX2 static __m256i dot_s8(__m256i q, __m256i x) {
 /* The fused row dot (quant_rowdot.h): codes <= 15 go straight into maddubs; 8-bit codes u are
  * read as u - 128 (signed), which subtracts 128 * sum(x). */
 #define QD_ATTR AVX2
-#define QD_DOT_U4(u, x) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (x)), _mm256_set1_epi16(1))
-#define QD_DOT_S8(q, x) dot_s8((q), (x))
-#define QD_DOT_U8(u, x) dot_s8(_mm256_xor_si256((u), _mm256_set1_epi8((char)0x80)), (x))
+#define QD_DOTA_U4(a, u, x) _mm256_add_epi32((a), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (x)), _mm256_set1_epi16(1)))
+#define QD_DOTA_S8(a, q, x) _mm256_add_epi32((a), dot_s8((q), (x)))
+#define QD_DOTA_U8(a, u, x) _mm256_add_epi32((a), dot_s8(_mm256_xor_si256((u), _mm256_set1_epi8((char)0x80)), (x)))
+#define QD_LANESUM(x) _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), (x)), _mm256_set1_epi16(1))
 #define QD_S8_BIAS 0
 #define QD_U8_BIAS (-128)
 #define QD_NAME avx2_row_dot

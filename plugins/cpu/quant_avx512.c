@@ -46,9 +46,10 @@ VNNI static void vnni_codes_to_f32(float *dst, const uint8_t *u, const float *s,
 /* The fused row dot (quant_rowdot.h): dpbusd multiplies unsigned codes with x as they are; a
  * signed Q8_0 code q is read as q ^ 0x80 = q + 128, which adds 128 * sum(x). */
 #define QD_ATTR VNNI
-#define QD_DOT_U4(u, x) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (x))
-#define QD_DOT_U8(u, x) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (x))
-#define QD_DOT_S8(q, x) _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_xor_si256((q), _mm256_set1_epi8((char)0x80)), (x))
+#define QD_DOTA_U4(a, u, x) _mm256_dpbusd_epi32((a), (u), (x))
+#define QD_DOTA_U8(a, u, x) _mm256_dpbusd_epi32((a), (u), (x))
+#define QD_DOTA_S8(a, q, x) _mm256_dpbusd_epi32((a), _mm256_xor_si256((q), _mm256_set1_epi8((char)0x80)), (x))
+#define QD_LANESUM(x) _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), (x))
 #define QD_S8_BIAS 128
 #define QD_U8_BIAS 0
 #define QD_NAME vnni_row_dot

@@ -2,20 +2,23 @@
  * QD_MAXR consecutive rows of W (read straight from their blocks) against one row of x quantized
  * per 32. quant_avx2.c and quant_avx512.c include this file after defining
  *   QD_ATTR          the target attribute of their functions;
- *   QD_DOT_U4(u, x)  int32 lanes summing u*x over 32 codes u <= 15 (x: int8 in [-127, 127]);
- *   QD_DOT_U8(u, x)  the same for codes u <= 255, plus QD_U8_BIAS * sum(x);
- *   QD_DOT_S8(q, x)  the same for signed int8 codes q, plus QD_S8_BIAS * sum(x);
+ *   QD_DOTA_U4(a, u, x)  a + int32 lanes summing u*x over 32 codes u <= 15, each lane the 4
+ *                        bytes it covers (x: int8 in [-127, 127]);
+ *   QD_DOTA_U8(a, u, x)  the same for codes u <= 255, plus QD_U8_BIAS * x per lane;
+ *   QD_DOTA_S8(a, q, x)  the same for signed int8 codes q, plus QD_S8_BIAS * x per lane;
+ *   QD_LANESUM(x)        the lanes' sums of x alone;
  *   QD_NAME          the name of the row_dot function to define;
  *   QD_F32_NAME      the name of the row-to-f32 function to define (prefill tiles, embedding).
  * Every format reads as codes v with w = c*(v - z) per 32 weights, so a block adds
- * c * (dot - (bias + z) * sum(x)): the vector part accumulates per row in f32 lanes, the offset
- * as a scalar through dxs[b] = dx[b] * sum(x block b). Four rows at a time give four
+ * c * (dot - (bias + z) * sum(x)): an integer bias + z is subtracted in the int32 lanes (the dot
+ * starts from -(bias + z) * lane sums of x), a fractional zero (Q4_1's min, GQ asym's f16 zero)
+ * as a scalar through dxs[b] = dx[b] * sum(x block b); the rest accumulates per row in f32. Four rows at a time give four
  * independent FMA chains (one row alone waits on its accumulator), load each x block once, and
  * keep four weight streams in flight. Each stream prefetches the same bytes of the row R rows
  * on, which the next call reads (decode streams every weight once a token; without the prefetch
  * the GPT-2 124M q8_0 decode took 1.5x the CPU time, perf showing it on the weight loads). */
 #ifndef QD_ATTR
-#error "define QD_ATTR, QD_DOT_U4, QD_DOT_U8, QD_DOT_S8, QD_U8_BIAS, QD_S8_BIAS and QD_NAME first"
+#error "define QD_ATTR, QD_DOTA_U4, QD_DOTA_U8, QD_DOTA_S8, QD_LANESUM, QD_U8_BIAS, QD_S8_BIAS, QD_NAME and QD_F32_NAME first"
 #endif
 
 #include <immintrin.h>
@@ -52,16 +55,25 @@ QD_INLINE __m256i qd_nib_gq(const uint8_t *p) {
     return _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
 }
 
+/* -zi * (sum of x over each int32 lane's 4 bytes): the accumulator a block's dot starts from when
+ * its codes carry an integer zero zi (or the dot instruction's bias), so the block sums
+ * (code - zi) * x in int32 with no scalar offset. Once per x block, shared by the R rows. */
+QD_INLINE __m256i qd_base(__m256i x, int zi) {
+    if (!zi) return _mm256_setzero_si256();
+    return _mm256_mullo_epi32(QD_LANESUM(x), _mm256_set1_epi32(-zi));
+}
+
 /* Q8_0 (f16 d, 32 int8), Q4_0 (f16 d, 16 bytes; z = 8), Q4_1 (f16 d, f16 m, 16 bytes). */
 QD_INLINE void qd_ggml(const int dtype, const int R, const uint8_t *row, size_t rb, const int8_t *xq,
                        const float *dx, const float *dxs, int64_t nb, float *out) {
     const size_t hdr = dtype == LLMOPT_DTYPE_Q4_1 ? 4 : 2, bsz = dtype == LLMOPT_DTYPE_Q8_0 ? 34 : hdr + 16;
     const size_t ahead = (size_t)R * rb;
+    const int zi = dtype == LLMOPT_DTYPE_Q8_0 ? QD_S8_BIAS : dtype == LLMOPT_DTYPE_Q4_0 ? 8 : 0;
     __m256 acc[QD_MAXR];
     float off[QD_MAXR];
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps(), off[r] = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
-        const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK));
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)), base = qd_base(x, zi);
         QD_UNROLL
         for (int r = 0; r < R; r++) {
             const uint8_t *p = row + (size_t)r * rb + (size_t)b * bsz;
@@ -69,11 +81,10 @@ QD_INLINE void qd_ggml(const int dtype, const int R, const uint8_t *row, size_t 
             const float d = qd_f16(p);
             __m256i s;
             if (dtype == LLMOPT_DTYPE_Q8_0) {
-                s = QD_DOT_S8(_mm256_loadu_si256((const __m256i *)(p + 2)), x);
-                if (QD_S8_BIAS) off[r] -= (float)QD_S8_BIAS * d * dxs[b];
+                s = QD_DOTA_S8(base, _mm256_loadu_si256((const __m256i *)(p + 2)), x);
             } else {
-                s = QD_DOT_U4(qd_nib_ggml(p + hdr), x);
-                off[r] += (dtype == LLMOPT_DTYPE_Q4_0 ? -8.0f * d : qd_f16(p + 2)) * dxs[b];
+                s = QD_DOTA_U4(base, qd_nib_ggml(p + hdr), x);
+                if (dtype == LLMOPT_DTYPE_Q4_1) off[r] += qd_f16(p + 2) * dxs[b]; /* the block's min */
             }
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * dx[b]), acc[r]);
         }
@@ -81,32 +92,35 @@ QD_INLINE void qd_ggml(const int dtype, const int R, const uint8_t *row, size_t 
     for (int r = 0; r < R; r++) out[r] = qd_hsum(acc[r]) + off[r];
 }
 
-/* GQ 4 or 8 bits, groups of `group` (a multiple of 32): f16 scale (, f16 zero), codes. */
+/* GQ 4 or 8 bits, groups of `group` (a multiple of 32): f16 scale (, f16 zero), codes. The
+ * symmetric zero (8 or 128) is an integer and goes into the int32 sums; an asymmetric one is an
+ * f16 and stays a scalar offset. */
 QD_INLINE void qd_gq(const int bits, const int asym, const int R, int64_t group, const uint8_t *row, size_t rb,
                      const int8_t *xq, const float *dx, const float *dxs, int64_t nb, float *out) {
     const int64_t per = group / CPU_QK;
     const size_t hdr = asym ? 4 : 2, sub = (size_t)(CPU_QK * bits / 8), gsz = hdr + (size_t)per * sub;
     const size_t ahead = (size_t)R * rb;
+    const int zi = (bits == 8 ? QD_U8_BIAS : 0) + (asym ? 0 : 1 << (bits - 1));
     __m256 acc[QD_MAXR];
-    float off[QD_MAXR], sc[QD_MAXR], zb[QD_MAXR];
+    float off[QD_MAXR], sc[QD_MAXR], z[QD_MAXR];
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps(), off[r] = 0.0f;
     for (int64_t b = 0, g = 0; b < nb; g++) {
         QD_UNROLL
         for (int r = 0; r < R; r++) {
             const uint8_t *p = row + (size_t)r * rb + (size_t)g * gsz;
             sc[r] = qd_f16(p);
-            zb[r] = (asym ? qd_f16(p + 2) : (float)(1 << (bits - 1))) + (bits == 8 ? (float)QD_U8_BIAS : 0.0f);
+            z[r] = asym ? qd_f16(p + 2) : 0.0f;
         }
         for (int64_t k = 0; k < per; k++, b++) {
-            const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK));
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)), base = qd_base(x, zi);
             QD_UNROLL
-        for (int r = 0; r < R; r++) {
+            for (int r = 0; r < R; r++) {
                 const uint8_t *p = row + (size_t)r * rb + (size_t)g * gsz + hdr + (size_t)k * sub;
                 _mm_prefetch((const char *)p + ahead, _MM_HINT_T0);
-                __m256i s = bits == 4 ? QD_DOT_U4(qd_nib_gq(p), x)
-                                      : QD_DOT_U8(_mm256_loadu_si256((const __m256i *)p), x);
+                __m256i s = bits == 4 ? QD_DOTA_U4(base, qd_nib_gq(p), x)
+                                      : QD_DOTA_U8(base, _mm256_loadu_si256((const __m256i *)p), x);
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(sc[r] * dx[b]), acc[r]);
-                off[r] -= zb[r] * sc[r] * dxs[b];
+                if (asym) off[r] -= z[r] * sc[r] * dxs[b];
             }
         }
     }
