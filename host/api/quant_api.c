@@ -175,6 +175,82 @@ static int api_calibrate(llmopt_stage_ctx *ctx, const llmopt_model *m, const int
     return rc ? fail(ctx, &err) : 0;
 }
 
+static int api_calibrate_sequential(llmopt_stage_ctx *ctx, llmopt_model *m, const int32_t *tokens, size_t n_seq,
+                                    size_t seq_len,
+                                    int (*fn)(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols),
+                                    int (*block_done)(void *arg, int block), void *arg) {
+    llmopt_error err = {0};
+    if (!m || !fn || !block_done || !tokens || n_seq == 0 || seq_len == 0) {
+        error_set(&err, LLMOPT_EINVAL, "calibrate: no calibration tokens (%zu sequences of %zu)", n_seq, seq_len);
+        return fail(ctx, &err);
+    }
+    tf_model *tm = NULL;
+    tf_session *s = NULL;
+    float *H = NULL, *tmp = NULL, *normed = NULL;
+    if (tf_model_new(m, LLMOPT_DEVICE_CPU, &tm, &err) != 0) return fail(ctx, &err);
+    const arch_config *c = tf_model_arch(tm);
+    const size_t row = seq_len * (size_t)c->n_embd;
+    int rc = 0;
+    if (seq_len > (size_t)c->n_ctx)
+        rc = error_set(&err, LLMOPT_EINVAL, "calibrate: sequences of %zu tokens exceed the model's context of %d",
+                       seq_len, c->n_ctx);
+    if (!rc && n_seq > SIZE_MAX / sizeof(float) / row)
+        rc = error_set(&err, LLMOPT_ENOMEM, "calibrate: %zu x %zu hidden states do not fit in memory", n_seq, row);
+    if (!rc && (!(H = malloc(n_seq * row * sizeof *H)) || !(tmp = malloc(row * sizeof *tmp)) ||
+                !(normed = malloc(row * sizeof *normed))))
+        rc = error_set(&err, LLMOPT_ENOMEM, "calibrate: out of memory for %zu x %zu tokens of hidden states (%.0f MB)",
+                       n_seq, seq_len, (double)(n_seq * row * sizeof *H) / 1e6);
+    if (!rc) rc = tf_session_new(tm, (int)seq_len, &s, &err);
+    for (size_t i = 0; !rc && i < n_seq; i++) {
+        tf_session_rewind(s, 0);
+        rc = tf_embed(s, tokens + i * seq_len, (int)seq_len, H + i * row, &err);
+    }
+    capture cap = {.m = m, .fn = fn, .arg = arg};
+    int user = 0; /* fn or block_done failed: they set the error */
+    for (int l = 0; !rc && l <= c->n_layer; l++) {
+        /* block l's inputs (or the head's, after the last block) to fn */
+        tf_model_set_capture(tm, on_matmul, &cap);
+        for (size_t i = 0; !rc && i < n_seq; i++) {
+            if (ctx && ctx->cancel && atomic_load(ctx->cancel)) {
+                rc = error_set(&err, LLMOPT_ECANCELED, "calibration cancelled in block %d", l);
+                break;
+            }
+            tf_session_rewind(s, 0);
+            memcpy(tmp, H + i * row, row * sizeof *tmp);
+            if (l < c->n_layer) {
+                rc = tf_block(s, l, tmp, (int)seq_len, &err);
+            } else {
+                const char *head = weight_name(&cap, tf_model_lm_head(tm));
+                rc = tf_final_norm(s, tmp, (int)seq_len, normed, &err);
+                if (!rc && head && (cap.status = fn(arg, head, normed, (int64_t)seq_len, c->n_embd))) rc = cap.status;
+            }
+        }
+        tf_model_set_capture(tm, NULL, NULL);
+        if (rc) {
+            user = cap.status != 0;
+            break;
+        }
+        if ((rc = block_done(arg, l)) != 0) {
+            user = 1;
+            break;
+        }
+        if (l == c->n_layer) break;
+        /* the block's new weights make the next block's inputs */
+        if ((rc = tf_model_rebind_weights(tm, l, &err)) != 0) break;
+        for (size_t i = 0; !rc && i < n_seq; i++) {
+            tf_session_rewind(s, 0);
+            rc = tf_block(s, l, H + i * row, (int)seq_len, &err);
+        }
+    }
+    tf_session_free(s);
+    tf_model_free(tm);
+    free(H);
+    free(tmp);
+    free(normed);
+    if (rc && user) return rc;
+    return rc ? fail(ctx, &err) : 0;
+}
+
 /* ---- export ---- */
 
 static int api_gguf_write(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *path) {
@@ -187,5 +263,6 @@ void quant_api_fill(llmopt_host_api *api) {
     api->dequantize_row = q_dequantize_row;
     api->tensor_convert = api_tensor_convert;
     api->calibrate = api_calibrate;
+    api->calibrate_sequential = api_calibrate_sequential;
     api->gguf_write = api_gguf_write;
 }

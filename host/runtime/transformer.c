@@ -480,6 +480,63 @@ int tf_forward_batch(tf_session *s, const int32_t *ids, int T, float *logits, in
     return matmul(tm, s->h, rows_n, tm->lm_head, NULL, logits, 0, LLMOPT_W_OUT_IN, err);
 }
 
+/* ---- one block at a time (sequential calibration) ---- */
+
+int tf_embed(tf_session *s, const int32_t *ids, int T, float *x, llmopt_error *err) {
+    const tf_model *tm = s->tm;
+    const arch_config *c = &tm->c;
+    if (s->n_seq != 1 || T <= 0 || s->pos[0] + T > s->max_ctx)
+        return error_set(err, LLMOPT_EINVAL, "tf_embed: %d tokens at %d do not fit one sequence of %d", T, s->pos[0],
+                         s->max_ctx);
+    for (int t = 0; t < T; t++)
+        if (ids[t] < 0 || ids[t] >= c->vocab)
+            return error_set(err, LLMOPT_EINVAL, "token id %d is outside the vocabulary [0, %d)", ids[t], c->vocab);
+    int rc = ensure_scratch(s, T, err);
+    if (rc || (rc = embed(tm, tm->tok_emb, ids, T, x, err))) return rc;
+    if (!tm->pos_emb) return 0;
+    for (int t = 0; t < T; t++) s->ids[t] = s->pos[0] + t;
+    if ((rc = embed(tm, tm->pos_emb, s->ids, T, s->h, err))) return rc;
+    return add(tm, x, s->h, (int64_t)T * c->n_embd, err);
+}
+
+int tf_block(tf_session *s, int layer, float *x, int T, llmopt_error *err) {
+    const arch_config *c = &s->tm->c;
+    if (s->n_seq != 1 || layer < 0 || layer >= c->n_layer || T <= 0 || s->pos[0] + T > s->max_ctx)
+        return error_set(err, LLMOPT_EINVAL, "tf_block: layer %d, %d tokens at %d: out of range", layer, T, s->pos[0]);
+    int rc = ensure_scratch(s, T, err);
+    if (rc) return rc;
+    size_t bytes = (size_t)T * (size_t)c->n_embd * sizeof(float);
+    memcpy(s->x, x, bytes);
+    if ((rc = attention_block(s, layer, T, err)) || (rc = mlp_block(s, layer, T, err))) return rc;
+    memcpy(x, s->x, bytes);
+    return 0;
+}
+
+int tf_final_norm(tf_session *s, const float *x, int T, float *out, llmopt_error *err) {
+    return norm(s->tm, x, T, s->tm->norm_w, s->tm->norm_b, out, err);
+}
+
+const llmopt_tensor *tf_model_lm_head(const tf_model *tm) { return tm->lm_head; }
+
+int tf_model_rebind_weights(tf_model *tm, int l, llmopt_error *err) {
+    if (l < 0 || l >= tm->c.n_layer) return error_set(err, LLMOPT_EINVAL, "no layer %d", l);
+    tf_layer fresh = {0}, *L = &tm->layers[l];
+    tf_layer keep = *L;
+    bind_layer(tm, l);
+    fresh = *L;
+    *L = keep; /* norm gains and biases stay as bound (their f32 copies for half checkpoints) */
+    const llmopt_tensor **slots[] = {&L->qkv_w, &L->q_w, &L->k_w, &L->v_w, &L->o_w, &L->up_w, &L->gate_w, &L->down_w};
+    const llmopt_tensor *now[] = {fresh.qkv_w, fresh.q_w, fresh.k_w, fresh.v_w, fresh.o_w, fresh.up_w, fresh.gate_w,
+                                  fresh.down_w};
+    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
+        if (!now[i]) continue;
+        int rc = need_weight_kernels(tm, now[i], 0, err);
+        if (rc) return rc;
+        *slots[i] = now[i];
+    }
+    return 0;
+}
+
 int tf_forward(tf_session *s, const int32_t *ids, int T, float *logits, int all_logits, llmopt_error *err) {
     if (s->n_seq != 1) return error_set(err, LLMOPT_EINVAL, "tf_forward runs one sequence; this session has %d", s->n_seq);
     return tf_forward_batch(s, ids, T, logits, all_logits, err);

@@ -24,6 +24,20 @@ const llmopt_model *tf_model_source(const tf_model *tm);
 typedef int (*tf_capture_fn)(void *arg, const llmopt_tensor *w, const float *x, int rows, int cols);
 void tf_model_set_capture(tf_model *tm, tf_capture_fn fn, void *arg);
 
+/* One block at a time, for sequential calibration (GPTQ quantizes block l on the inputs the
+ * already quantized blocks 0..l-1 produce). A session of one sequence; positions start at the
+ * session's position and do not advance (rewind between sequences as usual). */
+/* x[T, n_embd] = token (+ position) embeddings of ids. */
+int tf_embed(tf_session *s, const int32_t *ids, int T, float *x, llmopt_error *err);
+/* Block `layer` on x[T, n_embd] in place (the capture hook sees its linear inputs). */
+int tf_block(tf_session *s, int layer, float *x, int T, llmopt_error *err);
+/* The final norm of x[T, n_embd] into out: the LM head's input. */
+int tf_final_norm(tf_session *s, const float *x, int T, float *out, llmopt_error *err);
+const llmopt_tensor *tf_model_lm_head(const tf_model *tm);
+/* Re-reads layer l's linear weights from the model after they were replaced (model_set), and
+ * finds kernels for their dtypes. Norm gains and biases are kept as bound. */
+int tf_model_rebind_weights(tf_model *tm, int l, llmopt_error *err);
+
 /* A sequence's state: the KV cache for up to max_ctx positions (0 = the model's context). */
 int tf_session_new(tf_model *tm, int max_ctx, tf_session **out, llmopt_error *err);
 /* A batch of n_seq sequences, each with its own cache and position: one forward call runs the

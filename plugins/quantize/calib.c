@@ -13,7 +13,7 @@
 
 /* ---- calibration tokens ---- */
 
-static int calib_tokens(llmopt_stage_ctx *ctx, const llmopt_model *m, int32_t **out, size_t *n_seq, size_t *seq_len) {
+int qz_calib_tokens(llmopt_stage_ctx *ctx, const llmopt_model *m, int32_t **out, size_t *n_seq, size_t *seq_len) {
     const char *entry = A->param_str(ctx, "data");
     size_t n = (size_t)A->param_int(ctx, "n_samples"), len = (size_t)A->param_int(ctx, "seq_len");
     int n_ctx = A->model_context(m);
@@ -62,11 +62,6 @@ int qz_stats_find(const qz_stats *st, const char *name) {
     return -1;
 }
 
-typedef struct collect_arg {
-    llmopt_stage_ctx *ctx;
-    qz_stats *st;
-} collect_arg;
-
 /* G += x^T x and absum += |x| for the columns [c0, c1) of G, rows 0..c1 of them: the upper
  * triangle (mirrored once at the end) in one sgemm per chunk of columns, on the host's compute
  * threads. One ssyrk call ran on one thread (OpenBLAS is single-threaded inside the host's
@@ -88,8 +83,8 @@ static void gram_cols(void *arg, int64_t c0, int64_t c1) {
     }
 }
 
-static int on_input(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols) {
-    collect_arg *a = arg;
+int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols) {
+    qz_collect_arg *a = arg;
     qz_stats *st = a->st;
     int i = qz_stats_find(st, weight);
     int prev = st->prev;
@@ -121,7 +116,7 @@ static int on_input(void *arg, const char *weight, const float *x, int64_t rows,
     return 0;
 }
 
-int qz_collect(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, qz_stats *st) {
+int qz_stats_init(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, qz_stats *st) {
     memset(st, 0, sizeof *st);
     st->n = sel->n;
     st->names = sel->names;
@@ -137,24 +132,35 @@ int qz_collect(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection 
         qz_linear_dims(m, sel->names[i], &rows, &st->cols[i]);
         st->root[i] = -2;
     }
+    return 0;
+}
+
+/* The lower triangle of root i's Gram matrix from its upper one (the sgemm chunks fill the
+ * upper part); call once, after the last input. */
+void qz_stats_mirror(qz_stats *st, size_t i) {
+    int64_t c = st->cols[i];
+    float *g = st->gram[i];
+    for (int64_t r = 0; r < c; r++)
+        for (int64_t k = 0; k < r; k++) g[r * c + k] = g[k * c + r];
+}
+
+int qz_collect(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, qz_stats *st) {
+    int rc = qz_stats_init(ctx, m, sel, st);
+    if (rc) return rc;
     int32_t *tok = NULL;
     size_t n_seq = 0, len = 0;
-    int rc = calib_tokens(ctx, m, &tok, &n_seq, &len);
+    rc = qz_calib_tokens(ctx, m, &tok, &n_seq, &len);
     if (rc) return rc;
     A->progress(ctx, 0.0, "calibrating on %zu x %zu tokens", n_seq, len);
-    collect_arg a = {ctx, st};
-    rc = A->calibrate(ctx, m, tok, n_seq, len, on_input, &a);
+    qz_collect_arg a = {ctx, st};
+    rc = A->calibrate(ctx, m, tok, n_seq, len, qz_stats_input, &a);
     free(tok);
     if (rc) return rc;
     for (size_t i = 0; i < st->n; i++) {
         if (st->root[i] == -2)
             return A->set_error(ctx, LLMOPT_EINVAL, "'%s' saw no calibration input: it is not a linear layer of the forward "
                                 "pass (exclude it)", st->names[i]);
-        if (st->root[i] != (int)i) continue;
-        int64_t c = st->cols[i];
-        float *g = st->gram[i];
-        for (int64_t r = 0; r < c; r++)
-            for (int64_t k = 0; k < r; k++) g[r * c + k] = g[k * c + r];
+        if (st->root[i] == (int)i) qz_stats_mirror(st, i);
     }
     return 0;
 }

@@ -231,6 +231,77 @@ done:
 
 static int gptq_validate(llmopt_stage_ctx *ctx) { return qz_validate_group(ctx); }
 
+typedef struct gptq_run_state {
+    qz_collect_arg collect;  /* first: the state is also qz_stats_input's argument */
+    llmopt_stage_ctx *ctx;
+    const llmopt_model *in;
+    llmopt_model *out;
+    const qz_selection *sel;
+    qz_stats *st;
+    unsigned char *done;     /* [sel->n], sequential mode: quantized already */
+    size_t n_done;
+    double damp_max;
+} gptq_run_state;
+
+/* GPTQ on selected weight i with its root's statistics, into out. */
+static int gptq_one(gptq_run_state *g, size_t i) {
+    llmopt_stage_ctx *ctx = g->ctx;
+    const char *name = g->sel->names[i];
+    int64_t rows, cols;
+    qz_linear_dims(g->in, name, &rows, &cols);
+    qz_gptq_opts o = {.dtype = qz_group_dtype(ctx, cols), .act_order = A->param_bool(ctx, "act_order"),
+                      .damp = A->param_float(ctx, "damp_percent") / 100.0, .block = (int)A->param_int(ctx, "block_size")};
+    const int root = g->st->root[i];
+    float *W = qz_linear_f32(ctx, g->in, name, &rows, &cols), *H = malloc((size_t)(cols * cols) * sizeof *H);
+    int64_t qshape[2] = {rows, cols};
+    llmopt_tensor *q = A->tensor_new(o.dtype, 2, qshape);
+    int rc = !W || !H || !q ? (W ? A->set_error(ctx, LLMOPT_ENOMEM, "out of memory") : LLMOPT_EFAIL) : 0;
+    if (!rc) {
+        const float s = 2.0f / (float)g->st->rows[root]; /* H = 2 X X^T / n */
+        for (int64_t k = 0; k < cols * cols; k++) H[k] = g->st->gram[root][k] * s;
+        char msg[512];
+        double used = 0;
+        rc = qz_gptq_layer(W, rows, cols, H, &o, q->data, &used, msg, sizeof msg);
+        if (rc) rc = A->set_error(ctx, rc, "GPTQ on '%s': %s", name, msg);
+        if (used > g->damp_max) g->damp_max = used;
+    }
+    if (!rc && (rc = A->model_set(g->out, name, q))) rc = A->set_error(ctx, rc, "cannot set '%s'", name);
+    A->tensor_unref(q);
+    free(W);
+    free(H);
+    g->n_done++;
+    A->progress(ctx, (double)g->n_done / (double)g->sel->n, "GPTQ %zu/%zu: %s", g->n_done, g->sel->n, name);
+    if (!rc && A->cancelled(ctx)) rc = A->set_error(ctx, LLMOPT_ECANCELED, "cancelled");
+    return rc;
+}
+
+/* Sequential mode (the paper's): after each block's inputs were seen, quantize the weights
+ * that saw them, which the host then uses to make the next block's inputs; their statistics
+ * are freed as soon as no weight needs them. */
+static int seq_block_done(void *arg, int block) {
+    gptq_run_state *g = arg;
+    qz_stats *st = g->st;
+    (void)block;
+    for (size_t i = 0; i < g->sel->n; i++)
+        if (!g->done[i] && st->root[i] >= 0 && st->root[i] == (int)i) qz_stats_mirror(st, i);
+    for (size_t i = 0; i < g->sel->n; i++) {
+        if (g->done[i] || st->root[i] < 0) continue;
+        int rc = gptq_one(g, i);
+        if (rc) return rc;
+        g->done[i] = 1;
+    }
+    for (size_t r = 0; r < g->sel->n; r++) { /* a root all of whose weights are done */
+        if (!st->gram[r]) continue;
+        int need = 0;
+        for (size_t i = 0; i < g->sel->n; i++) need |= st->root[i] == (int)r && !g->done[i];
+        if (!need) {
+            free(st->gram[r]), free(st->absum[r]);
+            st->gram[r] = NULL, st->absum[r] = NULL;
+        }
+    }
+    return 0;
+}
+
 static int gptq_run(llmopt_stage_ctx *ctx) {
     const llmopt_model *in = A->stage_input(ctx, "model");
     qz_selection sel;
@@ -244,36 +315,29 @@ static int gptq_run(llmopt_stage_ctx *ctx) {
         qz_linear_dims(in, sel.names[i], &rows, &cols);
         rc = qz_check_rows(ctx, in, &one, qz_group_dtype(ctx, cols));
     }
-    if (!rc) rc = qz_collect(ctx, in, &sel, &st);
     llmopt_model *out = rc ? NULL : A->model_clone(in);
     if (!rc && !out) rc = A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
-    double damp_max = 0;
-    for (size_t i = 0; !rc && i < sel.n; i++) {
-        int64_t rows, cols;
-        qz_linear_dims(in, sel.names[i], &rows, &cols);
-        qz_gptq_opts o = {.dtype = qz_group_dtype(ctx, cols), .act_order = A->param_bool(ctx, "act_order"),
-                          .damp = A->param_float(ctx, "damp_percent") / 100.0, .block = (int)A->param_int(ctx, "block_size")};
-        int root = st.root[i];
-        float *W = qz_linear_f32(ctx, in, sel.names[i], &rows, &cols), *H = malloc((size_t)(cols * cols) * sizeof *H);
-        int64_t qshape[2] = {rows, cols};
-        llmopt_tensor *q = A->tensor_new(o.dtype, 2, qshape);
-        if (!W || !H || !q) rc = W ? A->set_error(ctx, LLMOPT_ENOMEM, "out of memory") : LLMOPT_EFAIL;
-        if (!rc) {
-            const float s = 2.0f / (float)st.rows[root]; /* H = 2 X X^T / n */
-            for (int64_t k = 0; k < cols * cols; k++) H[k] = st.gram[root][k] * s;
-            char msg[512];
-            double used = 0;
-            rc = qz_gptq_layer(W, rows, cols, H, &o, q->data, &used, msg, sizeof msg);
-            if (rc) rc = A->set_error(ctx, rc, "GPTQ on '%s': %s", sel.names[i], msg);
-            if (used > damp_max) damp_max = used;
-        }
-        if (!rc && (rc = A->model_set(out, sel.names[i], q))) rc = A->set_error(ctx, rc, "cannot set '%s'", sel.names[i]);
-        A->tensor_unref(q);
-        free(W);
-        free(H);
-        A->progress(ctx, (double)(i + 1) / (double)sel.n, "GPTQ %zu/%zu: %s", i + 1, sel.n, sel.names[i]);
-        if (!rc && A->cancelled(ctx)) rc = A->set_error(ctx, LLMOPT_ECANCELED, "cancelled");
+    gptq_run_state g = {.ctx = ctx, .in = in, .out = out, .sel = &sel, .st = &st};
+    g.collect = (qz_collect_arg){ctx, &st};
+    if (!rc && A->param_bool(ctx, "sequential")) {
+        int32_t *tok = NULL;
+        size_t n_seq = 0, len = 0;
+        g.done = calloc(sel.n ? sel.n : 1, 1);
+        rc = g.done ? qz_stats_init(ctx, in, &sel, &st) : A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+        if (!rc) rc = qz_calib_tokens(ctx, in, &tok, &n_seq, &len);
+        if (!rc) A->progress(ctx, 0.0, "calibrating block by block on %zu x %zu tokens", n_seq, len);
+        if (!rc) rc = A->calibrate_sequential(ctx, out, tok, n_seq, len, qz_stats_input, seq_block_done, &g);
+        free(tok);
+        for (size_t i = 0; !rc && i < sel.n; i++)
+            if (!g.done[i])
+                rc = A->set_error(ctx, LLMOPT_EINVAL, "'%s' saw no calibration input: it is not a linear layer of "
+                                  "the forward pass (exclude it)", sel.names[i]);
+        free(g.done);
+    } else {
+        if (!rc) rc = qz_collect(ctx, in, &sel, &st);
+        for (size_t i = 0; !rc && i < sel.n; i++) rc = gptq_one(&g, i);
     }
+    double damp_max = g.damp_max;
     qz_stats_free(&st);
     if (rc) {
         A->model_unref(out);
@@ -294,6 +358,9 @@ static const llmopt_param_desc params[] = {
      .doc = "dampening added to H's diagonal, in percent of its mean (raised 10x at a time if H is singular)"},
     {.name = "block_size", .type = LLMOPT_PARAM_INT, .default_value = "128", .min = 1, .max = 1 << 20,
      .doc = "columns per lazy batch update"},
+    {.name = "sequential", .type = LLMOPT_PARAM_BOOL, .default_value = "true",
+     .doc = "quantize block by block, each block's Hessians from the inputs the quantized blocks before it "
+            "produce (the paper's procedure); false: every Hessian from the unquantized model in one pass"},
     QZ_CALIB_PARAMS("128"),
     QZ_SELECT_PARAMS(QZ_EXCLUDE_EMBEDDINGS),
     QZ_EVAL_PARAMS,

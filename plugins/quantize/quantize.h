@@ -76,6 +76,17 @@ typedef struct qz_stats {
 /* Tokenizes the stage's `data` entry into n_samples sequences of seq_len tokens spread evenly
  * over it, runs them through m and fills st for the weights in sel. */
 int qz_collect(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, qz_stats *st);
+/* The pieces of qz_collect, for a caller that drives the calibration itself (sequential GPTQ):
+ * the calibration tokens of the stage's data/n_samples/seq_len; empty statistics for sel; the
+ * calibrate callback (arg: a qz_collect_arg) adding one input; a root's Gram matrix completed. */
+typedef struct qz_collect_arg {
+    llmopt_stage_ctx *ctx;
+    qz_stats *st;
+} qz_collect_arg;
+int qz_calib_tokens(llmopt_stage_ctx *ctx, const llmopt_model *m, int32_t **out, size_t *n_seq, size_t *seq_len);
+int qz_stats_init(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, qz_stats *st);
+int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols);
+void qz_stats_mirror(qz_stats *st, size_t i);
 void qz_stats_free(qz_stats *st);
 int qz_stats_find(const qz_stats *st, const char *name);
 

@@ -256,3 +256,24 @@ def test_pattern_that_matches_nothing_is_an_error(host, trained_llama, kjv_file,
     err = fails(host, tmp_path, trained_llama, kjv_file,
                 "{id: r, uses: quantize.rtn, with: {include: ['*q_porj*']}}", "nomatch")
     assert "include pattern '*q_porj*' matches no" in err
+
+
+def test_sequential_gptq_quantizes_each_block_on_the_quantized_blocks_outputs(host, trained_llama, kjv_file, tmp_path):
+    """sequential: true (the default, the paper's procedure) takes block l's Hessians from what the
+    already quantized blocks 0..l-1 produce; false takes every Hessian from the unquantized model.
+    Block 0 sees the embeddings either way, so its weights come out byte for byte the same; block
+    1's differ (at 2 bits the quantized block 0 moves its outputs well beyond float noise)."""
+    from safetensors.numpy import load_file
+    q = "bits: 2, group_size: 32, sym: false"
+    stages = [f"{{id: seq, uses: quantize.gptq, with: {{{q}, {CAL}}}}}",
+              f"{{id: one, uses: quantize.gptq, with: {{{q}, sequential: false, {CAL}}}}}"]
+    _, out, rep = run(host, tmp_path, pipeline(trained_llama, kjv_file, stages))
+    seq, one = (load_file(out / s / "model" / "model.safetensors") for s in ("seq", "one"))
+    names = [n for n in seq if n.endswith("proj.weight")]
+    assert len(names) == 14 and set(seq) == set(one)
+    for n in names:
+        same = np.array_equal(seq[n], one[n])
+        if n.startswith("model.layers.0."):
+            assert same, f"{n}: block 0 has the same inputs in both modes"
+        else:
+            assert not same, f"{n}: block 1's Hessians should come from the quantized block 0"

@@ -315,6 +315,18 @@ struct llmopt_host_api {
      *  transposed, [out, in], as llama.cpp stores it). Negative LLMOPT_E* when m has no 2-D tensor
      *  of that name. */
     int (*model_linear_layout)(const llmopt_model *m, const char *name);
+    /** Sequential calibration, block by block, as GPTQ's paper quantizes: the n_seq sequences'
+     *  hidden states go through block 0 (fn sees the inputs of its linear weights, as in
+     *  calibrate), then block_done(arg, 0) is called, which may replace that block's weights in m
+     *  (model_set, e.g. with their quantized versions); the states then go through block 0 again,
+     *  with its new weights, to become block 1's inputs; and so on. After the last block the
+     *  final norm's output is reported as the LM head's input and block_done(arg, n_layer) is
+     *  called. Costs about two forward passes and n_seq * seq_len * n_embd floats of memory. A
+     *  non-zero return from fn or block_done stops and is returned (they set the error). */
+    int (*calibrate_sequential)(llmopt_stage_ctx *ctx, llmopt_model *m, const int32_t *tokens, size_t n_seq,
+                                size_t seq_len,
+                                int (*fn)(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols),
+                                int (*block_done)(void *arg, int block), void *arg);
 };
 LLMOPT_PIN(llmopt_host_api, abi_major, 4);
 LLMOPT_PIN(llmopt_host_api, host_version, 8);
@@ -340,6 +352,7 @@ LLMOPT_PIN(llmopt_host_api, chat_render, 664);
 LLMOPT_PIN(llmopt_host_api, tokenizer_train, 672);
 LLMOPT_PIN(llmopt_host_api, model_source, 680);
 LLMOPT_PIN(llmopt_host_api, model_linear_layout, 688);
+LLMOPT_PIN(llmopt_host_api, calibrate_sequential, 696);
 
 #ifdef __cplusplus
 }
