@@ -15,6 +15,7 @@
 #include "../sched/stage_ctx.h"
 #include "../util/fs.h"
 #include "../util/log.h"
+#include "../util/version.h"
 
 static int usage_error(const char *fmt, const char *arg) {
     fprintf(stderr, "llmopt-host: ");
@@ -151,7 +152,7 @@ int cli_main(int argc, char **argv) {
             want_help = 1;
         } else if (strcmp(a, "--version") == 0) {
             printf("llmopt-host %s (ABI %d.%d, git %s)\n", LLMOPT_VERSION, LLMOPT_ABI_MAJOR,
-                   LLMOPT_ABI_MINOR, *LLMOPT_GIT_REV ? LLMOPT_GIT_REV : "unknown");
+                   LLMOPT_ABI_MINOR, *llmopt_git_rev ? llmopt_git_rev : "unknown");
             goto done;
         } else if (strcmp(a, "--max-shard-size") == 0 || strncmp(a, "--max-shard-size=", 17) == 0) {
             const char *v = a[16] == '=' ? a + 17 : (i + 1 < argc ? argv[++i] : "");

@@ -1,6 +1,7 @@
 /* report.json (jansson) and the end-of-run summary table. The report is rewritten atomically
  * after each stage, so it always describes a consistent state of the run. */
 #include "report.h"
+#include "../util/version.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -87,7 +88,7 @@ int report_write(const pipeline *p, const run_options *opt, const run_result *r,
     time_t now = time(NULL);
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     json_object_set_new(root, "llmopt", json_pack("{s:s, s:s, s:s}", "version", LLMOPT_VERSION,
-                                                  "git_revision", LLMOPT_GIT_REV, "abi", "1.0"));
+                                                  "git_revision", llmopt_git_rev, "abi", "1.0"));
     json_object_set_new(root, "pipeline", json_string(p->name));
     json_object_set_new(root, "config", json_string(p->file));
     json_object_set_new(root, "model", p->model ? json_string(p->model) : json_null());
