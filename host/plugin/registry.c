@@ -298,14 +298,6 @@ const llmopt_param_desc *stage_find_param(const stage_rec *s, const char *name) 
 
 /* ---- kernels ---- */
 
-static const char *device_str(int device) {
-    switch (device) {
-    case LLMOPT_DEVICE_CPU: return "cpu";
-    case LLMOPT_DEVICE_CUDA: return "cuda";
-    case LLMOPT_DEVICE_TEST: return "test";
-    default: return "?";
-    }
-}
 
 static int is_gq_any_group(int dtype) {
     int bits = LLMOPT_DTYPE_GQ_BITS(dtype);
@@ -351,7 +343,7 @@ int registry_add_kernel(registry *reg, const plugin_rec *owner, const llmopt_ker
     char dbuf[32];
     if (prev)
         return error_set(err, LLMOPT_EEXIST, "kernel '%s' (%s, %s) is registered by both %s and %s",
-                         d->op, device_str(d->device), dtype_str(d->dtype, dbuf, sizeof dbuf),
+                         d->op, rt_device_name(d->device), dtype_str(d->dtype, dbuf, sizeof dbuf),
                          owner_path(prev->plugin), owner_path(owner));
 
     kernel_rec *k = calloc(1, sizeof *k);
@@ -397,7 +389,7 @@ int registry_add_device(registry *reg, const plugin_rec *owner, const llmopt_dev
     if (d->device < 0 || d->device >= LLMOPT_DEVICE_COUNT)
         return error_set(err, LLMOPT_EINVAL, "device ops: unknown device %d", (int)d->device);
     if (!d->name || !d->name[0])
-        return error_set(err, LLMOPT_EINVAL, "device ops (%s): name is NULL or empty", device_str(d->device));
+        return error_set(err, LLMOPT_EINVAL, "device ops (%s): name is NULL or empty", rt_device_name(d->device));
     const struct { const char *field; int set; } need[] = {
         {"alloc", d->alloc != NULL},       {"free", d->free != NULL},
         {"copy_h2d", d->copy_h2d != NULL}, {"copy_d2h", d->copy_d2h != NULL},
@@ -405,12 +397,12 @@ int registry_add_device(registry *reg, const plugin_rec *owner, const llmopt_dev
     };
     for (size_t i = 0; i < sizeof need / sizeof need[0]; i++)
         if (!need[i].set)
-            return error_set(err, LLMOPT_EINVAL, "device ops '%s' (%s): %s is NULL", d->name, device_str(d->device),
+            return error_set(err, LLMOPT_EINVAL, "device ops '%s' (%s): %s is NULL", d->name, rt_device_name(d->device),
                              need[i].field);
     const device_rec *prev = registry_find_device(reg, d->device);
     if (prev)
         return error_set(err, LLMOPT_EEXIST, "device %s has memory ops from both %s ('%s') and %s ('%s')",
-                         device_str(d->device), owner_path(prev->plugin), prev->ops.name, owner_path(owner), d->name);
+                         rt_device_name(d->device), owner_path(prev->plugin), prev->ops.name, owner_path(owner), d->name);
     device_rec *r = calloc(1, sizeof *r);
     if (!r) return error_set(err, LLMOPT_ENOMEM, "out of memory");
     copy_sized(&r->ops, sizeof r->ops, d, d->struct_size);

@@ -20,6 +20,15 @@ typedef struct rt_tensor {
     const llmopt_device_ops *dev; /* device tensors: data came from dev->alloc */
 } rt_tensor;
 
+const char *rt_device_name(int device) {
+    switch (device) {
+    case LLMOPT_DEVICE_CPU: return "cpu";
+    case LLMOPT_DEVICE_CUDA: return "cuda";
+    case LLMOPT_DEVICE_TEST: return "test";
+    default: return "?";
+    }
+}
+
 static rt_tensor *priv_of(const llmopt_tensor *t) {
     return (rt_tensor *)t->host_private;
 }

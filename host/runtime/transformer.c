@@ -90,14 +90,6 @@ static int dcopy_h2d(const tf_model *tm, void *dst, const void *src, size_t n, l
     return rc ? error_set(err, rc, "%s: copy of %zu bytes to the device failed: %s", tm->dev->name, n, status_str(rc)) : 0;
 }
 
-static const char *device_name(int device) {
-    switch (device) {
-    case LLMOPT_DEVICE_CPU: return "cpu";
-    case LLMOPT_DEVICE_CUDA: return "cuda";
-    case LLMOPT_DEVICE_TEST: return "test";
-    default: return "?";
-    }
-}
 
 /* ---- kernel lookup ---- */
 
@@ -106,7 +98,7 @@ static llmopt_kernel_fn find(const char *op, int device, int dtype, llmopt_error
     if (!k) {
         const llmopt_dtype_traits *t = rt_dtype_traits(dtype);
         error_set(err, LLMOPT_ENOTFOUND, "no '%s' kernel for %s %s: load a kernel plugin (e.g. --plugins build/plugins)",
-                  op, device_name(device), t ? t->name : "?");
+                  op, rt_device_name(device), t ? t->name : "?");
         return NULL;
     }
     return k->fn;
@@ -236,7 +228,7 @@ int tf_model_new(llmopt_model *m, int device, tf_model **out, llmopt_error *err)
     tm->m = rt_model_ref(m);
     tm->device = device;
     if (device != LLMOPT_DEVICE_CPU) {
-        const char *dn = device_name(device);
+        const char *dn = rt_device_name(device);
         if (!(tm->dev = host_api_table()->device_ops(device))) {
             rt_model_unref(tm->m);
             free(tm);

@@ -259,6 +259,16 @@ test_duplicate_stage_names_both_files() {
     expect_plugin_line dup "init failed" b.so "is registered by both"
     grep -F "b.so" err.txt | grep -qF "$PLUGROOT/dup/a.so" || fail "both files not named"
 }
+test_duplicate_device_names_both_files() {
+    expect_plugin_line devdup "init failed" b.so "has memory ops from both"
+    grep -F "b.so" err.txt | grep -qF "$PLUGROOT/devdup/a.so" || fail "both files not named"
+}
+test_malformed_device_ops_name_the_field() { expect_plugin_line devbad "init failed" nofree.so "free is NULL"; }
+test_plugins_lists_devices() {
+    run_host --plugins "$PLUGROOT/devtest" plugins
+    expect_rc 0
+    expect_out "devices (1):"; expect_out "test:0 (host memory)  [devtest]"
+}
 test_kernel_variants_best_wins_others_skipped() {
     run_host --plugins "$PLUGROOT/variants" plugins
     expect_rc 0
