@@ -15,6 +15,7 @@
 
 #include "plugin/loader.h"
 #include "plugin/registry.h"
+#include "runtime/quant.h"
 #include "runtime/runtime.h"
 #include "runtime/threadpool.h"
 #include "runtime/transformer.h"
@@ -468,6 +469,44 @@ static void forward_on_test_device_equals_cpu(void **state) {
     }
 }
 
+/* A Llama whose projections are 4-bit group-quantized and whose embedding is f16: the weight
+ * bytes go to the device as they are, and the device's matmul and embedding get those dtypes. */
+static llmopt_model *mixed_dtype_llama(void) {
+    llmopt_model *m = tiny_llama(4);
+    llmopt_error err = {0};
+    for (size_t i = 0; i < rt_model_n_tensors(m); i++) {
+        const char *name = rt_model_tensor_name(m, i);
+        const llmopt_tensor *t = rt_model_get(m, name);
+        llmopt_tensor *c = NULL;
+        if (strstr(name, "proj.weight")) {
+            if (q_quantize_tensor(t, LLMOPT_DTYPE_GQ(4, 8, 0), &c, &err) != 0) fail_msg("%s: %s", name, err.msg);
+        } else if (strcmp(name, "model.embed_tokens.weight") == 0) {
+            c = rt_tensor_new(LLMOPT_DTYPE_F16, t->ndim, t->shape);
+            assert_non_null(c);
+            const float *src = t->data;
+            uint16_t *dst = c->data;
+            for (int64_t j = 0; j < rt_tensor_numel(t); j++) dst[j] = q_f32_to_f16(src[j]);
+        } else {
+            continue;
+        }
+        assert_int_equal(rt_model_set(m, name, c), 0);
+        rt_tensor_unref(c);
+    }
+    return m;
+}
+
+static void quantized_and_half_weights_on_test_device_equal_cpu(void **state) {
+    (void)state;
+    llmopt_model *m = mixed_dtype_llama();
+    assert_int_equal(rt_model_get(m, "model.layers.0.mlp.down_proj.weight")->dtype, LLMOPT_DTYPE_GQ(4, 8, 0));
+    float cpu_p[N_PROMPT * VOCAB], cpu_d[VOCAB], dev_p[N_PROMPT * VOCAB], dev_d[VOCAB];
+    run_forward(m, LLMOPT_DEVICE_CPU, cpu_p, cpu_d);
+    run_forward(m, LLMOPT_DEVICE_TEST, dev_p, dev_d);
+    assert_memory_equal(cpu_p, dev_p, sizeof cpu_p);
+    assert_memory_equal(cpu_d, dev_d, sizeof cpu_d);
+    rt_model_unref(m);
+}
+
 static void batch_forward_on_test_device_equals_cpu(void **state) {
     (void)state;
     llmopt_model *m = tiny_llama(3);
@@ -546,6 +585,7 @@ int main(void) {
         cmocka_unit_test(test_device_kernel_refuses_a_host_tensor),
         cmocka_unit_test(forward_on_test_device_equals_cpu),
         cmocka_unit_test(batch_forward_on_test_device_equals_cpu),
+        cmocka_unit_test(quantized_and_half_weights_on_test_device_equal_cpu),
         cmocka_unit_test(binding_to_a_device_without_memory_ops_names_it),
         cmocka_unit_test(calibration_capture_on_a_device_is_unsupported),
     };
