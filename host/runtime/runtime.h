@@ -23,6 +23,8 @@ int rt_dtype_from_safetensors_name(const char *name);
 /* ---- tensors (host/runtime/tensor.c) ---- */
 /* A device id's spelling in configs and messages ("cpu", "cuda", "test"); "?" when unknown. */
 const char *rt_device_name(int device);
+/* The id of a device name, -1 when unknown. */
+int rt_device_from_name(const char *name);
 /* Zero-filled, 64-byte aligned heap tensor, refcount 1; NULL on bad dtype/shape or no memory. */
 llmopt_tensor *rt_tensor_new(int dtype, int ndim, const int64_t *shape);
 /* A tensor over memory someone else owns (an mmap'd checkpoint): release(owner) runs when the

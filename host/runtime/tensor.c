@@ -29,6 +29,12 @@ const char *rt_device_name(int device) {
     }
 }
 
+int rt_device_from_name(const char *name) {
+    for (int d = 0; name && d < LLMOPT_DEVICE_COUNT; d++)
+        if (strcmp(rt_device_name(d), name) == 0) return d;
+    return -1;
+}
+
 static rt_tensor *priv_of(const llmopt_tensor *t) {
     return (rt_tensor *)t->host_private;
 }
