@@ -90,7 +90,6 @@ static int dcopy_h2d(const tf_model *tm, void *dst, const void *src, size_t n, l
     return rc ? error_set(err, rc, "%s: copy of %zu bytes to the device failed: %s", tm->dev->name, n, status_str(rc)) : 0;
 }
 
-
 /* ---- kernel lookup ---- */
 
 static llmopt_kernel_fn find(const char *op, int device, int dtype, llmopt_error *err) {
@@ -251,7 +250,6 @@ int tf_model_new(llmopt_model *m, int device, tf_model **out, llmopt_error *err)
     tm->lm_head = c->tied ? tm->tok_emb : get(tm, -1, "lm_head.weight");
     for (int l = 0; l < c->n_layer; l++) bind_layer(tm, l);
     if ((rc = f32_vectors(tm, err))) goto fail;
-    if (tm->dev && (rc = device_copies(tm, err))) goto fail;
 
     /* every kernel up front, so a missing one is an error before any work */
     const llmopt_tensor *weights[] = {tm->lm_head};
@@ -279,6 +277,8 @@ int tf_model_new(llmopt_model *m, int device, tf_model **out, llmopt_error *err)
         rc = err->status;
         goto fail;
     }
+    /* the weights go to the device last: a missing kernel fails before any copy */
+    if (tm->dev && (rc = device_copies(tm, err))) goto fail;
     *out = tm;
     return 0;
 fail:

@@ -539,6 +539,44 @@ static void binding_to_a_device_without_memory_ops_names_it(void **state) {
     rt_model_unref(m);
 }
 
+/* A device lacking a kernel the model needs: an error naming the op, and no device memory left. */
+static void binding_without_a_device_kernel_names_the_op_and_leaks_nothing(void **state) {
+    (void)state;
+    char dir[256];
+    snprintf(dir, sizeof dir, "/tmp/llmopt-devnorope-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    char src[4096], cpu_dst[512], dev_dst[512];
+    snprintf(src, sizeof src, "%s/cpu%s", getenv("LLMOPT_BUILD_PLUGINS"), LLMOPT_PLUGIN_SUFFIX);
+    snprintf(cpu_dst, sizeof cpu_dst, "%s/cpu%s", dir, LLMOPT_PLUGIN_SUFFIX);
+    assert_int_equal(symlink(src, cpu_dst), 0);
+    snprintf(src, sizeof src, "%s/devnorope/devtest%s", getenv("LLMOPT_TEST_PLUGINS"), LLMOPT_PLUGIN_SUFFIX);
+    snprintf(dev_dst, sizeof dev_dst, "%s/devtest%s", dir, LLMOPT_PLUGIN_SUFFIX);
+    assert_int_equal(symlink(src, dev_dst), 0);
+    registry *reg = registry_new();
+    const char *dirs[] = {dir};
+    llmopt_error err = {0};
+    assert_int_equal(loader_load_dirs(reg, dirs, 1, host_api_table(), &err), 0);
+    host_api_set_registry(reg);
+
+    llmopt_model *llama = tiny_llama(2), *gpt2 = tiny_gpt2(1, 1);
+    tf_model *tm = NULL;
+    assert_int_equal(tf_model_new(llama, LLMOPT_DEVICE_TEST, &tm, &err), LLMOPT_ENOTFOUND);
+    assert_null(tm);
+    assert_non_null(strstr(err.msg, "'rope'"));
+    assert_non_null(strstr(err.msg, "test"));
+    assert_int_equal(dev_used(), 0); /* this registry's test device: nothing left allocated */
+    assert_int_equal(tf_model_new(gpt2, LLMOPT_DEVICE_TEST, &tm, &err), 0); /* GPT-2 needs no rope */
+    assert_true(dev_used() > 0);
+    tf_model_free(tm);
+    assert_int_equal(dev_used(), 0);
+    rt_model_unref(llama);
+    rt_model_unref(gpt2);
+
+    host_api_set_registry(g_reg);
+    registry_free(reg);
+    unlink(cpu_dst), unlink(dev_dst), rmdir(dir);
+}
+
 static int capture_nop(void *arg, const llmopt_tensor *w, const float *x, int rows, int cols) {
     (void)arg, (void)w, (void)x, (void)rows, (void)cols;
     return 0;
@@ -587,6 +625,7 @@ int main(void) {
         cmocka_unit_test(batch_forward_on_test_device_equals_cpu),
         cmocka_unit_test(quantized_and_half_weights_on_test_device_equal_cpu),
         cmocka_unit_test(binding_to_a_device_without_memory_ops_names_it),
+        cmocka_unit_test(binding_without_a_device_kernel_names_the_op_and_leaks_nothing),
         cmocka_unit_test(calibration_capture_on_a_device_is_unsupported),
     };
     int failed = cmocka_run_group_tests_name("device registry", registry_tests, NULL, NULL);

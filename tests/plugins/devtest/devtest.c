@@ -7,7 +7,8 @@
  * memory directly (a memcpy where a device copy belongs) faults, as it would on a GPU.
  * memory_info reports the bytes in use against a limit (LLMOPT_DEVTEST_LIMIT bytes, default
  * 256 MiB), so tests see leaks and a full device. Built with DEVTEST_BAD=<field> it registers a
- * malformed descriptor (that field NULL) for the registration tests. */
+ * malformed descriptor (that field NULL) for the registration tests; with DEVTEST_SKIP_OP="op"
+ * it leaves that op's kernel out. */
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include <llmopt/llmopt.h>
 
@@ -278,6 +279,9 @@ static int devtest_init(const llmopt_host_api *api, llmopt_registrar *reg) {
     int rc = reg->add_device(reg, &ops);
     if (rc) return rc;
     for (size_t i = 0; i < sizeof g_kernels / sizeof g_kernels[0]; i++) {
+#ifdef DEVTEST_SKIP_OP
+        if (strcmp(g_kernels[i].op, DEVTEST_SKIP_OP) == 0) continue;
+#endif
         llmopt_kernel_desc k = {.struct_size = sizeof k, .device = LLMOPT_DEVICE_TEST, .op = g_kernels[i].op,
                                 .dtype = LLMOPT_DTYPE_ANY, .fn = g_kernels[i].fn,
                                 .summary = "cpu kernel on checked test-device memory"};
