@@ -226,6 +226,40 @@ static llmopt_tensor *api_tensor_new(int dtype, int ndim, const int64_t *shape) 
     return rt_tensor_new(dtype, ndim, shape);
 }
 
+/* ---- device memory ---- */
+
+static const llmopt_device_ops *host_device_ops(int device) {
+    const device_rec *d = g_registry ? registry_find_device(g_registry, device) : NULL;
+    return d ? &d->ops : NULL;
+}
+
+static llmopt_tensor *api_tensor_new_on(int device, int dtype, int ndim, const int64_t *shape) {
+    if (device == LLMOPT_DEVICE_CPU) return rt_tensor_new(dtype, ndim, shape);
+    const llmopt_device_ops *dev = host_device_ops(device);
+    return dev ? rt_tensor_new_on(dev, dtype, ndim, shape) : NULL;
+}
+
+static int api_tensor_to_device(const llmopt_tensor *t, int device, llmopt_tensor **out) {
+    if (!out) return LLMOPT_EINVAL;
+    *out = NULL;
+    if (!t) return LLMOPT_EINVAL;
+    const llmopt_device_ops *dev = device == LLMOPT_DEVICE_CPU ? NULL : host_device_ops(device);
+    if (device != LLMOPT_DEVICE_CPU && !dev) return LLMOPT_ENOTFOUND;
+    llmopt_error err;
+    error_clear(&err);
+    return rt_tensor_to(t, dev, out, &err);
+}
+
+static int api_tensor_to_host(const llmopt_tensor *t, llmopt_tensor **out) {
+    return api_tensor_to_device(t, LLMOPT_DEVICE_CPU, out);
+}
+
+static int api_tensor_copy(llmopt_tensor *dst, const llmopt_tensor *src) {
+    llmopt_error err;
+    error_clear(&err);
+    return rt_tensor_copy(dst, src, &err);
+}
+
 static llmopt_host_api g_api = {
     .struct_size = sizeof(llmopt_host_api),
     .abi_major = LLMOPT_ABI_MAJOR,
@@ -276,6 +310,11 @@ static llmopt_host_api g_api = {
     .parallel_for = tp_parallel_for,
     .n_threads = tp_threads,
     .report_text = api_report_text,
+    .device_ops = host_device_ops,
+    .tensor_new_on = api_tensor_new_on,
+    .tensor_to_device = api_tensor_to_device,
+    .tensor_to_host = api_tensor_to_host,
+    .tensor_copy = api_tensor_copy,
 };
 
 static void fill_runtime(void) {

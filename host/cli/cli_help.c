@@ -120,12 +120,13 @@ static const char *const tokenize_help =
 "  llmopt-host tokenize models/kjv-tiny --decode --text '[818, 262, 3726]'\n";
 
 static const char *const forward_help =
-"usage: llmopt-host forward MODEL_DIR --ids 1,2,3[;4,5,6...] [--out FILE] [--kv-cache]\n"
+"usage: llmopt-host forward MODEL_DIR --ids 1,2,3[;4,5,6...] [--out FILE] [--kv-cache] [--device D]\n"
 "\n"
 "Runs the token ids through the model. With --out, writes the logits of every position as raw\n"
 "little-endian float32 [sequences, tokens, vocab]; without, prints the most likely next token.\n"
 "Sequences of equal length separated by ';' run as one batch. --kv-cache feeds the tokens one\n"
-"at a time through the KV cache instead of all at once (both must agree).\n";
+"at a time through the KV cache instead of all at once (both must agree). --device cpu|cuda|test\n"
+"runs it on that device (default cpu): its plugin's memory ops and kernels must be loaded.\n";
 
 int cli_help(const char *topic) {
     struct { const char *name, *text; } topics[] = {

@@ -10,8 +10,6 @@
 #include "../util/fs.h"
 #include "../util/strutil.h"
 
-static const char *device_name(int d) { return d == LLMOPT_DEVICE_CUDA ? "cuda" : "cpu"; }
-
 int cmd_plugins(const cli_opts *o) {
     registry *reg = NULL;
     int rc = cli_load_plugins(o, &reg);
@@ -32,8 +30,14 @@ int cmd_plugins(const cli_opts *o) {
     for (size_t i = 0; i < reg->n_kernels; i++) {
         const llmopt_kernel_desc *k = &reg->kernels[i]->desc;
         const llmopt_dtype_traits *t = rt_dtype_traits(k->dtype);
-        printf("  %-16s %-5s %-5s %s  [%s]\n", k->op, device_name(k->device), t ? t->name : "any",
+        printf("  %-16s %-5s %-5s %s  [%s]\n", k->op, rt_device_name(k->device), t ? t->name : "any",
                k->summary ? k->summary : "", reg->kernels[i]->plugin->desc.id);
+    }
+    if (reg->n_devices) {
+        printf("\ndevices (%zu):\n", reg->n_devices);
+        for (size_t i = 0; i < reg->n_devices; i++)
+            printf("  %-16s %s  [%s]\n", rt_device_name(reg->devices[i]->ops.device), reg->devices[i]->ops.name,
+                   reg->devices[i]->plugin->desc.id);
     }
     if (reg->n_stages) printf("\n'llmopt-host describe STAGE' shows a stage's parameters.\n");
     registry_free(reg);

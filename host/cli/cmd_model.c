@@ -47,12 +47,12 @@ static int parse_ids(const char *s, int32_t **out, size_t *n) {
 }
 
 /* Loads plugins, the model and binds it; prints the error and returns an exit code on failure. */
-static int open_model(const cli_opts *o, const char *dir, registry **reg, llmopt_model **m, tf_model **tm) {
+static int open_model(const cli_opts *o, const char *dir, int device, registry **reg, llmopt_model **m, tf_model **tm) {
     llmopt_error err = {0};
     *reg = NULL, *m = NULL, *tm = NULL;
     int rc = cli_load_plugins(o, reg);
     if (rc) return rc;
-    if (rt_model_load(dir, m, &err) != 0 || tf_model_new(*m, LLMOPT_DEVICE_CPU, tm, &err) != 0) {
+    if (rt_model_load(dir, m, &err) != 0 || tf_model_new(*m, device, tm, &err) != 0) {
         fprintf(stderr, "llmopt-host: %s: %s\n", dir, err.msg);
         return EXIT_CONFIG;
     }
@@ -67,10 +67,15 @@ static void close_model(registry *reg, llmopt_model *m, tf_model *tm) {
 
 int cmd_forward(const cli_opts *o) {
     const char *dir = NULL, *ids_arg = NULL, *out_path = NULL;
-    int kv = 0;
+    int kv = 0, device = LLMOPT_DEVICE_CPU;
     for (size_t i = 0; i < o->n_args; i++) {
         const char *a = o->args[i], *v = i + 1 < o->n_args ? o->args[i + 1] : NULL;
         if (strcmp(a, "--ids") == 0 && v) ids_arg = v, i++;
+        else if (strcmp(a, "--device") == 0 && v) {
+            if ((device = rt_device_from_name(v)) < 0)
+                return fprintf(stderr, "llmopt-host: forward: --device '%s': expected cpu, cuda or test\n", v), EXIT_USAGE;
+            i++;
+        }
         else if (strcmp(a, "--out") == 0 && v) out_path = v, i++;
         else if (strcmp(a, "--kv-cache") == 0) kv = 1;
         else if (a[0] != '-' && !dir) dir = a;
@@ -78,7 +83,7 @@ int cmd_forward(const cli_opts *o) {
     }
     if (!o->out && !out_path) out_path = NULL;
     if (o->out) out_path = o->out; /* the global --out also works */
-    if (!dir || !ids_arg) return fprintf(stderr, "usage: llmopt-host forward MODEL_DIR --ids 1,2,3 [--out FILE] [--kv-cache]\n"), EXIT_USAGE;
+    if (!dir || !ids_arg) return fprintf(stderr, "usage: llmopt-host forward MODEL_DIR --ids 1,2,3 [--out FILE] [--kv-cache] [--device D]\n"), EXIT_USAGE;
     /* one sequence "1,2,3", or a batch of equally long ones "1,2,3;4,5,6" */
     int32_t *ids = NULL;
     size_t n = 0, B = 0, T = 0;
@@ -105,7 +110,7 @@ int cmd_forward(const cli_opts *o) {
     registry *reg;
     llmopt_model *m;
     tf_model *tm;
-    int rc = open_model(o, dir, &reg, &m, &tm);
+    int rc = open_model(o, dir, device, &reg, &m, &tm);
     tf_session *s = NULL;
     float *logits = NULL;
     llmopt_error err = {0};
@@ -270,7 +275,7 @@ int cmd_generate(const cli_opts *o) {
     registry *reg;
     llmopt_model *m;
     tf_model *tm;
-    int rc = open_model(o, dir, &reg, &m, &tm);
+    int rc = open_model(o, dir, LLMOPT_DEVICE_CPU, &reg, &m, &tm);
     const tok_tokenizer *tok = NULL;
     llmopt_error err = {0};
     int32_t *ids = NULL, *gen = NULL;

@@ -61,8 +61,8 @@ int loader_check_desc(const llmopt_plugin_desc *d, size_t avail, llmopt_error *w
 
 static void report(const plugin_rec *p) {
     if (p->state == PLUGIN_LOADED) {
-        log_msg(LLMOPT_LOG_DEBUG, "%s: loaded '%s' %s (%zu stages, %zu kernels)", p->path,
-                p->desc.id, p->desc.version, p->n_stages, p->n_kernels);
+        log_msg(LLMOPT_LOG_DEBUG, "%s: loaded '%s' %s (%zu stages, %zu kernels, %zu devices)", p->path,
+                p->desc.id, p->desc.version, p->n_stages, p->n_kernels, p->n_devices);
         return;
     }
     int level = p->state == PLUGIN_SKIPPED ? LLMOPT_LOG_INFO : LLMOPT_LOG_ERROR;
@@ -261,6 +261,15 @@ static int reg_add_kernel(llmopt_registrar *r, const llmopt_kernel_desc *d) {
     return rc;
 }
 
+static int reg_add_device(llmopt_registrar *r, const llmopt_device_ops *d) {
+    init_ctx *c = r->host_private;
+    llmopt_error e;
+    error_clear(&e);
+    int rc = registry_add_device(c->reg, c->plugin, d, &e);
+    if (rc != 0 && c->refused.status == 0) c->refused = e;
+    return rc;
+}
+
 static void reg_set_error(llmopt_registrar *r, const char *fmt, ...) {
     init_ctx *c = r->host_private;
     va_list ap;
@@ -285,6 +294,7 @@ static void init_plugin(registry *reg, plugin_rec *p, const llmopt_host_api *api
         .add_kernel = reg_add_kernel,
         .set_error = reg_set_error,
         .host_private = &c,
+        .add_device = reg_add_device,
     };
     int rc = p->desc.init(api, &r);
     if (rc != 0) {

@@ -17,6 +17,7 @@
 #define PARAM_DESC_V1_SIZE (offsetof(llmopt_param_desc, doc) + sizeof(const char *))
 #define INPUT_DESC_V1_SIZE (offsetof(llmopt_input_desc, doc) + sizeof(const char *))
 #define KERNEL_DESC_V1_SIZE (offsetof(llmopt_kernel_desc, summary) + sizeof(const char *))
+#define DEVICE_OPS_V1_SIZE (offsetof(llmopt_device_ops, memory_info) + sizeof(void (*)(void)))
 
 /* The input a stage gets when its descriptor lists none. */
 static const llmopt_input_desc default_input = {"model", 0, "the model to work on"};
@@ -43,6 +44,7 @@ void registry_free(registry *reg) {
     }
     for (size_t i = 0; i < reg->n_stages; i++) stage_rec_free(reg->stages[i]);
     for (size_t i = 0; i < reg->n_kernels; i++) free(reg->kernels[i]);
+    for (size_t i = 0; i < reg->n_devices; i++) free(reg->devices[i]);
     for (size_t i = 0; i < reg->n_plugins; i++) {
         free(reg->plugins[i]->path);
         free(reg->plugins[i]->reason);
@@ -51,6 +53,7 @@ void registry_free(registry *reg) {
     free(reg->plugins);
     free(reg->stages);
     free(reg->kernels);
+    free(reg->devices);
     free(reg);
 }
 
@@ -295,13 +298,6 @@ const llmopt_param_desc *stage_find_param(const stage_rec *s, const char *name) 
 
 /* ---- kernels ---- */
 
-static const char *device_str(int device) {
-    switch (device) {
-    case LLMOPT_DEVICE_CPU: return "cpu";
-    case LLMOPT_DEVICE_CUDA: return "cuda";
-    default: return "?";
-    }
-}
 
 static int is_gq_any_group(int dtype) {
     int bits = LLMOPT_DTYPE_GQ_BITS(dtype);
@@ -347,7 +343,7 @@ int registry_add_kernel(registry *reg, const plugin_rec *owner, const llmopt_ker
     char dbuf[32];
     if (prev)
         return error_set(err, LLMOPT_EEXIST, "kernel '%s' (%s, %s) is registered by both %s and %s",
-                         d->op, device_str(d->device), dtype_str(d->dtype, dbuf, sizeof dbuf),
+                         d->op, rt_device_name(d->device), dtype_str(d->dtype, dbuf, sizeof dbuf),
                          owner_path(prev->plugin), owner_path(owner));
 
     kernel_rec *k = calloc(1, sizeof *k);
@@ -373,6 +369,53 @@ const kernel_rec *registry_find_kernel(const registry *reg, const char *op, int 
     return k;
 }
 
+/* ---- device memory ---- */
+
+const device_rec *registry_find_device(const registry *reg, int device) {
+    if (!reg) return NULL;
+    for (size_t i = 0; i < reg->n_devices; i++)
+        if (reg->devices[i]->ops.device == device) return reg->devices[i];
+    return NULL;
+}
+
+int registry_add_device(registry *reg, const plugin_rec *owner, const llmopt_device_ops *d,
+                        llmopt_error *err) {
+    if (!reg || !d) return error_set(err, LLMOPT_EINVAL, "device ops descriptor is NULL");
+    if (d->struct_size < DEVICE_OPS_V1_SIZE)
+        return error_set(err, LLMOPT_EABI, "device ops descriptor is %u bytes, ABI v1 needs at least %zu",
+                         (unsigned)d->struct_size, (size_t)DEVICE_OPS_V1_SIZE);
+    if (d->device == LLMOPT_DEVICE_CPU)
+        return error_set(err, LLMOPT_EINVAL, "device ops for cpu: host memory is the host's own, no plugin registers it");
+    if (d->device < 0 || d->device >= LLMOPT_DEVICE_COUNT)
+        return error_set(err, LLMOPT_EINVAL, "device ops: unknown device %d", (int)d->device);
+    if (!d->name || !d->name[0])
+        return error_set(err, LLMOPT_EINVAL, "device ops (%s): name is NULL or empty", rt_device_name(d->device));
+    const struct { const char *field; int set; } need[] = {
+        {"alloc", d->alloc != NULL},       {"free", d->free != NULL},
+        {"copy_h2d", d->copy_h2d != NULL}, {"copy_d2h", d->copy_d2h != NULL},
+        {"copy_d2d", d->copy_d2d != NULL}, {"synchronize", d->synchronize != NULL},
+    };
+    for (size_t i = 0; i < sizeof need / sizeof need[0]; i++)
+        if (!need[i].set)
+            return error_set(err, LLMOPT_EINVAL, "device ops '%s' (%s): %s is NULL", d->name, rt_device_name(d->device),
+                             need[i].field);
+    const device_rec *prev = registry_find_device(reg, d->device);
+    if (prev)
+        return error_set(err, LLMOPT_EEXIST, "device %s has memory ops from both %s ('%s') and %s ('%s')",
+                         rt_device_name(d->device), owner_path(prev->plugin), prev->ops.name, owner_path(owner), d->name);
+    device_rec *r = calloc(1, sizeof *r);
+    if (!r) return error_set(err, LLMOPT_ENOMEM, "out of memory");
+    copy_sized(&r->ops, sizeof r->ops, d, d->struct_size);
+    r->ops.struct_size = sizeof r->ops;
+    r->plugin = owner;
+    if (push_ptr((void ***)&reg->devices, &reg->n_devices, r) != 0) {
+        free(r);
+        return error_set(err, LLMOPT_ENOMEM, "out of memory");
+    }
+    if (owner) owner_mut(owner)->n_devices++;
+    return 0;
+}
+
 /* ---- rollback ---- */
 
 void registry_remove_owner(registry *reg, const plugin_rec *owner) {
@@ -393,8 +436,17 @@ void registry_remove_owner(registry *reg, const plugin_rec *owner) {
             reg->kernels[kept++] = reg->kernels[i];
     }
     reg->n_kernels = kept;
+    kept = 0;
+    for (size_t i = 0; i < reg->n_devices; i++) {
+        if (reg->devices[i]->plugin == owner)
+            free(reg->devices[i]);
+        else
+            reg->devices[kept++] = reg->devices[i];
+    }
+    reg->n_devices = kept;
     if (owner) {
         owner_mut(owner)->n_stages = 0;
         owner_mut(owner)->n_kernels = 0;
+        owner_mut(owner)->n_devices = 0;
     }
 }

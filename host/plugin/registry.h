@@ -1,5 +1,5 @@
 /* The registry: every plugin the loader looked at (loaded, refused, skipped, failed, and why),
- * and the stages and kernels the loaded ones registered. Stage and kernel descriptors are
+ * and the stages, kernels and device memory ops the loaded ones registered. Stage and kernel descriptors are
  * copied into host-sized structs, so plugins built against an older minor (smaller structs)
  * read as if the missing trailing fields were zero. */
 #ifndef HOST_PLUGIN_REGISTRY_H
@@ -24,6 +24,7 @@ typedef struct plugin_rec {
     void *handle;                   /* dlopen handle; never dlclose'd while the host runs */
     int score;                      /* from desc.score, or -1 when not a variant */
     size_t n_stages, n_kernels;     /* registered by this plugin */
+    size_t n_devices;
 } plugin_rec;
 
 typedef struct stage_rec {
@@ -38,6 +39,11 @@ typedef struct kernel_rec {
     const plugin_rec *plugin;
 } kernel_rec;
 
+typedef struct device_rec {
+    llmopt_device_ops ops;          /* host-sized copy; tensors on the device point at it */
+    const plugin_rec *plugin;
+} device_rec;
+
 typedef struct registry {
     plugin_rec **plugins;
     size_t n_plugins;
@@ -45,10 +51,13 @@ typedef struct registry {
     size_t n_stages;
     kernel_rec **kernels;
     size_t n_kernels;
+    device_rec **devices;
+    size_t n_devices;
 } registry;
 
 registry *registry_new(void);
-/* Calls every loaded plugin's shutdown, then frees. Handles are not dlclose'd. */
+/* Calls every loaded plugin's shutdown, then frees. Handles are not dlclose'd. Tensors on a
+ * plugin's device must be released before. */
 void registry_free(registry *reg);
 
 /* Appends a record for a plugin file; the registry owns it. */
@@ -64,6 +73,12 @@ int registry_add_stage(registry *reg, const plugin_rec *owner, const llmopt_stag
                        llmopt_error *err);
 int registry_add_kernel(registry *reg, const plugin_rec *owner, const llmopt_kernel_desc *d,
                         llmopt_error *err);
+/* Validates and copies a device's memory ops: not the CPU, a known device id, every required
+ * function set; LLMOPT_EEXIST with both files named when the device already has ops. */
+int registry_add_device(registry *reg, const plugin_rec *owner, const llmopt_device_ops *d,
+                        llmopt_error *err);
+/* The memory ops of a device, or NULL (always for the CPU). */
+const device_rec *registry_find_device(const registry *reg, int device);
 /* Removes everything registered by owner (used when its init fails after registering). */
 void registry_remove_owner(registry *reg, const plugin_rec *owner);
 

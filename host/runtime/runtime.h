@@ -21,6 +21,10 @@ const char *rt_dtype_safetensors_name(int dtype);
 int rt_dtype_from_safetensors_name(const char *name);
 
 /* ---- tensors (host/runtime/tensor.c) ---- */
+/* A device id's spelling in configs and messages ("cpu", "cuda", "test"); "?" when unknown. */
+const char *rt_device_name(int device);
+/* The id of a device name, -1 when unknown. */
+int rt_device_from_name(const char *name);
 /* Zero-filled, 64-byte aligned heap tensor, refcount 1; NULL on bad dtype/shape or no memory. */
 llmopt_tensor *rt_tensor_new(int dtype, int ndim, const int64_t *shape);
 /* A tensor over memory someone else owns (an mmap'd checkpoint): release(owner) runs when the
@@ -28,6 +32,21 @@ llmopt_tensor *rt_tensor_new(int dtype, int ndim, const int64_t *shape);
  * the shape; on NULL (bad arguments, no memory) release is not called: the caller still owns. */
 llmopt_tensor *rt_tensor_wrap(int dtype, int ndim, const int64_t *shape, void *data,
                               size_t nbytes, void (*release)(void *owner), void *owner);
+/* A tensor on the device whose memory ops are dev (from the registry), refcount 1, its storage
+ * from dev->alloc and freed through dev->free at the last unref; contents undefined. dev NULL:
+ * rt_tensor_new. NULL on bad dtype/shape or when the device is out of memory. The ops must
+ * outlive the tensor (release device tensors before the registry). */
+llmopt_tensor *rt_tensor_new_on(const llmopt_device_ops *dev, int dtype, int ndim, const int64_t *shape);
+/* The memory ops that own t's storage; NULL for host tensors (and views the host did not make). */
+const llmopt_device_ops *rt_tensor_device_ops(const llmopt_tensor *t);
+/* n bytes between any two memories (NULL ops = host memory): memcpy, h2d, d2h, d2d, or through
+ * a host buffer between two devices. 0 or the status of the plugin's copy. */
+int rt_copy_bytes(const llmopt_device_ops *dst_dev, void *dst, const llmopt_device_ops *src_dev,
+                  const void *src, size_t n);
+/* src's bytes into dst: same dtype and shape, any devices the host allocated on. */
+int rt_tensor_copy(llmopt_tensor *dst, const llmopt_tensor *src, llmopt_error *err);
+/* *out = t on dev (NULL = host): a new reference to t when it is already there, else a copy. */
+int rt_tensor_to(const llmopt_tensor *t, const llmopt_device_ops *dev, llmopt_tensor **out, llmopt_error *err);
 const llmopt_tensor *rt_tensor_ref(const llmopt_tensor *t);
 void rt_tensor_unref(const llmopt_tensor *t);
 int64_t rt_tensor_numel(const llmopt_tensor *t);

@@ -1,5 +1,6 @@
 /* Refcounted tensors. The public llmopt_tensor is embedded first in a private struct that holds
- * the atomic refcount and who frees the bytes; host_private points back at that struct. */
+ * the atomic refcount and who frees the bytes (the heap, a wrapped owner, or a device plugin's
+ * memory ops); host_private points back at that struct. Also the byte copies between devices. */
 #include "runtime.h"
 
 #include <stdatomic.h>
@@ -16,7 +17,23 @@ typedef struct rt_tensor {
     void (*release)(void *owner); /* wrapped tensors: called at the last unref */
     void *owner;
     int owns_data;               /* heap tensors: data came from aligned_alloc */
+    const llmopt_device_ops *dev; /* device tensors: data came from dev->alloc */
 } rt_tensor;
+
+const char *rt_device_name(int device) {
+    switch (device) {
+    case LLMOPT_DEVICE_CPU: return "cpu";
+    case LLMOPT_DEVICE_CUDA: return "cuda";
+    case LLMOPT_DEVICE_TEST: return "test";
+    default: return "?";
+    }
+}
+
+int rt_device_from_name(const char *name) {
+    for (int d = 0; name && d < LLMOPT_DEVICE_COUNT; d++)
+        if (strcmp(rt_device_name(d), name) == 0) return d;
+    return -1;
+}
 
 static rt_tensor *priv_of(const llmopt_tensor *t) {
     return (rt_tensor *)t->host_private;
@@ -74,6 +91,88 @@ llmopt_tensor *rt_tensor_new(int dtype, int ndim, const int64_t *shape) {
     return &p->pub;
 }
 
+llmopt_tensor *rt_tensor_new_on(const llmopt_device_ops *dev, int dtype, int ndim, const int64_t *shape) {
+    if (!dev) return rt_tensor_new(dtype, ndim, shape);
+    rt_tensor *p = priv_new();
+    if (!p) return NULL;
+    size_t nbytes = 0;
+    void *data = NULL;
+    /* never 0 bytes (the contract's alloc wants bytes > 0), as for heap tensors */
+    if (!fill_header(&p->pub, dtype, ndim, shape, &nbytes) ||
+        dev->alloc(dev->ctx, nbytes ? nbytes : TENSOR_ALIGN, TENSOR_ALIGN, &data) != 0 || !data) {
+        free(p);
+        return NULL;
+    }
+    p->pub.device = dev->device;
+    p->pub.data = data;
+    p->pub.nbytes = nbytes;
+    p->dev = dev;
+    return &p->pub;
+}
+
+const llmopt_device_ops *rt_tensor_device_ops(const llmopt_tensor *t) {
+    return t && t->host_private ? priv_of(t)->dev : NULL;
+}
+
+int rt_copy_bytes(const llmopt_device_ops *dst_dev, void *dst, const llmopt_device_ops *src_dev,
+                  const void *src, size_t n) {
+    if (n == 0) return 0;
+    if (!dst || !src) return LLMOPT_EINVAL;
+    if (!dst_dev && !src_dev) {
+        memcpy(dst, src, n);
+        return 0;
+    }
+    if (!src_dev) return dst_dev->copy_h2d(dst_dev->ctx, dst, src, n);
+    if (!dst_dev) return src_dev->copy_d2h(src_dev->ctx, dst, src, n);
+    if (dst_dev == src_dev) return dst_dev->copy_d2d(dst_dev->ctx, dst, src, n);
+    /* two accelerators: through host memory (no peer copies in the contract yet) */
+    void *tmp = malloc(n);
+    if (!tmp) return LLMOPT_ENOMEM;
+    int rc = src_dev->copy_d2h(src_dev->ctx, tmp, src, n);
+    if (rc == 0) rc = dst_dev->copy_h2d(dst_dev->ctx, dst, tmp, n);
+    free(tmp);
+    return rc;
+}
+
+int rt_tensor_copy(llmopt_tensor *dst, const llmopt_tensor *src, llmopt_error *err) {
+    if (!dst || !src) return error_set(err, LLMOPT_EINVAL, "tensor copy: a tensor is NULL");
+    if (dst->dtype != src->dtype || dst->ndim != src->ndim || dst->nbytes != src->nbytes)
+        return error_set(err, LLMOPT_EINVAL, "tensor copy: dtype, rank or size differ (%d/%d dims, %zu/%zu bytes)",
+                         (int)src->ndim, (int)dst->ndim, src->nbytes, dst->nbytes);
+    for (int i = 0; i < dst->ndim; i++)
+        if (dst->shape[i] != src->shape[i])
+            return error_set(err, LLMOPT_EINVAL, "tensor copy: dim %d is %lld in the source, %lld in the destination", i,
+                             (long long)src->shape[i], (long long)dst->shape[i]);
+    const llmopt_device_ops *dd = rt_tensor_device_ops(dst), *sd = rt_tensor_device_ops(src);
+    if ((dst->device != LLMOPT_DEVICE_CPU && !dd) || (src->device != LLMOPT_DEVICE_CPU && !sd))
+        return error_set(err, LLMOPT_EINVAL, "tensor copy: a device %d tensor the host did not allocate (no memory ops)",
+                         dst->device != LLMOPT_DEVICE_CPU && !dd ? (int)dst->device : (int)src->device);
+    int rc = rt_copy_bytes(dd, dst->data, sd, src->data, src->nbytes);
+    if (rc != 0)
+        return error_set(err, rc, "tensor copy of %zu bytes from device %d to device %d failed: %s", src->nbytes,
+                         (int)src->device, (int)dst->device, status_str(rc));
+    return 0;
+}
+
+int rt_tensor_to(const llmopt_tensor *t, const llmopt_device_ops *dev, llmopt_tensor **out, llmopt_error *err) {
+    *out = NULL;
+    if (!t) return error_set(err, LLMOPT_EINVAL, "tensor copy: the tensor is NULL");
+    if (t->device == (dev ? dev->device : LLMOPT_DEVICE_CPU) && rt_tensor_device_ops(t) == dev) {
+        *out = (llmopt_tensor *)rt_tensor_ref(t); /* already there: no copy */
+        return 0;
+    }
+    llmopt_tensor *c = rt_tensor_new_on(dev, t->dtype, t->ndim, t->shape);
+    if (!c)
+        return error_set(err, LLMOPT_ENOMEM, "out of memory for %zu bytes on %s", t->nbytes, dev ? dev->name : "the host");
+    int rc = rt_tensor_copy(c, t, err);
+    if (rc != 0) {
+        rt_tensor_unref(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
 llmopt_tensor *rt_tensor_wrap(int dtype, int ndim, const int64_t *shape, void *data,
                               size_t nbytes, void (*release)(void *owner), void *owner) {
     rt_tensor *p = priv_new();
@@ -104,6 +203,7 @@ void rt_tensor_unref(const llmopt_tensor *t) {
     /* acq_rel: every write made through other references happens before the free below. */
     if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1) return;
     if (p->owns_data) free(p->pub.data);
+    else if (p->dev) p->dev->free(p->dev->ctx, p->pub.data);
     else if (p->release) p->release(p->owner);
     free(p);
 }
@@ -127,6 +227,7 @@ static float bf16_to_f32(uint16_t h) {
 }
 
 int rt_tensor_read_f32(const llmopt_tensor *t, float *dst) {
+    if (t->device != LLMOPT_DEVICE_CPU) return LLMOPT_EINVAL; /* not host-readable */
     int64_t n = rt_tensor_numel(t);
     const uint16_t *h = t->data;
     if (t->dtype == LLMOPT_DTYPE_F32) memcpy(dst, t->data, (size_t)n * sizeof(float));
@@ -139,6 +240,7 @@ int rt_tensor_read_f32(const llmopt_tensor *t, float *dst) {
 }
 
 llmopt_tensor *rt_tensor_f32_copy(const llmopt_tensor *t) {
+    if (t->device != LLMOPT_DEVICE_CPU) return NULL;
     if (t->dtype != LLMOPT_DTYPE_F32 && t->dtype != LLMOPT_DTYPE_F16 && t->dtype != LLMOPT_DTYPE_BF16) return NULL;
     llmopt_tensor *c = rt_tensor_new(LLMOPT_DTYPE_F32, t->ndim, t->shape);
     if (c) rt_tensor_read_f32(t, c->data);

@@ -1,6 +1,9 @@
 /* GPT-2 and Llama forward passes over registered kernels. One sequence per session; a call runs
  * n new tokens (prefill when n > 1, decode when n == 1) and appends their keys and values to the
- * session's cache. Shapes follow the checkpoint: x is (T,C), q is (T,Hq,D), k/v are (S,Hkv,D). */
+ * session's cache. Shapes follow the checkpoint: x is (T,C), q is (T,Hq,D), k/v are (S,Hkv,D).
+ * On a device other than the CPU (its memory ops registered by a plugin, device.h) the weights
+ * are copied there once at bind time, the cache and activations live there, and only token ids
+ * go in and logits come out; on the CPU nothing is copied and the buffers are plain heap. */
 #include "transformer.h"
 
 #include <math.h>
@@ -41,8 +44,9 @@ struct tf_model {
     tf_kernels k;
     tf_capture_fn capture;               /* calibration hook (quantization); NULL when off */
     void *capture_arg;
-    llmopt_tensor **owned;               /* f32 copies of half norm gains and biases */
+    llmopt_tensor **owned;               /* f32 copies of half norm gains and biases, device copies */
     size_t n_owned;
+    const llmopt_device_ops *dev;        /* memory ops of `device`; NULL on the CPU */
 };
 
 struct tf_session {
@@ -53,8 +57,38 @@ struct tf_session {
     float *kc, *vc;                      /* [n_layer][n_seq][max_ctx][Hkv*D] */
     int cap;                             /* rows (n_seq * tokens) the scratch below holds */
     float *x, *h, *q, *qkv, *kvn, *att, *ff, *ff2;
-    int32_t *ids;                        /* position ids scratch */
+    int32_t *ids;                        /* position ids scratch (token ids too, off the CPU) */
+    int32_t *ids_host;                   /* off the CPU: ids staged on the host */
+    float *logits;                       /* off the CPU: [cap, vocab] logits before the copy out */
 };
+
+/* ---- memory on the model's device: plain heap and memcpy on the CPU ---- */
+
+static void *dmalloc(const tf_model *tm, size_t n) {
+    if (!tm->dev) return malloc(n);
+    void *p = NULL;
+    return tm->dev->alloc(tm->dev->ctx, n ? n : 64, 64, &p) == 0 ? p : NULL;
+}
+
+static void dfree(const tf_model *tm, void *p) {
+    if (!tm->dev) free(p);
+    else if (p) tm->dev->free(tm->dev->ctx, p);
+}
+
+/* n bytes within the device (or host) memory of the model */
+static int dcopy(const tf_model *tm, void *dst, const void *src, size_t n, llmopt_error *err) {
+    if (!tm->dev) {
+        memcpy(dst, src, n);
+        return 0;
+    }
+    int rc = tm->dev->copy_d2d(tm->dev->ctx, dst, src, n);
+    return rc ? error_set(err, rc, "%s: device copy of %zu bytes failed: %s", tm->dev->name, n, status_str(rc)) : 0;
+}
+
+static int dcopy_h2d(const tf_model *tm, void *dst, const void *src, size_t n, llmopt_error *err) {
+    int rc = tm->dev->copy_h2d(tm->dev->ctx, dst, src, n);
+    return rc ? error_set(err, rc, "%s: copy of %zu bytes to the device failed: %s", tm->dev->name, n, status_str(rc)) : 0;
+}
 
 /* ---- kernel lookup ---- */
 
@@ -63,7 +97,7 @@ static llmopt_kernel_fn find(const char *op, int device, int dtype, llmopt_error
     if (!k) {
         const llmopt_dtype_traits *t = rt_dtype_traits(dtype);
         error_set(err, LLMOPT_ENOTFOUND, "no '%s' kernel for %s %s: load a kernel plugin (e.g. --plugins build/plugins)",
-                  op, device == LLMOPT_DEVICE_CUDA ? "cuda" : "cpu", t ? t->name : "?");
+                  op, rt_device_name(device), t ? t->name : "?");
         return NULL;
     }
     return k->fn;
@@ -108,7 +142,8 @@ static int f32_vector(tf_model *tm, const llmopt_tensor **slot, llmopt_error *er
 static int f32_vectors(tf_model *tm, llmopt_error *err) {
     tf_layer *Ls = tm->layers;
     int n = tm->c.n_layer, rc;
-    tm->owned = calloc((size_t)n * 12 + 2, sizeof *tm->owned);
+    /* per layer 12 f32 vectors and 20 device copies; 2 + 5 for the model's own tensors */
+    tm->owned = calloc((size_t)n * 32 + 7, sizeof *tm->owned);
     if (!tm->owned) return error_set(err, LLMOPT_ENOMEM, "out of memory");
     if ((rc = f32_vector(tm, &tm->norm_w, err)) || (rc = f32_vector(tm, &tm->norm_b, err))) return rc;
     for (int l = 0; l < n; l++) {
@@ -116,6 +151,39 @@ static int f32_vectors(tf_model *tm, llmopt_error *err) {
                                       &Ls[l].k_b, &Ls[l].v_b, &Ls[l].o_b, &Ls[l].up_b, &Ls[l].gate_b, &Ls[l].down_b};
         for (size_t i = 0; i < sizeof vs / sizeof vs[0]; i++)
             if ((rc = f32_vector(tm, vs[i], err))) return rc;
+    }
+    return 0;
+}
+
+/* *slot becomes a copy on the model's device, owned by the tf_model. */
+static int device_copy(tf_model *tm, const llmopt_tensor **slot, llmopt_error *err) {
+    if (!*slot) return 0;
+    llmopt_tensor *c = NULL;
+    int rc = rt_tensor_to(*slot, tm->dev, &c, err);
+    if (rc) {
+        error_prefix(err, "placing the weights on %s", tm->dev->name);
+        return rc;
+    }
+    tm->owned[tm->n_owned++] = c;
+    *slot = c;
+    return 0;
+}
+
+static int device_copies(tf_model *tm, llmopt_error *err) {
+    const llmopt_tensor *tok = tm->tok_emb;
+    int rc;
+    if ((rc = device_copy(tm, &tm->tok_emb, err)) || (rc = device_copy(tm, &tm->pos_emb, err)) ||
+        (rc = device_copy(tm, &tm->norm_w, err)) || (rc = device_copy(tm, &tm->norm_b, err)))
+        return rc;
+    if (tm->lm_head == tok) tm->lm_head = tm->tok_emb; /* tied: one copy */
+    else if ((rc = device_copy(tm, &tm->lm_head, err))) return rc;
+    for (int l = 0; l < tm->c.n_layer; l++) {
+        tf_layer *L = &tm->layers[l];
+        const llmopt_tensor **ts[] = {&L->ln1_w, &L->ln1_b, &L->ln2_w, &L->ln2_b, &L->qkv_w, &L->qkv_b, &L->q_w,
+                                      &L->k_w,   &L->v_w,   &L->q_b,   &L->k_b,   &L->v_b,   &L->o_w,   &L->o_b,
+                                      &L->up_w,  &L->up_b,  &L->gate_w, &L->gate_b, &L->down_w, &L->down_b};
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
+            if ((rc = device_copy(tm, ts[i], err))) return rc;
     }
     return 0;
 }
@@ -158,6 +226,15 @@ int tf_model_new(llmopt_model *m, int device, tf_model **out, llmopt_error *err)
     }
     tm->m = rt_model_ref(m);
     tm->device = device;
+    if (device != LLMOPT_DEVICE_CPU) {
+        const char *dn = rt_device_name(device);
+        if (!(tm->dev = host_api_table()->device_ops(device))) {
+            rt_model_unref(tm->m);
+            free(tm);
+            return error_set(err, LLMOPT_ENOTFOUND, "no memory ops registered for device %s%s: load its kernel plugin", dn,
+                             dn[0] == '?' ? " (unknown id)" : "");
+        }
+    }
     const arch_config *c = &tm->c;
     tm->layers = calloc((size_t)c->n_layer, sizeof *tm->layers);
     if (!tm->layers) {
@@ -200,6 +277,8 @@ int tf_model_new(llmopt_model *m, int device, tf_model **out, llmopt_error *err)
         rc = err->status;
         goto fail;
     }
+    /* the weights go to the device last: a missing kernel fails before any copy */
+    if (tm->dev && (rc = device_copies(tm, err))) goto fail;
     *out = tm;
     return 0;
 fail:
@@ -238,8 +317,8 @@ int tf_session_new_batch(tf_model *tm, int n_seq, int max_ctx, tf_session **out,
     s->max_ctx = max_ctx;
     size_t kv = (size_t)c->n_layer * (size_t)n_seq * (size_t)max_ctx * (size_t)c->n_kv_head * (size_t)c->head_dim;
     s->pos = calloc((size_t)n_seq, sizeof *s->pos);
-    s->kc = malloc(kv * sizeof(float));
-    s->vc = malloc(kv * sizeof(float));
+    s->kc = dmalloc(tm, kv * sizeof(float));
+    s->vc = dmalloc(tm, kv * sizeof(float));
     if (!s->pos || !s->kc || !s->vc) {
         tf_session_free(s);
         return error_set(err, LLMOPT_ENOMEM, "out of memory for a KV cache of %d x %d positions (%.1f MiB)", n_seq,
@@ -254,10 +333,12 @@ int tf_session_new(tf_model *tm, int max_ctx, tf_session **out, llmopt_error *er
 }
 
 static void free_scratch(tf_session *s) {
-    free(s->x), free(s->h), free(s->q), free(s->qkv), free(s->kvn), free(s->att), free(s->ff), free(s->ff2);
-    free(s->ids);
-    s->x = s->h = s->q = s->qkv = s->kvn = s->att = s->ff = s->ff2 = NULL;
-    s->ids = NULL;
+    const tf_model *tm = s->tm;
+    void *bufs[] = {s->x, s->h, s->q, s->qkv, s->kvn, s->att, s->ff, s->ff2, s->ids, s->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) dfree(tm, bufs[i]);
+    free(s->ids_host);
+    s->x = s->h = s->q = s->qkv = s->kvn = s->att = s->ff = s->ff2 = s->logits = NULL;
+    s->ids = s->ids_host = NULL;
     s->cap = 0;
 }
 
@@ -265,8 +346,8 @@ void tf_session_free(tf_session *s) {
     if (!s) return;
     free_scratch(s);
     free(s->pos);
-    free(s->kc);
-    free(s->vc);
+    dfree(s->tm, s->kc);
+    dfree(s->tm, s->vc);
     free(s);
 }
 
@@ -286,11 +367,18 @@ static int ensure_scratch(tf_session *s, int T, llmopt_error *err) {
     const arch_config *c = &s->tm->c;
     size_t t = (size_t)T, C = (size_t)c->n_embd, Q = (size_t)c->n_head * c->head_dim;
     size_t KV = (size_t)c->n_kv_head * c->head_dim, F = (size_t)c->n_ff;
-    s->x = malloc(t * C * 4), s->h = malloc(t * C * 4), s->q = malloc(t * Q * 4);
-    s->qkv = malloc(t * (Q + 2 * KV) * 4), s->kvn = malloc(t * 2 * KV * 4), s->att = malloc(t * Q * 4);
-    s->ff = malloc(t * F * 4), s->ff2 = malloc(t * F * 4);
-    s->ids = malloc(t * sizeof *s->ids);
-    if (!s->x || !s->h || !s->q || !s->qkv || !s->kvn || !s->att || !s->ff || !s->ff2 || !s->ids) {
+    const tf_model *tm = s->tm;
+    s->x = dmalloc(tm, t * C * 4), s->h = dmalloc(tm, t * C * 4), s->q = dmalloc(tm, t * Q * 4);
+    s->qkv = dmalloc(tm, t * (Q + 2 * KV) * 4), s->kvn = dmalloc(tm, t * 2 * KV * 4), s->att = dmalloc(tm, t * Q * 4);
+    s->ff = dmalloc(tm, t * F * 4), s->ff2 = dmalloc(tm, t * F * 4);
+    s->ids = dmalloc(tm, t * sizeof *s->ids);
+    int host_ok = 1;
+    if (tm->dev) {
+        s->ids_host = malloc(t * sizeof *s->ids_host);
+        s->logits = dmalloc(tm, t * (size_t)c->vocab * 4);
+        host_ok = s->ids_host && s->logits;
+    }
+    if (!s->x || !s->h || !s->q || !s->qkv || !s->kvn || !s->att || !s->ff || !s->ff2 || !s->ids || !host_ok) {
         free_scratch(s);
         return error_set(err, LLMOPT_ENOMEM, "out of memory for activations of %d tokens", T);
     }
@@ -300,12 +388,13 @@ static int ensure_scratch(tf_session *s, int T, llmopt_error *err) {
 
 /* ---- kernel calls on plain buffers ---- */
 
-static llmopt_tensor view(const void *data, int dtype, int ndim, int64_t d0, int64_t d1, int64_t d2) {
+/* A tensor header over a buffer in the model's device memory (an offset into a session buffer). */
+static llmopt_tensor view(const tf_model *tm, const void *data, int dtype, int ndim, int64_t d0, int64_t d1, int64_t d2) {
     llmopt_tensor t;
     memset(&t, 0, sizeof t);
     t.struct_size = sizeof t;
     t.dtype = dtype;
-    t.device = LLMOPT_DEVICE_CPU;
+    t.device = tm->device;
     t.ndim = ndim;
     t.shape[0] = d0, t.shape[1] = ndim > 1 ? d1 : 1, t.shape[2] = ndim > 2 ? d2 : 1, t.shape[3] = 1;
     t.data = (void *)data;
@@ -326,10 +415,11 @@ static int matmul(const tf_model *tm, const float *x, int M, const llmopt_tensor
     int64_t K = layout == LLMOPT_W_OUT_IN ? w->shape[1] : w->shape[0];
     int64_t N = layout == LLMOPT_W_OUT_IN ? w->shape[0] : w->shape[1];
     if (tm->capture) {
+        if (tm->dev) return error_set(err, LLMOPT_EUNSUPPORTED, "calibration capture runs on the cpu device, not on %s", tm->dev->name);
         int rc = tm->capture(tm->capture_arg, w, x, M, (int)K);
         if (rc) return error_set(err, rc, "calibration capture stopped the forward pass");
     }
-    llmopt_tensor tx = view(x, F32, 2, M, K, 1), to = view(out, F32, 2, M, N, 1);
+    llmopt_tensor tx = view(tm, x, F32, 2, M, K, 1), to = view(tm, out, F32, 2, M, N, 1);
     const llmopt_tensor *in[3] = {&tx, w, b};
     llmopt_op_matmul p = {sizeof p, layout, accumulate};
     return run(weight_kernels(tm, w->dtype)->matmul, LLMOPT_OP_MATMUL, in, b ? 3 : 2, &to, &p, err);
@@ -344,7 +434,7 @@ static int linear(const tf_model *tm, const float *x, int M, const llmopt_tensor
 static int norm(const tf_model *tm, const float *x, int M, const llmopt_tensor *g, const llmopt_tensor *b,
                 float *out, llmopt_error *err) {
     int C = tm->c.n_embd;
-    llmopt_tensor tx = view(x, F32, 2, M, C, 1), to = view(out, F32, 2, M, C, 1);
+    llmopt_tensor tx = view(tm, x, F32, 2, M, C, 1), to = view(tm, out, F32, 2, M, C, 1);
     const llmopt_tensor *in[3] = {&tx, g, b};
     llmopt_op_norm p = {sizeof p, tm->c.norm_eps};
     return run(tm->k.norm, "norm", in, b ? 3 : 2, &to, &p, err);
@@ -352,20 +442,20 @@ static int norm(const tf_model *tm, const float *x, int M, const llmopt_tensor *
 
 static int embed(const tf_model *tm, const llmopt_tensor *table, const int32_t *ids, int T, float *out,
                  llmopt_error *err) {
-    llmopt_tensor ti = view(ids, LLMOPT_DTYPE_I32, 1, T, 1, 1), to = view(out, F32, 2, T, table->shape[1], 1);
+    llmopt_tensor ti = view(tm, ids, LLMOPT_DTYPE_I32, 1, T, 1, 1), to = view(tm, out, F32, 2, T, table->shape[1], 1);
     const llmopt_tensor *in[2] = {table, &ti};
     return run(weight_kernels(tm, table->dtype)->embedding, LLMOPT_OP_EMBEDDING, in, 2, &to, NULL, err);
 }
 
 static int add(const tf_model *tm, float *a, const float *b, int64_t n, llmopt_error *err) {
-    llmopt_tensor ta = view(a, F32, 1, n, 1, 1), tb = view(b, F32, 1, n, 1, 1);
+    llmopt_tensor ta = view(tm, a, F32, 1, n, 1, 1), tb = view(tm, b, F32, 1, n, 1, 1);
     const llmopt_tensor *in[2] = {&ta, &tb};
     return run(tm->k.add, LLMOPT_OP_ADD, in, 2, &ta, NULL, err);
 }
 
 static int rope(const tf_model *tm, float *x, int T, int H, int pos, llmopt_error *err) {
     const arch_config *c = &tm->c;
-    llmopt_tensor t = view(x, F32, 3, T, H, c->head_dim);
+    llmopt_tensor t = view(tm, x, F32, 3, T, H, c->head_dim);
     const llmopt_tensor *in[1] = {&t};
     llmopt_op_rope p = {sizeof p, pos, c->head_dim, c->rope_theta, c->rope_scale};
     return run(tm->k.rope, LLMOPT_OP_ROPE, in, 1, &t, &p, err);
@@ -391,9 +481,10 @@ static int attention_block(tf_session *s, int l, int T, llmopt_error *err) {
         if ((rc = linear(tm, s->h, M, L->qkv_w, L->qkv_b, s->qkv, 0, err))) return rc;
         for (int r = 0; r < M; r++) {
             const float *row = s->qkv + (size_t)r * 3 * Q;
-            memcpy(s->q + (size_t)r * Q, row, Q * 4);
-            memcpy(k_all + (size_t)r * KV, row + Q, KV * 4);
-            memcpy(v_all + (size_t)r * KV, row + 2 * Q, KV * 4);
+            if ((rc = dcopy(tm, s->q + (size_t)r * Q, row, Q * 4, err)) ||
+                (rc = dcopy(tm, k_all + (size_t)r * KV, row + Q, KV * 4, err)) ||
+                (rc = dcopy(tm, v_all + (size_t)r * KV, row + 2 * Q, KV * 4, err)))
+                return rc;
         }
     } else if ((rc = linear(tm, s->h, M, L->q_w, L->q_b, s->q, 0, err)) ||
                (rc = linear(tm, s->h, M, L->k_w, L->k_b, k_all, 0, err)) ||
@@ -404,12 +495,13 @@ static int attention_block(tf_session *s, int l, int T, llmopt_error *err) {
         int pos = s->pos[b];
         float *q = s->q + (size_t)b * T * Q, *kc = kc_l + (size_t)b * seq_stride, *vc = vc_l + (size_t)b * seq_stride;
         float *k_new = kc + (size_t)pos * KV, *v_new = vc + (size_t)pos * KV;
-        memcpy(k_new, k_all + (size_t)b * T * KV, (size_t)T * KV * 4);
-        memcpy(v_new, v_all + (size_t)b * T * KV, (size_t)T * KV * 4);
+        if ((rc = dcopy(tm, k_new, k_all + (size_t)b * T * KV, (size_t)T * KV * 4, err)) ||
+            (rc = dcopy(tm, v_new, v_all + (size_t)b * T * KV, (size_t)T * KV * 4, err)))
+            return rc;
         if (c->family == ARCH_LLAMA && ((rc = rope(tm, q, T, Hq, pos, err)) || (rc = rope(tm, k_new, T, Hkv, pos, err))))
             return rc;
-        llmopt_tensor tq = view(q, F32, 3, T, Hq, D), tk = view(kc, F32, 3, pos + T, Hkv, D);
-        llmopt_tensor tv = view(vc, F32, 3, pos + T, Hkv, D), to = view(s->att + (size_t)b * T * Q, F32, 3, T, Hq, D);
+        llmopt_tensor tq = view(tm, q, F32, 3, T, Hq, D), tk = view(tm, kc, F32, 3, pos + T, Hkv, D);
+        llmopt_tensor tv = view(tm, vc, F32, 3, pos + T, Hkv, D), to = view(tm, s->att + (size_t)b * T * Q, F32, 3, T, Hq, D);
         const llmopt_tensor *in[3] = {&tq, &tk, &tv};
         llmopt_op_attention p = {sizeof p, pos, 1, 1.0f / sqrtf((float)D)};
         if ((rc = run(tm->k.attention, LLMOPT_OP_ATTENTION, in, 3, &to, &p, err))) return rc;
@@ -424,14 +516,14 @@ static int mlp_block(tf_session *s, int l, int T, llmopt_error *err) {
     int F = tm->c.n_ff, rc;
     T *= s->n_seq; /* every row of the batch */
     if ((rc = norm(tm, s->x, T, L->ln2_w, L->ln2_b, s->h, err))) return rc;
-    llmopt_tensor tf = view(s->ff, F32, 2, T, F, 1);
+    llmopt_tensor tf = view(tm, s->ff, F32, 2, T, F, 1);
     if (tm->c.family == ARCH_GPT2) {
         const llmopt_tensor *in[1] = {&tf};
         if ((rc = linear(tm, s->h, T, L->up_w, L->up_b, s->ff, 0, err)) ||
             (rc = run(tm->k.act, "gelu", in, 1, &tf, NULL, err)))
             return rc;
     } else {
-        llmopt_tensor tu = view(s->ff2, F32, 2, T, F, 1);
+        llmopt_tensor tu = view(tm, s->ff2, F32, 2, T, F, 1);
         const llmopt_tensor *in[2] = {&tf, &tu};
         if ((rc = linear(tm, s->h, T, L->gate_w, L->gate_b, s->ff, 0, err)) ||
             (rc = linear(tm, s->h, T, L->up_w, L->up_b, s->ff2, 0, err)) ||
@@ -456,11 +548,18 @@ int tf_forward_batch(tf_session *s, const int32_t *ids, int T, float *logits, in
     int rc = ensure_scratch(s, M, err);
     if (rc) return rc;
     size_t C = (size_t)c->n_embd;
-    if ((rc = embed(tm, tm->tok_emb, ids, M, s->x, err))) return rc;
+    const int32_t *tok = ids;
+    if (tm->dev) { /* the ids go to the device first */
+        if ((rc = dcopy_h2d(tm, s->ids, ids, (size_t)M * sizeof *ids, err))) return rc;
+        tok = s->ids;
+    }
+    if ((rc = embed(tm, tm->tok_emb, tok, M, s->x, err))) return rc;
     if (tm->pos_emb) {
         /* learned positions: each sequence's own pos..pos+T-1, gathered as an embedding */
+        int32_t *pos_ids = tm->dev ? s->ids_host : s->ids;
         for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++) s->ids[b * T + t] = s->pos[b] + t;
+            for (int t = 0; t < T; t++) pos_ids[b * T + t] = s->pos[b] + t;
+        if (tm->dev && (rc = dcopy_h2d(tm, s->ids, pos_ids, (size_t)M * sizeof *pos_ids, err))) return rc;
         if ((rc = embed(tm, tm->pos_emb, s->ids, M, s->h, err)) || (rc = add(tm, s->x, s->h, (int64_t)M * (int64_t)C, err)))
             return rc;
     }
@@ -472,19 +571,33 @@ int tf_forward_batch(tf_session *s, const int32_t *ids, int T, float *logits, in
     const float *rows = s->x;
     int rows_n = M;
     if (!all_logits) {
-        for (int b = 0; b < B; b++) memcpy(s->h + (size_t)b * C, s->x + ((size_t)b * T + (size_t)T - 1) * C, C * 4);
-        memcpy(s->x, s->h, (size_t)B * C * 4); /* x is not needed after this call */
+        for (int b = 0; b < B; b++)
+            if ((rc = dcopy(tm, s->h + (size_t)b * C, s->x + ((size_t)b * T + (size_t)T - 1) * C, C * 4, err))) return rc;
+        /* x is not needed after this call */
+        if ((rc = dcopy(tm, s->x, s->h, (size_t)B * C * 4, err))) return rc;
         rows_n = B;
     }
     if ((rc = norm(tm, rows, rows_n, tm->norm_w, tm->norm_b, s->h, err))) return rc;
-    return matmul(tm, s->h, rows_n, tm->lm_head, NULL, logits, 0, LLMOPT_W_OUT_IN, err);
+    if (!tm->dev) return matmul(tm, s->h, rows_n, tm->lm_head, NULL, logits, 0, LLMOPT_W_OUT_IN, err);
+    /* off the CPU: into the device's logits, then out (the copy waits for the work before it) */
+    if ((rc = matmul(tm, s->h, rows_n, tm->lm_head, NULL, s->logits, 0, LLMOPT_W_OUT_IN, err))) return rc;
+    size_t n = (size_t)rows_n * (size_t)c->vocab * 4;
+    rc = tm->dev->copy_d2h(tm->dev->ctx, logits, s->logits, n);
+    return rc ? error_set(err, rc, "%s: copying %zu bytes of logits to the host failed: %s", tm->dev->name, n, status_str(rc))
+              : 0;
 }
 
-/* ---- one block at a time (sequential calibration) ---- */
+/* ---- one block at a time (sequential calibration): host memory, so the CPU only ---- */
+
+static int cpu_only(const tf_model *tm, const char *what, llmopt_error *err) {
+    if (tm->device == LLMOPT_DEVICE_CPU) return 0;
+    return error_set(err, LLMOPT_EUNSUPPORTED, "%s runs on the CPU only (block-by-block calibration)", what);
+}
 
 int tf_embed(tf_session *s, const int32_t *ids, int T, float *x, llmopt_error *err) {
     const tf_model *tm = s->tm;
     const arch_config *c = &tm->c;
+    if (cpu_only(tm, "tf_embed", err)) return err->status;
     if (s->n_seq != 1 || T <= 0 || s->pos[0] + T > s->max_ctx)
         return error_set(err, LLMOPT_EINVAL, "tf_embed: %d tokens at %d do not fit one sequence of %d", T, s->pos[0],
                          s->max_ctx);
@@ -501,6 +614,7 @@ int tf_embed(tf_session *s, const int32_t *ids, int T, float *x, llmopt_error *e
 
 int tf_block(tf_session *s, int layer, float *x, int T, llmopt_error *err) {
     const arch_config *c = &s->tm->c;
+    if (cpu_only(s->tm, "tf_block", err)) return err->status;
     if (s->n_seq != 1 || layer < 0 || layer >= c->n_layer || T <= 0 || s->pos[0] + T > s->max_ctx)
         return error_set(err, LLMOPT_EINVAL, "tf_block: layer %d, %d tokens at %d: out of range", layer, T, s->pos[0]);
     int rc = ensure_scratch(s, T, err);
@@ -513,6 +627,7 @@ int tf_block(tf_session *s, int layer, float *x, int T, llmopt_error *err) {
 }
 
 int tf_final_norm(tf_session *s, const float *x, int T, float *out, llmopt_error *err) {
+    if (cpu_only(s->tm, "tf_final_norm", err)) return err->status;
     return norm(s->tm, x, T, s->tm->norm_w, s->tm->norm_b, out, err);
 }
 
@@ -520,6 +635,7 @@ const llmopt_tensor *tf_model_lm_head(const tf_model *tm) { return tm->lm_head; 
 
 int tf_model_rebind_weights(tf_model *tm, int l, llmopt_error *err) {
     if (l < 0 || l >= tm->c.n_layer) return error_set(err, LLMOPT_EINVAL, "no layer %d", l);
+    if (cpu_only(tm, "tf_model_rebind_weights", err)) return err->status;
     tf_layer fresh = {0}, *L = &tm->layers[l];
     tf_layer keep = *L;
     bind_layer(tm, l);

@@ -259,6 +259,32 @@ test_duplicate_stage_names_both_files() {
     expect_plugin_line dup "init failed" b.so "is registered by both"
     grep -F "b.so" err.txt | grep -qF "$PLUGROOT/dup/a.so" || fail "both files not named"
 }
+test_duplicate_device_names_both_files() {
+    expect_plugin_line devdup "init failed" b.so "has memory ops from both"
+    grep -F "b.so" err.txt | grep -qF "$PLUGROOT/devdup/a.so" || fail "both files not named"
+}
+test_malformed_device_ops_name_the_field() { expect_plugin_line devbad "init failed" nofree.so "free is NULL"; }
+test_plugins_lists_devices() {
+    run_host --plugins "$PLUGROOT/devtest" plugins
+    expect_rc 0
+    expect_out "devices (1):"; expect_out "test:0 (host memory)  [devtest]"
+}
+# kjv-tiny on the test device (tests/plugins/devtest, with the cpu plugin's kernels behind it):
+# the same logits as on the CPU, prefill and through the KV cache, a batch of two.
+test_forward_on_test_device_equals_cpu() {
+    local model="$CONFIGS/../../../models/kjv-tiny" cpu="$PLUGROOT/../../plugins" ids="818,262,3726,286,6;11,50,7,1000,3"
+    for kv in "" --kv-cache; do
+        run_host --plugins "$cpu" forward "$model" --ids "$ids" $kv --out cpu.f32
+        expect_rc 0
+        run_host --plugins "$cpu" --plugins "$PLUGROOT/devtest" forward "$model" --ids "$ids" $kv --device test --out dev.f32
+        expect_rc 0
+        [ "$(stat -c %s dev.f32)" -gt 0 ] && cmp -s cpu.f32 dev.f32 || fail "logits on the test device differ ($kv)"
+    done
+    run_host --plugins "$cpu" forward "$model" --ids 1,2 --device test
+    expect_rc 3; expect_err "no memory ops registered for device test"
+    run_host --plugins "$cpu" forward "$model" --ids 1,2 --device tpu
+    expect_rc 2; expect_err "expected cpu, cuda or test"
+}
 test_kernel_variants_best_wins_others_skipped() {
     run_host --plugins "$PLUGROOT/variants" plugins
     expect_rc 0

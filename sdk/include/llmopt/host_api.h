@@ -10,6 +10,7 @@
 #include "model.h"
 #include "stage.h"
 #include "kernel.h"
+#include "device.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -315,6 +316,30 @@ struct llmopt_host_api {
      *  transposed, [out, in], as llama.cpp stores it). Negative LLMOPT_E* when m has no 2-D tensor
      *  of that name. */
     int (*model_linear_layout)(const llmopt_model *m, const char *name);
+
+    /* ---- device memory (device.h): tensors on a plugin's device ----
+     * Appended in ABI 1.0 before its release (abi_minor stays 0); a plugin built against an
+     * older table checks struct_size covers a member before calling it. Device tensors must be
+     * released before the host shuts plugins down. */
+    /** The memory ops registered for device (borrowed, valid until shutdown); NULL when no
+     *  plugin registered it, and always for LLMOPT_DEVICE_CPU (host memory is the host's). */
+    const llmopt_device_ops *(*device_ops)(int device);
+    /** A new tensor on device with one reference, owned by the caller. On LLMOPT_DEVICE_CPU it is
+     *  tensor_new (zero-filled); elsewhere the contents are undefined until written (tensor_copy,
+     *  or a kernel's output). NULL for a bad shape, a device nobody registered, or no memory. */
+    llmopt_tensor *(*tensor_new_on)(int device, int dtype, int ndim, const int64_t *shape);
+    /** *out = a tensor on device holding t's contents (one reference, owned by the caller). When
+     *  t already lives there, *out is a new reference to t and nothing is copied, so calling it
+     *  on the CPU path costs nothing. LLMOPT_ENOTFOUND for a device nobody registered,
+     *  LLMOPT_EINVAL for bad arguments, LLMOPT_ENOMEM, or the plugin's copy status. */
+    int (*tensor_to_device)(const llmopt_tensor *t, int device, llmopt_tensor **out);
+    /** tensor_to_device(t, LLMOPT_DEVICE_CPU, out): the contents readable on the host. */
+    int (*tensor_to_host)(const llmopt_tensor *t, llmopt_tensor **out);
+    /** Copies src's bytes into dst, each on any device (host<->device, device<->device; between
+     *  two accelerators through host memory). Same dtype and shape, else LLMOPT_EINVAL; dst must
+     *  not be shared (it is written). Complete on return when dst is on the CPU. */
+    int (*tensor_copy)(llmopt_tensor *dst, const llmopt_tensor *src);
+
     /** Sequential calibration, block by block, as GPTQ's paper quantizes: the n_seq sequences'
      *  hidden states go through block 0 (fn sees the inputs of its linear weights, as in
      *  calibrate), then block_done(arg, 0) is called, which may replace that block's weights in m
@@ -352,7 +377,12 @@ LLMOPT_PIN(llmopt_host_api, chat_render, 664);
 LLMOPT_PIN(llmopt_host_api, tokenizer_train, 672);
 LLMOPT_PIN(llmopt_host_api, model_source, 680);
 LLMOPT_PIN(llmopt_host_api, model_linear_layout, 688);
-LLMOPT_PIN(llmopt_host_api, calibrate_sequential, 696);
+LLMOPT_PIN(llmopt_host_api, device_ops, 696);
+LLMOPT_PIN(llmopt_host_api, tensor_new_on, 704);
+LLMOPT_PIN(llmopt_host_api, tensor_to_device, 712);
+LLMOPT_PIN(llmopt_host_api, tensor_to_host, 720);
+LLMOPT_PIN(llmopt_host_api, tensor_copy, 728);
+LLMOPT_PIN(llmopt_host_api, calibrate_sequential, 736);
 
 #ifdef __cplusplus
 }

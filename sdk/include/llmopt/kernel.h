@@ -13,7 +13,9 @@ extern "C" {
 
 /** The one calling convention of every kernel: inputs, one output (allocated by the caller on
  *  the kernel's device), and an op-specific parameter struct (see the op's documentation, NULL
- *  when the op takes none). Returns 0 or a negative llmopt_status. */
+ *  when the op takes none). Returns 0 or a negative llmopt_status. Off the CPU, tensors' data
+ *  are addresses in memory from that device's llmopt_device_ops (device.h), often offsets into
+ *  a larger allocation; the kernel may run asynchronously in issue order, as device.h says. */
 typedef int (*llmopt_kernel_fn)(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out,
                                 const void *op_params);
 

@@ -9,6 +9,7 @@
 #include "stage.h"
 #include "kernel.h"
 #include "kernel_ops.h"
+#include "device.h"
 #include "plugin.h"
 #include "host_api.h"
 

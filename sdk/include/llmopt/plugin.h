@@ -8,6 +8,7 @@
 #include "common.h"
 #include "stage.h"
 #include "kernel.h"
+#include "device.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -28,11 +29,18 @@ struct llmopt_registrar {
     /** Records why init failed; the host prints it as "<file>: init failed: <message>". */
     void (*set_error)(llmopt_registrar *reg, const char *fmt, ...) LLMOPT_PRINTF(2, 3);
     void *host_private;
+    /** Registers the memory of a device (device.h), at most one plugin per device. LLMOPT_EEXIST
+     *  when another plugin owns the device (both files named), LLMOPT_EINVAL for a malformed
+     *  descriptor (the message names the field), LLMOPT_EABI when struct_size is too small.
+     *  The descriptor and ctx must stay valid until shutdown. Appended in ABI 1.0 before its
+     *  release; a plugin checks reg->struct_size covers it before calling. */
+    int (*add_device)(llmopt_registrar *reg, const llmopt_device_ops *device);
 };
 LLMOPT_PIN(llmopt_registrar, add_stage, 8);
 LLMOPT_PIN(llmopt_registrar, add_kernel, 16);
 LLMOPT_PIN(llmopt_registrar, set_error, 24);
 LLMOPT_PIN(llmopt_registrar, host_private, 32);
+LLMOPT_PIN(llmopt_registrar, add_device, 40);
 
 /** The plugin descriptor. Append-only: later minors add fields at the end only. */
 typedef struct llmopt_plugin_desc {

@@ -63,11 +63,17 @@ typedef enum llmopt_dtype {
  *  group size. The registry looks up an exact key first, then this one, then LLMOPT_DTYPE_ANY. */
 #define LLMOPT_DTYPE_GQ_ANY_GROUP(bits, asym) LLMOPT_DTYPE_GQ(bits, 0, asym)
 
-/** Where a tensor's bytes live. */
+/** Where a tensor's bytes live. Values are stable across ABI v1; new devices are appended.
+ *  Memory of every device but the CPU belongs to the plugin that registered llmopt_device_ops
+ *  for it (device.h); its data pointers are not host addresses. */
 typedef enum llmopt_device {
     LLMOPT_DEVICE_CPU = 0,
     LLMOPT_DEVICE_CUDA = 1,
-    LLMOPT_DEVICE_COUNT
+    /** Reserved for test plugins: a device whose memory is host memory behind the plugin's own
+     *  allocator, so the host's device data path runs without hardware. No shipped plugin
+     *  registers it. */
+    LLMOPT_DEVICE_TEST = 2,
+    LLMOPT_DEVICE_COUNT /**< number of device ids this SDK knows; not a device */
 } llmopt_device;
 
 /** Per-dtype facts: one table, as ggml's type traits, instead of switches in every file.
@@ -95,7 +101,8 @@ typedef struct llmopt_tensor {
     int32_t device;                 /**< llmopt_device */
     int32_t ndim;                   /**< 0..LLMOPT_MAX_DIMS */
     int64_t shape[LLMOPT_MAX_DIMS]; /**< unused trailing entries are 1 */
-    void *data;                     /**< nbytes of element data on `device` */
+    void *data;                     /**< nbytes of element data on `device` (a device address
+                                         off the CPU: never dereference it on the host) */
     size_t nbytes;
     void *host_private;             /**< the host's bookkeeping; never touch */
 } llmopt_tensor;
