@@ -1087,7 +1087,8 @@ static int transformed(ld *l, const gguf_tensor_info *ti, int dtype, int ndim, c
     const uint8_t *src = l->base + ti->offset;
     *out = NULL;
     if (xform == X_PERMUTE_Q || xform == X_PERMUTE_K) {
-        if (shape[0] % (2 * n_head) != 0)
+        /* no rows, or 0 heads (head_count_kv may say 0), divides nothing: refused, not divided by */
+        if (n_head <= 0 || shape[0] <= 0 || shape[0] % n_head != 0 || shape[0] / n_head % 2 != 0)
             return error_set(l->err, LLMOPT_EFORMAT, "%s: tensor '%s': %lld rows are not %lld heads of an even size", l->path,
                              ti->name, (long long)shape[0], (long long)n_head);
         if (!(*out = rt_tensor_new(dtype, ndim, shape))) return error_set(l->err, LLMOPT_ENOMEM, "%s: out of memory", l->path);
@@ -1148,13 +1149,11 @@ static int same_tensor(const gguf_file *f, const uint8_t *base, long a, long b) 
            memcmp(base + x->offset, base + y->offset, x->nbytes) == 0;
 }
 
-int gguf_load(const char *path, llmopt_model **out, llmopt_error *err) {
+/* The loader over a mapping (the file's, or a buffer's copy); takes the caller's reference. */
+static int load_mapping(const char *path, rt_mapping *map, llmopt_model **out, llmopt_error *err) {
     *out = NULL;
-    rt_mapping *map = NULL;
     gguf_file *f = NULL;
-    int rc = rt_mapping_open(path, &map, err);
-    if (rc) return rc;
-    rc = gguf_parse(path, map->base, map->len, &f, err);
+    int rc = gguf_parse(path, map->base, map->len, &f, err);
     if (rc) {
         rt_mapping_unref(map);
         return rc;
@@ -1194,6 +1193,21 @@ int gguf_load(const char *path, llmopt_model **out, llmopt_error *err) {
     }
     *out = m;
     return 0;
+}
+
+int gguf_load(const char *path, llmopt_model **out, llmopt_error *err) {
+    *out = NULL;
+    rt_mapping *map = NULL;
+    int rc = rt_mapping_open(path, &map, err);
+    return rc ? rc : load_mapping(path, map, out, err);
+}
+
+int gguf_load_mem(const char *name, const uint8_t *buf, size_t len, llmopt_model **out, llmopt_error *err) {
+    *out = NULL;
+    if (!name) name = "gguf";
+    rt_mapping *map = NULL;
+    int rc = rt_mapping_copy(name, buf, len, &map, err);
+    return rc ? rc : load_mapping(name, map, out, err);
 }
 
 /* ---- writing: metadata into a growing buffer ---- */

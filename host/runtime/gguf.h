@@ -102,6 +102,9 @@ const char *gguf_ggml_type_name(uint32_t type);
  * generation_config.json) rebuilt from tokenizer.ggml.*. F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors;
  * any other type is LLMOPT_EUNSUPPORTED naming the tensor. */
 int gguf_load(const char *path, llmopt_model **out, llmopt_error *err);
+/* The same from a file held in memory (copied, so buf need not outlive the model); name stands
+ * for the path in errors and as the model's source. The fuzzing entry point. */
+int gguf_load_mem(const char *name, const uint8_t *buf, size_t len, llmopt_model **out, llmopt_error *err);
 
 /* Writes m (model_type gpt2 or llama) as a GGUF v3 file at path (through a temporary name),
  * alignment 32, with the architecture keys, the tokenizer from its tokenizer.json side file
