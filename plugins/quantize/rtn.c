@@ -1,6 +1,7 @@
 /* quantize.rtn: round-to-nearest quantization of the selected linear weights into ggml's
  * Q8_0 / Q4_0 / Q4_1, int8 per output channel, or group-quantized GQ(bits, group, sym|asym),
  * with the host's reference quantizers (the rules in host/runtime/quant.h). */
+#include <stdio.h>
 #include <string.h>
 
 #include "params.h"
@@ -44,6 +45,14 @@ static int rtn_run(llmopt_stage_ctx *ctx) {
         A->progress(ctx, (double)(i + 1) / (double)sel.n, "%zu/%zu weights", i + 1, sel.n);
         if (!rc && A->cancelled(ctx)) rc = A->set_error(ctx, LLMOPT_ECANCELED, "cancelled");
     }
+    if (rc) {
+        A->model_unref(out);
+        qz_selection_free(&sel);
+        return rc;
+    }
+    char fields[64];
+    snprintf(fields, sizeof fields, "\"format\": \"%s\"", A->param_str(ctx, "format"));
+    rc = qz_record(ctx, in, out, "rtn", fields);
     if (rc) {
         A->model_unref(out);
         qz_selection_free(&sel);

@@ -315,6 +315,14 @@ struct llmopt_host_api {
      *  transposed, [out, in], as llama.cpp stores it). Negative LLMOPT_E* when m has no 2-D tensor
      *  of that name. */
     int (*model_linear_layout)(const llmopt_model *m, const char *name);
+
+    /* ---- structured config values ---- */
+    /** A config.json value of any JSON type by top-level key: set parses json (NULL removes the
+     *  key; LLMOPT_EINVAL when json is not valid JSON); get returns the value as compact JSON
+     *  text (mem_free), NULL when absent. quantize stages record what they did this way
+     *  ("quantization_config"). */
+    int (*model_cfg_set_json)(llmopt_model *m, const char *key, const char *json);
+    char *(*model_cfg_get_json)(const llmopt_model *m, const char *key);
 };
 LLMOPT_PIN(llmopt_host_api, abi_major, 4);
 LLMOPT_PIN(llmopt_host_api, host_version, 8);
@@ -340,6 +348,8 @@ LLMOPT_PIN(llmopt_host_api, chat_render, 664);
 LLMOPT_PIN(llmopt_host_api, tokenizer_train, 672);
 LLMOPT_PIN(llmopt_host_api, model_source, 680);
 LLMOPT_PIN(llmopt_host_api, model_linear_layout, 688);
+LLMOPT_PIN(llmopt_host_api, model_cfg_set_json, 696);
+LLMOPT_PIN(llmopt_host_api, model_cfg_get_json, 704);
 
 #ifdef __cplusplus
 }
