@@ -2,8 +2,9 @@
 package's GGUFWriter: a tiny Llama and a tiny GPT-2 (hidden 32, one block, vocabulary 8) whose
 tensors cover every type the loader maps (f32, f16, bf16, q8_0, q4_0, q4_1), the q/k un-permute,
 the GPT-2 transposes (float) and kept [out, in] rows (quantized), the tied GPT-2 head, and both
-tokenizer kinds (gpt2 BPE with merges, llama SentencePiece with scores and types). Each is a few
-KB, under scripts/fuzz.sh's -max_len. Usage: python tests/fuzz/gguf_seeds.py OUT_DIR"""
+tokenizer kinds (gpt2 BPE with merges, llama SentencePiece with scores and types), and a Llama
+with Q4_K/Q5_K/Q6_K tensors (dequantized on load). Each is a few KB, under scripts/fuzz.sh's
+-max_len. Usage: python tests/fuzz/gguf_seeds.py OUT_DIR"""
 
 import sys
 from pathlib import Path
@@ -98,6 +99,25 @@ def gpt2(path):
     write(g)
 
 
+def kquant(path):
+    """k-quant tensors (imported as f32): few rows of one 256-weight super-block each, so the
+    file stays small; the shapes do not fit the config (arch_from_model refuses the model), which
+    the loader itself does not check."""
+    g = GGUFWriter(str(path), "llama")
+    g.add_embedding_length(256)
+    g.add_block_count(1)
+    g.add_feed_forward_length(256)
+    g.add_head_count(2)
+    g.add_head_count_kv(2)
+    sizes = {QT.Q4_K: 144, QT.Q5_K: 176, QT.Q6_K: 210}
+    for name, qt, rows in (("token_embd.weight", QT.Q6_K, 8), ("output_norm.weight", QT.Q5_K, 1),
+                           ("blk.0.attn_q.weight", QT.Q4_K, 4), ("blk.0.attn_k.weight", QT.Q5_K, 4),
+                           ("blk.0.ffn_down.weight", QT.Q6_K, 2)):
+        b = rng.integers(0, 256, size=(rows, sizes[qt]), dtype=np.uint8)
+        g.add_tensor(name, b if rows > 1 else b.reshape(-1), raw_dtype=qt)
+    write(g)
+
+
 def write(g):
     g.write_header_to_file()
     g.write_kv_data_to_file()
@@ -110,3 +130,4 @@ if __name__ == "__main__":
     out.mkdir(parents=True, exist_ok=True)
     llama(out / "load-llama-mixed.gguf")
     gpt2(out / "load-gpt2-mixed.gguf")
+    kquant(out / "load-llama-kquant.gguf")
