@@ -33,9 +33,9 @@
 
 #define A qz_api
 
-typedef struct gptq_shape {
+typedef struct pack_shape {
     int bits, group, sym;
-} gptq_shape;
+} pack_shape;
 
 static uint16_t get16(const uint8_t *p) {
     uint16_t v;
@@ -136,7 +136,7 @@ static json_t *stage_record(const llmopt_model *in) {
 }
 
 /* GPTQConfig's quantization_config (and quantize_config.json's content) for the export. */
-static json_t *gptq_config(const llmopt_model *in, const gptq_shape *sh) {
+static json_t *gptq_config(const llmopt_model *in, const pack_shape *sh) {
     json_t *qc = json_object(), *rec = stage_record(in);
     json_object_set_new(qc, "bits", json_integer(sh->bits));
     json_object_set_new(qc, "group_size", json_integer(sh->group));
@@ -164,7 +164,7 @@ static json_t *gptq_config(const llmopt_model *in, const gptq_shape *sh) {
 
 /* AwqConfig's quantization_config: zero_point is true even for sym weights, whose zero point
  * 2^(bits-1) is stored in qzeros like any other. */
-static json_t *awq_config(const llmopt_model *in, const gptq_shape *sh) {
+static json_t *awq_config(const llmopt_model *in, const pack_shape *sh) {
     json_t *rec = stage_record(in);
     const char *method = json_string_value(json_object_get(rec, "method"));
     json_t *qc = json_pack("{s:s, s:i, s:i, s:b, s:s, s:n}", "quant_method", "awq", "bits", sh->bits, "group_size",
@@ -176,7 +176,7 @@ static json_t *awq_config(const llmopt_model *in, const gptq_shape *sh) {
 
 static int export_packed(llmopt_stage_ctx *ctx, int fmt, const llmopt_model *in, const char *dir) {
     const char *tool = fmt == FMT_GPTQ ? "AutoGPTQ" : "AutoAWQ";
-    gptq_shape sh = {0, 0, 0};
+    pack_shape sh = {0, 0, 0};
     size_t n_q = 0;
     int rc = 0;
     /* every quantized tensor must be a GQ linear weight of one bits/group_size (one layer config) */
@@ -202,7 +202,7 @@ static int export_packed(llmopt_stage_ctx *ctx, int fmt, const llmopt_model *in,
             rc = A->set_error(ctx, LLMOPT_EUNSUPPORTED, "'%s' is %s, other weights %d bits in groups of %d: a %s "
                               "checkpoint has one bits and group_size", name, tr->name, sh.bits, sh.group, tool);
         if (!rc) {
-            sh = (gptq_shape){bits, LLMOPT_DTYPE_GQ_GROUP(t->dtype), (n_q ? sh.sym : 1) && !LLMOPT_DTYPE_GQ_ASYM(t->dtype)};
+            sh = (pack_shape){bits, LLMOPT_DTYPE_GQ_GROUP(t->dtype), (n_q ? sh.sym : 1) && !LLMOPT_DTYPE_GQ_ASYM(t->dtype)};
             n_q++;
         }
     }
