@@ -3,10 +3,13 @@
  * in groups of g along the inputs, b bits, p = 32 / b codes per int32.
  *
  * format gptq: AutoGPTQ's v1 checkpoint (checkpoint_format "gptq", what transformers + optimum
- * load; auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py, QuantLinear.pack):
- *   <layer>.qweight int32 [in / p, out]   code of (o, i) at bits b * (i % p) of qweight[i / p][o]
- *   <layer>.qzeros  int32 [in / g, out / p] (zero - 1) & (2^b - 1) of (group, o) at bits
- *                                           b * (o % p) of qzeros[group][o / p]
+ * load; auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py, QuantLinear.pack), b = 2, 3, 4 or 8:
+ *   <layer>.qweight int32 [in * b / 32, out] column o is one little-endian bit string of the
+ *                                           codes of (o, i), code i at bit b * i: with b | 32,
+ *                                           bits b * (i % p) of qweight[i / p][o]; with b = 3,
+ *                                           32 codes fill 3 words and codes 10 and 21 straddle
+ *   <layer>.qzeros  int32 [in / g, out * b / 32] (zero - 1) & (2^b - 1) of (group, o), row
+ *                                           `group` one bit string over o the same way
  *   <layer>.scales  f16   [in / g, out]
  *   <layer>.g_idx   int32 [in]              i / g (our groups are contiguous, also under act_order)
  * dequantized W[o][i] = scales[g_idx[i]][o] * (code(o, i) - (stored zero + 1)). v1 stores zero - 1
@@ -48,6 +51,12 @@ enum { FMT_GPTQ, FMT_AWQ };
 /* AWQ_ORDER's inverse: the field of output o % 8 within its int32 */
 static const int awq_field[8] = {0, 4, 1, 5, 2, 6, 3, 7};
 
+/* ORs the b low bits of v into the bit string of 32-bit words w[0], w[stride], ... at bit pos. */
+static void put_bits(uint32_t *w, int64_t stride, uint64_t pos, unsigned v, int b) {
+    for (int k = 0; k < b; k++, pos++)
+        if (v >> k & 1) w[(int64_t)(pos / 32) * stride] |= 1u << (pos % 32);
+}
+
 /* One GQ weight [rows = out, cols = in] into the format's tensors, set in m under base.*. */
 static int pack_one(llmopt_stage_ctx *ctx, int fmt, llmopt_model *m, const char *name, const char *base,
                     const llmopt_tensor *t) {
@@ -57,13 +66,16 @@ static int pack_one(llmopt_stage_ctx *ctx, int fmt, llmopt_model *m, const char 
     const unsigned qmax = (1u << bits) - 1;
     const size_t tsz = A->dtype_traits(dtype)->type_size, code_off = asym ? 4 : 2;
     const int gptq = fmt == FMT_GPTQ;
-    if ((gptq && cols % p != 0) || rows % p != 0)
+    /* whole int32 words of codes: along the inputs (gptq) and the outputs (both) */
+    const int64_t unit = bits == 3 ? 32 : p;
+    if ((gptq && cols % unit != 0) || rows % unit != 0)
         return A->set_error(ctx, LLMOPT_EINVAL,
-                            "'%s' [%lld, %lld]: %s packs %lld %d-bit codes per int32 along the %s; %s must be "
-                            "multiples of %lld",
-                            name, (long long)rows, (long long)cols, gptq ? "AutoGPTQ" : "AutoAWQ", (long long)p, bits,
-                            gptq ? "inputs and the outputs" : "outputs", gptq ? "both" : "the outputs", (long long)p);
-    int64_t sq[2] = {gptq ? cols / p : cols, gptq ? rows : rows / p}, sz[2] = {ng, rows / p}, ss[2] = {ng, rows};
+                            "'%s' [%lld, %lld]: %s packs %d-bit codes into whole int32 words along the %s; %s must "
+                            "be multiples of %lld",
+                            name, (long long)rows, (long long)cols, gptq ? "AutoGPTQ" : "AutoAWQ", bits,
+                            gptq ? "inputs and the outputs" : "outputs", gptq ? "both" : "the outputs", (long long)unit);
+    const int64_t zw = rows * bits / 32;  /* qzeros words per group */
+    int64_t sq[2] = {gptq ? cols * bits / 32 : cols, gptq ? rows : rows / p}, sz[2] = {ng, zw}, ss[2] = {ng, rows};
     int64_t si[1] = {cols};
     llmopt_tensor *qw = A->tensor_new(LLMOPT_DTYPE_I32, 2, sq), *qz = A->tensor_new(LLMOPT_DTYPE_I32, 2, sz);
     llmopt_tensor *sc = A->tensor_new(LLMOPT_DTYPE_F16, 2, ss), *gi = gptq ? A->tensor_new(LLMOPT_DTYPE_I32, 1, si) : NULL;
@@ -101,11 +113,8 @@ static int pack_one(llmopt_stage_ctx *ctx, int fmt, llmopt_model *m, const char 
             }
             scd[k * rows + o] = scale;
             if (gptq) {
-                qzd[k * (rows / p) + o / p] |= ((zero - 1) & qmax) << (bits * (o % p));
-                for (int64_t j = 0; j < g; j++) {
-                    int64_t i = k * g + j;
-                    qwd[(i / p) * rows + o] |= (uint32_t)codes[j] << (bits * (i % p));
-                }
+                put_bits(qzd + k * zw, 1, (uint64_t)(bits * o), (zero - 1) & qmax, bits);
+                for (int64_t j = 0; j < g; j++) put_bits(qwd + o, rows, (uint64_t)(bits * (k * g + j)), codes[j], bits);
             } else {
                 const int shift = 4 * awq_field[o % 8];
                 qzd[k * (rows / 8) + o / 8] |= zero << shift;
@@ -193,9 +202,8 @@ static int export_packed(llmopt_stage_ctx *ctx, int fmt, const llmopt_model *in,
                               "or quantize.rtn with format: gq)", name, tr->name, tool);
         else if (t->ndim != 2 || len < 8 || strcmp(name + len - 7, ".weight") != 0)
             rc = A->set_error(ctx, LLMOPT_EUNSUPPORTED, "'%s': only 2-D '*.weight' tensors become %s layers", name, tool);
-        else if (fmt == FMT_GPTQ && bits != 2 && bits != 4 && bits != 8)
-            rc = A->set_error(ctx, LLMOPT_EUNSUPPORTED, "'%s' is %s: the export packs 2, 4 or 8 bits (3-bit packing "
-                              "straddles int32 words and is not implemented)", name, tr->name);
+        else if (fmt == FMT_GPTQ && bits != 2 && bits != 3 && bits != 4 && bits != 8)
+            rc = A->set_error(ctx, LLMOPT_EUNSUPPORTED, "'%s' is %s: AutoGPTQ packs 2, 3, 4 or 8 bits", name, tr->name);
         else if (fmt == FMT_AWQ && bits != 4)
             rc = A->set_error(ctx, LLMOPT_EUNSUPPORTED, "'%s' is %s: AutoAWQ's GEMM layout is 4-bit only", name, tr->name);
         else if (n_q && (sh.bits != bits || sh.group != LLMOPT_DTYPE_GQ_GROUP(t->dtype)))
@@ -255,8 +263,7 @@ static int export_run(llmopt_stage_ctx *ctx) {
 
 static const llmopt_param_desc params[] = {
     {.name = "format", .type = LLMOPT_PARAM_ENUM, .default_value = "gptq", .choices = "gptq|awq",
-     .doc = "gptq: AutoGPTQ's v1 checkpoint (qweight/qzeros/scales/g_idx, checkpoint_format \"gptq\", 2/4/8 bits);\n"
-            "awq: AutoAWQ's GEMM layout (qweight/qzeros/scales, version \"gemm\", 4 bits)"},
+     .doc = "gptq: AutoGPTQ's v1 checkpoint (2, 3, 4 or 8 bits); awq: AutoAWQ's GEMM layout (4 bits)"},
 };
 static const llmopt_input_desc inputs[] = {{.name = "model", .required = 1, .doc = "a model with GQ weights"}};
 
@@ -268,7 +275,7 @@ const llmopt_stage_desc qz_export_stage = {
            "quantization_config {quant_method: gptq, bits, group_size, sym, desc_act, damp_percent, ...,\n"
            "checkpoint_format: gptq} (from what the quantize stage recorded), quantize_config.json, and\n"
            "each GQ weight as <layer>.qweight/.qzeros/.scales/.g_idx (AutoGPTQ v1 packing, zero points\n"
-           "minus one); 2, 4 or 8 bits. awq: quantization_config {quant_method: awq, bits: 4, group_size,\n"
+           "minus one); 2, 3, 4 or 8 bits. awq: quantization_config {quant_method: awq, bits: 4, group_size,\n"
            "zero_point: true, version: gemm} and <layer>.qweight/.qzeros/.scales in WQLinear_GEMM's\n"
            "layout. One bits/group_size for the whole model. Metrics: layers, bits.",
     LLMOPT_STAGE_PARAMS(params),
