@@ -26,6 +26,7 @@
  * dequantized W[o][i] = (code(o, i) - zero) * scales[i / g][o] (awq/utils/packing_utils.py).
  *
  * Other tensors (embeddings, norms, biases, the LM head) are written as they are. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +95,13 @@ static int pack_one(llmopt_stage_ctx *ctx, int fmt, llmopt_model *m, const char 
             uint16_t scale = get16(blk);
             float fscale, fzero;
             qz_gq_params(dtype, blk, &fscale, &fzero);
+            if (!(fzero >= 0 && fzero <= (float)qmax && fzero == floorf(fzero)) || !isfinite(fscale)) {
+                rc = A->set_error(ctx, LLMOPT_EFORMAT,
+                                  "'%s': output %lld, group %lld: scale %g, zero point %g (a zero point is an integer in "
+                                  "0..%u): not a block our quantizers write",
+                                  name, (long long)o, (long long)k, fscale, fzero, qmax);
+                break;
+            }
             unsigned zero = (unsigned)fzero, top = 0;
             for (int64_t j = 0; j < g; j++) {
                 codes[j] = qz_gq_code(blk + code_off, j, bits);

@@ -298,6 +298,27 @@ def test_zero_point_zero_that_v1_cannot_store_is_refused(host, ckpts, tmp_path):
     assert not (tmp_path / "run" / "x" / "gptq" / "model.safetensors").exists()
 
 
+def test_export_refuses_a_corrupt_zero_point(exported, host, tmp_path):
+    """A GQ block whose f16 zero point is no integer code (a hand-edited checkpoint) stops the
+    export with the place named, instead of a masked, wrong zero."""
+    src, _, _ = exported["llama_rtn4_asym"]
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    raw = bytearray((bad / "model.safetensors").read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    name = "model.layers.1.self_attn.o_proj.weight"
+    at = 8 + n + header[name]["data_offsets"][0] + 2  # the first block's zero point (after its scale)
+    raw[at:at + 2] = np.float16(300.0).tobytes()
+    (bad / "model.safetensors").write_bytes(bytes(raw))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: c\nmodel: {bad}\nstages:\n  - {{id: x, uses: quantize.export}}\n")
+    p = host.run("-q", "run", cfg, "--out", tmp_path / "run", check=False)
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode != 0 and f"'{name}': output 0, group 0:" in err and "zero point 300" in err, err
+    assert not (tmp_path / "run" / "x" / "gptq" / "model.safetensors").exists()
+
+
 def test_export_refuses_ggml_blocks(host, ckpts, tmp_path):
     cfg = tmp_path / "g.yaml"
     cfg.write_text(f"name: g\nmodel: {ckpts['llama']}\nstages:\n"
