@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TOKENIZER_VOCAB, _gpt2_config, _llama_config, read_safetensors, save_random_model
+from conftest import (TOKENIZER_VOCAB, MatmulInFloat32, _gpt2_config, _llama_config, read_safetensors,
+                      save_random_model, transformers_gptq_available)
 
 IDS = [5, 17, 300, 42, 1999, 7, 256, 1000, 3, 77, 12, 640]
 
@@ -329,35 +330,9 @@ def test_export_refuses_ggml_blocks(host, ckpts, tmp_path):
     assert p.returncode != 0 and "is q4_0; AutoGPTQ's format holds group-quantized weights" in err, err
 
 
-def _transformers_gptq():
-    """transformers' GPTQ loader needs optimum and auto-gptq; None when they are not importable."""
-    try:
-        import auto_gptq  # noqa: F401
-        import optimum  # noqa: F401
-        from transformers.utils import is_auto_gptq_available, is_optimum_available
-    except Exception:  # noqa: BLE001 (auto-gptq raises more than ImportError when half installed)
-        return None
-    return is_auto_gptq_available() and is_optimum_available()
-
-
-class _CapturingTorch:
-    """Stands for `torch` inside auto-gptq's qlinear_cuda_old: matmul records its weight operand
-    (AutoGPTQ's own dequantization, float16) and multiplies in float32, which torch 1.13's CPU can."""
-
-    def __init__(self, torch):
-        self._torch, self.weights = torch, []
-
-    def __getattr__(self, name):
-        return getattr(self._torch, name)
-
-    def matmul(self, x, w):
-        self.weights.append(w)
-        return self._torch.matmul(x.float(), w.float())
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_transformers_loads_the_export(exported, host, quant_rows, case, tmp_path, monkeypatch):
-    if not _transformers_gptq():
+    if not transformers_gptq_available():
         pytest.skip("optimum + auto-gptq not importable (tests/interop/requirements-gptq.txt)")
     import torch
     from transformers import AutoModelForCausalLM, GPTQConfig
@@ -378,7 +353,7 @@ def test_transformers_loads_the_export(exported, host, quant_rows, case, tmp_pat
     # each layer rounds its output to float16): measured at most 2.8e-5 from llmopt on these eight
     # models, whose logits reach 6 to 10
     qmod = sys.modules[type(modules[next(iter(tdt))[: -len(".weight")]]).__module__]
-    monkeypatch.setattr(qmod, "torch", _CapturingTorch(torch))
+    monkeypatch.setattr(qmod, "torch", MatmulInFloat32(torch))
     with torch.no_grad():
         through = model(torch.tensor([IDS])).logits[0].float().numpy()
     monkeypatch.undo()
@@ -399,7 +374,7 @@ def test_transformers_loads_the_export(exported, host, quant_rows, case, tmp_pat
         # dtype (float32 here: transformers casts the buffers to torch_dtype; float16 in a
         # float16 model): an f16 scale times a small integer is exact in float32, so it must be
         # our weights in that dtype, to the bit
-        spy = _CapturingTorch(torch)
+        spy = MatmulInFloat32(torch)
         monkeypatch.setattr(sys.modules[type(ql).__module__], "torch", spy)
         with torch.no_grad():
             ql(torch.zeros(1, ql.infeatures))
