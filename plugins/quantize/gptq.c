@@ -25,6 +25,10 @@
 extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 
+/* The GQ block accessors (select.c) under the names this file's loop uses. */
+static void block_params(int dtype, const uint8_t *b, float *scale, float *offset) { qz_gq_params(dtype, b, scale, offset); }
+static void set_code(uint8_t *codes, int64_t i, int bits, unsigned q) { qz_gq_set_code(codes, i, bits, q); }
+
 /* Upper Cholesky factor U of H^-1 (H^-1 = U^T U, row-major) from H + lambda I, in double. In
  * column-major terms dpotrf('L') gives H = L L^T; read row-major, the same array is U = L^T. */
 static int chol_inverse_upper(const double *H, int64_t n, double lambda, double *U) {
@@ -135,13 +139,13 @@ int qz_gptq_layer(const float *W, int64_t rows, int64_t cols, const float *Hin, 
             for (int64_t r = 0; r < rows; r++) {
                 uint8_t *blk = out + (size_t)(r * bpr + grp) * tsz;
                 float scale, off;
-                qz_gq_params(o->dtype, blk, &scale, &off);
+                block_params(o->dtype, blk, &scale, &off);
                 float w = Wp[r * cols + i], q = off;
                 if (scale != 0) {
                     q = roundf(w / scale) + off;
                     q = q < 0 ? 0 : q > (float)qmax ? (float)qmax : q;
                 }
-                qz_gq_set_code(blk + code_off, oc % g, bits, (unsigned)q);
+                set_code(blk + code_off, oc % g, bits, (unsigned)q);
                 const float e = (w - scale * (q - off)) / d;
                 Err[r * cnt + (i - i1)] = e;
                 float *wr = Wp + r * cols;
