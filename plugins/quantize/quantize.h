@@ -94,8 +94,9 @@ int qz_finish(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, 
 /* ---- record.c: the method, in config.json's quantization_config ---- */
 
 /* Sets out's quantization_config to {"quant_method": "llmopt", "method": method, <fields>}
- * (fields: JSON members without braces, or NULL); only {"quant_method": "llmopt"} when in holds
- * quantized tensors already. */
+ * (fields: JSON members without braces, or NULL); only {"quant_method": "llmopt"} when method is
+ * NULL (round to nearest: nothing beyond what the tensors' dtypes say, and no earlier stage's
+ * record left standing) or in holds quantized tensors already. */
 int qz_record(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, const char *method, const char *fields);
 
 /* ---- gptq.c: GPTQ (Frantar et al. 2022, Algorithm 1) on one layer ---- */

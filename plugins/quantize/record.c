@@ -20,7 +20,7 @@ static int has_quantized(const llmopt_model *m) {
 int qz_record(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, const char *method, const char *fields) {
     char text[1024];
     /* tensors the input had quantized already came from another stage: no one method describes all */
-    int n = has_quantized(in) ? snprintf(text, sizeof text, "{\"quant_method\": \"llmopt\"}")
+    int n = !method || has_quantized(in) ? snprintf(text, sizeof text, "{\"quant_method\": \"llmopt\"}")
                               : snprintf(text, sizeof text, "{\"quant_method\": \"llmopt\", \"method\": \"%s\"%s%s}", method,
                                          fields && *fields ? ", " : "", fields ? fields : "");
     if (n < 0 || (size_t)n >= sizeof text) return A->set_error(ctx, LLMOPT_EINVAL, "quantization record too long");

@@ -1,7 +1,6 @@
 /* quantize.rtn: round-to-nearest quantization of the selected linear weights into ggml's
  * Q8_0 / Q4_0 / Q4_1, int8 per output channel, or group-quantized GQ(bits, group, sym|asym),
  * with the host's reference quantizers (the rules in host/runtime/quant.h). */
-#include <stdio.h>
 #include <string.h>
 
 #include "params.h"
@@ -50,9 +49,8 @@ static int rtn_run(llmopt_stage_ctx *ctx) {
         qz_selection_free(&sel);
         return rc;
     }
-    char fields[64];
-    snprintf(fields, sizeof fields, "\"format\": \"%s\"", A->param_str(ctx, "format"));
-    rc = qz_record(ctx, in, out, "rtn", fields);
+    /* round to nearest is what the dtypes already say; this clears an earlier stage's method */
+    rc = qz_record(ctx, in, out, NULL, NULL);
     if (rc) {
         A->model_unref(out);
         qz_selection_free(&sel);

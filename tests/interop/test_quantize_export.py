@@ -173,7 +173,10 @@ def test_quantization_config_has_gptq_fields(exported):
         assert qc["quant_method"] == "gptq" and qc["checkpoint_format"] == "gptq", case
         assert (qc["bits"], qc["group_size"], qc["sym"]) == (rec["bits"], rec["group_size"], rec["sym"]), case
         method = CASES[case][1].split(".")[1]
-        assert rec["method"] == method and qc["meta"]["method"] == method, case
+        if method == "rtn":  # round to nearest records no method: the dtypes say it all
+            assert "method" not in rec and qc["meta"]["method"] == "unknown", case
+        else:
+            assert rec["method"] == method and qc["meta"]["method"] == method, case
         if method == "gptq":
             act = "act_order: true" in CASES[case][2]
             assert qc["desc_act"] is act and qc["static_groups"] is act, case
@@ -229,7 +232,8 @@ def test_awq_gemm_export_dequantizes_to_our_weights_exactly(exported, quant_rows
         qc = json.loads((adir / "config.json").read_text())["quantization_config"]
         assert qc == {"quant_method": "awq", "bits": 4, "group_size": rec["group_size"], "zero_point": True,
                       "version": "gemm", "modules_to_not_convert": None,
-                      "llmopt_method": CASES[case[:-4]][1].split(".")[1]}, case
+                      "llmopt_method": rec.get("method", "unknown")}, case
+        assert rec.get("method") == {"quantize.rtn": None}.get(CASES[case[:-4]][1], CASES[case[:-4]][1][9:]), case
         group = qc["group_size"]
         mine = read_safetensors(ours / "model.safetensors")
         raw = read_safetensors(adir / "model.safetensors")
@@ -275,6 +279,24 @@ def test_two_methods_on_one_model_record_no_method(host, ckpts, kjv_file, tmp_pa
     assert "method" not in rec and "desc_act" not in rec
     qc = json.loads((tmp_path / "run" / "x" / "gptq" / "config.json").read_text())["quantization_config"]
     assert qc["meta"]["method"] == "unknown" and qc["desc_act"] is False and "damp_percent" not in qc
+
+
+def test_round_to_nearest_after_gptq_leaves_no_gptq_record(host, ckpts, kjv_file, tmp_path):
+    """GPTQ on the attention weights, then RTN on the MLP ones into the same GQ4 g32 sym: one
+    dtype everywhere, so only the record says how; GPTQ's must not stand for RTN's layers."""
+    cfg = tmp_path / "gr.yaml"
+    cfg.write_text(f"name: gr\nmodel: {ckpts['llama']}\n"
+                   f"data:\n  train: {{path: {kjv_file}, split: '0:90%'}}\nstages:\n"
+                   "  - {id: g, uses: quantize.gptq, with: {bits: 4, group_size: 32, include: ['*self_attn*'], "
+                   "n_samples: 4, seq_len: 32}}\n"
+                   "  - {id: r, uses: quantize.rtn, inputs: {model: g}, with: {format: gq, bits: 4, group_size: 32, "
+                   "include: ['*mlp*']}}\noutputs: [g, r]\n")
+    host.run("-q", "run", cfg, "--out", tmp_path / "run")
+    g = json.loads((tmp_path / "run" / "g" / "model" / "config.json").read_text())["quantization_config"]
+    r = json.loads((tmp_path / "run" / "r" / "model" / "config.json").read_text())["quantization_config"]
+    assert g["method"] == "gptq" and len(g["tensor_dtypes"]) == 8
+    assert r["dtype"] == "gq4g32s" and len(r["tensor_dtypes"]) == 14
+    assert "method" not in r and "desc_act" not in r
 
 
 def test_zero_point_zero_that_v1_cannot_store_is_refused(host, ckpts, tmp_path):
