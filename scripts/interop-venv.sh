@@ -44,11 +44,22 @@ if [ ! -f "$stamp_peft" ] || [ "$(cat "$stamp_peft")" != "$want_peft" ]; then
     echo "$want_peft" > "$stamp_peft"
 fi
 
+# optimum + auto-gptq (transformers' GPTQ loader) and what auto-gptq imports, likewise without
+# their declared dependencies (see requirements-gptq.txt for why).
+req_gptq="$root/tests/interop/requirements-gptq.txt"
+stamp_gptq="$venv/.requirements-gptq.sha256"
+want_gptq="$(sha256sum "$req_gptq" | cut -d' ' -f1)"
+if [ ! -f "$stamp_gptq" ] || [ "$(cat "$stamp_gptq")" != "$want_gptq" ]; then
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$req_gptq"
+    echo "$want_gptq" > "$stamp_gptq"
+fi
+
 "$venv/bin/python" - <<'PY'
 import sys
-import torch, numpy, transformers, tokenizers, safetensors, peft
+import torch, numpy, transformers, tokenizers, safetensors, peft, optimum, auto_gptq
 assert torch.__file__.startswith("/usr/lib/python3/dist-packages/"), torch.__file__
 print(f"interop venv: python {sys.version.split()[0]}, torch {torch.__version__}, "
       f"numpy {numpy.__version__}, transformers {transformers.__version__}, "
-      f"tokenizers {tokenizers.__version__}, safetensors {safetensors.__version__}, peft {peft.__version__}")
+      f"tokenizers {tokenizers.__version__}, safetensors {safetensors.__version__}, peft {peft.__version__}, "
+      f"auto-gptq {auto_gptq.__version__}")
 PY

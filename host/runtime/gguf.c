@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "arch.h"
+#include "kquant.h"
 #include "mapping.h"
 #include "../util/log.h"
 #include "runtime.h"
@@ -1082,16 +1083,16 @@ static void hf_name(int llama, const name_map *nm, int layer, char *buf, size_t 
 
 /* A tensor holding src's bytes transformed (q/k rows un-permuted, GPT-2 float weights transposed
  * back to Conv1D [in, out]). */
-static int transformed(ld *l, const gguf_tensor_info *ti, int dtype, int ndim, const int64_t *shape, int xform,
-                       int64_t n_head, llmopt_tensor **out) {
-    const uint8_t *src = l->base + ti->offset;
+static int transformed(ld *l, const gguf_tensor_info *ti, const uint8_t *src, size_t nbytes, int dtype, int ndim,
+                       const int64_t *shape, int xform, int64_t n_head, llmopt_tensor **out) {
     *out = NULL;
     if (xform == X_PERMUTE_Q || xform == X_PERMUTE_K) {
-        if (shape[0] % (2 * n_head) != 0)
+        /* no rows, or 0 heads (head_count_kv may say 0), divides nothing: refused, not divided by */
+        if (n_head <= 0 || shape[0] <= 0 || shape[0] % n_head != 0 || shape[0] / n_head % 2 != 0)
             return error_set(l->err, LLMOPT_EFORMAT, "%s: tensor '%s': %lld rows are not %lld heads of an even size", l->path,
                              ti->name, (long long)shape[0], (long long)n_head);
         if (!(*out = rt_tensor_new(dtype, ndim, shape))) return error_set(l->err, LLMOPT_ENOMEM, "%s: out of memory", l->path);
-        permute_rows((*out)->data, src, shape[0], n_head, ti->nbytes / (size_t)shape[0], 1);
+        permute_rows((*out)->data, src, shape[0], n_head, nbytes / (size_t)shape[0], 1);
         return 0;
     }
     if (ndim != 2) return error_set(l->err, LLMOPT_EFORMAT, "%s: tensor '%s' must have 2 dims", l->path, ti->name);
@@ -1113,20 +1114,37 @@ static int load_tensor(ld *l, llmopt_model *m, rt_mapping *map, const gguf_tenso
         return error_set(l->err, LLMOPT_EFORMAT, "%s: tensor '%s': block %d, but %s.block_count is %d", l->path, ti->name,
                          layer, l->arch, n_layer);
     const ggml_type_info *gt = ggml_type(ti->type);
-    if (gt->dtype < 0)
+    const int kquant = kq_block_bytes(ti->type) != 0;  /* dequantized to f32 here */
+    if (gt->dtype < 0 && !kquant)
         return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: tensor '%s' has ggml type %s, which llmopt does not run "
-                         "(f32, f16, bf16, q8_0, q4_0, q4_1)", l->path, ti->name, gt->name);
+                         "(f32, f16, bf16, q8_0, q4_0, q4_1) or import (q4_k, q5_k, q6_k, as f32)", l->path, ti->name,
+                         gt->name);
     char name[160];
     hf_name(llama, nm, layer, name, sizeof name);
     int ndim = (int)ti->n_dims;
     int64_t shape[LLMOPT_MAX_DIMS] = {1, 1, 1, 1};
     for (int d = 0; d < ndim; d++) shape[d] = (int64_t)ti->ne[ndim - 1 - d];
     llmopt_tensor *t = NULL;
+    const int64_t heads = nm->xform == X_PERMUTE_K ? n_kv : n_head;
     /* a quantized GPT-2 weight stays as GGUF has it, [out, in] rows: the runtime runs quantized
      * Conv1D weights in that layout (arch_linear_layout), so it is mapped, not copied */
-    int xform = nm->xform == X_TRANSPOSE && rt_dtype_traits(gt->dtype)->is_quantized ? X_NONE : nm->xform;
-    if (xform != X_NONE) {
-        int rc = transformed(l, ti, gt->dtype, ndim, shape, nm->xform, nm->xform == X_PERMUTE_K ? n_kv : n_head, &t);
+    int xform = nm->xform == X_TRANSPOSE && rt_dtype_traits(gt->dtype < 0 ? LLMOPT_DTYPE_F32 : gt->dtype)->is_quantized
+                    ? X_NONE
+                    : nm->xform;
+    if (kquant) {  /* f32 values, then the float layout's transforms */
+        llmopt_tensor *f = rt_tensor_new(LLMOPT_DTYPE_F32, ndim, shape);
+        if (!f) return error_set(l->err, LLMOPT_ENOMEM, "%s: tensor '%s': out of memory", l->path, ti->name);
+        kq_dequantize(ti->type, l->base + ti->offset, f->data, rt_tensor_numel(f));
+        int rc = 0;
+        if (xform != X_NONE) {
+            rc = transformed(l, ti, f->data, f->nbytes, LLMOPT_DTYPE_F32, ndim, shape, xform, heads, &t);
+            rt_tensor_unref(f);
+        } else {
+            t = f;
+        }
+        if (rc) return rc;
+    } else if (xform != X_NONE) {
+        int rc = transformed(l, ti, l->base + ti->offset, ti->nbytes, gt->dtype, ndim, shape, xform, heads, &t);
         if (rc) return rc;
     } else {
         rt_mapping_ref(map);  /* the tensor's reference */
@@ -1148,13 +1166,11 @@ static int same_tensor(const gguf_file *f, const uint8_t *base, long a, long b) 
            memcmp(base + x->offset, base + y->offset, x->nbytes) == 0;
 }
 
-int gguf_load(const char *path, llmopt_model **out, llmopt_error *err) {
+/* The loader over a mapping (the file's, or a buffer's copy); takes the caller's reference. */
+static int load_mapping(const char *path, rt_mapping *map, llmopt_model **out, llmopt_error *err) {
     *out = NULL;
-    rt_mapping *map = NULL;
     gguf_file *f = NULL;
-    int rc = rt_mapping_open(path, &map, err);
-    if (rc) return rc;
-    rc = gguf_parse(path, map->base, map->len, &f, err);
+    int rc = gguf_parse(path, map->base, map->len, &f, err);
     if (rc) {
         rt_mapping_unref(map);
         return rc;
@@ -1194,6 +1210,21 @@ int gguf_load(const char *path, llmopt_model **out, llmopt_error *err) {
     }
     *out = m;
     return 0;
+}
+
+int gguf_load(const char *path, llmopt_model **out, llmopt_error *err) {
+    *out = NULL;
+    rt_mapping *map = NULL;
+    int rc = rt_mapping_open(path, &map, err);
+    return rc ? rc : load_mapping(path, map, out, err);
+}
+
+int gguf_load_mem(const char *name, const uint8_t *buf, size_t len, llmopt_model **out, llmopt_error *err) {
+    *out = NULL;
+    if (!name) name = "gguf";
+    rt_mapping *map = NULL;
+    int rc = rt_mapping_copy(name, buf, len, &map, err);
+    return rc ? rc : load_mapping(name, map, out, err);
 }
 
 /* ---- writing: metadata into a growing buffer ---- */

@@ -97,11 +97,15 @@ const char *gguf_ggml_type_name(uint32_t type);
 
 /* Loads a GPT-2 or Llama GGUF as the runtime's Hugging Face form: tensors renamed (token_embd.weight
  * -> model.embed_tokens.weight, ...), Llama q/k rows un-permuted, GPT-2 Conv1D weights transposed
- * back (copies; quantized ones dequantized to f32), the others mapped from the file without a
- * copy; config.json values from the {arch}.* keys; tokenizer.json (+ tokenizer_config.json,
- * generation_config.json) rebuilt from tokenizer.ggml.*. F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors;
- * any other type is LLMOPT_EUNSUPPORTED naming the tensor. */
+ * back (copies), the others mapped from the file without a copy; config.json values from the
+ * {arch}.* keys; tokenizer.json (+ tokenizer_config.json, generation_config.json) rebuilt from
+ * tokenizer.ggml.*. F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors are kept in their type; Q4_K/Q5_K/Q6_K
+ * ones are dequantized to f32 (kquant.h: llmopt runs no k-quant type); any other type is
+ * LLMOPT_EUNSUPPORTED naming the tensor. */
 int gguf_load(const char *path, llmopt_model **out, llmopt_error *err);
+/* The same from a file held in memory (copied, so buf need not outlive the model); name stands
+ * for the path in errors and as the model's source. The fuzzing entry point. */
+int gguf_load_mem(const char *name, const uint8_t *buf, size_t len, llmopt_model **out, llmopt_error *err);
 
 /* Writes m (model_type gpt2 or llama) as a GGUF v3 file at path (through a temporary name),
  * alignment 32, with the architecture keys, the tokenizer from its tokenizer.json side file

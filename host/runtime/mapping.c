@@ -44,11 +44,30 @@ int rt_mapping_open(const char *path, rt_mapping **out, llmopt_error *err) {
     return 0;
 }
 
+int rt_mapping_copy(const char *name, const void *buf, size_t len, rt_mapping **out, llmopt_error *err) {
+    *out = NULL;
+    rt_mapping *map = calloc(1, sizeof *map);
+    void *p = len ? malloc(len) : NULL;
+    if (!map || (len && !p)) {
+        free(map);
+        free(p);
+        return error_set(err, LLMOPT_ENOMEM, "%s: out of memory for a copy of %zu bytes", name, len);
+    }
+    if (len) memcpy(p, buf, len);
+    atomic_init(&map->refs, 1);
+    map->base = p;
+    map->len = len;
+    map->heap = 1;
+    *out = map;
+    return 0;
+}
+
 void rt_mapping_ref(rt_mapping *map) { atomic_fetch_add_explicit(&map->refs, 1, memory_order_relaxed); }
 
 void rt_mapping_unref(void *owner) {
     rt_mapping *map = owner;
     if (!map || atomic_fetch_sub_explicit(&map->refs, 1, memory_order_acq_rel) != 1) return;
-    if (map->base) munmap(map->base, map->len);
+    if (map->heap) free(map->base);
+    else if (map->base) munmap(map->base, map->len);
     free(map);
 }

@@ -11,10 +11,14 @@ typedef struct rt_mapping {
     atomic_long refs;  /* the loader's reference plus one per tensor */
     void *base;        /* NULL for an empty file, which mmap cannot map */
     size_t len;
+    int heap;          /* base is malloc'd (rt_mapping_copy), not mmap'd */
 } rt_mapping;
 
 /* Maps a regular file (refcount 1). */
 int rt_mapping_open(const char *path, rt_mapping **out, llmopt_error *err);
+/* A heap copy of len bytes at buf standing in for a file (refcount 1): what in-memory loaders
+ * (the fuzz targets) hand to code written for a mapping. */
+int rt_mapping_copy(const char *name, const void *buf, size_t len, rt_mapping **out, llmopt_error *err);
 /* Takes a reference for a tensor; release with rt_mapping_unref (an rt_tensor_wrap release). */
 void rt_mapping_ref(rt_mapping *map);
 void rt_mapping_unref(void *map);

@@ -329,6 +329,19 @@ int rt_model_cfg_set_str(llmopt_model *m, const char *key, const char *v) {
     return json_object_set_new(m->config, key, j) == 0 ? 0 : LLMOPT_ENOMEM;
 }
 
+int rt_model_cfg_set_json(llmopt_model *m, const char *key, const char *json) {
+    if (!m || !key) return LLMOPT_EINVAL;
+    if (!json) return json_object_del(m->config, key) == 0 ? 0 : LLMOPT_ENOTFOUND;
+    json_t *v = json_loads(json, JSON_DECODE_ANY, NULL);
+    if (!v) return LLMOPT_EINVAL;
+    return json_object_set_new(m->config, key, v) == 0 ? 0 : LLMOPT_ENOMEM;
+}
+
+char *rt_model_cfg_get_json(const llmopt_model *m, const char *key) {
+    json_t *v = m && key ? json_object_get(m->config, key) : NULL;
+    return v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER) : NULL;
+}
+
 static int cmp_ptr(const void *a, const void *b) {
     uintptr_t x = (uintptr_t)*(const llmopt_tensor *const *)a;
     uintptr_t y = (uintptr_t)*(const llmopt_tensor *const *)b;

@@ -73,6 +73,9 @@ int rt_model_cfg_get_num(const llmopt_model *m, const char *key, double *out);
 const char *rt_model_cfg_get_str(const llmopt_model *m, const char *key);
 int rt_model_cfg_set_num(llmopt_model *m, const char *key, double v);
 int rt_model_cfg_set_str(llmopt_model *m, const char *key, const char *v);
+/* Any JSON value by top-level key (NULL json removes it); get: compact text, malloc'd. */
+int rt_model_cfg_set_json(llmopt_model *m, const char *key, const char *json);
+char *rt_model_cfg_get_json(const llmopt_model *m, const char *key);
 size_t rt_model_nbytes(const llmopt_model *m);
 /* The weights file the model was loaded from (<dir>/model.safetensors, the shard index, or the
  * .gguf), for error messages and sizes on disk; NULL for a model made or changed in memory

@@ -166,7 +166,11 @@ static void sync_dir(const char *dir) {
  * "quantization_config": {"quant_method": "llmopt", "tensor_dtypes": {name: "q4_0" | "gq4g128s"
  * | ...}} and, when every quantized tensor has one dtype, "dtype", "bits", "group_size" and "sym"
  * for readers that want the summary. rt_model_load turns the U8 tensors back (load_quantized).
- * The map is rebuilt from the tensors at every save, so it never disagrees with them. */
+ * The map and the summary are rebuilt from the tensors at every save, so they never disagree
+ * with them. What a quantize stage recorded of its method in the model's own
+ * quantization_config (Hugging Face's GPTQConfig / AwqConfig names: "method": "gptq",
+ * "desc_act", "damp_percent", ...) is kept while one dtype covers every quantized tensor, and
+ * dropped once they are mixed, when it would describe only some of them. */
 
 static int quant_summary(int dtype, json_t *q) {
     int bits, group, sym;
@@ -216,6 +220,10 @@ static char *config_text(const llmopt_model *m) {
         if (!mixed) {
             json_object_set_new(q, "dtype", json_string(rt_dtype_traits(one)->name));
             quant_summary(one, q);
+            const char *k;
+            json_t *v;
+            json_object_foreach(ours ? qc : NULL, k, v)  /* the stage's record of its method */
+                if (!json_object_get(q, k) && strcmp(k, "tensor_dtypes") != 0) json_object_set(q, k, v);
         }
         json_object_set(q, "tensor_dtypes", map);
         json_object_set_new(cfg, "quantization_config", q);

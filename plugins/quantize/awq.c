@@ -384,6 +384,16 @@ static int awq_run(llmopt_stage_ctx *ctx) {
     /* the clipped weights' summed group output error over the unclipped ones' (after scaling) */
     if (A->param_bool(ctx, "clip"))
         A->metric(ctx, "awq_clip_error_ratio", clip_err[0] > 0 ? clip_err[1] / clip_err[0] : 1.0, NULL, LLMOPT_BETTER_LOWER);
+    char fields[160];  /* AwqConfig's zero_point; no "version": these are not AutoAWQ's packed layouts */
+    snprintf(fields, sizeof fields, "\"zero_point\": %s, \"clip\": %s, \"n_grid\": %lld, \"n_samples\": %lld, \"seq_len\": %lld",
+             A->param_bool(ctx, "sym") ? "false" : "true", A->param_bool(ctx, "clip") ? "true" : "false",
+             (long long)A->param_int(ctx, "n_grid"), (long long)A->param_int(ctx, "n_samples"), (long long)A->param_int(ctx, "seq_len"));
+    rc = qz_record(ctx, in, out, "awq", fields);
+    if (rc) {
+        A->model_unref(out);
+        qz_selection_free(&sel);
+        return rc;
+    }
     rc = qz_finish(ctx, in, out, &sel);
     qz_selection_free(&sel);
     return rc;

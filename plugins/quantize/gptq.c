@@ -6,8 +6,9 @@
  * quantizer reaches its first column, from the weights as updated so far (the reference
  * implementation); with act_order (columns by decreasing H_ii) the groups stay contiguous in the
  * original order, so their scales are chosen up front from the unquantized weights (AutoGPTQ's
- * static_groups): the GQ format has no per-column group index. Every layer's H comes from the
- * unquantized model in one calibration pass (not re-run after each quantized layer). */
+ * static_groups): the GQ format has no per-column group index. sequential (the default, as the
+ * paper and AutoGPTQ): block by block, each block's H from the outputs of the blocks already
+ * quantized; sequential: false takes every H from the unquantized model in one pass. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -26,39 +27,9 @@
 extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 
-static float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-    float f;
-    if (exp == 0) f = ldexpf((float)man, -24);
-    else if (exp == 31) f = man ? NAN : INFINITY;
-    else f = ldexpf((float)(man | 0x400), (int)exp - 25);
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u |= sign;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* A GQ block's scale and offset (the zero point, or 2^(bits-1) for sym). */
-static void block_params(int dtype, const uint8_t *b, float *scale, float *offset) {
-    uint16_t h;
-    memcpy(&h, b, 2);
-    *scale = f16_to_f32(h);
-    if (LLMOPT_DTYPE_GQ_ASYM(dtype)) {
-        memcpy(&h, b + 2, 2);
-        *offset = f16_to_f32(h);
-    } else {
-        *offset = (float)(1 << (LLMOPT_DTYPE_GQ_BITS(dtype) - 1));
-    }
-}
-
-static void set_code(uint8_t *codes, int64_t i, int bits, unsigned q) {
-    uint64_t bit = (uint64_t)i * (uint64_t)bits;
-    for (int k = 0; k < bits; k++, bit++) {
-        uint8_t m = (uint8_t)(1u << (bit & 7));
-        codes[bit >> 3] = (uint8_t)((codes[bit >> 3] & ~m) | ((q >> k & 1) ? m : 0));
-    }
-}
+/* The GQ block accessors (select.c) under the names this file's loop uses. */
+static void block_params(int dtype, const uint8_t *b, float *scale, float *offset) { qz_gq_params(dtype, b, scale, offset); }
+static void set_code(uint8_t *codes, int64_t i, int bits, unsigned q) { qz_gq_set_code(codes, i, bits, q); }
 
 /* Upper Cholesky factor U of H^-1 (H^-1 = U^T U, row-major) from H + lambda I, in double. In
  * column-major terms dpotrf('L') gives H = L L^T; read row-major, the same array is U = L^T. */
@@ -345,6 +316,26 @@ static int gptq_run(llmopt_stage_ctx *ctx) {
         return rc;
     }
     A->metric(ctx, "damp_max", damp_max * 100.0, "%", LLMOPT_BETTER_NONE);
+    /* GPTQConfig's names: damp_percent is a fraction there; act_order keeps groups contiguous
+     * with scales from the unquantized weights (static groups). true_sequential is AutoGPTQ's
+     * order inside a block (q/k/v, then o, then the MLP), which we do not do; "sequential" (ours)
+     * says whether blocks were calibrated on the quantized blocks before them */
+    char fields[256];
+    const int act = A->param_bool(ctx, "act_order");
+    snprintf(fields, sizeof fields,
+             "\"desc_act\": %s, \"static_groups\": %s, \"damp_percent\": %.17g, \"damp_max\": %.17g, "
+             "\"true_sequential\": false, \"sequential\": %s, \"block_size\": %lld, \"n_samples\": %lld, "
+             "\"seq_len\": %lld",
+             act ? "true" : "false", act ? "true" : "false", A->param_float(ctx, "damp_percent") / 100.0, damp_max,
+             A->param_bool(ctx, "sequential") ? "true" : "false",
+             (long long)A->param_int(ctx, "block_size"), (long long)A->param_int(ctx, "n_samples"),
+             (long long)A->param_int(ctx, "seq_len"));
+    rc = qz_record(ctx, in, out, "gptq", fields);
+    if (rc) {
+        A->model_unref(out);
+        qz_selection_free(&sel);
+        return rc;
+    }
     rc = qz_finish(ctx, in, out, &sel);
     qz_selection_free(&sel);
     return rc;

@@ -11,7 +11,7 @@
 /* The host API table (set in init; the unit tests set it to the host's own). */
 extern const llmopt_host_api *qz_api;
 
-extern const llmopt_stage_desc qz_cast_stage, qz_rtn_stage, qz_gptq_stage, qz_awq_stage, qz_gguf_stage;
+extern const llmopt_stage_desc qz_cast_stage, qz_rtn_stage, qz_gptq_stage, qz_awq_stage, qz_gguf_stage, qz_export_stage;
 
 /* ---- select.c: which tensors a stage touches ---- */
 
@@ -55,6 +55,14 @@ int qz_check_rows(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selecti
 int qz_group_dtype(llmopt_stage_ctx *ctx, int64_t cols);
 int qz_validate_group(llmopt_stage_ctx *ctx);
 
+/* GQ blocks (the rules in host/runtime/quant.h): IEEE f16 to f32; a block's scale and offset
+ * (the zero point, or 2^(bits-1) for sym); code i of a block's codes (which follow the f16
+ * scale, and the f16 zero when asym). */
+float qz_f16_to_f32(uint16_t h);
+void qz_gq_params(int dtype, const uint8_t *b, float *scale, float *offset);
+unsigned qz_gq_code(const uint8_t *codes, int64_t i, int bits);
+void qz_gq_set_code(uint8_t *codes, int64_t i, int bits, unsigned q);
+
 /* ---- calib.c: calibration statistics, metrics, evaluation ---- */
 
 /* Per selected weight, statistics of its input x over the calibration set: the Gram matrix
@@ -93,6 +101,14 @@ int qz_stats_find(const qz_stats *st, const char *name);
 /* Records size_bytes, bits_per_weight, ... and, when `eval_data` is set, the perplexity of the
  * input and of the output on it; then hands out to the stage as its output. */
 int qz_finish(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, const qz_selection *sel);
+
+/* ---- record.c: the method, in config.json's quantization_config ---- */
+
+/* Sets out's quantization_config to {"quant_method": "llmopt", "method": method, <fields>}
+ * (fields: JSON members without braces, or NULL); only {"quant_method": "llmopt"} when method is
+ * NULL (round to nearest: nothing beyond what the tensors' dtypes say, and no earlier stage's
+ * record left standing) or in holds quantized tensors already. */
+int qz_record(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, const char *method, const char *fields);
 
 /* ---- gptq.c: GPTQ (Frantar et al. 2022, Algorithm 1) on one layer ---- */
 

@@ -49,6 +49,13 @@ static int rtn_run(llmopt_stage_ctx *ctx) {
         qz_selection_free(&sel);
         return rc;
     }
+    /* round to nearest is what the dtypes already say; this clears an earlier stage's method */
+    rc = qz_record(ctx, in, out, NULL, NULL);
+    if (rc) {
+        A->model_unref(out);
+        qz_selection_free(&sel);
+        return rc;
+    }
     rc = qz_finish(ctx, in, out, &sel);
     qz_selection_free(&sel);
     return rc;

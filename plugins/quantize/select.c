@@ -1,5 +1,6 @@
 /* Layer selection for the quantize stages (include / exclude globs over checkpoint names) and
  * the small tensor helpers every stage shares. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -204,4 +205,46 @@ int qz_validate_group(llmopt_stage_ctx *ctx) {
         return A->set_error(ctx, LLMOPT_EINVAL, "group_size %lld x %lld bits is not a whole number of bytes",
                             (long long)g, (long long)bits);
     return 0;
+}
+
+/* ---- GQ blocks: f16 scale, (asym) f16 zero, codes little-endian at bit i * bits ---- */
+
+float qz_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    float f;
+    if (exp == 0) f = ldexpf((float)man, -24);
+    else if (exp == 31) f = man ? NAN : INFINITY;
+    else f = ldexpf((float)(man | 0x400), (int)exp - 25);
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u |= sign;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+void qz_gq_params(int dtype, const uint8_t *b, float *scale, float *offset) {
+    uint16_t h;
+    memcpy(&h, b, 2);
+    *scale = qz_f16_to_f32(h);
+    if (LLMOPT_DTYPE_GQ_ASYM(dtype)) {
+        memcpy(&h, b + 2, 2);
+        *offset = qz_f16_to_f32(h);
+    } else {
+        *offset = (float)(1 << (LLMOPT_DTYPE_GQ_BITS(dtype) - 1));
+    }
+}
+
+void qz_gq_set_code(uint8_t *codes, int64_t i, int bits, unsigned q) {
+    uint64_t bit = (uint64_t)i * (uint64_t)bits;
+    for (int k = 0; k < bits; k++, bit++) {
+        uint8_t m = (uint8_t)(1u << (bit & 7));
+        codes[bit >> 3] = (uint8_t)((codes[bit >> 3] & ~m) | ((q >> k & 1) ? m : 0));
+    }
+}
+
+unsigned qz_gq_code(const uint8_t *codes, int64_t i, int bits) {
+    uint64_t bit = (uint64_t)i * (uint64_t)bits;
+    unsigned q = 0;
+    for (int k = 0; k < bits; k++, bit++) q |= (unsigned)(codes[bit >> 3] >> (bit & 7) & 1) << k;
+    return q;
 }

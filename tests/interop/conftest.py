@@ -353,3 +353,33 @@ def read_safetensors(path):
     header.pop("__metadata__", None)
     data = raw[8 + n:]
     return {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in header.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers' GPTQ loader (optimum + auto-gptq, requirements-gptq.txt), shared by the export tests.
+
+def transformers_gptq_available():
+    """transformers' GPTQ loader needs optimum and auto-gptq; None when they are not importable."""
+    try:
+        import auto_gptq  # noqa: F401
+        import optimum  # noqa: F401
+        from transformers.utils import is_auto_gptq_available, is_optimum_available
+    except Exception:  # noqa: BLE001 (auto-gptq raises more than ImportError when half installed)
+        return None
+    return is_auto_gptq_available() and is_optimum_available()
+
+
+class MatmulInFloat32:
+    """Stands for `torch` inside auto-gptq's qlinear_cuda_old: matmul records its weight operand
+    (AutoGPTQ's own dequantization, in the scales' dtype) and multiplies in float32, since Debian's
+    torch 1.13 has no float16 matmul on the CPU."""
+
+    def __init__(self, torch):
+        self._torch, self.weights = torch, []
+
+    def __getattr__(self, name):
+        return getattr(self._torch, name)
+
+    def matmul(self, x, w):
+        self.weights.append(w)
+        return self._torch.matmul(x.float(), w.float())

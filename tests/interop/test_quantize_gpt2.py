@@ -4,7 +4,8 @@ docs/quantization.md. GPT-2's Conv1D weights are quantized as [out, in] rows and
 layout: the quantized checkpoints give the logits transformers gives on their dequantized weights
 (transposed back to Conv1D); GPTQ and AWQ beat round to nearest at 4 and 3 bits by a margin, as
 in their papers; a GGUF of the q4_0 model holds the very blocks of the checkpoint, which the gguf
-package reads, and runs to the same logits."""
+package reads, and runs to the same logits; the AutoGPTQ export of the 4-bit GPTQ model loads in
+transformers (optimum + auto-gptq) and its QuantLinear layers run to llmopt's logits."""
 
 import json
 import re
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_safetensors, stage_metrics
+from conftest import MatmulInFloat32, read_safetensors, stage_metrics, transformers_gptq_available
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
@@ -136,3 +137,32 @@ def test_q4_gguf_holds_the_checkpoints_blocks_and_runs_to_the_same_logits(host, 
     a = forward(host, saved, tmp_path / "st.f32")
     b = forward(host, path, tmp_path / "gguf.f32")
     np.testing.assert_array_equal(a, b)
+
+
+def test_autogptq_export_of_our_model_runs_in_transformers_to_our_logits(host, table_run, tmp_path, monkeypatch):
+    """quantize.export of gptq4_g128 (4-bit asym, groups of 128, GPT-2 Conv1D weights) loaded by
+    transformers 4.47.1 through optimum + auto-gptq: every block linear is a QuantLinear, and the
+    model run through them (auto-gptq's own unpacking; its float16 matmul done in float32, which
+    torch 1.13's CPU needs) gives llmopt's logits on the llmopt checkpoint."""
+    if not transformers_gptq_available():
+        pytest.skip("optimum + auto-gptq not importable (tests/interop/requirements-gptq.txt)")
+    import sys
+
+    from transformers import AutoModelForCausalLM, GPTQConfig
+
+    out, _ = table_run
+    gdir = out / "gptq4_autogptq" / "gptq"
+    qc = json.loads((gdir / "config.json").read_text())["quantization_config"]
+    assert (qc["quant_method"], qc["bits"], qc["group_size"], qc["sym"]) == ("gptq", 4, 128, False)
+    assert qc["meta"]["method"] == "gptq" and qc["damp_percent"] == pytest.approx(0.01)
+    model = AutoModelForCausalLM.from_pretrained(gdir, torch_dtype=torch.float32, device_map="cpu",
+                                                 quantization_config=GPTQConfig(bits=4, use_exllama=False)).eval()
+    quant = [n for n, mod in model.named_modules() if type(mod).__name__ == "QuantLinear"]
+    assert len(quant) == 16, quant  # 4 blocks x (c_attn, attn.c_proj, c_fc, mlp.c_proj)
+    monkeypatch.setattr(sys.modules[type(model.get_submodule(quant[0])).__module__], "torch", MatmulInFloat32(torch))
+    with torch.no_grad():
+        through = model(torch.tensor([IDS])).logits[0].float().numpy()
+    got = forward(host, out / "gptq4_g128" / "model", tmp_path / "logits.f32").reshape(through.shape)
+    print(f"kjv-tiny gptq4: max |auto-gptq - llmopt| = {np.abs(through - got).max():.3g}, "
+          f"max |logit| = {np.abs(got).max():.3g}")
+    np.testing.assert_allclose(through, got, atol=1e-4, rtol=0)  # measured 5.7e-6 (logits up to 9.4)

@@ -699,6 +699,36 @@ static void tensor_type_llmopt_cannot_run_is_unsupported_on_load(void **state) {
     rt_model_unref(m);
 }
 
+static void zero_kv_heads_are_refused_on_load_not_divided_by(void **state) {
+    (void)state;
+    /* fuzz_gguf's regress-permute-zero-rows: k rows are un-permuted per kv head, so a
+     * head_count_kv of 0 (or a k weight of 0 rows) was a division by zero in the loader */
+    llmopt_model *m = make_llama();
+    char *dir, *path = tmp_path(&dir, "m.gguf"), *buf = NULL;
+    assert_int_equal(gguf_write(m, path, NULL), 0);
+    size_t len;
+    assert_int_equal(fs_read_all(path, &buf, &len, NULL), 0);
+    const char *key = "llama.attention.head_count_kv";  /* key, then u32 type and u32 value */
+    char *at = NULL;
+    for (size_t i = 8; !at && i + strlen(key) + 8 <= len; i++)
+        if (memcmp(buf + i, key, strlen(key)) == 0 && buf[i - 8] == (char)strlen(key)) at = buf + i;
+    assert_non_null(at);
+    uint8_t *v = (uint8_t *)at + strlen(key) + 4;
+    assert_int_not_equal(v[0], 0);
+    memset(v, 0, 4);
+    llmopt_model *back = NULL;
+    llmopt_error err = {0};
+    assert_int_equal(gguf_load_mem("zero-kv.gguf", (const uint8_t *)buf, len, &back, &err), LLMOPT_EFORMAT);
+    assert_null(back);
+    assert_non_null(strstr(err.msg, "zero-kv.gguf"));
+    assert_non_null(strstr(err.msg, "attn_k.weight"));
+    assert_non_null(strstr(err.msg, "0 heads"));
+    free(buf);
+    free(path);
+    remove_dir(dir);
+    rt_model_unref(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(written_llama_has_the_architecture_keys),
@@ -725,6 +755,7 @@ int main(void) {
         cmocka_unit_test(overlapping_tensors_are_refused),
         cmocka_unit_test(dims_whose_product_overflows_are_refused),
         cmocka_unit_test(tensor_type_llmopt_cannot_run_is_unsupported_on_load),
+        cmocka_unit_test(zero_kv_heads_are_refused_on_load_not_divided_by),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

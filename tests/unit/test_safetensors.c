@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "runtime/runtime.h"
 #include "util/fs.h"
 
@@ -143,6 +145,77 @@ static llmopt_model *sample_model(void) {
     assert_int_equal(rt_model_cfg_set_str(m, "activation_function", "gelu_new"), 0);
     assert_int_equal(rt_model_add_provenance(m, "q8", "quantize.rtn"), 0);
     return m;
+}
+
+/* ---- the quantization record in config.json ---- */
+
+/* m with one GQ4 (group 32, sym) weight [4, 32], plus a q8_0 one when mixed, and the record a
+ * GPTQ stage leaves; saved, its config.json's quantization_config parsed back. */
+static json_t *saved_quantization_config(int mixed) {
+    llmopt_model *m = rt_model_new("gpt2");
+    const char *config = "{\"model_type\": \"gpt2\", \"n_layer\": 1}";
+    assert_int_equal(rt_model_config_load(m, config, strlen(config), NULL), 0);
+    int64_t shape[2] = {4, 32};
+    llmopt_tensor *a = rt_tensor_new(LLMOPT_DTYPE_GQ(4, 32, 0), 2, shape), *b = rt_tensor_new(LLMOPT_DTYPE_Q8_0, 2, shape);
+    assert_int_equal(rt_model_set(m, "h.0.attn.c_attn.weight", a), 0);
+    if (mixed) assert_int_equal(rt_model_set(m, "h.0.mlp.c_fc.weight", b), 0);
+    rt_tensor_unref(a);
+    rt_tensor_unref(b);
+    assert_int_equal(rt_model_cfg_set_json(m, "quantization_config",
+                                           "{\"quant_method\": \"llmopt\", \"method\": \"gptq\", \"desc_act\": true, "
+                                           "\"damp_percent\": 0.01, \"bits\": 99}"), 0);
+    char *cfg = rt_model_cfg_get_json(m, "quantization_config");
+    assert_non_null(strstr(cfg, "\"desc_act\":true"));
+    free(cfg);
+    char *dir = make_tmpdir();
+    llmopt_error err = {0};
+    assert_int_equal(rt_model_save(m, dir, &err), 0);
+    size_t len;
+    char *text = read_file(dir, "config.json", &len);
+    json_t *root = json_loads(text, 0, NULL), *q = json_incref(json_object_get(root, "quantization_config"));
+    assert_non_null(q);
+    json_decref(root);
+    free(text);
+    remove_dir(dir);
+    rt_model_unref(m);
+    return q;
+}
+
+static void one_dtype_keeps_the_stages_method_record_and_recomputes_the_summary(void **state) {
+    (void)state;
+    json_t *q = saved_quantization_config(0);
+    assert_string_equal(json_string_value(json_object_get(q, "method")), "gptq");
+    assert_true(json_is_true(json_object_get(q, "desc_act")));
+    assert_true(json_real_value(json_object_get(q, "damp_percent")) == 0.01);
+    assert_int_equal(json_integer_value(json_object_get(q, "bits")), 4);  /* from the tensor, not the record */
+    assert_int_equal(json_integer_value(json_object_get(q, "group_size")), 32);
+    assert_string_equal(json_string_value(json_object_get(q, "dtype")), "gq4g32s");
+    json_decref(q);
+}
+
+static void mixed_dtypes_drop_the_method_record(void **state) {
+    (void)state;
+    json_t *q = saved_quantization_config(1);
+    assert_string_equal(json_string_value(json_object_get(q, "quant_method")), "llmopt");
+    assert_null(json_object_get(q, "method"));
+    assert_null(json_object_get(q, "desc_act"));
+    assert_null(json_object_get(q, "bits"));
+    assert_int_equal(json_object_size(json_object_get(q, "tensor_dtypes")), 2);
+    json_decref(q);
+}
+
+static void cfg_json_refuses_text_that_is_not_json_and_removes_with_null(void **state) {
+    (void)state;
+    llmopt_model *m = rt_model_new("gpt2");
+    assert_int_equal(rt_model_cfg_set_json(m, "k", "{\"a\": "), LLMOPT_EINVAL);
+    assert_null(rt_model_cfg_get_json(m, "k"));
+    assert_int_equal(rt_model_cfg_set_json(m, "k", "[1, 2]"), 0);
+    char *t = rt_model_cfg_get_json(m, "k");
+    assert_string_equal(t, "[1,2]");
+    free(t);
+    assert_int_equal(rt_model_cfg_set_json(m, "k", NULL), 0);
+    assert_null(rt_model_cfg_get_json(m, "k"));
+    rt_model_unref(m);
 }
 
 /* ---- round trips ---- */
@@ -631,6 +704,9 @@ int main(void) {
         cmocka_unit_test(config_that_is_not_json_is_refused_with_its_position),
         cmocka_unit_test(config_without_model_type_is_refused),
         cmocka_unit_test(config_that_is_not_an_object_is_refused),
+        cmocka_unit_test(one_dtype_keeps_the_stages_method_record_and_recomputes_the_summary),
+        cmocka_unit_test(mixed_dtypes_drop_the_method_record),
+        cmocka_unit_test(cfg_json_refuses_text_that_is_not_json_and_removes_with_null),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

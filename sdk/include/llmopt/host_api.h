@@ -352,6 +352,14 @@ struct llmopt_host_api {
                                 size_t seq_len,
                                 int (*fn)(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols),
                                 int (*block_done)(void *arg, int block), void *arg);
+
+    /* ---- structured config values ---- */
+    /** A config.json value of any JSON type by top-level key: set parses json (NULL removes the
+     *  key; LLMOPT_EINVAL when json is not valid JSON); get returns the value as compact JSON
+     *  text (mem_free), NULL when absent. quantize stages record what they did this way
+     *  ("quantization_config"). */
+    int (*model_cfg_set_json)(llmopt_model *m, const char *key, const char *json);
+    char *(*model_cfg_get_json)(const llmopt_model *m, const char *key);
 };
 LLMOPT_PIN(llmopt_host_api, abi_major, 4);
 LLMOPT_PIN(llmopt_host_api, host_version, 8);
@@ -383,6 +391,8 @@ LLMOPT_PIN(llmopt_host_api, tensor_to_device, 712);
 LLMOPT_PIN(llmopt_host_api, tensor_to_host, 720);
 LLMOPT_PIN(llmopt_host_api, tensor_copy, 728);
 LLMOPT_PIN(llmopt_host_api, calibrate_sequential, 736);
+LLMOPT_PIN(llmopt_host_api, model_cfg_set_json, 744);
+LLMOPT_PIN(llmopt_host_api, model_cfg_get_json, 752);
 
 #ifdef __cplusplus
 }
