@@ -320,7 +320,7 @@ static int gptq_run(llmopt_stage_ctx *ctx) {
      * with scales from the unquantized weights (static groups). true_sequential is AutoGPTQ's
      * order inside a block (q/k/v, then o, then the MLP), which we do not do; "sequential" (ours)
      * says whether blocks were calibrated on the quantized blocks before them */
-    char fields[256];
+    char fields[512];
     const int act = A->param_bool(ctx, "act_order");
     snprintf(fields, sizeof fields,
              "\"desc_act\": %s, \"static_groups\": %s, \"damp_percent\": %.17g, \"damp_max\": %.17g, "
