@@ -42,6 +42,8 @@ for sid in ("text", "sft"):
           f"{sid}: tokens_per_s {x['tokens_per_s']} x train_s {x['train_s']} != {n}")
     check(0 < x["train_s"] <= st[sid]["wall_s"], f"{sid}: train_s {x['train_s']} outside (0, stage wall {st[sid]['wall_s']}]")
     check(x["steady_tokens_per_s"] > 0, f"{sid}: steady_tokens_per_s {x['steady_tokens_per_s']}")
+    check(0 < x["train_cpu_s"] and x["steady_tokens_per_cpu_s"] > 0,
+          f"{sid}: train_cpu_s {x['train_cpu_s']}, steady_tokens_per_cpu_s {x['steady_tokens_per_cpu_s']}")
 t, s = m("text"), m("sft")
 check(t["target_tokens_per_s"] == t["tokens_per_s"],
       f"text: target_tokens_per_s {t['target_tokens_per_s']} != tokens_per_s {t['tokens_per_s']}")
