@@ -257,6 +257,14 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* CPU seconds of the whole process (every thread): with wall time, how much of the machine a
+ * run got, which on a shared machine can be far less than its threads. */
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 static size_t peak_rss(void) {
     struct rusage ru;
     return getrusage(RUSAGE_SELF, &ru) == 0 ? (size_t)ru.ru_maxrss * 1024u : 0;
@@ -333,12 +341,19 @@ int ft_train(llmopt_stage_ctx *ctx, const ft_job *job, llmopt_trainer **out) {
     int64_t patience = A->param_int(ctx, "patience"), ck_every = A->param_int(ctx, "checkpoint_every");
     int start = t ? A->trainer_steps(t) : 0;
     double t0 = now_s(), last_loss = NAN, loss_window = 0, val = NAN;
-    size_t tokens = 0;
+    /* tokens: every input position of every window (padding too), the unit PyTorch benches
+     * count; targets: the positions with a loss (fewer in SFT, where prompts are masked).
+     * train_s: seconds in forward/backward and optimizer steps only (not validation or
+     * checkpoints); step1_s: this run's first step, for the rate without it; *_cpu_s: the
+     * same in process CPU seconds */
+    size_t tokens = 0, targets = 0;
+    double train_s = 0, step1_s = 0, train_cpu_s = 0, step1_cpu_s = 0;
+    const size_t step_tokens = (size_t)B * (size_t)seq * (size_t)accum;
     int window_n = 0, stopped_early = 0;
     size_t T = (size_t)seq;
     int s = start;
     for (; !rc && s < total; s++) {
-        double step_sum = 0;
+        double ts = now_s(), tc = cpu_s(), step_sum = 0;
         size_t step_n = 0;
         for (int a = 0; !rc && a < accum; a++) {
             for (int r = 0; r < B; r++) {
@@ -356,13 +371,16 @@ int ft_train(llmopt_stage_ctx *ctx, const ft_job *job, llmopt_trainer **out) {
         double lr_s = ft_lr_at(sched, lr, warmup, (int)total, s);
         float norm = 0;
         if ((rc = A->trainer_step(ctx, t, (float)lr_s, (float)clip, &norm)) != 0) break;
-        tokens += step_n;
+        double dt = now_s() - ts, dc = cpu_s() - tc;
+        train_s += dt, train_cpu_s += dc;
+        if (s == start) step1_s = dt, step1_cpu_s = dc;
+        tokens += step_tokens, targets += step_n;
         last_loss = step_n ? step_sum / (double)step_n : NAN;
         loss_window += last_loss, window_n++;
         double el = now_s() - t0, done = (double)(s + 1 - start);
         double eta = el / done * (double)(total - s - 1);
         A->progress(ctx, (double)(s + 1) / (double)total, "step %d/%lld loss %.4f lr %.3g %.0f tok/s ETA %.0fs", s + 1,
-                    (long long)total, last_loss, lr_s, el > 0 ? (double)tokens / el : 0.0, eta);
+                    (long long)total, last_loss, lr_s, train_s > 0 ? (double)tokens / train_s : 0.0, eta);
         if (eval.n && eval_every && (s + 1) % eval_every == 0 && s + 1 < total) {
             if ((rc = evaluate(ctx, t, &eval, B, eval_batches, &val)) != 0) break;
             A->log(LLMOPT_LOG_INFO, "step %d: val_loss %.4f val_ppl %.3f", s + 1, val, exp(val));
@@ -399,9 +417,23 @@ int ft_train(llmopt_stage_ctx *ctx, const ft_job *job, llmopt_trainer **out) {
         }
     }
     if (!rc) {
-        double el = now_s() - t0;
         if (window_n) A->metric(ctx, "train_loss", last_loss, "nats/token", LLMOPT_BETTER_LOWER);
-        A->metric(ctx, "tokens_per_s", el > 0 ? (double)tokens / el : 0, "tok/s", LLMOPT_BETTER_HIGHER);
+        A->metric(ctx, "tokens_per_s", train_s > 0 ? (double)tokens / train_s : 0, "tok/s", LLMOPT_BETTER_HIGHER);
+        A->metric(ctx, "target_tokens_per_s", train_s > 0 ? (double)targets / train_s : 0, "tok/s",
+                  LLMOPT_BETTER_HIGHER);
+        /* the first step also pays for first-touch page faults of the activations, gradients
+         * and moments: the rate after it is what a long run sees, and what benches time */
+        size_t n_run = (size_t)(s - start);
+        if (n_run > 1 && train_s > step1_s)
+            A->metric(ctx, "steady_tokens_per_s", (double)(n_run - 1) * (double)step_tokens / (train_s - step1_s),
+                      "tok/s", LLMOPT_BETTER_HIGHER);
+        if (n_run > 1 && train_cpu_s > step1_cpu_s)
+            A->metric(ctx, "steady_tokens_per_cpu_s",
+                      (double)(n_run - 1) * (double)step_tokens / (train_cpu_s - step1_cpu_s), "tok/s",
+                      LLMOPT_BETTER_HIGHER);
+        A->metric(ctx, "train_tokens", (double)tokens, "tokens", LLMOPT_BETTER_NONE);
+        A->metric(ctx, "train_s", train_s, "s", LLMOPT_BETTER_NONE);
+        A->metric(ctx, "train_cpu_s", train_cpu_s, "s", LLMOPT_BETTER_NONE);
         A->metric(ctx, "peak_rss_bytes", (double)peak_rss(), "B", LLMOPT_BETTER_LOWER);
         A->metric(ctx, "trainable_params", (double)A->trainer_n_trainable(t), NULL, LLMOPT_BETTER_NONE);
         A->metric(ctx, "steps", (double)A->trainer_steps(t), NULL, LLMOPT_BETTER_NONE);

@@ -180,7 +180,8 @@ const llmopt_stage_desc ft_full_stage = {
     .name = "finetune.full",
     .summary = "full fine-tuning (all parameters or a chosen subset) with AdamW",
     .doc = "Trains every floating-point tensor, or those matching `trainable`, on text or JSONL SFT data.\n"
-           "Metrics: train_loss, val_loss, val_ppl, tokens_per_s, peak_rss_bytes, trainable_params, steps.",
+           "Metrics: train_loss, val_loss, val_ppl, tokens_per_s (every input position), target_tokens_per_s,\n"
+           "steady_tokens_per_s (after the first step), train_tokens, train_s, peak_rss_bytes, trainable_params, steps.",
     LLMOPT_STAGE_PARAMS(full_params),
     LLMOPT_STAGE_INPUTS(inputs),
     .run = full_run,
@@ -194,7 +195,8 @@ const llmopt_stage_desc ft_lora_stage = {
     .doc = "Freezes the model and trains rank-r adapters on the target modules. Writes\n"
            "adapter/adapter_config.json and adapter/adapter_model.safetensors (PeftModel.from_pretrained\n"
            "loads them). The output model is the base, or with merge: true the merged checkpoint.\n"
-           "Metrics: train_loss, val_loss, val_ppl, tokens_per_s, peak_rss_bytes, trainable_params, steps.",
+           "Metrics: train_loss, val_loss, val_ppl, tokens_per_s (every input position), target_tokens_per_s,\n"
+           "steady_tokens_per_s (after the first step), train_tokens, train_s, peak_rss_bytes, trainable_params, steps.",
     LLMOPT_STAGE_PARAMS(lora_params),
     LLMOPT_STAGE_INPUTS(inputs),
     .run = lora_run,

@@ -157,7 +157,8 @@ def test_full_finetune_lowers_the_loss_and_validates(host, models_with_tokenizer
     m = metrics(report, "full")
     assert m["val_ppl"] == pytest.approx(np.exp(m["val_loss"]))
     assert metrics(report, "after")["ppl"] < metrics(report, "before")["ppl"]
-    for k in ("train_loss", "tokens_per_s", "peak_rss_bytes", "trainable_params", "steps"):
+    for k in ("train_loss", "tokens_per_s", "target_tokens_per_s", "steady_tokens_per_s", "train_tokens", "train_s",
+              "peak_rss_bytes", "trainable_params", "steps"):
         assert k in m, k
     ours = load_file(tmp_path / "run" / "full" / "model" / "model.safetensors")
     ref = load_file(base_dir / "model.safetensors")
