@@ -24,21 +24,13 @@ script also takes /usr/bin/time's).
 """
 import argparse
 import math
+import os
 import resource
 import sys
 import time
 
-
-def xorshift_ids(n, vocab, seed=0):
-    m = (1 << 64) - 1
-    x = (seed | 1) & m
-    out = []
-    for _ in range(n):
-        x ^= (x << 13) & m
-        x ^= x >> 7
-        x ^= (x << 17) & m
-        out.append(x % vocab)
-    return out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_speed import xorshift_ids  # noqa: E402  the ids llmopt's eval.speed draws
 
 
 def add_lora(model, targets, r, alpha):

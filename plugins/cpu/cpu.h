@@ -144,6 +144,10 @@ void cpu_q_quantize_x(const float *x, int64_t K, int8_t *xq, float *dx, int32_t 
 int cpu_check_qmatmul(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
                       const void *params, cpu_mm_dims *d);
 int cpu_check_qembedding(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, cpu_rows *d);
+/* The rest of an embedding's checks once the table (tbytes of storage) is known good: ids, out,
+ * aliasing, ids in range (also NF4's, nf4.c). */
+int cpu_check_qembedding_ids(const llmopt_tensor *table, size_t tbytes, const llmopt_tensor *ids,
+                             const llmopt_tensor *out, cpu_rows *d);
 
 int cpu_qmatmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_qembedding(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);

@@ -144,23 +144,10 @@ static int check_matmul(const llmopt_tensor *const *in, int n_in, const llmopt_t
 /* table [V,C] NF4, ids [T] i32 in [0, V), out [T,C]. */
 static int check_embedding(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, cpu_rows *d,
                            size_t *row_bytes) {
-    if (!in || n_in != 2) return LLMOPT_EINVAL;
-    const llmopt_tensor *table = in[0], *ids = in[1];
     size_t tbytes;
-    if (!table || table->dtype != LLMOPT_DTYPE_NF4 || !cpu_qweight_ok(table, row_bytes, &tbytes) ||
-        !cpu_qt_plain_ok(ids, LLMOPT_DTYPE_I32) || !cpu_qt_plain_ok(out, LLMOPT_DTYPE_F32))
+    if (!in || n_in != 2 || !in[0] || in[0]->dtype != LLMOPT_DTYPE_NF4 || !cpu_qweight_ok(in[0], row_bytes, &tbytes))
         return LLMOPT_EINVAL;
-    int64_t V = table->shape[0], C = table->shape[1], T = cpu_qt_numel(ids);
-    if (out->shape[out->ndim - 1] != C || cpu_qt_numel(out) != T * C ||
-        cpu_qt_overlaps(out->data, F32_BYTES(out), table->data, tbytes) ||
-        cpu_qt_overlaps(out->data, F32_BYTES(out), ids->data, (size_t)T * 4u))
-        return LLMOPT_EINVAL;
-    const int32_t *id = ids->data;
-    for (int64_t t = 0; t < T; t++)
-        if (id[t] < 0 || id[t] >= V) return LLMOPT_EINVAL;
-    d->rows = T;
-    d->cols = C;
-    return 0;
+    return cpu_check_qembedding_ids(in[0], tbytes, in[1], out, d);
 }
 
 /* ---- matmul ---- */

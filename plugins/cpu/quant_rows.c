@@ -224,12 +224,9 @@ int cpu_check_qmatmul(const llmopt_tensor *const *in, int n_in, const llmopt_ten
     return 0;
 }
 
-int cpu_check_qembedding(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, cpu_rows *d) {
-    if (!in || n_in != 2) return LLMOPT_EINVAL;
-    const llmopt_tensor *table = in[0], *ids = in[1];
-    size_t tbytes;
-    if (!qweight_ok(table, &tbytes) || !plain_ok(ids, LLMOPT_DTYPE_I32) || !plain_ok(out, LLMOPT_DTYPE_F32))
-        return LLMOPT_EINVAL;
+int cpu_check_qembedding_ids(const llmopt_tensor *table, size_t tbytes, const llmopt_tensor *ids,
+                             const llmopt_tensor *out, cpu_rows *d) {
+    if (!plain_ok(ids, LLMOPT_DTYPE_I32) || !plain_ok(out, LLMOPT_DTYPE_F32)) return LLMOPT_EINVAL;
     int64_t V = table->shape[0], C = table->shape[1], T = numel(ids);
     if (out->shape[out->ndim - 1] != C || numel(out) != T * C ||
         overlaps(out->data, F32_BYTES(out), table->data, tbytes) ||
@@ -241,4 +238,10 @@ int cpu_check_qembedding(const llmopt_tensor *const *in, int n_in, const llmopt_
     d->rows = T;
     d->cols = C;
     return 0;
+}
+
+int cpu_check_qembedding(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, cpu_rows *d) {
+    size_t tbytes;
+    if (!in || n_in != 2 || !qweight_ok(in[0], &tbytes)) return LLMOPT_EINVAL;
+    return cpu_check_qembedding_ids(in[0], tbytes, in[1], out, d);
 }
