@@ -8,6 +8,8 @@
 #       q4_0        the blocks' weights in Q4_0, the LM head in Q8_0 (llama.cpp keeps its output
 #                   matrix at higher precision too)
 #       gq4         GQ 4-bit groups of 128 (sym), the LM head in Q8_0
+#       q4_0_all,   every linear weight and the LM head 4-bit (a fully 4-bit model; the head's
+#       gq4_all     quality cost is the user's call: docs/quantization.md measures it)
 #       *_f32head   the stages' default selection: the tied LM head left f32 (for comparison)
 #     The position embedding (wpe) stays f32 in every row; it is read one row a token.
 #   - PyTorch (bench/torch_speed.py speed): the same model in float32 and after quantize_dynamic
@@ -39,12 +41,16 @@ stages:
   - {id: q4_0, inputs: {model: q4_0_body}, $head}
   - {id: gq4_body, uses: quantize.rtn, with: {format: gq, bits: 4, group_size: 128, sym: true}}
   - {id: gq4, inputs: {model: gq4_body}, $head}
+  - {id: q4_0_all, uses: quantize.rtn, with: {format: q4_0, exclude: ['*wpe*']}}
+  - {id: gq4_all, uses: quantize.rtn, with: {format: gq, bits: 4, group_size: 128, sym: true, exclude: ['*wpe*']}}
   - {id: q8_0_f32head, uses: quantize.rtn, with: {format: q8_0}}
   - {id: speed_f32, $speed}
   - {id: speed_q8_0, inputs: {model: q8_0}, $speed}
   - {id: speed_int8, inputs: {model: int8}, $speed}
   - {id: speed_q4_0, inputs: {model: q4_0}, $speed}
   - {id: speed_gq4, inputs: {model: gq4}, $speed}
+  - {id: speed_q4_0_all, inputs: {model: q4_0_all}, $speed}
+  - {id: speed_gq4_all, inputs: {model: gq4_all}, $speed}
   - {id: speed_q8_0_f32head, inputs: {model: q8_0_f32head}, $speed}
   - {id: speed_q4_0_f32head, inputs: {model: q4_0_body}, $speed}
 YAML
@@ -77,6 +83,7 @@ print("| engine | weights | MiB in memory | prefill 512 tok/s | vs llmopt f32 | 
 print("|---|---|---|---|---|---|---|")
 rows = [("f32", "f32"), ("q8_0", "q8_0 (LM head too)"), ("int8", "int8 per channel (LM head too)"),
         ("q4_0", "q4_0, LM head q8_0"), ("gq4", "GQ4 g128, LM head q8_0"),
+        ("q4_0_all", "q4_0, LM head too"), ("gq4_all", "GQ4 g128, LM head too"),
         ("q8_0_f32head", "q8_0, LM head f32"), ("q4_0_f32head", "q4_0, LM head f32")]
 for k, label in rows:
     s = m[f"speed_{k}"]
