@@ -144,6 +144,10 @@ void cpu_q_quantize_x(const float *x, int64_t K, int8_t *xq, float *dx, int32_t 
 int cpu_check_qmatmul(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
                       const void *params, cpu_mm_dims *d);
 int cpu_check_qembedding(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, cpu_rows *d);
+/* The rest of a quantized matmul's checks once in/n_in/params and W (wbytes of storage) are
+ * known good: x, the layout, the shapes, bias, out, aliasing (also NF4's, nf4.c). */
+int cpu_check_qmatmul_rest(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                           const llmopt_op_matmul *p, size_t wbytes, cpu_mm_dims *d);
 /* The rest of an embedding's checks once the table (tbytes of storage) is known good: ids, out,
  * aliasing, ids in range (also NF4's, nf4.c). */
 int cpu_check_qembedding_ids(const llmopt_tensor *table, size_t tbytes, const llmopt_tensor *ids,

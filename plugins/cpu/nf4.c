@@ -112,33 +112,13 @@ int cpu_qt_overlaps(const void *a, size_t na, const void *b, size_t nb) {
 /* x [M,K] f32, W [N,K] NF4 (OUT_IN only: NF4 rows run along the inputs), bias [N], out [M,N]. */
 static int check_matmul(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, const void *params,
                         cpu_mm_dims *d, size_t *row_bytes) {
-    if (!in || (n_in != 2 && n_in != 3) || !params ||
-        ((const llmopt_op_matmul *)params)->struct_size < sizeof(llmopt_op_matmul))
-        return LLMOPT_EINVAL;
-    const llmopt_op_matmul *p = params;
-    const llmopt_tensor *x = in[0], *w = in[1], *b = n_in == 3 ? in[2] : NULL;
     size_t wbytes;
-    if (!cpu_qt_plain_ok(x, LLMOPT_DTYPE_F32) || !w || w->dtype != LLMOPT_DTYPE_NF4 ||
-        !cpu_qweight_ok(w, row_bytes, &wbytes))
+    if (!in || (n_in != 2 && n_in != 3) || !params ||
+        ((const llmopt_op_matmul *)params)->struct_size < sizeof(llmopt_op_matmul) || !in[1] ||
+        in[1]->dtype != LLMOPT_DTYPE_NF4 || !cpu_qweight_ok(in[1], row_bytes, &wbytes))
         return LLMOPT_EINVAL;
-    if (p->w_layout != LLMOPT_W_OUT_IN && p->w_layout != LLMOPT_W_IN_OUT) return LLMOPT_EINVAL;
-    if (p->w_layout == LLMOPT_W_IN_OUT) return LLMOPT_EUNSUPPORTED;
-    d->K = x->shape[x->ndim - 1];
-    d->M = cpu_qt_numel(x) / d->K;
-    d->layout = p->w_layout;
-    d->accumulate = p->accumulate != 0;
-    d->N = w->shape[0];
-    if (w->shape[1] != d->K || (n_in == 3 && !b) || d->M > INT32_MAX) return LLMOPT_EINVAL;
-    d->has_bias = b != NULL;
-    if (!cpu_qt_plain_ok(out, LLMOPT_DTYPE_F32) || out->shape[out->ndim - 1] != d->N || cpu_qt_numel(out) != d->M * d->N)
-        return LLMOPT_EINVAL;
-    if (b && (!cpu_qt_plain_ok(b, LLMOPT_DTYPE_F32) || cpu_qt_numel(b) != d->N ||
-              cpu_qt_overlaps(out->data, F32_BYTES(out), b->data, F32_BYTES(b))))
-        return LLMOPT_EINVAL;
-    if (cpu_qt_overlaps(out->data, F32_BYTES(out), x->data, F32_BYTES(x)) ||
-        cpu_qt_overlaps(out->data, F32_BYTES(out), w->data, wbytes))
-        return LLMOPT_EINVAL;
-    return 0;
+    int rc = cpu_check_qmatmul_rest(in, n_in, out, params, wbytes, d);
+    return rc ? rc : d->M > INT32_MAX ? LLMOPT_EINVAL : 0;
 }
 
 /* table [V,C] NF4, ids [T] i32 in [0, V), out [T,C]. */

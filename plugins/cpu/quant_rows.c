@@ -194,15 +194,10 @@ static int overlaps(const void *a, size_t na, const void *b, size_t nb) {
 
 #define F32_BYTES(t) ((size_t)numel(t) * 4u)
 
-int cpu_check_qmatmul(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
-                      const void *params, cpu_mm_dims *d) {
-    if (!in || (n_in != 2 && n_in != 3) || !params ||
-        ((const llmopt_op_matmul *)params)->struct_size < sizeof(llmopt_op_matmul))
-        return LLMOPT_EINVAL;
-    const llmopt_op_matmul *p = params;
+int cpu_check_qmatmul_rest(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                           const llmopt_op_matmul *p, size_t wbytes, cpu_mm_dims *d) {
     const llmopt_tensor *x = in[0], *w = in[1], *b = n_in == 3 ? in[2] : NULL;
-    size_t wbytes;
-    if (!plain_ok(x, LLMOPT_DTYPE_F32) || !qweight_ok(w, &wbytes)) return LLMOPT_EINVAL;
+    if (!plain_ok(x, LLMOPT_DTYPE_F32)) return LLMOPT_EINVAL;
     if (p->w_layout != LLMOPT_W_OUT_IN && p->w_layout != LLMOPT_W_IN_OUT) return LLMOPT_EINVAL;
     /* rows of a quantized W are its blocks' rows: only [N,K] is stored that way */
     if (p->w_layout == LLMOPT_W_IN_OUT) return LLMOPT_EUNSUPPORTED;
@@ -222,6 +217,15 @@ int cpu_check_qmatmul(const llmopt_tensor *const *in, int n_in, const llmopt_ten
         overlaps(out->data, F32_BYTES(out), w->data, wbytes))
         return LLMOPT_EINVAL;
     return 0;
+}
+
+int cpu_check_qmatmul(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                      const void *params, cpu_mm_dims *d) {
+    size_t wbytes;
+    if (!in || (n_in != 2 && n_in != 3) || !params ||
+        ((const llmopt_op_matmul *)params)->struct_size < sizeof(llmopt_op_matmul) || !qweight_ok(in[1], &wbytes))
+        return LLMOPT_EINVAL;
+    return cpu_check_qmatmul_rest(in, n_in, out, params, wbytes, d);
 }
 
 int cpu_check_qembedding_ids(const llmopt_tensor *table, size_t tbytes, const llmopt_tensor *ids,
