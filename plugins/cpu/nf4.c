@@ -107,7 +107,6 @@ int cpu_qt_overlaps(const void *a, size_t na, const void *b, size_t nb) {
     return a0 < b0 + nb && b0 < a0 + na;
 }
 
-
 /* x [M,K] f32, W [N,K] NF4 (OUT_IN only: NF4 rows run along the inputs), bias [N], out [M,N]. */
 static int check_matmul(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, const void *params,
                         cpu_mm_dims *d, size_t *row_bytes) {
