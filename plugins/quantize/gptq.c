@@ -27,10 +27,6 @@
 extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 
-/* The GQ block accessors (select.c) under the names this file's loop uses. */
-static void block_params(int dtype, const uint8_t *b, float *scale, float *offset) { qz_gq_params(dtype, b, scale, offset); }
-static void set_code(uint8_t *codes, int64_t i, int bits, unsigned q) { qz_gq_set_code(codes, i, bits, q); }
-
 /* Upper Cholesky factor U of H^-1 (H^-1 = U^T U, row-major) from H + lambda I, in double. In
  * column-major terms dpotrf('L') gives H = L L^T; read row-major, the same array is U = L^T. */
 static int chol_inverse_upper(const double *H, int64_t n, double lambda, double *U) {
@@ -93,13 +89,13 @@ static void gptq_rows(void *arg, int64_t r0, int64_t r1) {
             for (int64_t r = r0; r < r1; r++) {
                 uint8_t *blk = j->out + (size_t)(r * bpr + grp) * j->tsz;
                 float scale, off;
-                block_params(j->dtype, blk, &scale, &off);
+                qz_gq_params(j->dtype, blk, &scale, &off);
                 float *wr = j->Wp + r * cols, w = wr[i], q = off;
                 if (scale != 0) {
                     q = roundf(w / scale) + off;
                     q = q < 0 ? 0 : q > (float)j->qmax ? (float)j->qmax : q;
                 }
-                set_code(blk + j->code_off, oc % g, j->bits, (unsigned)q);
+                qz_gq_set_code(blk + j->code_off, oc % g, j->bits, (unsigned)q);
                 const float e = (w - scale * (q - off)) / d;
                 Err[(r - r0) * cnt + (i - i1)] = e;
                 const float *hr = Hinv + i * cols;
