@@ -3,6 +3,7 @@
  * every linear layer's input (through the transformer's capture hook), and the GGUF writer. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "quant_api.h"
 #include "../runtime/gguf.h"
@@ -10,6 +11,7 @@
 #include "../runtime/runtime.h"
 #include "../runtime/transformer.h"
 #include "../sched/stage_ctx.h"
+#include "../util/log.h"
 
 static int fail(llmopt_stage_ctx *ctx, const llmopt_error *e) {
     int status = e->status ? e->status : LLMOPT_EFAIL;
@@ -175,6 +177,20 @@ static int api_calibrate(llmopt_stage_ctx *ctx, const llmopt_model *m, const int
     return rc ? fail(ctx, &err) : 0;
 }
 
+/* Whether n rows of `cols` floats may be kept: at most LLMOPT_CALIB_STASH_MB (when set) or a
+ * quarter of physical memory. */
+static int stash_fits(size_t n, size_t cols) {
+    double bytes = (double)n * (double)cols * sizeof(float), cap;
+    const char *env = getenv("LLMOPT_CALIB_STASH_MB");
+    if (env && *env) {
+        cap = strtod(env, NULL) * 1e6;
+    } else {
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        cap = pages > 0 && psz > 0 ? (double)pages * (double)psz / 4 : 1e9;
+    }
+    return bytes <= cap;
+}
+
 static int api_calibrate_sequential(llmopt_stage_ctx *ctx, llmopt_model *m, const int32_t *tokens, size_t n_seq,
                                     size_t seq_len,
                                     int (*fn)(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols),
@@ -186,7 +202,7 @@ static int api_calibrate_sequential(llmopt_stage_ctx *ctx, llmopt_model *m, cons
     }
     tf_model *tm = NULL;
     tf_session *s = NULL;
-    float *H = NULL, *tmp = NULL, *normed = NULL;
+    float *H = NULL, *normed = NULL;
     if (tf_model_new(m, LLMOPT_DEVICE_CPU, &tm, &err) != 0) return fail(ctx, &err);
     const arch_config *c = tf_model_arch(tm);
     const size_t row = seq_len * (size_t)c->n_embd;
@@ -196,7 +212,7 @@ static int api_calibrate_sequential(llmopt_stage_ctx *ctx, llmopt_model *m, cons
                        seq_len, c->n_ctx);
     if (!rc && n_seq > SIZE_MAX / sizeof(float) / row)
         rc = error_set(&err, LLMOPT_ENOMEM, "calibrate: %zu x %zu hidden states do not fit in memory", n_seq, row);
-    if (!rc && (!(H = malloc(n_seq * row * sizeof *H)) || !(tmp = malloc(row * sizeof *tmp)) ||
+    if (!rc && (!(H = malloc(n_seq * row * sizeof *H)) ||
                 !(normed = malloc(row * sizeof *normed))))
         rc = error_set(&err, LLMOPT_ENOMEM, "calibrate: out of memory for %zu x %zu tokens of hidden states (%.0f MB)",
                        n_seq, seq_len, (double)(n_seq * row * sizeof *H) / 1e6);
@@ -207,45 +223,69 @@ static int api_calibrate_sequential(llmopt_stage_ctx *ctx, llmopt_model *m, cons
     }
     capture cap = {.m = m, .fn = fn, .arg = arg};
     int user = 0; /* fn or block_done failed: they set the error */
-    for (int l = 0; !rc && l <= c->n_layer; l++) {
-        /* block l's inputs (or the head's, after the last block) to fn */
-        tf_model_set_capture(tm, on_matmul, &cap);
-        for (size_t i = 0; !rc && i < n_seq; i++) {
-            if (ctx && ctx->cancel && atomic_load(ctx->cancel)) {
-                rc = error_set(&err, LLMOPT_ECANCELED, "calibration cancelled in block %d", l);
+    const size_t n_tok = n_seq * seq_len, C = (size_t)c->n_embd, F = (size_t)c->n_ff;
+    const size_t Q = (size_t)c->n_head * (size_t)c->head_dim, CA = Q > C ? Q : C;
+    /* the activations between steps, all sequences' (A: ln outputs and attention, B: the MLP's
+     * hidden), or one sequence's when they would take too much memory (then recomputed) */
+    const int stash = !rc && stash_fits(n_tok, CA + F);
+    float *A = NULL, *B = NULL;
+    if (!rc && (!(A = malloc((stash ? n_tok : seq_len) * CA * sizeof *A)) ||
+                !(B = malloc((stash ? n_tok : seq_len) * F * sizeof *B))))
+        rc = error_set(&err, LLMOPT_ENOMEM, "calibrate: out of memory for the activations of %zu tokens",
+                       stash ? n_tok : seq_len);
+    if (!rc)
+        log_msg(LLMOPT_LOG_DEBUG, "calibrate: %s the activations between steps (%.0f MB for all)",
+                stash ? "keeping" : "recomputing", (double)(n_tok * (CA + F) * sizeof(float)) / 1e6);
+    int step_no = 0;
+    for (int l = 0; !rc && l < c->n_layer; l++) {
+        for (int st = 0; !rc && st < TF_STEPS; st++) {
+            const llmopt_tensor *w[3];
+            const int nw = tf_block_step_weights(tm, l, st, w);
+            const size_t cols = st == TF_STEP_MLP || st == TF_STEP_MLP_OUT ? F : st == TF_STEP_ATTN ? Q : C;
+            for (size_t i = 0; !rc && i < n_seq; i++) {
+                if (ctx && ctx->cancel && atomic_load(ctx->cancel)) {
+                    rc = error_set(&err, LLMOPT_ECANCELED, "calibration cancelled in block %d", l);
+                    break;
+                }
+                float *x = H + i * row;
+                float *a = stash ? A + i * seq_len * CA : A, *b = stash ? B + i * seq_len * F : B;
+                float *buf = st == TF_STEP_MLP || st == TF_STEP_MLP_OUT ? b : a;
+                tf_session_rewind(s, 0);
+                /* without the stash, the step before an *_OUT step runs again for this sequence */
+                if (!stash && (st == TF_STEP_ATTN_OUT || st == TF_STEP_MLP_OUT))
+                    rc = tf_block_step(s, l, st - 1, x, buf, (int)seq_len, &err);
+                if (!rc) rc = tf_block_step(s, l, st, x, buf, (int)seq_len, &err);
+                for (int k = 0; !rc && k < nw; k++) {
+                    const char *name = weight_name(&cap, w[k]);
+                    if (name && (cap.status = fn(arg, name, buf, (int64_t)seq_len, (int64_t)cols))) rc = cap.status;
+                }
+            }
+            if (rc) {
+                user = cap.status != 0;
                 break;
             }
-            tf_session_rewind(s, 0);
-            memcpy(tmp, H + i * row, row * sizeof *tmp);
-            if (l < c->n_layer) {
-                rc = tf_block(s, l, tmp, (int)seq_len, &err);
-            } else {
-                const char *head = weight_name(&cap, tf_model_lm_head(tm));
-                rc = tf_final_norm(s, tmp, (int)seq_len, normed, &err);
-                if (!rc && head && (cap.status = fn(arg, head, normed, (int64_t)seq_len, c->n_embd))) rc = cap.status;
+            if (!nw) continue;
+            if ((rc = block_done(arg, step_no++)) != 0) {
+                user = 1;
+                break;
             }
-        }
-        tf_model_set_capture(tm, NULL, NULL);
-        if (rc) {
-            user = cap.status != 0;
-            break;
-        }
-        if ((rc = block_done(arg, l)) != 0) {
-            user = 1;
-            break;
-        }
-        if (l == c->n_layer) break;
-        /* the block's new weights make the next block's inputs */
-        if ((rc = tf_model_rebind_weights(tm, l, &err)) != 0) break;
-        for (size_t i = 0; !rc && i < n_seq; i++) {
-            tf_session_rewind(s, 0);
-            rc = tf_block(s, l, H + i * row, (int)seq_len, &err);
+            /* the group's new weights make the next group's inputs */
+            rc = tf_model_rebind_weights(tm, l, &err);
         }
     }
+    /* the LM head's inputs */
+    for (size_t i = 0; !rc && i < n_seq; i++) {
+        const char *head = weight_name(&cap, tf_model_lm_head(tm));
+        tf_session_rewind(s, 0);
+        rc = tf_final_norm(s, H + i * row, (int)seq_len, normed, &err);
+        if (!rc && head && (cap.status = fn(arg, head, normed, (int64_t)seq_len, c->n_embd))) rc = cap.status, user = 1;
+    }
+    if (!rc && (rc = block_done(arg, step_no)) != 0) user = 1;
+    free(A);
+    free(B);
     tf_session_free(s);
     tf_model_free(tm);
     free(H);
-    free(tmp);
     free(normed);
     if (rc && user) return rc;
     return rc ? fail(ctx, &err) : 0;

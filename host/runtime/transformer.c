@@ -464,8 +464,8 @@ static int rope(const tf_model *tm, float *x, int T, int H, int pos, llmopt_erro
 /* ---- one layer ---- */
 
 /* Attention for every sequence of the batch: projections over all n_seq*T rows at once, then
- * per sequence its rope positions, its cache rows and its attention. */
-static int attention_block(tf_session *s, int l, int T, llmopt_error *err) {
+ * per sequence its rope positions, its cache rows and its attention, into s->att. */
+static int attention_core(tf_session *s, int l, int T, llmopt_error *err) {
     const tf_model *tm = s->tm;
     const arch_config *c = &tm->c;
     const tf_layer *L = &tm->layers[l];
@@ -506,11 +506,18 @@ static int attention_block(tf_session *s, int l, int T, llmopt_error *err) {
         llmopt_op_attention p = {sizeof p, pos, 1, 1.0f / sqrtf((float)D)};
         if ((rc = run(tm->k.attention, LLMOPT_OP_ATTENTION, in, 3, &to, &p, err))) return rc;
     }
-    /* residual: x += att · Wo (+ bo) */
-    return linear(tm, s->att, M, L->o_w, L->o_b, s->x, 1, err);
+    return 0;
 }
 
-static int mlp_block(tf_session *s, int l, int T, llmopt_error *err) {
+static int attention_block(tf_session *s, int l, int T, llmopt_error *err) {
+    const tf_layer *L = &s->tm->layers[l];
+    int rc = attention_core(s, l, T, err);
+    /* residual: x += att · Wo (+ bo) */
+    return rc ? rc : linear(s->tm, s->att, s->n_seq * T, L->o_w, L->o_b, s->x, 1, err);
+}
+
+/* The MLP's hidden activations of every row, act(ln2(x) · W_up) (SwiGLU for Llama), into s->ff. */
+static int mlp_core(tf_session *s, int l, int T, llmopt_error *err) {
     const tf_model *tm = s->tm;
     const tf_layer *L = &tm->layers[l];
     int F = tm->c.n_ff, rc;
@@ -530,7 +537,13 @@ static int mlp_block(tf_session *s, int l, int T, llmopt_error *err) {
             (rc = run(tm->k.swiglu, LLMOPT_OP_SWIGLU, in, 2, &tf, NULL, err)))
             return rc;
     }
-    return linear(tm, s->ff, T, L->down_w, L->down_b, s->x, 1, err);
+    return 0;
+}
+
+static int mlp_block(tf_session *s, int l, int T, llmopt_error *err) {
+    const tf_layer *L = &s->tm->layers[l];
+    int rc = mlp_core(s, l, T, err);
+    return rc ? rc : linear(s->tm, s->ff, s->n_seq * T, L->down_w, L->down_b, s->x, 1, err);
 }
 
 int tf_forward_batch(tf_session *s, const int32_t *ids, int T, float *logits, int all_logits, llmopt_error *err) {
@@ -612,18 +625,61 @@ int tf_embed(tf_session *s, const int32_t *ids, int T, float *x, llmopt_error *e
     return add(tm, x, s->h, (int64_t)T * c->n_embd, err);
 }
 
-int tf_block(tf_session *s, int layer, float *x, int T, llmopt_error *err) {
-    const arch_config *c = &s->tm->c;
-    if (cpu_only(s->tm, "tf_block", err)) return err->status;
-    if (s->n_seq != 1 || layer < 0 || layer >= c->n_layer || T <= 0 || s->pos[0] + T > s->max_ctx)
-        return error_set(err, LLMOPT_EINVAL, "tf_block: layer %d, %d tokens at %d: out of range", layer, T, s->pos[0]);
+int tf_block_step(tf_session *s, int layer, int step, float *x, float *buf, int T, llmopt_error *err) {
+    const tf_model *tm = s->tm;
+    const arch_config *c = &tm->c;
+    if (cpu_only(tm, "tf_block_step", err)) return err->status;
+    if (s->n_seq != 1 || layer < 0 || layer >= c->n_layer || step < 0 || step >= TF_STEPS || T <= 0 ||
+        s->pos[0] + T > s->max_ctx)
+        return error_set(err, LLMOPT_EINVAL, "tf_block_step: layer %d, step %d, %d tokens at %d: out of range", layer,
+                         step, T, s->pos[0]);
     int rc = ensure_scratch(s, T, err);
     if (rc) return rc;
-    size_t bytes = (size_t)T * (size_t)c->n_embd * sizeof(float);
-    memcpy(s->x, x, bytes);
-    if ((rc = attention_block(s, layer, T, err)) || (rc = mlp_block(s, layer, T, err))) return rc;
-    memcpy(x, s->x, bytes);
+    const tf_layer *L = &tm->layers[layer];
+    const size_t C = (size_t)c->n_embd, Q = (size_t)c->n_head * (size_t)c->head_dim, F = (size_t)c->n_ff;
+    const size_t xb = (size_t)T * C * sizeof(float);
+    memcpy(s->x, x, xb);
+    switch (step) {
+    case TF_STEP_LN1: return norm(tm, s->x, T, L->ln1_w, L->ln1_b, buf, err);
+    case TF_STEP_ATTN:
+        if ((rc = attention_core(s, layer, T, err))) return rc;
+        memcpy(buf, s->att, (size_t)T * Q * sizeof(float));
+        return 0;
+    case TF_STEP_ATTN_OUT:
+        if ((rc = linear(tm, buf, T, L->o_w, L->o_b, s->x, 1, err)) ||
+            (rc = norm(tm, s->x, T, L->ln2_w, L->ln2_b, buf, err)))
+            return rc;
+        break;
+    case TF_STEP_MLP:
+        if ((rc = mlp_core(s, layer, T, err))) return rc;
+        memcpy(buf, s->ff, (size_t)T * F * sizeof(float));
+        return 0;
+    default: /* TF_STEP_MLP_OUT */
+        if ((rc = linear(tm, buf, T, L->down_w, L->down_b, s->x, 1, err))) return rc;
+        break;
+    }
+    memcpy(x, s->x, xb);
     return 0;
+}
+
+int tf_block_step_weights(const tf_model *tm, int layer, int step, const llmopt_tensor **w) {
+    if (layer < 0 || layer >= tm->c.n_layer) return 0;
+    const tf_layer *L = &tm->layers[layer];
+    int n = 0;
+    switch (step) {
+    case TF_STEP_LN1:
+        if (L->qkv_w) w[n++] = L->qkv_w;
+        else w[n++] = L->q_w, w[n++] = L->k_w, w[n++] = L->v_w;
+        break;
+    case TF_STEP_ATTN: w[n++] = L->o_w; break;
+    case TF_STEP_ATTN_OUT:
+        if (L->gate_w) w[n++] = L->gate_w;
+        w[n++] = L->up_w;
+        break;
+    case TF_STEP_MLP: w[n++] = L->down_w; break;
+    default: break;
+    }
+    return n;
 }
 
 int tf_final_norm(tf_session *s, const float *x, int T, float *out, llmopt_error *err) {

@@ -24,13 +24,24 @@ const llmopt_model *tf_model_source(const tf_model *tm);
 typedef int (*tf_capture_fn)(void *arg, const llmopt_tensor *w, const float *x, int rows, int cols);
 void tf_model_set_capture(tf_model *tm, tf_capture_fn fn, void *arg);
 
-/* One block at a time, for sequential calibration (GPTQ quantizes block l on the inputs the
- * already quantized blocks 0..l-1 produce). A session of one sequence; positions start at the
- * session's position and do not advance (rewind between sequences as usual). */
+/* One block at a time, for sequential calibration (GPTQ quantizes each group of weights on the
+ * inputs the already quantized groups before it produce). A session of one sequence; positions
+ * start at the session's position and do not advance (rewind between sequences as usual). */
 /* x[T, n_embd] = token (+ position) embeddings of ids. */
 int tf_embed(tf_session *s, const int32_t *ids, int T, float *x, llmopt_error *err);
-/* Block `layer` on x[T, n_embd] in place (the capture hook sees its linear inputs). */
-int tf_block(tf_session *s, int layer, float *x, int T, llmopt_error *err);
+/* A block in steps, each ending where the next linear weights take their input (GPTQ's true
+ * sequential order: each group quantized before the inputs of the next are made). step:
+ *   TF_STEP_LN1       buf[T, n_embd] = ln1(x)                         (c_attn | q, k, v)
+ *   TF_STEP_ATTN      buf[T, n_head*head_dim] = attention of ln1(x)   (o)
+ *   TF_STEP_ATTN_OUT  x += buf · W_o (+ b); buf[T, n_embd] = ln2(x)   (c_fc | gate, up)
+ *   TF_STEP_MLP       buf[T, n_ff] = act(ln2(x) · W_up)               (down)
+ *   TF_STEP_MLP_OUT   x += buf · W_down (+ b): the block's output
+ * buf of ATTN_OUT is ATTN's and of MLP_OUT is MLP's (for the same x). Run with the capture hook
+ * unset (the caller reports buf); tf_block_step_weights names the weights (up to 3) whose input
+ * the step's buf is. */
+enum { TF_STEP_LN1, TF_STEP_ATTN, TF_STEP_ATTN_OUT, TF_STEP_MLP, TF_STEP_MLP_OUT, TF_STEPS };
+int tf_block_step(tf_session *s, int layer, int step, float *x, float *buf, int T, llmopt_error *err);
+int tf_block_step_weights(const tf_model *tm, int layer, int step, const llmopt_tensor **w);
 /* The final norm of x[T, n_embd] into out: the LM head's input. */
 int tf_final_norm(tf_session *s, const float *x, int T, float *out, llmopt_error *err);
 const llmopt_tensor *tf_model_lm_head(const tf_model *tm);

@@ -7,8 +7,9 @@
  * implementation); with act_order (columns by decreasing H_ii) the groups stay contiguous in the
  * original order, so their scales are chosen up front from the unquantized weights (AutoGPTQ's
  * static_groups): the GQ format has no per-column group index. sequential (the default, as the
- * paper and AutoGPTQ): block by block, each block's H from the outputs of the blocks already
- * quantized; sequential: false takes every H from the unquantized model in one pass. */
+ * paper and AutoGPTQ with true_sequential): group by group in forward order, each group's H from
+ * the inputs the already quantized groups make; sequential: false takes every H from the
+ * unquantized model in one pass. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -33,9 +34,14 @@ static int chol_inverse_upper(const double *H, int64_t n, double lambda, double 
     memcpy(U, H, (size_t)(n * n) * sizeof *U);
     for (int64_t i = 0; i < n; i++) U[i * n + i] += lambda;
     int nn = (int)n, info = 0;
+    /* the host's compute threads are idle here: LAPACK may use them (the cpu plugin keeps
+     * OpenBLAS at one thread, since its kernels run inside the host's pool) */
+    const int prev = openblas_get_num_threads();
+    openblas_set_num_threads(A->n_threads());
     dpotrf_("L", &nn, U, &nn, &info);
     if (info == 0) dpotri_("L", &nn, U, &nn, &info);
     if (info == 0) dpotrf_("L", &nn, U, &nn, &info);
+    openblas_set_num_threads(prev);
     if (info != 0) return -1;
     for (int64_t r = 0; r < n; r++)
         for (int64_t c = 0; c < r; c++) U[r * n + c] = 0;  /* the strict lower part is scratch */
@@ -242,13 +248,14 @@ static int gptq_one(gptq_run_state *g, size_t i) {
     return rc;
 }
 
-/* Sequential mode (the paper's): after each block's inputs were seen, quantize the weights
- * that saw them, which the host then uses to make the next block's inputs; their statistics
- * are freed as soon as no weight needs them. */
-static int seq_block_done(void *arg, int block) {
+/* Sequential mode (the paper's, in AutoGPTQ's true_sequential order): after each group of
+ * weights saw its inputs, quantize them; the host then makes the next group's inputs with them.
+ * Their statistics are freed as soon as no weight needs them. */
+static int seq_block_done(void *arg, int step) {
     gptq_run_state *g = arg;
     qz_stats *st = g->st;
-    (void)block;
+    (void)step;
+    st->prev = -1; /* the next step's first weight shares no statistics with this step's */
     for (size_t i = 0; i < g->sel->n; i++)
         if (!g->done[i] && st->root[i] >= 0 && st->root[i] == (int)i) qz_stats_mirror(st, i);
     for (size_t i = 0; i < g->sel->n; i++) {
@@ -292,7 +299,7 @@ static int gptq_run(llmopt_stage_ctx *ctx) {
         g.done = calloc(sel.n ? sel.n : 1, 1);
         rc = g.done ? qz_stats_init(ctx, in, &sel, &st) : A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
         if (!rc) rc = qz_calib_tokens(ctx, in, &tok, &n_seq, &len);
-        if (!rc) A->progress(ctx, 0.0, "calibrating block by block on %zu x %zu tokens", n_seq, len);
+        if (!rc) A->progress(ctx, 0.0, "calibrating group by group on %zu x %zu tokens", n_seq, len);
         if (!rc) rc = A->calibrate_sequential(ctx, out, tok, n_seq, len, qz_stats_input, seq_block_done, &g);
         free(tok);
         for (size_t i = 0; !rc && i < sel.n; i++)
@@ -314,16 +321,16 @@ static int gptq_run(llmopt_stage_ctx *ctx) {
     A->metric(ctx, "damp_max", damp_max * 100.0, "%", LLMOPT_BETTER_NONE);
     /* GPTQConfig's names: damp_percent is a fraction there; act_order keeps groups contiguous
      * with scales from the unquantized weights (static groups). true_sequential is AutoGPTQ's
-     * order inside a block (q/k/v, then o, then the MLP), which we do not do; "sequential" (ours)
-     * says whether blocks were calibrated on the quantized blocks before them */
+     * order inside a block (q/k/v, then o, then the MLP), which sequential mode follows;
+     * "sequential" (ours) says whether each group was calibrated on the quantized ones before it */
     char fields[512];
     const int act = A->param_bool(ctx, "act_order");
     snprintf(fields, sizeof fields,
              "\"desc_act\": %s, \"static_groups\": %s, \"damp_percent\": %.17g, \"damp_max\": %.17g, "
-             "\"true_sequential\": false, \"sequential\": %s, \"block_size\": %lld, \"n_samples\": %lld, "
+             "\"true_sequential\": %s, \"sequential\": %s, \"block_size\": %lld, \"n_samples\": %lld, "
              "\"seq_len\": %lld",
              act ? "true" : "false", act ? "true" : "false", A->param_float(ctx, "damp_percent") / 100.0, damp_max,
-             A->param_bool(ctx, "sequential") ? "true" : "false",
+             A->param_bool(ctx, "sequential") ? "true" : "false", A->param_bool(ctx, "sequential") ? "true" : "false",
              (long long)A->param_int(ctx, "block_size"), (long long)A->param_int(ctx, "n_samples"),
              (long long)A->param_int(ctx, "seq_len"));
     rc = qz_record(ctx, in, out, "gptq", fields);
@@ -346,8 +353,9 @@ static const llmopt_param_desc params[] = {
     {.name = "block_size", .type = LLMOPT_PARAM_INT, .default_value = "128", .min = 1, .max = 1 << 20,
      .doc = "columns per lazy batch update"},
     {.name = "sequential", .type = LLMOPT_PARAM_BOOL, .default_value = "true",
-     .doc = "quantize block by block, each block's Hessians from the inputs the quantized blocks before it "
-            "produce (the paper's procedure); false: every Hessian from the unquantized model in one pass"},
+     .doc = "quantize group by group in forward order (c_attn | q/k/v, o, c_fc | gate/up, down, block after "
+            "block), each group's Hessians from the inputs the quantized groups before it produce (the paper's "
+            "procedure, AutoGPTQ's true_sequential); false: every Hessian from the unquantized model in one pass"},
     QZ_CALIB_PARAMS("128"),
     QZ_SELECT_PARAMS(QZ_EXCLUDE_EMBEDDINGS),
     QZ_EVAL_PARAMS,

@@ -258,11 +258,16 @@ def test_pattern_that_matches_nothing_is_an_error(host, trained_llama, kjv_file,
     assert "include pattern '*q_porj*' matches no" in err
 
 
-def test_sequential_gptq_quantizes_each_block_on_the_quantized_blocks_outputs(host, trained_llama, kjv_file, tmp_path):
-    """sequential: true (the default, the paper's procedure) takes block l's Hessians from what the
-    already quantized blocks 0..l-1 produce; false takes every Hessian from the unquantized model.
-    Block 0 sees the embeddings either way, so its weights come out byte for byte the same; block
-    1's differ (at 2 bits the quantized block 0 moves its outputs well beyond float noise)."""
+def test_sequential_gptq_quantizes_each_group_on_the_quantized_groups_outputs(host, trained_llama, kjv_file,
+                                                                             tmp_path, monkeypatch):
+    """sequential: true (the default, the paper's procedure in AutoGPTQ's true_sequential order)
+    takes each group's Hessians (q/k/v, o, gate/up, down, block after block) from what the
+    already quantized groups before it produce; false takes every Hessian from the unquantized
+    model. Only block 0's q/k/v see the same inputs (the embeddings' norm) either way, so they
+    come out byte for byte the same; every later weight differs (at 2 bits a quantized group
+    moves its outputs well beyond float noise), block 0's o/gate/up/down included. With the
+    activations between steps recomputed instead of kept (LLMOPT_CALIB_STASH_MB=0, what a
+    calibration set too big for memory gets), every weight is the same byte for byte."""
     from safetensors.numpy import load_file
     q = "bits: 2, group_size: 32, sym: false"
     stages = [f"{{id: seq, uses: quantize.gptq, with: {{{q}, {CAL}}}}}",
@@ -271,9 +276,17 @@ def test_sequential_gptq_quantizes_each_block_on_the_quantized_blocks_outputs(ho
     seq, one = (load_file(out / s / "model" / "model.safetensors") for s in ("seq", "one"))
     names = [n for n in seq if n.endswith("proj.weight")]
     assert len(names) == 14 and set(seq) == set(one)
+    first = {f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv"}
     for n in names:
         same = np.array_equal(seq[n], one[n])
-        if n.startswith("model.layers.0."):
-            assert same, f"{n}: block 0 has the same inputs in both modes"
+        if n in first:
+            assert same, f"{n}: block 0's q/k/v have the same inputs in both modes"
         else:
-            assert not same, f"{n}: block 1's Hessians should come from the quantized block 0"
+            assert not same, f"{n}: its Hessian should come from the quantized groups before it"
+    qc = json.loads((out / "seq" / "model" / "config.json").read_text())["quantization_config"]
+    assert qc["true_sequential"] is True and qc["sequential"] is True
+    monkeypatch.setenv("LLMOPT_CALIB_STASH_MB", "0")
+    _, out2, _ = run(host, tmp_path, pipeline(trained_llama, kjv_file, stages[:1]), name="recompute")
+    again = load_file(out2 / "seq" / "model" / "model.safetensors")
+    for n in names:
+        assert np.array_equal(seq[n], again[n]), f"{n}: recomputing the activations changed the result"

@@ -181,7 +181,8 @@ def test_quantization_config_has_gptq_fields(exported):
             act = "act_order: true" in CASES[case][2]
             assert qc["desc_act"] is act and qc["static_groups"] is act, case
             assert qc["damp_percent"] == pytest.approx(0.02 if "damp_percent: 2" in CASES[case][2] else 0.01), case
-            assert qc["true_sequential"] is False, case
+            seq = "sequential: false" not in CASES[case][2]  # the default: AutoGPTQ's true_sequential order
+            assert qc["true_sequential"] is seq and rec["sequential"] is seq, case
         else:
             assert qc["desc_act"] is False and "damp_percent" not in qc, case
         if method == "awq":

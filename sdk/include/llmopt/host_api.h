@@ -340,14 +340,19 @@ struct llmopt_host_api {
      *  not be shared (it is written). Complete on return when dst is on the CPU. */
     int (*tensor_copy)(llmopt_tensor *dst, const llmopt_tensor *src);
 
-    /** Sequential calibration, block by block, as GPTQ's paper quantizes: the n_seq sequences'
-     *  hidden states go through block 0 (fn sees the inputs of its linear weights, as in
-     *  calibrate), then block_done(arg, 0) is called, which may replace that block's weights in m
-     *  (model_set, e.g. with their quantized versions); the states then go through block 0 again,
-     *  with its new weights, to become block 1's inputs; and so on. After the last block the
-     *  final norm's output is reported as the LM head's input and block_done(arg, n_layer) is
-     *  called. Costs about two forward passes and n_seq * seq_len * n_embd floats of memory. A
-     *  non-zero return from fn or block_done stops and is returned (they set the error). */
+    /** Sequential calibration, as GPTQ quantizes (AutoGPTQ's true_sequential order): the n_seq
+     *  sequences' hidden states go through each block in steps, one per group of linear weights
+     *  that share an input (GPT-2: c_attn, attn.c_proj, c_fc, mlp.c_proj; Llama: q/k/v, o,
+     *  gate/up, down). At each step fn sees that group's inputs (as in calibrate, one call per
+     *  sequence and weight), then block_done(arg, step) is called (step counts from 0 over the
+     *  whole model), which may replace those weights in m (model_set, e.g. with their quantized
+     *  versions); the next group's inputs are made with the new weights. After the last block the
+     *  final norm's output is reported as the LM head's input and block_done is called once more.
+     *  Each matmul runs once when the activations between steps fit in memory (n_seq * seq_len *
+     *  (n_embd + n_ff) floats, kept when that is at most a quarter of the machine's memory or
+     *  LLMOPT_CALIB_STASH_MB); otherwise a step recomputes them (about 1.6 forward passes).
+     *  Memory: n_seq * seq_len * n_embd floats of hidden states besides. A non-zero return from
+     *  fn or block_done stops and is returned (they set the error). */
     int (*calibrate_sequential)(llmopt_stage_ctx *ctx, llmopt_model *m, const int32_t *tokens, size_t n_seq,
                                 size_t seq_len,
                                 int (*fn)(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols),
