@@ -148,8 +148,75 @@ QD_INLINE int qd_rows(const int R, int dtype, const uint8_t *row, size_t rb, con
     return 0;
 }
 
+/* The 8-bit formats (Q8_0, GQ 8-bit: int8 per channel among them) are read one row at a time,
+ * with four accumulators over its blocks. They are memory-bound, and four interleaved row
+ * streams read DRAM at about half the rate of one: on the 2-vCPU AMD EPYC of docs/benchmarks.md,
+ * GPT-2's Q8_0 LM head (50257 x 768) streamed at ~10 GB/s per thread four rows at a time and
+ * ~19 GB/s one row at a time. What the rows share is made once per call: each x block's integer
+ * base, and where each block's scale and codes sit in a row (the same for every row). The 4-bit
+ * formats, compute-bound, keep the four-row path above. */
+#define QD_ROW8_MAXB 512 /* rows of up to 16384 weights; longer ones take the four-row path */
+#define QD_ROW8_AHEAD 1024
+
+QD_INLINE void qd_row8(const int q80, const int asym, const uint8_t *row, const int8_t *xq, const float *dx,
+                       const float *dxs, const __m256i *base, const int32_t *hoff, const int32_t *coff, int64_t nb,
+                       float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float off = 0.0f;
+    int64_t b = 0;
+#define QD_ROW8_BLOCK(k, bb)                                                                                       \
+    do {                                                                                                           \
+        const uint8_t *p = row + coff[bb];                                                                         \
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + (bb) * CPU_QK)), c = _mm256_loadu_si256((const __m256i *)p); \
+        const __m256i s = q80 ? QD_DOTA_S8(base[bb], c, x) : QD_DOTA_U8(base[bb], c, x);                          \
+        const float sc = qd_f16(row + hoff[bb]);                                                                   \
+        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(sc * dx[bb]), acc[k]);                      \
+        if (asym) off -= qd_f16(row + hoff[bb] + 2) * sc * dxs[bb];                                                \
+    } while (0)
+    for (; b + 4 <= nb; b += 4) {
+        _mm_prefetch((const char *)row + coff[b] + QD_ROW8_AHEAD, _MM_HINT_T0);
+        _mm_prefetch((const char *)row + coff[b] + QD_ROW8_AHEAD + 64, _MM_HINT_T0);
+        QD_ROW8_BLOCK(0, b);
+        QD_ROW8_BLOCK(1, b + 1);
+        QD_ROW8_BLOCK(2, b + 2);
+        QD_ROW8_BLOCK(3, b + 3);
+    }
+    for (; b < nb; b++) QD_ROW8_BLOCK(0, b);
+#undef QD_ROW8_BLOCK
+    *out = qd_hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + off;
+}
+
+/* 1 when dtype went the one-row path, 0 when it is not an 8-bit format it takes */
+QD_INLINE int qd_rows8(int dtype, const uint8_t *row, size_t rb, int nrows, const int8_t *xq, const float *dx,
+                       const float *dxs, int64_t K, float *out) {
+    const int64_t nb = K / CPU_QK;
+    const int q80 = dtype == LLMOPT_DTYPE_Q8_0;
+    if (!q80 && !(LLMOPT_DTYPE_IS_GQ(dtype) && LLMOPT_DTYPE_GQ_BITS(dtype) == 8 && LLMOPT_DTYPE_GQ_GROUP(dtype) % CPU_QK == 0))
+        return 0;
+    if (nb > QD_ROW8_MAXB || nb == 0) return 0;
+    const int asym = !q80 && LLMOPT_DTYPE_GQ_ASYM(dtype);
+    __m256i base[QD_ROW8_MAXB];
+    int32_t hoff[QD_ROW8_MAXB], coff[QD_ROW8_MAXB];
+    const int zi = q80 ? QD_S8_BIAS : QD_U8_BIAS + (asym ? 0 : 128);
+    const int64_t per = q80 ? 1 : LLMOPT_DTYPE_GQ_GROUP(dtype) / CPU_QK;
+    const size_t hdr = q80 ? 2 : asym ? 4 : 2, gsz = hdr + (size_t)per * CPU_QK;
+    for (int64_t b = 0; b < nb; b++) {
+        base[b] = qd_base(_mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)), zi);
+        hoff[b] = (int32_t)((size_t)(b / per) * gsz);
+        coff[b] = hoff[b] + (int32_t)(hdr + (size_t)(b % per) * CPU_QK);
+    }
+    for (int r = 0; r < nrows; r++) {
+        const uint8_t *w = row + (size_t)r * rb;
+        if (q80) qd_row8(1, 0, w, xq, dx, dxs, base, hoff, coff, nb, out + r);
+        else if (asym) qd_row8(0, 1, w, xq, dx, dxs, base, hoff, coff, nb, out + r);
+        else qd_row8(0, 0, w, xq, dx, dxs, base, hoff, coff, nb, out + r);
+    }
+    return 1;
+}
+
 QD_ATTR static int QD_NAME(int dtype, const uint8_t *row, size_t row_bytes, int nrows, const int8_t *xq,
                            const float *dx, const float *dxs, int64_t K, float *out) {
+    if (qd_rows8(dtype, row, row_bytes, nrows, xq, dx, dxs, K, out)) return 0;
     if (nrows == QD_MAXR) return qd_rows(QD_MAXR, dtype, row, row_bytes, xq, dx, dxs, K, out);
     for (int r = 0; r < nrows; r++)
         if (qd_rows(1, dtype, row + (size_t)r * row_bytes, row_bytes, xq, dx, dxs, K, out + r)) return -1;

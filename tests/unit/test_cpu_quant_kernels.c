@@ -217,6 +217,13 @@ static void decode_matmul_stays_within_the_activation_quantization_bound_at_mode
     check_matmul(LLMOPT_DTYPE_Q8_0, 1, 769, 768, 1, 0);
     check_matmul(LLMOPT_DTYPE_Q4_0, 1, 301, 3072, 0, 1);
     check_matmul(LLMOPT_DTYPE_GQ(4, 128, 0), 2, 129, 768, 1, 0);
+    /* the 8-bit formats go one row at a time up to 16384 weights a row, four rows at a time
+     * beyond; both sides of that limit, asymmetric 8-bit groups too */
+    check_matmul(LLMOPT_DTYPE_Q8_0, 1, 7, 16384, 0, 0);
+    check_matmul(LLMOPT_DTYPE_Q8_0, 1, 7, 16384 + 32, 0, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(8, 64, 1), 1, 9, 16384 + 64, 1, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(8, 64, 1), 1, 9, 768, 1, 1);
+    check_matmul(LLMOPT_DTYPE_GQ(8, 32, 1), 1, 3, 256, 0, 0);
 }
 
 static void any_group_kernels_run_int8_per_channel_and_odd_groups(void **state) {
