@@ -40,11 +40,7 @@ if [ "${TORCH2:-0}" = 1 ] && [ ! -x "$t2/bin/python" ]; then
     # does not already have (see bench/README.md); failure here only drops the column.
     log "making $t2"
     (/usr/bin/python3 -m venv "$t2" &&
-        "$t2/bin/pip" install -q --disable-pip-version-check --no-deps torch &&
-        "$t2/bin/pip" install -q --disable-pip-version-check numpy filelock typing-extensions sympy networkx \
-            jinja2 fsspec transformers==4.47.1 &&
-        "$t2/bin/pip" install -q --disable-pip-version-check --no-deps nvidia-cufile nvidia-cusparselt-cu13 \
-            nvidia-nvshmem-cu13 nvidia-nccl-cu13) || echo "torch2 venv: install failed" >&2
+        "$t2/bin/pip" install -q --disable-pip-version-check --no-deps -r "$root/bench/requirements-torch2.txt") || echo "torch2 venv: install failed" >&2
 fi
 if [ -x "$t2/bin/python" ]; then
     if "$t2/bin/python" -c 'import torch; torch.ones(2) @ torch.ones(2)' 2>/dev/null; then

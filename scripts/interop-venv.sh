@@ -54,12 +54,25 @@ if [ ! -f "$stamp_gptq" ] || [ "$(cat "$stamp_gptq")" != "$want_gptq" ]; then
     echo "$want_gptq" > "$stamp_gptq"
 fi
 
+# llama-cpp-python, which builds llama.cpp from source (no wheel for this platform on PyPI):
+# about 4 minutes on 2 cores with only the library built, once per venv.
+req_lcp="$root/tests/interop/requirements-llama-cpp.txt"
+stamp_lcp="$venv/.requirements-llama-cpp.sha256"
+want_lcp="$(sha256sum "$req_lcp" | cut -d' ' -f1)"
+if [ ! -f "$stamp_lcp" ] || [ "$(cat "$stamp_lcp")" != "$want_lcp" ]; then
+    echo "building llama-cpp-python (llama.cpp from source, a few minutes)"
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$req_lcp"
+    echo "$want_lcp" > "$stamp_lcp"
+fi
+
 "$venv/bin/python" - <<'PY'
 import sys
-import torch, numpy, transformers, tokenizers, safetensors, peft, optimum, auto_gptq
+import torch, numpy, transformers, tokenizers, safetensors, peft, optimum, auto_gptq, llama_cpp
 assert torch.__file__.startswith("/usr/lib/python3/dist-packages/"), torch.__file__
 print(f"interop venv: python {sys.version.split()[0]}, torch {torch.__version__}, "
       f"numpy {numpy.__version__}, transformers {transformers.__version__}, "
       f"tokenizers {tokenizers.__version__}, safetensors {safetensors.__version__}, peft {peft.__version__}, "
-      f"auto-gptq {auto_gptq.__version__}")
+      f"auto-gptq {auto_gptq.__version__}, llama-cpp-python {llama_cpp.__version__}")
 PY
