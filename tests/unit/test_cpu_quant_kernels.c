@@ -155,10 +155,17 @@ static void int8_matmul(const float *x, const float *wd, const float *bias, int6
     free(xd);
 }
 
+/* When set, check_matmul's x is made of exact halves: each block of 32 holds 127 (so its scale is
+ * 1) and values k/2, whose int8 codes are ties that roundf sends away from zero. */
+static int g_tie_x;
+
 static void check_matmul(int dt, int64_t M, int64_t N, int64_t K, int with_bias, int accumulate) {
     llmopt_kernel_fn fn = kernel(LLMOPT_OP_MATMUL, dt);
     assert_non_null(fn);
     llmopt_tensor *w = trand(N, K), *x = trand(M, K), *bias = with_bias ? trand(1, N) : NULL;
+    if (g_tie_x)
+        for (int64_t i = 0; i < M * K; i++)
+            ((float *)x->data)[i] = i % 32 == 0 ? 127.0f : (float)((i * 7) % 33 - 16) * 0.5f;
     llmopt_tensor *q = NULL, *wd = NULL, *out = trand(M, N);
     llmopt_error err;
     error_clear(&err);
@@ -224,6 +231,12 @@ static void decode_matmul_stays_within_the_activation_quantization_bound_at_mode
     check_matmul(LLMOPT_DTYPE_GQ(8, 64, 1), 1, 9, 16384 + 64, 1, 0);
     check_matmul(LLMOPT_DTYPE_GQ(8, 64, 1), 1, 9, 768, 1, 1);
     check_matmul(LLMOPT_DTYPE_GQ(8, 32, 1), 1, 3, 256, 0, 0);
+    /* decode quantizes x per 32 in SIMD: ties of x * (1 / d) round away from zero, as roundf */
+    g_tie_x = 1;
+    check_matmul(LLMOPT_DTYPE_Q8_0, 1, 9, 256, 0, 0);
+    check_matmul(LLMOPT_DTYPE_Q4_0, 2, 9, 256, 1, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(4, 128, 1), 1, 9, 768, 0, 0);
+    g_tie_x = 0;
 }
 
 static void any_group_kernels_run_int8_per_channel_and_odd_groups(void **state) {
