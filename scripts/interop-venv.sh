@@ -4,7 +4,6 @@
 # skips apt when the packages are installed and pip when the pins are already satisfied.
 set -eu
 root="$(cd "$(dirname "$0")/.." && pwd)"
-req="$root/tests/interop/requirements.txt"
 venv="$root/.venv"
 
 pkgs="python3-venv python3-torch python3-numpy bible-kjv"
@@ -27,45 +26,28 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys; sys.exit(
     /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
 
-# Reinstall only when the pins changed since the last successful install.
-stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$req" | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
-    echo "$want" > "$stamp"
-fi
-
+# pinned NAME PIP_ARGS...: pip install -r tests/interop/NAME.txt with PIP_ARGS, only when that
+# file changed since its last successful install (a stamp of its hash in the venv).
+pinned() {
+    local name=$1 file="$root/tests/interop/$1.txt" stamp="$venv/.$1.sha256" want
+    shift
+    want="$(sha256sum "$file" | cut -d' ' -f1)"
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        echo "interop venv: installing tests/interop/$name.txt"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" -r "$file"
+        echo "$want" > "$stamp"
+    fi
+}
+pinned requirements
 # PEFT and accelerate without their declared dependencies (see requirements-peft.txt for why).
-req_peft="$root/tests/interop/requirements-peft.txt"
-stamp_peft="$venv/.requirements-peft.sha256"
-want_peft="$(sha256sum "$req_peft" | cut -d' ' -f1)"
-if [ ! -f "$stamp_peft" ] || [ "$(cat "$stamp_peft")" != "$want_peft" ]; then
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$req_peft"
-    echo "$want_peft" > "$stamp_peft"
-fi
-
+pinned requirements-peft --no-deps
 # optimum + auto-gptq (transformers' GPTQ loader) and what auto-gptq imports, likewise without
 # their declared dependencies (see requirements-gptq.txt for why).
-req_gptq="$root/tests/interop/requirements-gptq.txt"
-stamp_gptq="$venv/.requirements-gptq.sha256"
-want_gptq="$(sha256sum "$req_gptq" | cut -d' ' -f1)"
-if [ ! -f "$stamp_gptq" ] || [ "$(cat "$stamp_gptq")" != "$want_gptq" ]; then
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$req_gptq"
-    echo "$want_gptq" > "$stamp_gptq"
-fi
-
+pinned requirements-gptq --no-deps
 # llama-cpp-python, which builds llama.cpp from source (no wheel for this platform on PyPI):
-# about 4 minutes on 2 cores with only the library built, once per venv.
-req_lcp="$root/tests/interop/requirements-llama-cpp.txt"
-stamp_lcp="$venv/.requirements-llama-cpp.sha256"
-want_lcp="$(sha256sum "$req_lcp" | cut -d' ' -f1)"
-if [ ! -f "$stamp_lcp" ] || [ "$(cat "$stamp_lcp")" != "$want_lcp" ]; then
-    echo "building llama-cpp-python (llama.cpp from source, a few minutes)"
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
--DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$req_lcp"
-    echo "$want_lcp" > "$stamp_lcp"
-fi
+# 150-220 s on 2 cores with only the library built, once per venv.
+CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" pinned requirements-llama-cpp --no-deps
 
 "$venv/bin/python" - <<'PY'
 import sys
