@@ -323,9 +323,56 @@ static int act_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor 
     return 0;
 }
 
+/* GELU (tanh) and SiLU gradients a block at a time through the SIMD exp: libm's tanhf (expm1f)
+ * one element at a time was a fifth of a kjv-tiny training step (perf). With
+ * g = 1 / (1 + exp(-2u)), tanh u = 2g - 1, so 1 + tanh u = 2g and 1 - tanh^2 u = 4g(1 - g):
+ * dy/dx = g + 2x g (1 - g) s (1 + 3 c x^2), u = s (x + c x^3). */
+#define EWB_BLOCK 256
+
+static void gelu_b_range(void *arg, int64_t begin, int64_t end) {
+    const ewb_job *j = arg;
+    const float s = 0.7978845608028654f, c = 0.044715f; /* sqrt(2/pi) */
+    float t[EWB_BLOCK];
+    for (int64_t i0 = begin; i0 < end; i0 += EWB_BLOCK) {
+        const int64_t n = end - i0 < EWB_BLOCK ? end - i0 : EWB_BLOCK;
+        const float *x = j->a + i0;
+        for (int64_t k = 0; k < n; k++) t[k] = -2.0f * s * (x[k] + c * x[k] * x[k] * x[k]);
+        cpu_isa->vexp(t, n);
+        for (int64_t k = 0; k < n; k++) {
+            const float g = 1.0f / (1.0f + t[k]), xk = x[k];
+            j->out[i0 + k] = j->b[i0 + k] * (g + 2.0f * xk * g * (1.0f - g) * s * (1.0f + 3.0f * c * xk * xk));
+        }
+    }
+}
+
+/* sig[k] = 1 / (1 + exp(-x[k])) for n <= EWB_BLOCK values */
+static void sigmoid_block(const float *x, int64_t n, float *sig) {
+    for (int64_t k = 0; k < n; k++) sig[k] = -x[k];
+    cpu_isa->vexp(sig, n);
+    for (int64_t k = 0; k < n; k++) sig[k] = 1.0f / (1.0f + sig[k]);
+}
+
+static void silu_b_range(void *arg, int64_t begin, int64_t end) {
+    const ewb_job *j = arg;
+    float sg[EWB_BLOCK];
+    for (int64_t i0 = begin; i0 < end; i0 += EWB_BLOCK) {
+        const int64_t n = end - i0 < EWB_BLOCK ? end - i0 : EWB_BLOCK;
+        sigmoid_block(j->a + i0, n, sg);
+        for (int64_t k = 0; k < n; k++) {
+            const float x = j->a[i0 + k];
+            j->out[i0 + k] = j->b[i0 + k] * sg[k] * (1.0f + x * (1.0f - sg[k]));
+        }
+    }
+}
+
 int cpu_gelu_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
     (void)p;
-    return act_backward(in, n_in, out, cpu_gelu_grad);
+    int64_t n;
+    int rc = cpu_check_elementwise(in, n_in, out, 2, &n);
+    if (rc) return rc;
+    ewb_job j = {.a = in[0]->data, .b = in[1]->data, .out = out->data};
+    cpu_api->parallel_for(n, EW_GRAIN, gelu_b_range, &j);
+    return 0;
 }
 
 int cpu_gelu_erf_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
@@ -335,15 +382,26 @@ int cpu_gelu_erf_backward(const llmopt_tensor *const *in, int n_in, llmopt_tenso
 
 int cpu_silu_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
     (void)p;
-    return act_backward(in, n_in, out, cpu_silu_grad);
+    int64_t n;
+    int rc = cpu_check_elementwise(in, n_in, out, 2, &n);
+    if (rc) return rc;
+    ewb_job j = {.a = in[0]->data, .b = in[1]->data, .out = out->data};
+    cpu_api->parallel_for(n, EW_GRAIN, silu_b_range, &j);
+    return 0;
 }
 
 static void swiglu_b_range(void *arg, int64_t begin, int64_t end) {
     const ewb_job *j = arg;
-    for (int64_t i = begin; i < end; i++) {
-        float g = j->a[i], u = j->b[i], gy = j->dy[i];
-        j->out[i] = gy * u * cpu_silu_grad(g);
-        j->out2[i] = gy * g / (1.0f + expf(-g));
+    float sg[EWB_BLOCK];
+    for (int64_t i0 = begin; i0 < end; i0 += EWB_BLOCK) {
+        const int64_t n = end - i0 < EWB_BLOCK ? end - i0 : EWB_BLOCK;
+        sigmoid_block(j->a + i0, n, sg);
+        for (int64_t k = 0; k < n; k++) {
+            const int64_t i = i0 + k;
+            const float g = j->a[i], u = j->b[i], gy = j->dy[i];
+            j->out[i] = gy * u * sg[k] * (1.0f + g * (1.0f - sg[k]));
+            j->out2[i] = gy * g * sg[k];
+        }
     }
 }
 
