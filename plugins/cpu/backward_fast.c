@@ -317,12 +317,14 @@ static void act_b_range(void *arg, int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) j->out[i] = j->b[i] * j->grad(j->a[i]);
 }
 
-static int act_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, float (*grad)(float)) {
+/* out = dy * f'(x) over range (act_b_range with a scalar grad, or a block-at-a-time one) */
+static int act_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out,
+                        void (*range)(void *, int64_t, int64_t), float (*grad)(float)) {
     int64_t n;
     int rc = cpu_check_elementwise(in, n_in, out, 2, &n);
     if (rc) return rc;
     ewb_job j = {.a = in[0]->data, .b = in[1]->data, .out = out->data, .grad = grad};
-    cpu_api->parallel_for(n, EW_GRAIN, act_b_range, &j);
+    cpu_api->parallel_for(n, EW_GRAIN, range, &j);
     return 0;
 }
 
@@ -370,27 +372,17 @@ static void silu_b_range(void *arg, int64_t begin, int64_t end) {
 
 int cpu_gelu_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
     (void)p;
-    int64_t n;
-    int rc = cpu_check_elementwise(in, n_in, out, 2, &n);
-    if (rc) return rc;
-    ewb_job j = {.a = in[0]->data, .b = in[1]->data, .out = out->data};
-    cpu_api->parallel_for(n, EW_GRAIN, gelu_b_range, &j);
-    return 0;
+    return act_backward(in, n_in, out, gelu_b_range, NULL);
 }
 
 int cpu_gelu_erf_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
     (void)p;
-    return act_backward(in, n_in, out, cpu_gelu_erf_grad);
+    return act_backward(in, n_in, out, act_b_range, cpu_gelu_erf_grad);
 }
 
 int cpu_silu_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
     (void)p;
-    int64_t n;
-    int rc = cpu_check_elementwise(in, n_in, out, 2, &n);
-    if (rc) return rc;
-    ewb_job j = {.a = in[0]->data, .b = in[1]->data, .out = out->data};
-    cpu_api->parallel_for(n, EW_GRAIN, silu_b_range, &j);
-    return 0;
+    return act_backward(in, n_in, out, silu_b_range, NULL);
 }
 
 static void swiglu_b_range(void *arg, int64_t begin, int64_t end) {
