@@ -638,9 +638,9 @@ int tf_block_step(tf_session *s, int layer, int step, float *x, float *buf, int 
     const tf_layer *L = &tm->layers[layer];
     const size_t C = (size_t)c->n_embd, Q = (size_t)c->n_head * (size_t)c->head_dim, F = (size_t)c->n_ff;
     const size_t xb = (size_t)T * C * sizeof(float);
-    memcpy(s->x, x, xb);
+    if (step == TF_STEP_LN1) return norm(tm, x, T, L->ln1_w, L->ln1_b, buf, err);
+    memcpy(s->x, x, xb); /* the kernels below work on the session's x */
     switch (step) {
-    case TF_STEP_LN1: return norm(tm, s->x, T, L->ln1_w, L->ln1_b, buf, err);
     case TF_STEP_ATTN:
         if ((rc = attention_core(s, layer, T, err))) return rc;
         memcpy(buf, s->att, (size_t)T * Q * sizeof(float));

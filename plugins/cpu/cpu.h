@@ -118,8 +118,8 @@ typedef struct cpu_qsimd {
     /* One row of K weights to f32 read straight from its blocks: 0 for Q8_0, Q4_0, Q4_1 and GQ
      * 4/8-bit groups of 32k; -1 for other dtypes (unpack + codes_to_f32). NULL: portable table. */
     int (*row_to_f32)(int dtype, const uint8_t *row, int64_t K, float *dst);
-    /* cpu_q_quantize_x, the same bytes and numbers (roundf's half away from zero); NULL: the
-     * portable table, whose caller uses cpu_q_quantize_x itself */
+    /* cpu_q_quantize_x in SIMD, the same bytes and numbers (roundf's half away from zero); the
+     * portable table's is cpu_q_quantize_x itself */
     void (*quantize_x)(const float *x, int64_t K, int8_t *xq, float *dx, int32_t *xsum);
 } cpu_qsimd;
 

@@ -143,8 +143,7 @@ int cpu_qmatmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, co
         float *dxs = dx + d.M * nb;
         int32_t *xsum = (int32_t *)(dxs + d.M * nb);
         for (int64_t r = 0; r < d.M; r++)
-            (cpu_qisa->quantize_x ? cpu_qisa->quantize_x : cpu_q_quantize_x)(j.x + r * d.K, d.K, xq + r * d.K, dx + r * nb,
-                                                                              xsum + r * nb);
+            cpu_qisa->quantize_x(j.x + r * d.K, d.K, xq + r * d.K, dx + r * nb, xsum + r * nb);
         for (int64_t b = 0; b < d.M * nb; b++) dxs[b] = dx[b] * (float)xsum[b];
         j.xq = xq;
         j.dx = dx;
