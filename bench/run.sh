@@ -27,7 +27,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
     cmake --build "$build" -j2 >/dev/null
 fi
-cc -O2 -march=native -o "$bin/sgemm_peak" "$root/bench/sgemm_peak.c" $(pkg-config --cflags --libs openblas)
+cc -O2 -march=native -I"$root/host" -o "$bin/sgemm_peak" "$root/bench/sgemm_peak.c" "$root/host/plugin/blas_env.c" \
+    $(pkg-config --cflags --libs openblas)
 cc -O2 -march=native -pthread -o "$bin/membw" "$root/bench/membw.c"
 
 # 2. Python: the pinned interop venv (Debian's torch 1.13); optionally a newer PyPI torch

@@ -1,7 +1,7 @@
 /* OpenBLAS sgemm GFLOP/s on this machine: square sizes 512..2048 and the matmul shapes of a
  * 512-token GPT-2 124M prefill, at 1 and 2 threads (openblas_set_num_threads), best of N runs.
  *
- *   cc -O2 -o sgemm_peak bench/sgemm_peak.c $(pkg-config --cflags --libs openblas)
+ *   cc -O2 -Ihost -o sgemm_peak bench/sgemm_peak.c host/plugin/blas_env.c $(pkg-config --cflags --libs openblas)
  *   ./sgemm_peak [--reps N] [--threads 1,2]
  *
  * One line per measurement, `key=value` fields (bench/run.sh greps them):
@@ -13,6 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include "plugin/blas_env.h"
 
 /* OpenBLAS extensions (declared in its cblas.h on Debian, repeated here for other builds) */
 void openblas_set_num_threads(int);
@@ -46,6 +49,15 @@ static const shape shapes[] = {
 };
 
 int main(int argc, char **argv) {
+    /* OpenBLAS picked its kernels when it loaded, before main; the host sets OPENBLAS_CORETYPE
+     * before it loads the CPU plugin (host/plugin/blas_env.h), so measure under the same kernels:
+     * when the rule sets it, start again with it */
+    const char *core = NULL;
+    if (blas_env_prepare(&core)) {
+        execv("/proc/self/exe", argv);
+        perror("sgemm_peak: exec /proc/self/exe");
+        return 1;
+    }
     int reps = 7, threads[8] = {1, 2}, nt = 2;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);

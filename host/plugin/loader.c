@@ -17,6 +17,7 @@
 
 #include "../util/fs.h"
 #include "../util/log.h"
+#include "blas_env.h"
 
 /* The smallest descriptor ABI v1 accepts: the v1.0 struct, through shutdown. */
 #define PLUGIN_DESC_V1_SIZE (offsetof(llmopt_plugin_desc, shutdown) + sizeof(void (*)(void)))
@@ -314,6 +315,9 @@ static void init_plugin(registry *reg, plugin_rec *p, const llmopt_host_api *api
 int loader_load_dirs(registry *reg, const char *const *dirs, size_t n_dirs,
                      const llmopt_host_api *api, llmopt_error *err) {
     if (!reg) return error_set(err, LLMOPT_EINVAL, "no registry");
+    const char *core = NULL;
+    if (blas_env_prepare(&core))
+        log_msg(LLMOPT_LOG_DEBUG, "OPENBLAS_CORETYPE=%s set from this CPU's features (blas_env.h)", core);
     size_t first = reg->n_plugins;
     llmopt_error first_err;
     error_clear(&first_err);

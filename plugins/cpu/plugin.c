@@ -80,7 +80,8 @@ static int register_quant(llmopt_registrar *reg, cpu_path path) {
         snprintf(g_qsummary[1], sizeof g_qsummary[1], "reference loops, one thread");
     } else {
         snprintf(g_qsummary[0], sizeof g_qsummary[0],
-                 "%s int8 dot (x quantized per 32) for M<=4, else dequantized tiles + OpenBLAS sgemm",
+                 cpu_qisa->gemm ? "%s int8 dot (x quantized per 32) for M<=4, else int8 GEMM (x quantized per 32)"
+                                : "%s int8 dot (x quantized per 32) for M<=4, else dequantized tiles + OpenBLAS sgemm",
                  cpu_qisa->name);
         snprintf(g_qsummary[1], sizeof g_qsummary[1], "%s dequantized rows", cpu_qisa->name);
     }
@@ -171,8 +172,22 @@ static int cpu_init(const llmopt_host_api *host, llmopt_registrar *reg) {
     /* all parallelism comes from the host pool; OpenBLAS runs inside one chunk */
     openblas_set_num_threads(1);
 
-    snprintf(g_summary, sizeof g_summary, "CPU kernels for every op: %s%s (%s)", path_label[path],
-             path == PATH_REF ? "" : " + OpenBLAS sgemm",
+    char blas[64] = "";
+    if (path != PATH_REF) {
+        const char *core = openblas_get_corename();
+        snprintf(blas, sizeof blas, " + OpenBLAS sgemm (%s kernels)", core);
+        /* OpenBLAS's pre-AVX targets (what 0.3.21 falls back to on a CPU model it does not know,
+         * unless the host's OPENBLAS_CORETYPE rule applied): sgemm at a fifth of its speed */
+        static const char *const weak[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom",
+                                           "Katmai", "Northwood"};
+        for (size_t i = 0; path >= PATH_AVX2 && i < sizeof weak / sizeof weak[0]; i++)
+            if (core && strcmp(core, weak[i]) == 0)
+                host->log(LLMOPT_LOG_WARN,
+                          "cpu: OpenBLAS runs its %s kernels on a CPU with AVX2: sgemm is several times "
+                          "slower than it could be; set OPENBLAS_CORETYPE=Haswell (or SkylakeX with AVX-512)",
+                          core);
+    }
+    snprintf(g_summary, sizeof g_summary, "CPU kernels for every op: %s%s (%s)", path_label[path], blas,
              force && *force ? "forced by LLMOPT_CPU_FORCE" : "detected");
     for (size_t i = 0; i < N_OPS; i++) {
         if (path == PATH_REF)

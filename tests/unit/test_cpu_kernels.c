@@ -208,6 +208,27 @@ static void plugin_registers_every_op_for_the_cpu_and_names_its_path(void **stat
     assert_true(g_cpu->n_kernels >= 17); /* the 17 forward ops; quantized and backward kernels add more */
 }
 
+/* OpenBLAS runs SIMD kernels on a SIMD CPU: Debian's 0.3.21 fell back to its SSE3 Prescott ones
+ * on an Emerald Rapids Xeon (a fifth of the sgemm speed) until the loader set OPENBLAS_CORETYPE
+ * from the CPU's features (host/plugin/blas_env.h). */
+static void openblas_runs_simd_kernels_on_a_simd_cpu(void **state) {
+    SKIP_IF_UNAVAILABLE();
+    const char *force = getenv("LLMOPT_CPU_FORCE");
+    if (force && strcmp(force, "ref") == 0) skip(); /* no sgemm on the reference path */
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) skip();
+    const char *weak[] = {"(Prescott kernels)", "(Core2 kernels)", "(Penryn kernels)", "(Dunnington kernels)",
+                          "(Nehalem kernels)", "(Atom kernels)", "(Katmai kernels)", "(Northwood kernels)"};
+    for (size_t i = 0; i < sizeof weak / sizeof weak[0]; i++)
+        if (strstr(g_cpu->desc.summary, weak[i]))
+            fail_msg("an AVX2 CPU, but OpenBLAS chose pre-AVX kernels: %s", g_cpu->desc.summary);
+    assert_non_null(strstr(g_cpu->desc.summary, " kernels)"));
+#else
+    skip();
+#endif
+}
+
 /* ---- f16 / bf16 conversions ---- */
 
 static void f16_conversion_rounds_to_nearest_even_and_keeps_subnormals(void **state) {
@@ -715,6 +736,7 @@ static void softmax_and_cross_entropy_fast_paths_match_reference(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(plugin_registers_every_op_for_the_cpu_and_names_its_path),
+        cmocka_unit_test(openblas_runs_simd_kernels_on_a_simd_cpu),
         cmocka_unit_test(f16_conversion_rounds_to_nearest_even_and_keeps_subnormals),
         cmocka_unit_test(bf16_conversion_rounds_the_top_16_bits_to_nearest_even),
         cmocka_unit_test(matmul_computes_x_times_w_plus_bias_in_both_layouts),

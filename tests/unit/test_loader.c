@@ -10,6 +10,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "plugin/blas_env.h"
 #include "plugin/loader.h"
 
 static void test_log(int level, const char *fmt, ...) {
@@ -247,6 +248,27 @@ static int never_called(const llmopt_host_api *api, llmopt_registrar *reg) {
     return 0;
 }
 
+/* OPENBLAS_CORETYPE: a value the user set stays; unset, it is set (and reported) or left unset. */
+static void blas_coretype_the_user_set_is_kept(void **state) {
+    (void)state;
+    const char *saved = getenv("OPENBLAS_CORETYPE"), *v = NULL;
+    char keep[64] = "";
+    if (saved) snprintf(keep, sizeof keep, "%s", saved);
+    assert_int_equal(setenv("OPENBLAS_CORETYPE", "Haswell", 1), 0);
+    assert_int_equal(blas_env_prepare(&v), 0);
+    assert_null(v);
+    assert_string_equal(getenv("OPENBLAS_CORETYPE"), "Haswell");
+    assert_int_equal(unsetenv("OPENBLAS_CORETYPE"), 0);
+    if (blas_env_prepare(&v)) {
+        assert_non_null(v);
+        assert_string_equal(getenv("OPENBLAS_CORETYPE"), v);
+    } else {
+        assert_null(getenv("OPENBLAS_CORETYPE"));
+    }
+    if (saved) setenv("OPENBLAS_CORETYPE", keep, 1);
+    else unsetenv("OPENBLAS_CORETYPE");
+}
+
 static void check_desc_reads_nothing_beyond_avail(void **state) {
     (void)state;
     llmopt_plugin_desc d = {.struct_size = sizeof d, .abi_major = LLMOPT_ABI_MAJOR,
@@ -285,6 +307,7 @@ int main(void) {
         cmocka_unit_test(highest_scoring_variant_wins_and_the_others_say_why),
         cmocka_unit_test(missing_dir_is_an_error_after_the_other_dirs_load),
         cmocka_unit_test(regular_file_given_as_dir_is_not_found),
+        cmocka_unit_test(blas_coretype_the_user_set_is_kept),
         cmocka_unit_test(check_desc_reads_nothing_beyond_avail),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
