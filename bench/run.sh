@@ -70,6 +70,8 @@ psi0="$(cpu_some)" t_start="$(date +%s)"
 
 # 5. measurements (threads: OpenBLAS/OpenMP pinned so nothing oversubscribes the cores)
 export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
+. "$root/scripts/blas-core.sh"
+blas_core_export "$build"
 log "read bandwidth"
 "$bin/membw" --threads "1,$threads" | tee "$res/membw.txt" >&2
 log "OpenBLAS sgemm"

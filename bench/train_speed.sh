@@ -60,6 +60,8 @@ fi
 } >"$res/machine.txt"
 
 export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
+. "$root/scripts/blas-core.sh"
+blas_core_export "$build"
 
 # max RSS (MiB) from a /usr/bin/time -v file
 rss_mib() { sed -n 's/.*Maximum resident set size (kbytes): //p' "$1" | awk '{printf "%.1f", $1 / 1024}'; }

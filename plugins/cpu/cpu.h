@@ -102,6 +102,22 @@ int cpu_cross_entropy(const llmopt_tensor *const *in, int n_in, llmopt_tensor *o
  * take a float path (dequantized row + SIMD dot). */
 #define CPU_QK 32
 
+/* A quantized matmul for many rows of x (prefill): out[M, N] (+)= x · W^T (+ bias), W [N, K] in
+ * blocks of an int-path dtype (cpu_q_int_path), K a multiple of 32. */
+typedef struct cpu_qgemm {
+    const float *x, *bias;
+    const uint8_t *w;
+    int wt;
+    size_t row_bytes;
+    float *out;
+    int64_t M, N, K;
+    int accumulate;
+} cpu_qgemm;
+
+/* quant_gemm_vnni.c: x quantized per 32 as decode does, integer block sums on AVX-512 VNNI;
+ * 0, LLMOPT_ENOMEM, or LLMOPT_EUNSUPPORTED off x86. */
+int cpu_qgemm_vnni(const cpu_qgemm *g);
+
 typedef struct cpu_qsimd {
     const char *name;   /* "generic", "avx2", "avx512vnni" */
     /* sum_b c[b] * sum_{j<32} u[32b+j] * xq[32b+j], exact integer sums per block; xq in
@@ -121,6 +137,8 @@ typedef struct cpu_qsimd {
     /* cpu_q_quantize_x in SIMD, the same bytes and numbers (roundf's half away from zero); the
      * portable table's is cpu_q_quantize_x itself */
     void (*quantize_x)(const float *x, int64_t K, int8_t *xq, float *dx, int32_t *xsum);
+    /* The integer prefill GEMM (cpu_qgemm_vnni), or NULL: dequantized tiles + sgemm. */
+    int (*gemm)(const cpu_qgemm *g);
 } cpu_qsimd;
 
 extern const cpu_qsimd cpu_qsimd_generic;     /* quant_rows.c */

@@ -50,6 +50,15 @@ class Host:
     def has_stage(self, name):
         return self.run("describe", name, check=False).returncode == 0
 
+    @property
+    def int8_prefill(self):
+        """Whether the CPU plugin's quantized matmuls quantize x per 32 at every row count (its
+        summary says "int8 GEMM": AVX-512 VNNI); otherwise only up to 4 rows (decode), and more
+        rows multiply f32 x with the dequantized weights."""
+        if not hasattr(self, "_int8_prefill"):
+            self._int8_prefill = b"int8 GEMM" in self.run("plugins").stdout
+        return self._int8_prefill
+
 
 @pytest.fixture(scope="session")
 def host_exe():
@@ -383,3 +392,72 @@ class MatmulInFloat32:
     def matmul(self, x, w):
         self.weights.append(w)
         return self._torch.matmul(x.float(), w.float())
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations as the CPU plugin's integer kernels see them
+
+def quantize_activations_per_32(module, args):
+    """A forward pre-hook doing to x what the CPU plugin does before its integer dot products with
+    quantized weights: ggml's Q8_0 rule per 32 along the last dimension in float32, d = amax / 127
+    and codes roundf(x * (1 / d)) (half away from zero); x becomes d * code."""
+    import torch
+
+    x = args[0]
+    xb = x.reshape(-1, x.shape[-1] // 32, 32)
+    d = xb.abs().amax(-1, keepdim=True) / 127.0
+    v = xb * torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    code = torch.sign(v) * torch.floor(v.abs() + 0.5)
+    return ((code * d).reshape(x.shape).to(x.dtype),) + tuple(args[1:])
+
+
+def int_path_dtype(name):
+    """Whether llmopt's weight dtype `name` takes the integer kernels (x quantized per 32): the
+    ggml block types, and GQ groups that are a whole number of 32 weights ("gq4g128a")."""
+    if name in ("q8_0", "q4_0", "q4_1"):
+        return True
+    if name.startswith("gq"):
+        return int(name[name.index("g", 2) + 1: -1]) % 32 == 0
+    return False
+
+
+class ActivationsAsLlmopt:
+    """with ActivationsAsLlmopt(host, model, {module name: llmopt dtype}, rows): the inputs of
+    those modules of a torch model are quantized per 32 where llmopt's CPU plugin quantizes them
+    for a forward of `rows` tokens at once (decode: rows <= 4, always; more rows: when it has the
+    int8 GEMM), so a reference on the dequantized weights computes what llmopt computes."""
+
+    def __init__(self, host, model, dtypes, rows):
+        mods = dict(model.named_modules())
+        self.targets = [mods[n] for n, dt in dtypes.items()
+                        if int_path_dtype(dt) and (rows <= 4 or host.int8_prefill)]
+        self.hooks = []
+
+    def __enter__(self):
+        self.hooks = [m.register_forward_pre_hook(quantize_activations_per_32) for m in self.targets]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
+        return False
+
+
+def assert_logits_match_int8(got, want, plain, atol):
+    """Logits of llmopt (`got`, [tokens, vocab]) against a reference that quantizes the same
+    activations (`want`, ActivationsAsLlmopt) and one that does not (`plain`). Quantized
+    activations are a step function: where x * (1 / d) sits within float rounding of a half, two
+    correct implementations that sum in different orders can pick neighbouring codes, and that
+    token's logits move by a fraction of what quantizing the activations moves them. So: at least
+    three tokens in four agree to atol (a wrong format, scale or layout moves every token), and
+    every token stays within half of the activation quantization's own effect (or atol where no
+    activation was quantized: then want is plain)."""
+    import numpy as np
+
+    d = np.abs(np.asarray(got, dtype=np.float64) - want).max(axis=-1)
+    effect = float(np.abs(np.asarray(plain, dtype=np.float64) - want).max())
+    exact = int((d <= atol).sum())
+    assert exact * 4 >= 3 * len(d), f"{exact} of {len(d)} tokens within {atol}: per-token max |diff| {d}"
+    assert d.max() <= max(atol, 0.5 * effect), (
+        f"max |diff| {d.max():.3g} beyond half the activation quantization's effect {effect:.3g}")

@@ -10,6 +10,9 @@ shift $(( $# > 0 ? 1 : 0 ))
 "$root/scripts/interop-venv.sh" || { echo "interop: could not make the venv" >&2; exit 1; }
 
 cd "$root"
+# torch from Debian runs on the same OpenBLAS as the CPU plugin: the same kernels for both
+. "$root/scripts/blas-core.sh"
+blas_core_export "$build"
 PYTHONDONTWRITEBYTECODE=1 LLMOPT_HOST="$build/host/llmopt-host" LLMOPT_PLUGINS="$build/plugins" \
     "$root/.venv/bin/python" -m pytest "$root/tests/interop" -q -rs -p no:cacheprovider "$@"
 rc=$?

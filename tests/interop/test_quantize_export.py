@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import (TOKENIZER_VOCAB, MatmulInFloat32, _gpt2_config, _llama_config, read_safetensors,
+from conftest import (TOKENIZER_VOCAB, ActivationsAsLlmopt, MatmulInFloat32, assert_logits_match_int8, _gpt2_config, _llama_config, read_safetensors,
                       save_random_model, transformers_gptq_available)
 
 IDS = [5, 17, 300, 42, 1999, 7, 256, 1000, 3, 77, 12, 640]
@@ -377,12 +377,16 @@ def test_transformers_loads_the_export(exported, host, quant_rows, case, tmp_pat
     # models, whose logits reach 6 to 10
     qmod = sys.modules[type(modules[next(iter(tdt))[: -len(".weight")]]).__module__]
     monkeypatch.setattr(qmod, "torch", MatmulInFloat32(torch))
+    # the QuantLinear inputs quantized per 32 where llmopt's CPU plugin quantizes them
+    acts = {n[: -len(".weight")]: dt for n, dt in tdt.items()}
     with torch.no_grad():
-        through = model(torch.tensor([IDS])).logits[0].float().numpy()
+        plain = model(torch.tensor([IDS])).logits[0].float().numpy()
+        with ActivationsAsLlmopt(host, model, acts, len(IDS)):
+            through = model(torch.tensor([IDS])).logits[0].float().numpy()
     monkeypatch.undo()
     print(f"{case}: max |auto-gptq forward - llmopt| = {np.abs(through - got).max():.3g}, "
           f"max |logit| = {np.abs(got).max():.3g}")
-    np.testing.assert_allclose(through, got, atol=1e-4, rtol=0)
+    assert_logits_match_int8(got, through, plain, 1e-4)
     for name, dtype in tdt.items():
         base = name[: -len(".weight")]
         ql = modules[base]
@@ -417,5 +421,7 @@ def test_transformers_loads_the_export(exported, host, quant_rows, case, tmp_pat
         parent, _, child = base.rpartition(".")
         setattr(modules[parent], child, lin)
     with torch.no_grad():
-        ref = model(torch.tensor([IDS])).logits[0].numpy()
-    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+        plain = model(torch.tensor([IDS])).logits[0].numpy()
+        with ActivationsAsLlmopt(host, model, acts, len(IDS)):
+            ref = model(torch.tensor([IDS])).logits[0].numpy()
+    assert_logits_match_int8(got, ref, plain, 1e-4)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MatmulInFloat32, read_safetensors, stage_metrics, transformers_gptq_available
+from conftest import (ActivationsAsLlmopt, MatmulInFloat32, assert_logits_match_int8, read_safetensors, stage_metrics,
+                      transformers_gptq_available)
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
@@ -71,9 +72,16 @@ def test_quality_falls_with_bits(table_run):
     assert m["int8"]["bits_per_weight"] == pytest.approx(8 + 16 / 256, rel=0.01)  # one f16 scale per row
 
 
-def transformers_on_dequantized(saved, qt):
+def module_dtypes(dtypes):
+    """{module: llmopt dtype} of the matmuls a GPT-2 checkpoint's quantized weights feed: the
+    tied wte is the LM head's weight too, and only the LM head multiplies activations with it."""
+    return {("lm_head" if n == "transformer.wte.weight" else n[: -len(".weight")]): dt for n, dt in dtypes.items()}
+
+
+def transformers_on_dequantized(host, saved, qt):
     """GPT2LMHeadModel on a quantized checkpoint's values: blocks dequantized by the gguf package
-    from their [out, in] rows, transposed back to Conv1D [in, out]."""
+    from their [out, in] rows, transposed back to Conv1D [in, out]; the quantized layers' inputs
+    quantized per 32 where llmopt's CPU plugin quantizes them (ActivationsAsLlmopt)."""
     from gguf.quants import dequantize
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -97,7 +105,9 @@ def transformers_on_dequantized(saved, qt):
     assert not unexpected and set(missing) <= {"lm_head.weight"}  # tied to wte
     model.tie_weights()
     with torch.no_grad():
-        return model(torch.tensor([IDS])).logits[0].numpy()
+        plain = model(torch.tensor([IDS])).logits[0].numpy()
+        with ActivationsAsLlmopt(host, model, module_dtypes(dtypes), len(IDS)):
+            return model(torch.tensor([IDS])).logits[0].numpy(), plain
 
 
 def forward(host, model, out):
@@ -111,9 +121,9 @@ def test_quantized_gpt2_logits_match_transformers_on_dequantized_weights(host, t
     saved = out / sid / "model"
     cfg = json.loads((saved / "config.json").read_text())
     assert cfg["quantization_config"]["tensor_dtypes"]["transformer.h.0.mlp.c_fc.weight"] == sid
-    want = transformers_on_dequantized(saved, qt)
+    want, plain = transformers_on_dequantized(host, saved, qt)
     got = forward(host, saved, tmp_path / "logits.f32").reshape(want.shape)
-    np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)
+    assert_logits_match_int8(got, want, plain, 2e-3)
 
 
 def test_q4_gguf_holds_the_checkpoints_blocks_and_runs_to_the_same_logits(host, table_run, tmp_path):
@@ -160,9 +170,14 @@ def test_autogptq_export_of_our_model_runs_in_transformers_to_our_logits(host, t
     quant = [n for n, mod in model.named_modules() if type(mod).__name__ == "QuantLinear"]
     assert len(quant) == 16, quant  # 4 blocks x (c_attn, attn.c_proj, c_fc, mlp.c_proj)
     monkeypatch.setattr(sys.modules[type(model.get_submodule(quant[0])).__module__], "torch", MatmulInFloat32(torch))
+    tdt = module_dtypes(json.loads((out / "gptq4_g128" / "model" / "config.json").read_text())
+                        ["quantization_config"]["tensor_dtypes"])
+    assert set(quant) <= set(tdt)
     with torch.no_grad():
-        through = model(torch.tensor([IDS])).logits[0].float().numpy()
+        plain = model(torch.tensor([IDS])).logits[0].float().numpy()
+        with ActivationsAsLlmopt(host, model, {n: tdt[n] for n in quant}, len(IDS)):
+            through = model(torch.tensor([IDS])).logits[0].float().numpy()
     got = forward(host, out / "gptq4_g128" / "model", tmp_path / "logits.f32").reshape(through.shape)
     print(f"kjv-tiny gptq4: max |auto-gptq - llmopt| = {np.abs(through - got).max():.3g}, "
           f"max |logit| = {np.abs(got).max():.3g}")
-    np.testing.assert_allclose(through, got, atol=1e-4, rtol=0)  # measured 5.7e-6 (logits up to 9.4)
+    assert_logits_match_int8(got, through, plain, 1e-4)  # f32 activations: measured 5.7e-6 (logits up to 9.4)

@@ -67,6 +67,13 @@ static llmopt_kernel_fn kernel(const char *op, int dtype) {
     return k->desc.fn;
 }
 
+/* The plugin quantizes x per 32 for every M when its matmul summary says so (the VNNI integer
+ * GEMM for prefill), else only up to QMM_INT_MAX_M = 4 rows. */
+static int int8_x_rows(int dtype, int64_t M) {
+    const kernel_rec *k = registry_find_kernel(g_reg, LLMOPT_OP_MATMUL, LLMOPT_DEVICE_CPU, dtype);
+    return M <= 4 || (k && k->desc.summary && strstr(k->desc.summary, "int8 GEMM"));
+}
+
 static const char *tname(int dt) { return rt_dtype_traits(dt)->name; }
 
 static int group_setup(void **state) {
@@ -182,7 +189,7 @@ static void check_matmul(int dt, int64_t M, int64_t N, int64_t K, int with_bias,
     llmopt_op_matmul p = {sizeof p, LLMOPT_W_OUT_IN, accumulate};
     const llmopt_tensor *in[3] = {x, q, bias};
     assert_int_equal(fn(in, bias ? 3 : 2, out, &p), 0);
-    const int int_path = M <= 4; /* the kernel's int8 threshold (QMM_INT_MAX_M) */
+    const int int_path = int8_x_rows(dt, M);
     /* GQ groups that are not a multiple of 32 take dequantized rows and f32 x on every path */
     const int int8_x = int_path && !(LLMOPT_DTYPE_IS_GQ(dt) && LLMOPT_DTYPE_GQ_GROUP(dt) % 32 != 0);
     for (int64_t i = 0; i < M * N; i++) {
@@ -236,6 +243,31 @@ static void decode_matmul_stays_within_the_activation_quantization_bound_at_mode
     check_matmul(LLMOPT_DTYPE_Q8_0, 1, 9, 256, 0, 0);
     check_matmul(LLMOPT_DTYPE_Q4_0, 2, 9, 256, 1, 0);
     check_matmul(LLMOPT_DTYPE_GQ(4, 128, 1), 1, 9, 768, 0, 0);
+    g_tie_x = 0;
+}
+
+/* Prefill shapes of the integer GEMM: rows of x past a multiple of its 4-row kernel (M 5..7, 13),
+ * panels of 32 rows of W cut short (N 33, 40, 70: a partial second vector, or none), rows longer
+ * than one 512-weight pass (K 544, 1056: a pass of one or two blocks after full ones), bias and
+ * accumulate, every int-path format, and x ties. */
+static void prefill_matmul_covers_kernel_rows_panels_and_passes(void **state) {
+    SKIP_IF_UNAVAILABLE();
+    check_matmul(LLMOPT_DTYPE_Q8_0, 7, 70, 1056, 1, 1);
+    check_matmul(LLMOPT_DTYPE_Q4_0, 13, 33, 768, 0, 0);
+    check_matmul(LLMOPT_DTYPE_Q4_1, 5, 40, 544, 1, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(4, 128, 1), 6, 40, 1024, 1, 1);
+    check_matmul(LLMOPT_DTYPE_GQ(8, 768, 0), 9, 16, 768, 0, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(3, 64, 0), 8, 35, 576, 1, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(2, 32, 1), 5, 47, 544, 0, 1);
+    check_matmul(LLMOPT_DTYPE_GQ(4, 32, 0), 12, 64, 64, 0, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(4, 32, 1), 12, 176, 64, 0, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(4, 32, 0), 12, 256, 128, 0, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(4, 32, 0), 12, 128, 256, 0, 1);
+    check_matmul(LLMOPT_DTYPE_GQ(4, 32, 0), 12, 512, 128, 0, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(4, 32, 0), 12, 2000, 128, 0, 0);
+    g_tie_x = 1;
+    check_matmul(LLMOPT_DTYPE_Q8_0, 6, 9, 256, 0, 0);
+    check_matmul(LLMOPT_DTYPE_Q4_0, 7, 9, 544, 1, 0);
     g_tie_x = 0;
 }
 
@@ -320,6 +352,7 @@ int main(void) {
         cmocka_unit_test(every_quantized_dtype_has_matmul_and_embedding),
         cmocka_unit_test(matmul_matches_f32_on_the_dequantized_weights),
         cmocka_unit_test(decode_matmul_stays_within_the_activation_quantization_bound_at_model_sizes),
+        cmocka_unit_test(prefill_matmul_covers_kernel_rows_panels_and_passes),
         cmocka_unit_test(any_group_kernels_run_int8_per_channel_and_odd_groups),
         cmocka_unit_test(embedding_returns_the_dequantized_rows),
         cmocka_unit_test(matmul_refuses_in_out_layout_and_bad_shapes),

@@ -1,0 +1,14 @@
+# Sourced by the bench scripts and tests/interop/run.sh: `blas_core_export BUILD_DIR` exports OPENBLAS_CORETYPE as the
+# kernels OpenBLAS runs inside llmopt's CPU plugin (its summary names them), unless the caller set
+# it. PyTorch from Debian (torch 1.13) runs its matmuls on the same OpenBLAS; without this it
+# would keep OpenBLAS's own choice, which on a CPU model newer than OpenBLAS 0.3.21 is its slow
+# Prescott fallback (host/plugin/blas_env.h), and the comparison would not be like for like.
+blas_core_export() {
+    if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+        local core
+        core="$("$1/host/llmopt-host" --plugins "$1/plugins" plugins 2>/dev/null |
+            sed -n 's/.*OpenBLAS sgemm (\([A-Za-z0-9]*\) kernels).*/\1/p' | head -1)"
+        if [ -n "$core" ]; then export OPENBLAS_CORETYPE="$core"; fi
+    fi
+    echo "OpenBLAS kernels for every engine: ${OPENBLAS_CORETYPE:-OpenBLAS's own choice}" >&2
+}
