@@ -10,5 +10,7 @@ blas_core_export() {
             sed -n 's/.*OpenBLAS sgemm (\([A-Za-z0-9]*\) kernels).*/\1/p' | head -1)"
         if [ -n "$core" ]; then export OPENBLAS_CORETYPE="$core"; fi
     fi
-    echo "OpenBLAS kernels for every engine: ${OPENBLAS_CORETYPE:-OpenBLAS's own choice}" >&2
+    local shown="${OPENBLAS_CORETYPE:-}"
+    [ -n "$shown" ] || shown="the library's own choice"
+    echo "OpenBLAS kernels for every engine: $shown" >&2
 }
