@@ -173,7 +173,8 @@ static void qg_panels(void *arg, int64_t p0, int64_t p1) {
     const int64_t nb = j->nb;
     /* the panel (64-byte aligned for the vector loads), then one unpacked row */
     const size_t cb = (size_t)nb * QG_BLK_BYTES, sb = (size_t)nb * QG_NR * sizeof(float);
-    uint8_t *buf = aligned_alloc(64, cb + 2 * sb + (size_t)g->K + (size_t)nb * 2 * sizeof(float) + 64);
+    const size_t bytes = cb + 2 * sb + (size_t)g->K + (size_t)nb * 2 * sizeof(float);
+    uint8_t *buf = aligned_alloc(64, (bytes + 63) & ~(size_t)63); /* C11: a multiple of the alignment */
     if (!buf) {
         atomic_store(&j->failed, 1);
         return;
