@@ -127,11 +127,15 @@ def test_gptq_beats_round_to_nearest_at_the_same_bits(quantized):
 
 def test_awq_keeps_the_function_and_lowers_the_layer_error(quantized):
     """The scales folded into the norms and up_proj leave the model's function unchanged (at 8
-    bits it is as close to f32 as q8_0), and the chosen scales lower the calibration output error
-    below round to nearest. On this small model without outlier channels that gain (~4%) does not
-    carry through to the KL divergence: it is held within 10% of round to nearest, not below."""
+    bits it is as close to f32 as q8_0, within 1.5x its KL divergence), and the chosen scales
+    lower the calibration output error below round to nearest. On this small model without
+    outlier channels that gain (~4%) does not carry through to the KL divergence: it is held
+    within 10% of round to nearest, not below."""
     _, m = quantized
-    assert m["awq8"]["kl_div"] < 1e-4
+    # as close as q8_0 (groups of 32, where awq8's are 128): both carry the int8 rounding of the
+    # activations too (about 1e-4 here), so a fixed bound is only a bound on the machine it was
+    # read on; broken scales would move the KL divergence by orders of magnitude, not by 1.5x
+    assert m["awq8"]["kl_div"] < 1.5 * m["q8"]["kl_div"]
     assert m["awq3"]["awq_error_ratio"] < 1.0
     assert m["awq3"]["kl_div"] < m["rtn_g3"]["kl_div"] * 1.1
 
