@@ -139,6 +139,11 @@ typedef struct cpu_qsimd {
     void (*quantize_x)(const float *x, int64_t K, int8_t *xq, float *dx, int32_t *xsum);
     /* The integer prefill GEMM (cpu_qgemm_vnni), or NULL: dequantized tiles + sgemm. */
     int (*gemm)(const cpu_qgemm *g);
+    /* x's codes (one row of K, from quantize_x) rearranged in place into the order row_dot
+     * reads for a weight of this dtype (a no-op for most), or NULL: row_dot reads x as it is.
+     * row_dot's caller runs it on every row of x before the dots; dx, dxs stay per 32 as they
+     * were, since the rearrangement keeps every block's codes within its 64. */
+    void (*permute_x)(int dtype, int8_t *xq, int64_t K);
 } cpu_qsimd;
 
 extern const cpu_qsimd cpu_qsimd_generic;     /* quant_rows.c */

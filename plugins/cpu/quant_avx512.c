@@ -55,11 +55,12 @@ VNNI static void vnni_codes_to_f32(float *dst, const uint8_t *u, const float *s,
 #define QD_NAME vnni_row_dot
 #define QD_F32_NAME vnni_row_f32
 #define QD_QX_NAME vnni_quantize_x
+#define QD_PX_NAME vnni_permute_x
 #include "quant_rowdot.h"
 
 const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", vnni_dot_u8s8, vnni_codes_to_f32, vnni_row_dot, vnni_row_f32, vnni_quantize_x,
-                                           cpu_qgemm_vnni};
+                                           cpu_qgemm_vnni, vnni_permute_x};
 
 #else
-const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", NULL, NULL, NULL, NULL, NULL, NULL};
+const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 #endif

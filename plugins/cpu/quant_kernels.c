@@ -143,8 +143,10 @@ int cpu_qmatmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, co
         float *dx = (float *)(void *)(xq + d.M * d.K); /* M*K is a multiple of 32: aligned */
         float *dxs = dx + d.M * nb;
         int32_t *xsum = (int32_t *)(dxs + d.M * nb);
-        for (int64_t r = 0; r < d.M; r++)
+        for (int64_t r = 0; r < d.M; r++) {
             cpu_qisa->quantize_x(j.x + r * d.K, d.K, xq + r * d.K, dx + r * nb, xsum + r * nb);
+            if (cpu_qisa->permute_x && cpu_qisa->row_dot) cpu_qisa->permute_x(j.wt, xq + r * d.K, d.K);
+        }
         for (int64_t b = 0; b < d.M * nb; b++) dxs[b] = dx[b] * (float)xsum[b];
         j.xq = xq;
         j.dx = dx;

@@ -9,7 +9,8 @@
  *   QD_LANESUM(x)        the lanes' sums of x alone;
  *   QD_NAME          the name of the row_dot function to define;
  *   QD_F32_NAME      the name of the row-to-f32 function to define (prefill tiles, embedding);
- *   QD_QX_NAME       the name of the x-quantizing function to define (cpu_q_quantize_x in SIMD).
+ *   QD_QX_NAME       the name of the x-quantizing function to define (cpu_q_quantize_x in SIMD);
+ *   QD_PX_NAME       the name of the x-permuting function to define (cpu_qsimd.permute_x).
  * Every format reads as codes v with w = c*(v - z) per 32 weights, so a block adds
  * c * (dot - (bias + z) * sum(x)): an integer bias + z is subtracted in the int32 lanes (the dot
  * starts from -(bias + z) * lane sums of x), a fractional zero (Q4_1's min, GQ asym's f16 zero)
@@ -19,7 +20,7 @@
  * on, which the next call reads (decode streams every weight once a token; without the prefetch
  * the GPT-2 124M q8_0 decode took 1.5x the CPU time, perf showing it on the weight loads). */
 #ifndef QD_ATTR
-#error "define QD_ATTR, QD_DOTA_U4, QD_DOTA_U8, QD_DOTA_S8, QD_LANESUM, QD_U8_BIAS, QD_S8_BIAS, QD_NAME, QD_F32_NAME and QD_QX_NAME first"
+#error "define QD_ATTR, QD_DOTA_U4, QD_DOTA_U8, QD_DOTA_S8, QD_LANESUM, QD_U8_BIAS, QD_S8_BIAS, QD_NAME, QD_F32_NAME, QD_QX_NAME and QD_PX_NAME first"
 #endif
 
 #include <immintrin.h>
@@ -128,6 +129,73 @@ QD_INLINE void qd_gq(const int bits, const int asym, const int R, int64_t group,
     for (int r = 0; r < R; r++) out[r] = qd_hsum(acc[r]) + off[r];
 }
 
+/* GQ 4-bit with groups of 64k, x permuted (QD_PX_NAME): every 64 codes of x as its 32 even ones,
+ * then its 32 odd ones. 32 bytes of W hold 64 codes, code 2j the low nibble of byte j and 2j + 1
+ * the high one, so the low nibbles meet the first half of x and the high nibbles the second as
+ * they sit, without the byte interleave qd_nib_gq does per 32 codes; int32 lanes 0-3 then sum
+ * the first block of 32, lanes 4-7 the second, and each half of the lanes takes its block's dx.
+ * Per 64 codes and row: one load, two masks, two dots, one FMA (qd_gq: twice the loads, the
+ * interleave and the FMA). */
+QD_INLINE int qd_gq4x_ok(int dtype) {
+    return LLMOPT_DTYPE_IS_GQ(dtype) && LLMOPT_DTYPE_GQ_BITS(dtype) == 4 && LLMOPT_DTYPE_GQ_GROUP(dtype) % 64 == 0;
+}
+
+QD_INLINE void qd_gq4x(const int asym, const int R, int64_t group, const uint8_t *row, size_t rb, const int8_t *xq,
+                       const float *dx, const float *dxs, int64_t nb, float *out) {
+    const int64_t per = group / 64;
+    const size_t hdr = asym ? 4 : 2, gsz = hdr + (size_t)group / 2, ahead = (size_t)R * rb;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8), zero = _mm256_setzero_si256();
+    __m256 acc[QD_MAXR];
+    float off[QD_MAXR], sc[QD_MAXR], z[QD_MAXR];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps(), off[r] = 0.0f;
+    for (int64_t b = 0, g = 0; b < nb; g++) {
+        QD_UNROLL
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = row + (size_t)r * rb + (size_t)g * gsz;
+            sc[r] = qd_f16(p);
+            z[r] = asym ? qd_f16(p + 2) : 0.0f;
+        }
+        for (int64_t k = 0; k < per; k++, b += 2) {
+            const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)),
+                          xo = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK + 32));
+            /* the symmetric zero 8, in the int32 sums: they start from -8 * sum(x) per lane */
+            const __m256i base =
+                asym ? zero : _mm256_sub_epi32(zero, QD_DOTA_U4(QD_DOTA_U4(zero, eight, xe), eight, xo));
+            const __m256 dxv = _mm256_set_m128(_mm_set1_ps(dx[b + 1]), _mm_set1_ps(dx[b]));
+            const float ds = asym ? dxs[b] + dxs[b + 1] : 0.0f;
+            QD_UNROLL
+            for (int r = 0; r < R; r++) {
+                const uint8_t *p = row + (size_t)r * rb + (size_t)g * gsz + hdr + (size_t)k * 32;
+                _mm_prefetch((const char *)p + ahead, _MM_HINT_T0);
+                const __m256i w = _mm256_loadu_si256((const __m256i *)p);
+                __m256i s = QD_DOTA_U4(base, _mm256_and_si256(w, m4), xe);
+                s = QD_DOTA_U4(s, _mm256_and_si256(_mm256_srli_epi16(w, 4), m4), xo);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(_mm256_set1_ps(sc[r]), dxv), acc[r]);
+                if (asym) off[r] -= z[r] * sc[r] * ds;
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = qd_hsum(acc[r]) + off[r];
+}
+
+/* cpu_qsimd.permute_x: for the dtypes qd_gq4x reads, x's codes in place, every 64 as its even
+ * ones then its odd ones (K a multiple of 64 there); other dtypes read x as it is. */
+QD_ATTR static void QD_PX_NAME(int dtype, int8_t *xq, int64_t K) {
+    if (!qd_gq4x_ok(dtype)) return;
+    /* per 128-bit lane: its 8 even bytes, then its 8 odd bytes */
+    const __m256i sh = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12,
+                                        14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (int64_t i = 0; i + 64 <= K; i += 64) {
+        /* quadwords [even 0-15, odd 0-15, even 16-31, odd 16-31] -> [even 0-31, odd 0-31] */
+        const __m256i a = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(xq + i)), sh),
+                                                   _MM_SHUFFLE(3, 1, 2, 0));
+        const __m256i c = _mm256_permute4x64_epi64(
+            _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(xq + i + 32)), sh), _MM_SHUFFLE(3, 1, 2, 0));
+        _mm256_storeu_si256((__m256i *)(xq + i), _mm256_permute2x128_si256(a, c, 0x20));
+        _mm256_storeu_si256((__m256i *)(xq + i + 32), _mm256_permute2x128_si256(a, c, 0x31));
+    }
+}
+
 /* R rows at once, R a constant once inlined. */
 QD_INLINE int qd_rows(const int R, int dtype, const uint8_t *row, size_t rb, const int8_t *xq, const float *dx,
                       const float *dxs, int64_t K, float *out) {
@@ -141,7 +209,9 @@ QD_INLINE int qd_rows(const int R, int dtype, const uint8_t *row, size_t rb, con
     if (!LLMOPT_DTYPE_IS_GQ(dtype) || LLMOPT_DTYPE_GQ_GROUP(dtype) % CPU_QK != 0) return -1;
     const int64_t g = LLMOPT_DTYPE_GQ_GROUP(dtype);
     const int bits = LLMOPT_DTYPE_GQ_BITS(dtype), asym = LLMOPT_DTYPE_GQ_ASYM(dtype);
-    if (bits == 4 && !asym) qd_gq(4, 0, R, g, row, rb, xq, dx, dxs, nb, out);
+    if (qd_gq4x_ok(dtype) && !asym) qd_gq4x(0, R, g, row, rb, xq, dx, dxs, nb, out);
+    else if (qd_gq4x_ok(dtype)) qd_gq4x(1, R, g, row, rb, xq, dx, dxs, nb, out);
+    else if (bits == 4 && !asym) qd_gq(4, 0, R, g, row, rb, xq, dx, dxs, nb, out);
     else if (bits == 4) qd_gq(4, 1, R, g, row, rb, xq, dx, dxs, nb, out);
     else if (bits == 8 && !asym) qd_gq(8, 0, R, g, row, rb, xq, dx, dxs, nb, out);
     else if (bits == 8) qd_gq(8, 1, R, g, row, rb, xq, dx, dxs, nb, out);

@@ -153,7 +153,7 @@ static void generic_codes_to_f32(float *dst, const uint8_t *u, const float *s, c
         for (int j = 0; j < CPU_QK; j++) dst[j] = s[b] * (float)u[j] + m[b];
 }
 
-const cpu_qsimd cpu_qsimd_generic = {"generic", generic_dot_u8s8, generic_codes_to_f32, NULL, NULL, cpu_q_quantize_x, NULL};
+const cpu_qsimd cpu_qsimd_generic = {"generic", generic_dot_u8s8, generic_codes_to_f32, NULL, NULL, cpu_q_quantize_x, NULL, NULL};
 
 /* ---- argument checks ---- */
 
