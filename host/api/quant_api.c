@@ -242,6 +242,7 @@ static int api_calibrate_sequential(llmopt_stage_ctx *ctx, llmopt_model *m, cons
             const llmopt_tensor *w[3];
             const int nw = tf_block_step_weights(tm, l, st, w);
             const size_t cols = st == TF_STEP_MLP || st == TF_STEP_MLP_OUT ? F : st == TF_STEP_ATTN ? Q : C;
+            const int whole = stash && cols == (st == TF_STEP_MLP || st == TF_STEP_MLP_OUT ? F : CA);
             for (size_t i = 0; !rc && i < n_seq; i++) {
                 if (ctx && ctx->cancel && atomic_load(ctx->cancel)) {
                     rc = error_set(&err, LLMOPT_ECANCELED, "calibration cancelled in block %d", l);
@@ -255,10 +256,17 @@ static int api_calibrate_sequential(llmopt_stage_ctx *ctx, llmopt_model *m, cons
                 if (!stash && (st == TF_STEP_ATTN_OUT || st == TF_STEP_MLP_OUT))
                     rc = tf_block_step(s, l, st - 1, x, buf, (int)seq_len, &err);
                 if (!rc) rc = tf_block_step(s, l, st, x, buf, (int)seq_len, &err);
-                for (int k = 0; !rc && k < nw; k++) {
+                for (int k = 0; !rc && !whole && k < nw; k++) {
                     const char *name = weight_name(&cap, w[k]);
                     if (name && (cap.status = fn(arg, name, buf, (int64_t)seq_len, (int64_t)cols))) rc = cap.status;
                 }
+            }
+            /* kept activations whose rows are `cols` apart: every sequence's rows in one call, so
+             * fn's X^T X is one long GEMM instead of n_seq short ones (GPTQ's Gram matrices) */
+            for (int k = 0; !rc && whole && k < nw; k++) {
+                const char *name = weight_name(&cap, w[k]);
+                float *all = st == TF_STEP_MLP || st == TF_STEP_MLP_OUT ? B : A;
+                if (name && (cap.status = fn(arg, name, all, (int64_t)n_tok, (int64_t)cols))) rc = cap.status;
             }
             if (rc) {
                 user = cap.status != 0;

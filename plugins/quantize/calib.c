@@ -62,25 +62,33 @@ int qz_stats_find(const qz_stats *st, const char *name) {
     return -1;
 }
 
-/* G += x^T x and absum += |x| for the columns [c0, c1) of G, rows 0..c1 of them: the upper
- * triangle (mirrored once at the end) in one sgemm per chunk of columns, on the host's compute
- * threads. One ssyrk call ran on one thread (OpenBLAS is single-threaded inside the host's
- * pool), and the Gram matrices were most of GPTQ's time on GPT-2 124M. */
-typedef struct gram_job {
+/* absum += |x| for the columns [c0, c1), on the host's compute threads */
+typedef struct absum_job {
     const float *x;
     int64_t rows, cols;
-    float *g;
     double *absum;
-} gram_job;
+} absum_job;
 
-static void gram_cols(void *arg, int64_t c0, int64_t c1) {
-    const gram_job *j = arg;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)c1, (int)(c1 - c0), (int)j->rows, 1.0f, j->x,
-                (int)j->cols, j->x + c0, (int)j->cols, 1.0f, j->g + c0, (int)j->cols);
+static void absum_cols(void *arg, int64_t c0, int64_t c1) {
+    const absum_job *j = arg;
     for (int64_t r = 0; r < j->rows; r++) {
         const float *xr = j->x + r * j->cols;
         for (int64_t c = c0; c < c1; c++) j->absum[c] += fabsf(xr[c]);
     }
+}
+
+/* G += x^T x, the upper triangle (mirrored once at the end), in one ssyrk on OpenBLAS's own
+ * threads: the stage's thread calls it outside the host's pool, whose threads are idle then
+ * (the cpu plugin keeps OpenBLAS at one thread because its kernels run inside the pool). The
+ * Gram matrices are most of GPTQ's time on GPT-2 124M; calibrate_sequential passes every
+ * sequence's rows at once where it keeps them, so this is one long rank-k update. Measured
+ * there (bench/gptq_time.sh, 2-vCPU EPYC): 67 s of X^T X as sgemm blocks of 384 or of 128
+ * columns on the pool (the narrower the blocks, the more often x is packed), 52 s as ssyrk. */
+static void gram_update(const float *x, int64_t rows, int64_t cols, float *g) {
+    const int prev = openblas_get_num_threads();
+    openblas_set_num_threads(A->n_threads());
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)cols, (int)rows, 1.0f, x, (int)cols, 1.0f, g, (int)cols);
+    openblas_set_num_threads(prev);
 }
 
 int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols) {
@@ -110,8 +118,10 @@ int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, 
         }
     }
     if (st->root[i] != i) return 0;
-    gram_job j = {x, rows, cols, st->gram[i], st->absum[i]};
-    A->parallel_for(cols, 32, gram_cols, &j);
+    if (rows > INT32_MAX) return A->set_error(a->ctx, LLMOPT_EUNSUPPORTED, "calibration: %lld rows at once", (long long)rows);
+    gram_update(x, rows, cols, st->gram[i]);
+    absum_job j = {x, rows, cols, st->absum[i]};
+    A->parallel_for(cols, 64, absum_cols, &j);
     st->rows[i] += rows;
     return 0;
 }
@@ -135,8 +145,8 @@ int qz_stats_init(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selecti
     return 0;
 }
 
-/* The lower triangle of root i's Gram matrix from its upper one (the sgemm chunks fill the
- * upper part); call once, after the last input. */
+/* The lower triangle of root i's Gram matrix from its upper one (ssyrk fills the upper part);
+ * call once, after the last input. */
 void qz_stats_mirror(qz_stats *st, size_t i) {
     int64_t c = st->cols[i];
     float *g = st->gram[i];

@@ -10,11 +10,13 @@
  * paper and AutoGPTQ with true_sequential): group by group in forward order, each group's H from
  * the inputs the already quantized groups make; sequential: false takes every H from the
  * unquantized model in one pass. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cblas.h>
 
@@ -24,29 +26,35 @@
 #define A qz_api
 
 /* LAPACK (OpenBLAS ships it, without the LAPACKE headers on Debian): Cholesky factorization
- * and the inverse from it, column-major, 32-bit integers (OpenBLAS's default interface). */
+ * and the inverse of a triangular matrix, column-major, 32-bit integers (OpenBLAS's default
+ * interface). */
 extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
-extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+extern void dtrtri_(const char *uplo, const char *diag, const int *n, double *a, const int *lda, int *info);
 
-/* Upper Cholesky factor U of H^-1 (H^-1 = U^T U, row-major) from H + lambda I, in double. In
- * column-major terms dpotrf('L') gives H = L L^T; read row-major, the same array is U = L^T. */
-static int chol_inverse_upper(const double *H, int64_t n, double lambda, double *U) {
-    memcpy(U, H, (size_t)(n * n) * sizeof *U);
-    for (int64_t i = 0; i < n; i++) U[i * n + i] += lambda;
+/* Upper Cholesky factor U of H^-1 (H^-1 = U^T U, row-major) from H + lambda I, in double: the
+ * reference computes it as cholesky(cholesky_inverse(cholesky(H)), upper), three O(n^3) passes
+ * after the first factorization. One factorization and one triangular inverse give the same
+ * factor: with J the reversal permutation, J H J = L L^T makes H = M M^T for the upper
+ * M = J L J, so H^-1 = M^-T M^-1 and U = M^-1 = J L^-1 J (upper, positive diagonal: the
+ * unique such factor). R is scratch of n*n doubles. */
+static int chol_inverse_upper(const double *H, int64_t n, double lambda, double *U, double *R) {
+    for (int64_t i = 0; i < n; i++) /* column-major R = J H J (H is symmetric) */
+        for (int64_t j = 0; j < n; j++) R[i + j * n] = H[(n - 1 - i) * n + (n - 1 - j)] + (i == j ? lambda : 0.0);
     int nn = (int)n, info = 0;
     /* the host's compute threads are idle here: LAPACK may use them (the cpu plugin keeps
      * OpenBLAS at one thread, since its kernels run inside the host's pool) */
     const int prev = openblas_get_num_threads();
     openblas_set_num_threads(A->n_threads());
-    dpotrf_("L", &nn, U, &nn, &info);
-    if (info == 0) dpotri_("L", &nn, U, &nn, &info);
-    if (info == 0) dpotrf_("L", &nn, U, &nn, &info);
+    dpotrf_("L", &nn, R, &nn, &info);
+    if (info == 0) dtrtri_("L", "N", &nn, R, &nn, &info);
     openblas_set_num_threads(prev);
     if (info != 0) return -1;
-    for (int64_t r = 0; r < n; r++)
-        for (int64_t c = 0; c < r; c++) U[r * n + c] = 0;  /* the strict lower part is scratch */
-    for (int64_t i = 0; i < n * n; i++)
-        if (!isfinite(U[i])) return -1;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < n; j++) {
+            const double v = j >= i ? R[(n - 1 - i) + (n - 1 - j) * n] : 0.0; /* L^-1's lower part, reversed */
+            if (!isfinite(v)) return -1;
+            U[i * n + j] = v;
+        }
     return 0;
 }
 
@@ -132,10 +140,11 @@ int qz_gptq_layer(const float *W, int64_t rows, int64_t cols, const float *Hin, 
 
     float *Wp = malloc((size_t)(rows * cols) * sizeof *Wp), *Hinv = malloc((size_t)(cols * cols) * sizeof *Hinv);
     double *H = malloc((size_t)(cols * cols) * sizeof *H), *U = malloc((size_t)(cols * cols) * sizeof *U);
+    double *R = malloc((size_t)(cols * cols) * sizeof *R);
     int64_t *perm = malloc((size_t)cols * sizeof *perm);
     diag_idx *di = malloc((size_t)cols * sizeof *di);
     int rc = 0;
-    if (!Wp || !Hinv || !H || !U || !perm || !di) {
+    if (!Wp || !Hinv || !H || !U || !R || !perm || !di) {
         snprintf(msg, msg_len, "out of memory for a %lld x %lld layer", (long long)rows, (long long)cols);
         rc = LLMOPT_ENOMEM;
         goto done;
@@ -172,10 +181,10 @@ int qz_gptq_layer(const float *W, int64_t rows, int64_t cols, const float *Hin, 
     mean /= (double)cols;
     /* more dampening when the factorization fails (a rank-deficient calibration set) */
     double damp = o->damp;
-    int ok = isfinite(mean) && chol_inverse_upper(H, cols, damp * mean, U) == 0;
+    int ok = isfinite(mean) && chol_inverse_upper(H, cols, damp * mean, U, R) == 0;
     for (int tries = 0; !ok && isfinite(mean) && tries < 5; tries++) {
         damp = damp > 0 ? damp * 10 : 1e-4;
-        ok = chol_inverse_upper(H, cols, damp * mean, U) == 0;
+        ok = chol_inverse_upper(H, cols, damp * mean, U, R) == 0;
     }
     if (!ok) {
         snprintf(msg, msg_len, "the Hessian is not positive definite even with dampening %g of its mean diagonal "
@@ -196,7 +205,7 @@ int qz_gptq_layer(const float *W, int64_t rows, int64_t cols, const float *Hin, 
         rc = LLMOPT_ENOMEM;
     }
 done:
-    free(Wp), free(Hinv), free(H), free(U), free(perm), free(di);
+    free(Wp), free(Hinv), free(H), free(U), free(R), free(perm), free(di);
     return rc;
 }
 
@@ -204,8 +213,14 @@ done:
 
 static int gptq_validate(llmopt_stage_ctx *ctx) { return qz_validate_group(ctx); }
 
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 typedef struct gptq_run_state {
-    qz_collect_arg collect;  /* first: the state is also qz_stats_input's argument */
+    qz_collect_arg collect;  /* qz_stats_input's argument */
     llmopt_stage_ctx *ctx;
     const llmopt_model *in;
     llmopt_model *out;
@@ -214,7 +229,17 @@ typedef struct gptq_run_state {
     unsigned char *done;     /* [sel->n], sequential mode: quantized already */
     size_t n_done;
     double damp_max;
+    double stats_s, solve_s; /* seconds in X^T X (sequential mode) and in the GPTQ solves */
 } gptq_run_state;
+
+/* qz_stats_input, timed: the Gram matrices' share of the calibration pass */
+static int stats_input_timed(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols) {
+    gptq_run_state *g = arg;
+    const double t0 = now_s();
+    int rc = qz_stats_input(&g->collect, weight, x, rows, cols);
+    g->stats_s += now_s() - t0;
+    return rc;
+}
 
 /* GPTQ on selected weight i with its root's statistics, into out. */
 static int gptq_one(gptq_run_state *g, size_t i) {
@@ -233,8 +258,9 @@ static int gptq_one(gptq_run_state *g, size_t i) {
         const float s = 2.0f / (float)g->st->rows[root]; /* H = 2 X X^T / n */
         for (int64_t k = 0; k < cols * cols; k++) H[k] = g->st->gram[root][k] * s;
         char msg[512];
-        double used = 0;
+        double used = 0, t0 = now_s();
         rc = qz_gptq_layer(W, rows, cols, H, &o, q->data, &used, msg, sizeof msg);
+        g->solve_s += now_s() - t0;
         if (rc) rc = A->set_error(ctx, rc, "GPTQ on '%s': %s", name, msg);
         if (used > g->damp_max) g->damp_max = used;
     }
@@ -300,7 +326,7 @@ static int gptq_run(llmopt_stage_ctx *ctx) {
         rc = g.done ? qz_stats_init(ctx, in, &sel, &st) : A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
         if (!rc) rc = qz_calib_tokens(ctx, in, &tok, &n_seq, &len);
         if (!rc) A->progress(ctx, 0.0, "calibrating group by group on %zu x %zu tokens", n_seq, len);
-        if (!rc) rc = A->calibrate_sequential(ctx, out, tok, n_seq, len, qz_stats_input, seq_block_done, &g);
+        if (!rc) rc = A->calibrate_sequential(ctx, out, tok, n_seq, len, stats_input_timed, seq_block_done, &g);
         free(tok);
         for (size_t i = 0; !rc && i < sel.n; i++)
             if (!g.done[i])
@@ -319,6 +345,9 @@ static int gptq_run(llmopt_stage_ctx *ctx) {
         return rc;
     }
     A->metric(ctx, "damp_max", damp_max * 100.0, "%", LLMOPT_BETTER_NONE);
+    /* where the time went: the rest of the stage's time is the calibration forward passes */
+    if (A->param_bool(ctx, "sequential")) A->metric(ctx, "stats_s", g.stats_s, "s", LLMOPT_BETTER_LOWER);
+    A->metric(ctx, "solve_s", g.solve_s, "s", LLMOPT_BETTER_LOWER);
     /* GPTQConfig's names: damp_percent is a fraction there; act_order keeps groups contiguous
      * with scales from the unquantized weights (static groups). true_sequential is AutoGPTQ's
      * order inside a block (q/k/v, then o, then the MLP), which sequential mode follows;
@@ -370,7 +399,8 @@ const llmopt_stage_desc qz_gptq_stage = {
     .doc = "Quantizes the selected linear weights (default: all but embeddings and the LM head) to\n"
            "GQ(bits, group_size, sym), minimising each layer's output error on calibration inputs from\n"
            "`data`. GPT-2 and Llama models. Metrics: size_bytes, size_ratio, bits_per_weight, damp_max;\n"
-           "ppl_input, ppl, ppl_ratio with eval_data.",
+           "stats_s (X^T X, sequential mode) and solve_s (the per-layer solves), the rest of the\n"
+           "stage's time being the calibration forward; ppl_input, ppl, ppl_ratio with eval_data.",
     LLMOPT_STAGE_PARAMS(params),
     LLMOPT_STAGE_INPUTS(inputs),
     .validate = gptq_validate,
