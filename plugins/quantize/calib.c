@@ -111,8 +111,8 @@ int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, 
         } else {
             st->root[i] = i;
             st->gram[i] = calloc((size_t)(cols * cols), sizeof(float));
-            st->absum[i] = calloc((size_t)cols, sizeof(double));
-            if (!st->gram[i] || !st->absum[i])
+            st->absum[i] = st->no_absum ? NULL : calloc((size_t)cols, sizeof(double));
+            if (!st->gram[i] || (!st->no_absum && !st->absum[i]))
                 return A->set_error(a->ctx, LLMOPT_ENOMEM, "out of memory for a %lld x %lld Gram matrix", (long long)cols,
                                     (long long)cols);
         }
@@ -120,8 +120,10 @@ int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, 
     if (st->root[i] != i) return 0;
     if (rows > INT32_MAX) return A->set_error(a->ctx, LLMOPT_EUNSUPPORTED, "calibration: %lld rows at once", (long long)rows);
     gram_update(x, rows, cols, st->gram[i]);
-    absum_job j = {x, rows, cols, st->absum[i]};
-    A->parallel_for(cols, 64, absum_cols, &j);
+    if (!st->no_absum) {
+        absum_job j = {x, rows, cols, st->absum[i]};
+        A->parallel_for(cols, 64, absum_cols, &j);
+    }
     st->rows[i] += rows;
     return 0;
 }

@@ -324,6 +324,7 @@ static int gptq_run(llmopt_stage_ctx *ctx) {
         size_t n_seq = 0, len = 0;
         g.done = calloc(sel.n ? sel.n : 1, 1);
         rc = g.done ? qz_stats_init(ctx, in, &sel, &st) : A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+        st.no_absum = 1; /* GPTQ reads H alone (|x| sums were 3% of the stage's CPU time) */
         if (!rc) rc = qz_calib_tokens(ctx, in, &tok, &n_seq, &len);
         if (!rc) A->progress(ctx, 0.0, "calibrating group by group on %zu x %zu tokens", n_seq, len);
         if (!rc) rc = A->calibrate_sequential(ctx, out, tok, n_seq, len, stats_input_timed, seq_block_done, &g);

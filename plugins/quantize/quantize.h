@@ -74,7 +74,8 @@ typedef struct qz_stats {
     int64_t *cols;
     int *root;         /* index whose statistics this weight uses; -2 until it was called */
     float **gram;      /* [n]: set for roots */
-    double **absum;    /* [n]: set for roots */
+    double **absum;    /* [n]: set for roots, unless no_absum */
+    int no_absum;      /* set before the first input: only X^T X is wanted (GPTQ) */
     int64_t *rows;     /* [n]: calibration rows seen, for roots */
     int prev;          /* index of the previous call's weight, -1 if none / unselected */
     const float *prev_x;
