@@ -66,7 +66,8 @@ def test_gptq_and_awq_beat_round_to_nearest_at_4_and_3_bits(table_run):
 def test_quality_falls_with_bits(table_run):
     _, m = table_run
     assert m["f16"]["kl_div"] == 0  # the model is stored in f16: widening and narrowing is exact
-    assert m["q8_0"]["kl_div"] < 1e-5 and m["int8"]["kl_div"] < 1e-5
+    # ~1e-6 from the weights, ~8e-6 with the activations rounded to int8 per 32 (VNNI prefill)
+    assert m["q8_0"]["kl_div"] < 2e-5 and m["int8"]["kl_div"] < 2e-5
     assert m["q8_0"]["kl_div"] < m["q4_0"]["kl_div"] < m["rtn3_g128"]["kl_div"]
     assert m["rtn4_g32"]["kl_div"] < m["rtn4_g128"]["kl_div"]  # smaller groups, finer scales
     assert m["int8"]["bits_per_weight"] == pytest.approx(8 + 16 / 256, rel=0.01)  # one f16 scale per row
