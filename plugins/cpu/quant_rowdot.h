@@ -94,6 +94,17 @@ QD_INLINE void qd_ggml(const int dtype, const int R, const uint8_t *row, size_t 
     for (int r = 0; r < R; r++) out[r] = qd_hsum(acc[r]) + off[r];
 }
 
+/* The f16 scale (and, asym, zero) at byte `at` of each of R rows, rb bytes apart: a GQ group's
+ * header, read once per group by both GQ row dots. */
+QD_INLINE void qd_gq_heads(const int R, const int asym, const uint8_t *row, size_t rb, size_t at, float *sc, float *z) {
+    QD_UNROLL
+    for (int r = 0; r < R; r++) {
+        const uint8_t *p = row + (size_t)r * rb + at;
+        sc[r] = qd_f16(p);
+        z[r] = asym ? qd_f16(p + 2) : 0.0f;
+    }
+}
+
 /* GQ 4 or 8 bits, groups of `group` (a multiple of 32): f16 scale (, f16 zero), codes. The
  * symmetric zero (8 or 128) is an integer and goes into the int32 sums; an asymmetric one is an
  * f16 and stays a scalar offset. */
@@ -107,12 +118,7 @@ QD_INLINE void qd_gq(const int bits, const int asym, const int R, int64_t group,
     float off[QD_MAXR], sc[QD_MAXR], z[QD_MAXR];
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps(), off[r] = 0.0f;
     for (int64_t b = 0, g = 0; b < nb; g++) {
-        QD_UNROLL
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = row + (size_t)r * rb + (size_t)g * gsz;
-            sc[r] = qd_f16(p);
-            z[r] = asym ? qd_f16(p + 2) : 0.0f;
-        }
+        qd_gq_heads(R, asym, row, rb, (size_t)g * gsz, sc, z);
         for (int64_t k = 0; k < per; k++, b++) {
             const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)), base = qd_base(x, zi);
             QD_UNROLL
@@ -149,12 +155,7 @@ QD_INLINE void qd_gq4x(const int asym, const int R, int64_t group, const uint8_t
     float off[QD_MAXR], sc[QD_MAXR], z[QD_MAXR];
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps(), off[r] = 0.0f;
     for (int64_t b = 0, g = 0; b < nb; g++) {
-        QD_UNROLL
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = row + (size_t)r * rb + (size_t)g * gsz;
-            sc[r] = qd_f16(p);
-            z[r] = asym ? qd_f16(p + 2) : 0.0f;
-        }
+        qd_gq_heads(R, asym, row, rb, (size_t)g * gsz, sc, z);
         for (int64_t k = 0; k < per; k++, b += 2) {
             const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)),
                           xo = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK + 32));
