@@ -85,10 +85,15 @@ static void absum_cols(void *arg, int64_t c0, int64_t c1) {
  * there (bench/gptq_time.sh, 2-vCPU EPYC): 67 s of X^T X as sgemm blocks of 384 or of 128
  * columns on the pool (the narrower the blocks, the more often x is packed), 52 s as ssyrk. */
 static void gram_update(const float *x, int64_t rows, int64_t cols, float *g) {
-    const int prev = openblas_get_num_threads();
-    openblas_set_num_threads(A->n_threads());
+    const int prev = qz_blas_threads_wide();
     cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)cols, (int)rows, 1.0f, x, (int)cols, 1.0f, g, (int)cols);
     openblas_set_num_threads(prev);
+}
+
+int qz_blas_threads_wide(void) {
+    const int prev = openblas_get_num_threads();
+    openblas_set_num_threads(A->n_threads());
+    return prev;
 }
 
 int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols) {

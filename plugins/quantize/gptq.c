@@ -41,10 +41,7 @@ static int chol_inverse_upper(const double *H, int64_t n, double lambda, double 
     for (int64_t i = 0; i < n; i++) /* column-major R = J H J (H is symmetric) */
         for (int64_t j = 0; j < n; j++) R[i + j * n] = H[(n - 1 - i) * n + (n - 1 - j)] + (i == j ? lambda : 0.0);
     int nn = (int)n, info = 0;
-    /* the host's compute threads are idle here: LAPACK may use them (the cpu plugin keeps
-     * OpenBLAS at one thread, since its kernels run inside the host's pool) */
-    const int prev = openblas_get_num_threads();
-    openblas_set_num_threads(A->n_threads());
+    const int prev = qz_blas_threads_wide();
     dpotrf_("L", &nn, R, &nn, &info);
     if (info == 0) dtrtri_("L", "N", &nn, R, &nn, &info);
     openblas_set_num_threads(prev);
