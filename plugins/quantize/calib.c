@@ -80,10 +80,10 @@ static void absum_cols(void *arg, int64_t c0, int64_t c1) {
 /* G += x^T x, the upper triangle (mirrored once at the end), in one ssyrk on OpenBLAS's own
  * threads: the stage's thread calls it outside the host's pool, whose threads are idle then
  * (the cpu plugin keeps OpenBLAS at one thread because its kernels run inside the pool). The
- * Gram matrices are most of GPTQ's time on GPT-2 124M; calibrate_sequential passes every
- * sequence's rows at once where it keeps them, so this is one long rank-k update. Measured
- * there (bench/gptq_time.sh, 2-vCPU EPYC): 67 s of X^T X as sgemm blocks of 384 or of 128
- * columns on the pool (the narrower the blocks, the more often x is packed), 52 s as ssyrk. */
+ * Gram matrices are most of GPTQ's time on GPT-2 124M; calibrate_sequential calls this for a
+ * step's sequences back to back, after its forward pass. Measured there (bench/gptq_time.sh,
+ * 2-vCPU EPYC): 67 s of X^T X as sgemm blocks of 384 or of 128 columns on the pool (the
+ * narrower the blocks, the more often x is packed), 50-54 s as ssyrk. */
 static void gram_update(const float *x, int64_t rows, int64_t cols, float *g) {
     const int prev = qz_blas_threads_wide();
     cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)cols, (int)rows, 1.0f, x, (int)cols, 1.0f, g, (int)cols);

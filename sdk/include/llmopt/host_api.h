@@ -343,9 +343,9 @@ struct llmopt_host_api {
     /** Sequential calibration, as GPTQ quantizes (AutoGPTQ's true_sequential order): the n_seq
      *  sequences' hidden states go through each block in steps, one per group of linear weights
      *  that share an input (GPT-2: c_attn, attn.c_proj, c_fc, mlp.c_proj; Llama: q/k/v, o,
-     *  gate/up, down). At each step fn sees that group's inputs (one call per weight with every
-     *  sequence's rows, rows = n_seq * seq_len, where the activations are kept, else one call per
-     *  sequence and weight as in calibrate), then block_done(arg, step) is called (step counts from 0 over the
+     *  gate/up, down). At each step fn sees that group's inputs (as in calibrate, one call per
+     *  sequence and weight, in sequence order; where the activations are kept, all of them after
+     *  the step's forward pass), then block_done(arg, step) is called (step counts from 0 over the
      *  whole model), which may replace those weights in m (model_set, e.g. with their quantized
      *  versions); the next group's inputs are made with the new weights. After the last block the
      *  final norm's output is reported as the LM head's input and block_done is called once more.
