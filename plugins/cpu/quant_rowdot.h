@@ -179,19 +179,55 @@ QD_INLINE void qd_gq4x(const int asym, const int R, int64_t group, const uint8_t
     for (int r = 0; r < R; r++) out[r] = qd_hsum(acc[r]) + off[r];
 }
 
-/* cpu_qsimd.permute_x: for the dtypes qd_gq4x reads, x's codes in place, every 64 as its even
- * ones then its odd ones (K a multiple of 64 there); other dtypes read x as it is. */
+/* Q4_0 on x permuted (QD_PX_NAME): every 64 codes of x, two blocks, as the first 16 codes of
+ * each block, then the last 16 of each. A block's 16 bytes hold element j in the low nibble of
+ * byte j and j + 16 in the high one, so two blocks' bytes side by side (one 256-bit register)
+ * meet the first half of that x with their low nibbles and the second with their high ones:
+ * per two blocks and row, two loads, two masks, two dots and one FMA, where qd_ggml takes one
+ * load, a shift, an insert, a mask, a dot and an FMA per block. Lanes 0-3 sum the first block,
+ * 4-7 the second; each half takes its block's d * dx. Rows of an odd number of blocks keep
+ * qd_ggml. */
+QD_INLINE int qd_q40x_ok(int dtype, int64_t K) { return dtype == LLMOPT_DTYPE_Q4_0 && K % 64 == 0; }
+
+QD_INLINE void qd_q40x(const int R, const uint8_t *row, size_t rb, const int8_t *xq, const float *dx, int64_t nb,
+                       float *out) {
+    const size_t ahead = (size_t)R * rb;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8), zero = _mm256_setzero_si256();
+    __m256 acc[QD_MAXR];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b += 2) {
+        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)),
+                      xo = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK + 32));
+        const __m256i base = _mm256_sub_epi32(zero, QD_DOTA_U4(QD_DOTA_U4(zero, eight, xe), eight, xo)); /* z = 8 */
+        const __m256 dxv = _mm256_set_m128(_mm_set1_ps(dx[b + 1]), _mm_set1_ps(dx[b]));
+        QD_UNROLL
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = row + (size_t)r * rb + (size_t)b * 18;
+            _mm_prefetch((const char *)p + ahead, _MM_HINT_T0);
+            const __m256i w = _mm256_loadu2_m128i((const __m128i *)(p + 20), (const __m128i *)(p + 2));
+            __m256i s = QD_DOTA_U4(base, _mm256_and_si256(w, m4), xe);
+            s = QD_DOTA_U4(s, _mm256_and_si256(_mm256_srli_epi16(w, 4), m4), xo);
+            const __m256 d = _mm256_set_m128(_mm_set1_ps(qd_f16(p + 18)), _mm_set1_ps(qd_f16(p)));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, dxv), acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = qd_hsum(acc[r]);
+}
+
+/* cpu_qsimd.permute_x: x's codes in place, every 64 as qd_gq4x (evens, then odds) or qd_q40x
+ * (each block's first 16, then each block's last 16) reads them; other dtypes read x as it is. */
 QD_ATTR static void QD_PX_NAME(int dtype, int8_t *xq, int64_t K) {
-    if (!qd_gq4x_ok(dtype)) return;
+    const int gq4 = qd_gq4x_ok(dtype);
+    if (!gq4 && !qd_q40x_ok(dtype, K)) return;
     /* per 128-bit lane: its 8 even bytes, then its 8 odd bytes */
     const __m256i sh = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12,
                                         14, 1, 3, 5, 7, 9, 11, 13, 15);
     for (int64_t i = 0; i + 64 <= K; i += 64) {
-        /* quadwords [even 0-15, odd 0-15, even 16-31, odd 16-31] -> [even 0-31, odd 0-31] */
-        const __m256i a = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(xq + i)), sh),
-                                                   _MM_SHUFFLE(3, 1, 2, 0));
-        const __m256i c = _mm256_permute4x64_epi64(
-            _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(xq + i + 32)), sh), _MM_SHUFFLE(3, 1, 2, 0));
+        __m256i a = _mm256_loadu_si256((const __m256i *)(xq + i)), c = _mm256_loadu_si256((const __m256i *)(xq + i + 32));
+        if (gq4) { /* quadwords [even 0-15, odd 0-15, even 16-31, odd 16-31] -> [even 0-31, odd 0-31] */
+            a = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(a, sh), _MM_SHUFFLE(3, 1, 2, 0));
+            c = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(c, sh), _MM_SHUFFLE(3, 1, 2, 0));
+        }
         _mm256_storeu_si256((__m256i *)(xq + i), _mm256_permute2x128_si256(a, c, 0x20));
         _mm256_storeu_si256((__m256i *)(xq + i + 32), _mm256_permute2x128_si256(a, c, 0x31));
     }
@@ -203,7 +239,10 @@ QD_INLINE int qd_rows(const int R, int dtype, const uint8_t *row, size_t rb, con
     const int64_t nb = K / CPU_QK;
     switch (dtype) {
     case LLMOPT_DTYPE_Q8_0: qd_ggml(LLMOPT_DTYPE_Q8_0, R, row, rb, xq, dx, dxs, nb, out); return 0;
-    case LLMOPT_DTYPE_Q4_0: qd_ggml(LLMOPT_DTYPE_Q4_0, R, row, rb, xq, dx, dxs, nb, out); return 0;
+    case LLMOPT_DTYPE_Q4_0:
+        if (qd_q40x_ok(dtype, K)) qd_q40x(R, row, rb, xq, dx, nb, out);
+        else qd_ggml(LLMOPT_DTYPE_Q4_0, R, row, rb, xq, dx, dxs, nb, out);
+        return 0;
     case LLMOPT_DTYPE_Q4_1: qd_ggml(LLMOPT_DTYPE_Q4_1, R, row, rb, xq, dx, dxs, nb, out); return 0;
     default: break;
     }

@@ -238,6 +238,10 @@ static void decode_matmul_stays_within_the_activation_quantization_bound_at_mode
     check_matmul(LLMOPT_DTYPE_GQ(8, 64, 1), 1, 9, 16384 + 64, 1, 0);
     check_matmul(LLMOPT_DTYPE_GQ(8, 64, 1), 1, 9, 768, 1, 1);
     check_matmul(LLMOPT_DTYPE_GQ(8, 32, 1), 1, 3, 256, 0, 0);
+    /* Q4_0 reads two blocks at a time against x permuted per 64: an odd number of blocks a row
+     * keeps the one-block path and x as it is */
+    check_matmul(LLMOPT_DTYPE_Q4_0, 3, 9, 96, 1, 0);
+    check_matmul(LLMOPT_DTYPE_Q4_0, 1, 6, 800, 0, 1);
     /* decode quantizes x per 32 in SIMD: ties of x * (1 / d) round away from zero, as roundf */
     g_tie_x = 1;
     check_matmul(LLMOPT_DTYPE_Q8_0, 1, 9, 256, 0, 0);
