@@ -251,15 +251,18 @@ static int api_calibrate_sequential(llmopt_stage_ctx *ctx, llmopt_model *m, cons
         for (int st = 0; !rc && st < TF_STEPS; st++) {
             const llmopt_tensor *w[3];
             const int nw = tf_block_step_weights(tm, l, st, w);
-            const size_t cols = st == TF_STEP_MLP || st == TF_STEP_MLP_OUT ? F : st == TF_STEP_ATTN ? Q : C;
+            const int mlp = st == TF_STEP_MLP || st == TF_STEP_MLP_OUT;
+            const size_t cols = mlp ? F : st == TF_STEP_ATTN ? Q : C;
+            /* the step's activations: sequence i's at acts + i * seq_len * stride when kept */
+            float *const acts = mlp ? B : A;
+            const size_t stride = mlp ? F : CA;
             for (size_t i = 0; !rc && i < n_seq; i++) {
                 if (ctx && ctx->cancel && atomic_load(ctx->cancel)) {
                     rc = error_set(&err, LLMOPT_ECANCELED, "calibration cancelled in block %d", l);
                     break;
                 }
                 float *x = H + i * row;
-                float *a = stash ? A + i * seq_len * CA : A, *b = stash ? B + i * seq_len * F : B;
-                float *buf = st == TF_STEP_MLP || st == TF_STEP_MLP_OUT ? b : a;
+                float *buf = stash ? acts + i * seq_len * stride : acts;
                 tf_session_rewind(s, 0);
                 /* without the stash, the step before an *_OUT step runs again for this sequence */
                 if (!stash && (st == TF_STEP_ATTN_OUT || st == TF_STEP_MLP_OUT))
@@ -273,9 +276,7 @@ static int api_calibrate_sequential(llmopt_stage_ctx *ctx, llmopt_model *m, cons
              * threads spun after each call while the host's pool ran the next sequence (GPT-2
              * 124M: 139 s against 109 s with the calls together) */
             for (size_t i = 0; !rc && stash && i < n_seq; i++)
-                rc = report_inputs(&cap, w, nw,
-                                   st == TF_STEP_MLP || st == TF_STEP_MLP_OUT ? B + i * seq_len * F : A + i * seq_len * CA,
-                                   seq_len, cols);
+                rc = report_inputs(&cap, w, nw, acts + i * seq_len * stride, seq_len, cols);
             if (rc) {
                 user = cap.status != 0;
                 break;

@@ -123,7 +123,6 @@ int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, 
         }
     }
     if (st->root[i] != i) return 0;
-    if (rows > INT32_MAX) return A->set_error(a->ctx, LLMOPT_EUNSUPPORTED, "calibration: %lld rows at once", (long long)rows);
     gram_update(x, rows, cols, st->gram[i]);
     if (!st->no_absum) {
         absum_job j = {x, rows, cols, st->absum[i]};
