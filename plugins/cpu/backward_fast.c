@@ -113,8 +113,8 @@ int cpu_matmul_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor 
     mmb_job j = {.x = in[0]->data, .dy = in[2]->data, .w = in[1]->data, .wt = in[1]->dtype, .dx = out->data,
                  .dw = mb->dw ? mb->dw->data : NULL, .db = mb->db ? mb->db->data : NULL, .d = d};
     atomic_init(&j.failed, 0);
-    if (want_dx) cpu_api->parallel_for(d.K, 32, dx_cols, &j);
-    if (j.dw) cpu_api->parallel_for(d.N, 32, dw_cols, &j);
+    if (want_dx) cpu_api->parallel_for(d.K, cpu_sgemm_grain(d.K), dx_cols, &j);
+    if (j.dw) cpu_api->parallel_for(d.N, cpu_sgemm_grain(d.N), dw_cols, &j);
     if (j.db) cpu_api->parallel_for(d.N, 256, db_cols, &j);
     return atomic_load(&j.failed) ? LLMOPT_ENOMEM : 0;
 }

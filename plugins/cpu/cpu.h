@@ -78,6 +78,8 @@ extern const llmopt_host_api *cpu_api;
 extern const cpu_simd *cpu_isa;
 
 /* ---- matmul.c and fast.c: the threaded fast kernels ---- */
+/* Columns per parallel_for chunk of an sgemm split by columns: one block a thread (matmul.c). */
+int64_t cpu_sgemm_grain(int64_t N);
 int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_embedding(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_layernorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);

@@ -150,8 +150,8 @@ static void sgemm_cols(void *arg, int64_t n0, int64_t n1) {
  * columns of W) before multiplying, so more blocks repack x more often: GPT-2 124M's prefill of
  * 512 tokens at 2 threads spent 8% of its time packing x with four blocks a thread, and ran
  * 1204-1238 tok/s that way against 1325-1387 with one block a thread (Xeon, 2 vCPUs, A/B
- * interleaved). Multiples of 64 columns. */
-static int64_t sgemm_grain(int64_t N) {
+ * interleaved). Multiples of 64 columns. backward_fast.c splits its sgemm calls the same way. */
+int64_t cpu_sgemm_grain(int64_t N) {
     const int64_t t = cpu_api->n_threads() > 0 ? cpu_api->n_threads() : 1;
     return ((N + t - 1) / t + 63) & ~(int64_t)63;
 }
@@ -170,6 +170,6 @@ int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, con
     else if (d.M == 1 && d.layout == LLMOPT_W_IN_OUT && j.wt == LLMOPT_DTYPE_F32)
         return gemv_in_out_splitk(&j);
     else
-        cpu_api->parallel_for(d.N, sgemm_grain(d.N), sgemm_cols, &j);
+        cpu_api->parallel_for(d.N, cpu_sgemm_grain(d.N), sgemm_cols, &j);
     return atomic_load(&j.failed) ? LLMOPT_ENOMEM : 0;
 }
