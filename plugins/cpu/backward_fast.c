@@ -450,13 +450,9 @@ static void ce_b_rows(void *arg, int64_t begin, int64_t end) {
             memset(o, 0, (size_t)V * sizeof(float));
             continue;
         }
-        float maxval = -INFINITY, sum = 0.0f;
+        float maxval = -INFINITY;
         for (int64_t i = 0; i < V; i++) maxval = x[i] > maxval ? x[i] : maxval;
-        for (int64_t i = 0; i < V; i++) {
-            o[i] = expf(x[i] - maxval);
-            sum += o[i];
-        }
-        float k = j->scale / sum;
+        const float k = j->scale / cpu_exp_shift_sum(x, V, maxval, o);
         for (int64_t i = 0; i < V; i++) o[i] *= k;
         o[j->targets[t]] -= j->scale;
     }
@@ -478,18 +474,12 @@ int cpu_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, llmopt_
 typedef struct adamw_job {
     const float *grad;
     float *param, *m, *v;
-    float b1, b2, eps, decay, step_size, bc2_sqrt, grad_scale;
+    cpu_adamw_k k;
 } adamw_job;
 
 static void adamw_range(void *arg, int64_t begin, int64_t end) {
     const adamw_job *j = arg;
-    for (int64_t i = begin; i < end; i++) {
-        float g = j->grad[i] * j->grad_scale;
-        j->m[i] = j->b1 * j->m[i] + (1.0f - j->b1) * g;
-        j->v[i] = j->b2 * j->v[i] + (1.0f - j->b2) * g * g;
-        j->param[i] *= j->decay;
-        j->param[i] -= j->step_size * j->m[i] / (sqrtf(j->v[i]) / j->bc2_sqrt + j->eps);
-    }
+    cpu_isa->adamw(&j->k, j->grad + begin, j->param + begin, j->m + begin, j->v + begin, end - begin);
 }
 
 int cpu_adamw(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
@@ -498,9 +488,10 @@ int cpu_adamw(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, cons
     int rc = cpu_check_adamw(in, n_in, out, p, &n);
     if (rc) return rc;
     const llmopt_op_adamw *a = p;
-    adamw_job j = {in[0]->data, out->data, a->m->data, a->v->data, a->beta1, a->beta2, a->eps,
-                   1.0f - a->lr * a->weight_decay, a->lr / (float)(1.0 - pow((double)a->beta1, a->step)),
-                   (float)sqrt(1.0 - pow((double)a->beta2, a->step)), a->grad_scale};
+    adamw_job j = {in[0]->data, out->data, a->m->data, a->v->data,
+                   {a->beta1, a->beta2, a->eps, 1.0f - a->lr * a->weight_decay,
+                    a->lr / (float)(1.0 - pow((double)a->beta1, a->step)),
+                    (float)sqrt(1.0 - pow((double)a->beta2, a->step)), a->grad_scale}};
     cpu_api->parallel_for(n, EW_GRAIN, adamw_range, &j);
     return 0;
 }

@@ -58,6 +58,12 @@ int cpu_ref_cross_entropy(const llmopt_tensor *const *in, int n_in, llmopt_tenso
 #define CPU_EXP_LO (-87.3365448f)
 #define CPU_EXP_HI 88.3762626647949f
 
+/* One AdamW step's constants (cpu_adamw): decay = 1 - lr * weight_decay, step_size = lr / (1 - b1^t),
+ * bc2_sqrt = sqrt(1 - b2^t) */
+typedef struct cpu_adamw_k {
+    float b1, b2, eps, decay, step_size, bc2_sqrt, grad_scale;
+} cpu_adamw_k;
+
 typedef struct cpu_simd {
     const char *name;                                              /* "generic", "avx2", "avx512" */
     float (*dot)(const float *a, const float *b, int64_t n);       /* sum a[i]*b[i] */
@@ -67,6 +73,10 @@ typedef struct cpu_simd {
     /* x[i] = exp(x[i]) in place: Cephes' expf polynomial (about 1 ulp), arguments clamped to
      * [-87.3, 88.37] (so exp of a very negative x is 1e-38, not 0, and never inf) */
     void (*vexp)(float *x, int64_t n);
+    /* AdamW on n values in place, cpu_ref_adamw's operations in its order: g = grad * grad_scale;
+     * m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g g; param = param * decay - step_size m /
+     * (sqrt(v) / bc2_sqrt + eps) */
+    void (*adamw)(const cpu_adamw_k *k, const float *grad, float *param, float *m, float *v, int64_t n);
 } cpu_simd;
 
 extern const cpu_simd cpu_simd_generic;   /* fast.c */
@@ -80,6 +90,8 @@ extern const cpu_simd *cpu_isa;
 /* ---- matmul.c and fast.c: the threaded fast kernels ---- */
 /* Columns per parallel_for chunk of an sgemm split by columns: one block a thread (matmul.c). */
 int64_t cpu_sgemm_grain(int64_t N);
+/* sum of exp(x[i] - shift) through cpu_isa->vexp; the exps into out too when out is not NULL (fast.c) */
+float cpu_exp_shift_sum(const float *x, int64_t n, float shift, float *out);
 int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_embedding(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_layernorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);

@@ -38,8 +38,18 @@ static void generic_vexp(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = expf(fminf(fmaxf(x[i], CPU_EXP_LO), CPU_EXP_HI));
 }
 
+static void generic_adamw(const cpu_adamw_k *k, const float *grad, float *param, float *m, float *v, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float g = grad[i] * k->grad_scale;
+        m[i] = k->b1 * m[i] + (1.0f - k->b1) * g;
+        v[i] = k->b2 * v[i] + (1.0f - k->b2) * g * g;
+        param[i] *= k->decay;
+        param[i] -= k->step_size * m[i] / (sqrtf(v[i]) / k->bc2_sqrt + k->eps);
+    }
+}
+
 const cpu_simd cpu_simd_generic = {"generic", generic_dot, generic_axpy, generic_f16_to_f32,
-                                   generic_bf16_to_f32, generic_vexp};
+                                   generic_bf16_to_f32, generic_vexp, generic_adamw};
 
 /* Rows per parallel_for chunk so a chunk holds about 16K elements of work. */
 static int64_t row_grain(int64_t cols) { return cols >= 16384 ? 1 : 16384 / cols; }
@@ -179,6 +189,25 @@ static float row_max(const float *x, int64_t n) {
     float m = -INFINITY;
     for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
     return m;
+}
+
+/* Sum of exp(x[i] - shift) over n values through the SIMD table's vexp (eight partial sums); with
+ * out, the exps are also stored there, else they go through a stack buffer a chunk at a time.
+ * Cross-entropy's rows (50257 logits for GPT-2) called libm expf once per value. */
+#define EXP_CHUNK 512
+float cpu_exp_shift_sum(const float *x, int64_t n, float shift, float *out) {
+    float buf[EXP_CHUNK], acc[8] = {0};
+    for (int64_t i0 = 0; i0 < n; i0 += EXP_CHUNK) {
+        const int64_t c = n - i0 < EXP_CHUNK ? n - i0 : EXP_CHUNK;
+        float *e = out ? out + i0 : buf;
+        for (int64_t i = 0; i < c; i++) e[i] = x[i0 + i] - shift;
+        cpu_isa->vexp(e, c);
+        int64_t i = 0;
+        for (; i + 8 <= c; i += 8)
+            for (int k = 0; k < 8; k++) acc[k] += e[i + k];
+        for (; i < c; i++) acc[i % 8] += e[i];
+    }
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 typedef struct attn_job {
@@ -367,8 +396,7 @@ static void cross_entropy_rows(void *arg, int64_t begin, int64_t end) {
             continue;
         }
         const float *x = j->x + t * j->cols;
-        float maxval = row_max(x, j->cols), sum = 0.0f;
-        for (int64_t i = 0; i < j->cols; i++) sum += expf(x[i] - maxval);
+        const float maxval = row_max(x, j->cols), sum = cpu_exp_shift_sum(x, j->cols, maxval, NULL);
         j->out[t] = logf(sum) - (x[j->targets[t]] - maxval);
     }
 }

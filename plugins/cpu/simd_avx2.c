@@ -86,9 +86,34 @@ AVX2 static void avx2_vexp(float *x, int64_t n) {
     }
 }
 
-const cpu_simd cpu_simd_avx2 = {"avx2", avx2_dot, avx2_axpy, avx2_f16_to_f32, avx2_bf16_to_f32, avx2_vexp};
+/* cpu_simd.adamw, 8 values a vector, the generic loop's operations in its order. */
+AVX2 static void avx2_adamw(const cpu_adamw_k *k, const float *grad, float *param, float *m, float *v, int64_t n) {
+    const __m256 gs = _mm256_set1_ps(k->grad_scale), b1 = _mm256_set1_ps(k->b1), c1 = _mm256_set1_ps(1.0f - k->b1);
+    const __m256 b2 = _mm256_set1_ps(k->b2), c2 = _mm256_set1_ps(1.0f - k->b2), decay = _mm256_set1_ps(k->decay);
+    const __m256 step = _mm256_set1_ps(k->step_size), bc2 = _mm256_set1_ps(k->bc2_sqrt), eps = _mm256_set1_ps(k->eps);
+    __m256 mv, vv, pv;
+#define ADAMW_STEP(G, P, M, V)                                                                                   \
+    do {                                                                                                         \
+        const __m256 g = _mm256_mul_ps((G), gs);                                                                    \
+        mv = _mm256_add_ps(_mm256_mul_ps(b1, (M)), _mm256_mul_ps(c1, g));                                           \
+        vv = _mm256_add_ps(_mm256_mul_ps(b2, (V)), _mm256_mul_ps(_mm256_mul_ps(c2, g), g));                         \
+        pv = _mm256_mul_ps((P), decay);                                                                         \
+        pv = _mm256_sub_ps(pv, _mm256_div_ps(_mm256_mul_ps(step, mv), _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vv), bc2), eps))); \
+    } while (0)
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        ADAMW_STEP(_mm256_loadu_ps(grad + i), _mm256_loadu_ps(param + i), _mm256_loadu_ps(m + i), _mm256_loadu_ps(v + i));
+        _mm256_storeu_ps(m + i, mv);
+        _mm256_storeu_ps(v + i, vv);
+        _mm256_storeu_ps(param + i, pv);
+    }
+    if (i < n) cpu_simd_generic.adamw(k, grad + i, param + i, m + i, v + i, n - i);
+#undef ADAMW_STEP
+}
+
+const cpu_simd cpu_simd_avx2 = {"avx2", avx2_dot, avx2_axpy, avx2_f16_to_f32, avx2_bf16_to_f32, avx2_vexp, avx2_adamw};
 
 #else
 /* Not x86: never selected (plugin.c detects nothing), defined so the table links. */
-const cpu_simd cpu_simd_avx2 = {"avx2", NULL, NULL, NULL, NULL, NULL};
+const cpu_simd cpu_simd_avx2 = {"avx2", NULL, NULL, NULL, NULL, NULL, NULL};
 #endif

@@ -82,10 +82,42 @@ AVX512 static void avx512_vexp(float *x, int64_t n) {
     }
 }
 
+/* cpu_simd.adamw, 16 values a vector, the generic loop's operations in its order. */
+AVX512 static void avx512_adamw(const cpu_adamw_k *k, const float *grad, float *param, float *m, float *v, int64_t n) {
+    const __m512 gs = _mm512_set1_ps(k->grad_scale), b1 = _mm512_set1_ps(k->b1), c1 = _mm512_set1_ps(1.0f - k->b1);
+    const __m512 b2 = _mm512_set1_ps(k->b2), c2 = _mm512_set1_ps(1.0f - k->b2), decay = _mm512_set1_ps(k->decay);
+    const __m512 step = _mm512_set1_ps(k->step_size), bc2 = _mm512_set1_ps(k->bc2_sqrt), eps = _mm512_set1_ps(k->eps);
+    __m512 mv, vv, pv;
+#define ADAMW_STEP(G, P, M, V)                                                                                   \
+    do {                                                                                                         \
+        const __m512 g = _mm512_mul_ps((G), gs);                                                                    \
+        mv = _mm512_add_ps(_mm512_mul_ps(b1, (M)), _mm512_mul_ps(c1, g));                                           \
+        vv = _mm512_add_ps(_mm512_mul_ps(b2, (V)), _mm512_mul_ps(_mm512_mul_ps(c2, g), g));                         \
+        pv = _mm512_mul_ps((P), decay);                                                                         \
+        pv = _mm512_sub_ps(pv, _mm512_div_ps(_mm512_mul_ps(step, mv), _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vv), bc2), eps))); \
+    } while (0)
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        ADAMW_STEP(_mm512_loadu_ps(grad + i), _mm512_loadu_ps(param + i), _mm512_loadu_ps(m + i), _mm512_loadu_ps(v + i));
+        _mm512_storeu_ps(m + i, mv);
+        _mm512_storeu_ps(v + i, vv);
+        _mm512_storeu_ps(param + i, pv);
+    }
+    if (i < n) {
+        const __mmask16 msk = (__mmask16)((1u << (n - i)) - 1u);
+        ADAMW_STEP(_mm512_maskz_loadu_ps(msk, grad + i), _mm512_maskz_loadu_ps(msk, param + i),
+                   _mm512_maskz_loadu_ps(msk, m + i), _mm512_maskz_loadu_ps(msk, v + i));
+        _mm512_mask_storeu_ps(m + i, msk, mv);
+        _mm512_mask_storeu_ps(v + i, msk, vv);
+        _mm512_mask_storeu_ps(param + i, msk, pv);
+    }
+#undef ADAMW_STEP
+}
+
 const cpu_simd cpu_simd_avx512 = {"avx512", avx512_dot, avx512_axpy, avx512_f16_to_f32, avx512_bf16_to_f32,
-                                  avx512_vexp};
+                                  avx512_vexp, avx512_adamw};
 
 #else
 /* Not x86: never selected (plugin.c detects nothing), defined so the table links. */
-const cpu_simd cpu_simd_avx512 = {"avx512", NULL, NULL, NULL, NULL, NULL};
+const cpu_simd cpu_simd_avx512 = {"avx512", NULL, NULL, NULL, NULL, NULL, NULL};
 #endif
