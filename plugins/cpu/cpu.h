@@ -77,6 +77,10 @@ typedef struct cpu_simd {
      * m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g g; param = param * decay - step_size m /
      * (sqrt(v) / bc2_sqrt + eps) */
     void (*adamw)(const cpu_adamw_k *k, const float *grad, float *param, float *m, float *v, int64_t n);
+    /* the f16 (bf16 when bf16) weight paths of decode, widened in registers: sum a[i]*b[i]; and
+     * y[i] += sum over r < rows (<= 4) of a[r] * w[r*ldw + i] */
+    float (*dot_half)(const float *a, const uint16_t *b, int64_t n, int bf16);
+    void (*axpy_half)(float *y, const float *a, const uint16_t *w, int64_t ldw, int rows, int64_t n, int bf16);
 } cpu_simd;
 
 extern const cpu_simd cpu_simd_generic;   /* fast.c */

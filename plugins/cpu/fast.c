@@ -48,8 +48,26 @@ static void generic_adamw(const cpu_adamw_k *k, const float *grad, float *param,
     }
 }
 
+static float half_f32(uint16_t h, int bf16) { return bf16 ? cpu_bf16_to_f32(h) : cpu_f16_to_f32(h); }
+
+static float generic_dot_half(const float *a, const uint16_t *b, int64_t n, int bf16) {
+    float acc[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * half_f32(b[i + j], bf16);
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; i++) s += a[i] * half_f32(b[i], bf16);
+    return s;
+}
+
+static void generic_axpy_half(float *y, const float *a, const uint16_t *w, int64_t ldw, int rows, int64_t n, int bf16) {
+    for (int r = 0; r < rows; r++)
+        for (int64_t i = 0; i < n; i++) y[i] += a[r] * half_f32(w[r * ldw + i], bf16);
+}
+
 const cpu_simd cpu_simd_generic = {"generic", generic_dot, generic_axpy, generic_f16_to_f32,
-                                   generic_bf16_to_f32, generic_vexp, generic_adamw};
+                                   generic_bf16_to_f32, generic_vexp, generic_adamw, generic_dot_half,
+                                   generic_axpy_half};
 
 /* Rows per parallel_for chunk so a chunk holds about 16K elements of work. */
 static int64_t row_grain(int64_t cols) { return cols >= 16384 ? 1 : 16384 / cols; }

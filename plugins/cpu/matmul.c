@@ -2,8 +2,9 @@
  * (set at init) and the work is split over the host's compute threads by column blocks of W
  * (rows of W for OUT_IN, column ranges for IN_OUT), so every thread comes from the host pool.
  * M = 1 (decode) with W [N,K] takes a gemv-style path of SIMD dot products over rows of W, and
- * with f32 W [K,N] OpenBLAS sgemv on ranges of K (split-K, partials added after);
- * f16/bf16 weights are converted to f32 a tile at a time into per-chunk scratch. */
+ * with W [K,N] sums over ranges of K (split-K, partials added after: OpenBLAS sgemv for f32);
+ * f16/bf16 weights are widened in registers there, and for sgemm converted to f32 a tile at a
+ * time into per-chunk scratch. */
 #include "cpu.h"
 
 #include <cblas.h>
@@ -39,24 +40,22 @@ static const float *w_row(const mm_job *j, int64_t r, int64_t row_len, int64_t c
     return buf;
 }
 
-/* gemv-style, W [N,K]: out[m, n] = dot(x[m,:], W[n,:]) for n in [n0, n1). */
+/* gemv-style, W [N,K]: out[m, n] = dot(x[m,:], W[n,:]) for n in [n0, n1); f16/bf16 rows are
+ * widened in registers (cpu_simd.dot_half). */
 static void gemv_out_in(void *arg, int64_t n0, int64_t n1) {
-    mm_job *j = arg;
+    const mm_job *j = arg;
     const cpu_mm_dims *d = &j->d;
-    float *buf = NULL;
-    if (j->wt != LLMOPT_DTYPE_F32 && !(buf = malloc((size_t)d->K * sizeof(float)))) {
-        atomic_store(&j->failed, 1);
-        return;
-    }
+    const int half = j->wt != LLMOPT_DTYPE_F32, bf16 = j->wt == LLMOPT_DTYPE_BF16;
     for (int64_t n = n0; n < n1; n++) {
-        const float *w = w_row(j, n, d->K, 0, d->K, buf);
         for (int64_t m = 0; m < d->M; m++) {
-            float v = cpu_isa->dot(j->x + m * d->K, w, d->K) + (j->bias ? j->bias[n] : 0.0f);
+            const float *x = j->x + m * d->K;
+            float v = half ? cpu_isa->dot_half(x, (const uint16_t *)j->w + n * d->K, d->K, bf16)
+                           : cpu_isa->dot(x, (const float *)j->w + n * d->K, d->K);
+            v += j->bias ? j->bias[n] : 0.0f;
             float *o = j->out + m * d->N + n;
             *o = d->accumulate ? *o + v : v;
         }
     }
-    free(buf);
 }
 
 /* sgemm on one column block [n0, n1) of f32 W, with the bias. Without accumulate the block
@@ -76,13 +75,16 @@ static void sgemm_block(const mm_job *j, const float *w, int ldw, int64_t n0, in
             for (int64_t n = n0; n < n1; n++) j->out[m * d->N + n] += j->bias[n];
 }
 
-/* M = 1 with f32 W [K,N] (GPT-2's Conv1D layout): sgemv streams W once, where sgemm would
+/* M = 1 with W [K,N] (GPT-2's Conv1D layout): sgemv streams f32 W once, where sgemm would
  * first pack (copy) every block of it; decode is bound by reading W. Split by ranges of K: chunk
  * c sums x[k0:k1] · W[k0:k1, :] over whole rows of W, one contiguous stream, into its own
  * partial, and the partials are added after. Column blocks (as before) read every row of W in
  * short pieces (a 768-wide W in eight blocks: 384 bytes a row every 3 KB), which the hardware
  * prefetchers follow less well: a 2-thread 128-token f32 decode of GPT-2 124M on the 2-vCPU AMD
- * EPYC took 2.2-2.7 s this way against 3.0-3.9 s by columns (A/B interleaved). */
+ * EPYC took 2.2-2.7 s this way against 3.0-3.9 s by columns (A/B interleaved). f16 and bf16
+ * rows are widened in registers four at a time (cpu_simd.axpy_half); through sgemm (column
+ * tiles widened, then packed) an f16 GPT-2 decoded at 0.76x its f32 speed, reading half the
+ * bytes. */
 #define SPLITK_CHUNKS_PER_THREAD 2
 typedef struct splitk_job {
     const mm_job *j;
@@ -96,8 +98,17 @@ static void gemv_in_out_k(void *arg, int64_t c0, int64_t c1) {
     const cpu_mm_dims *d = &j->d;
     for (int64_t c = c0; c < c1; c++) {
         int64_t k0 = c * s->kc, k1 = k0 + s->kc < d->K ? k0 + s->kc : d->K;
-        cblas_sgemv(CblasRowMajor, CblasTrans, (int)(k1 - k0), (int)d->N, 1.0f, (const float *)j->w + k0 * d->N,
-                    (int)d->N, j->x + k0, 1, 0.0f, s->part + c * d->N, 1);
+        float *part = s->part + c * d->N;
+        if (j->wt == LLMOPT_DTYPE_F32) {
+            cblas_sgemv(CblasRowMajor, CblasTrans, (int)(k1 - k0), (int)d->N, 1.0f, (const float *)j->w + k0 * d->N,
+                        (int)d->N, j->x + k0, 1, 0.0f, part, 1);
+            continue;
+        }
+        /* f16/bf16: four rows of W at a time widened in registers, x[k] times each added in */
+        memset(part, 0, (size_t)d->N * sizeof(float));
+        for (int64_t k = k0; k < k1; k += 4)
+            cpu_isa->axpy_half(part, j->x + k, (const uint16_t *)j->w + k * d->N, d->N, k1 - k < 4 ? (int)(k1 - k) : 4,
+                               d->N, j->wt == LLMOPT_DTYPE_BF16);
     }
 }
 
@@ -167,7 +178,7 @@ int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, con
     atomic_init(&j.failed, 0);
     if (d.M <= GEMV_MAX_M && d.layout == LLMOPT_W_OUT_IN)
         cpu_api->parallel_for(d.N, 32768 / (d.K * d.M) + 1, gemv_out_in, &j); /* >= 32K FMAs a chunk */
-    else if (d.M == 1 && d.layout == LLMOPT_W_IN_OUT && j.wt == LLMOPT_DTYPE_F32)
+    else if (d.M == 1 && d.layout == LLMOPT_W_IN_OUT)
         return gemv_in_out_splitk(&j);
     else
         cpu_api->parallel_for(d.N, cpu_sgemm_grain(d.N), sgemm_cols, &j);

@@ -55,6 +55,50 @@ AVX2 static void avx2_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) {
     for (; i < n; i++) dst[i] = cpu_bf16_to_f32(src[i]);
 }
 
+/* 8 f16 (bf16 when bf16) values at p as f32 */
+AVX2 static inline __m256 avx2_half8(const uint16_t *p, int bf16) {
+    const __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+}
+
+AVX2 static float avx2_dot_half(const float *a, const uint16_t *b, int64_t n, int bf16) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), avx2_half8(b + i, bf16), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), avx2_half8(b + i + 8, bf16), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), avx2_half8(b + i + 16, bf16), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), avx2_half8(b + i + 24, bf16), acc3);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), avx2_half8(b + i, bf16), acc0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    for (; i < n; i++) s += a[i] * (bf16 ? cpu_bf16_to_f32(b[i]) : cpu_f16_to_f32(b[i]));
+    return s;
+}
+
+AVX2 static void avx2_axpy_half(float *y, const float *a, const uint16_t *w, int64_t ldw, int rows, int64_t n,
+                                int bf16) {
+    const __m256 a0 = _mm256_set1_ps(a[0]), a1 = _mm256_set1_ps(rows > 1 ? a[1] : 0.0f);
+    const __m256 a2 = _mm256_set1_ps(rows > 2 ? a[2] : 0.0f), a3 = _mm256_set1_ps(rows > 3 ? a[3] : 0.0f);
+    int64_t i = 0;
+    for (; rows == 4 && i + 8 <= n; i += 8) { /* four rows: y is loaded and stored once for all */
+        __m256 acc = _mm256_fmadd_ps(a0, avx2_half8(w + i, bf16), _mm256_loadu_ps(y + i));
+        acc = _mm256_fmadd_ps(a1, avx2_half8(w + ldw + i, bf16), acc);
+        acc = _mm256_fmadd_ps(a2, avx2_half8(w + 2 * ldw + i, bf16), acc);
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(a3, avx2_half8(w + 3 * ldw + i, bf16), acc));
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 acc = _mm256_loadu_ps(y + i);
+        for (int r = 0; r < rows; r++)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(a[r]), avx2_half8(w + r * ldw + i, bf16), acc);
+        _mm256_storeu_ps(y + i, acc);
+    }
+    for (; i < n; i++)
+        for (int r = 0; r < rows; r++)
+            y[i] += a[r] * (bf16 ? cpu_bf16_to_f32(w[r * ldw + i]) : cpu_f16_to_f32(w[r * ldw + i]));
+}
+
 /* exp of 8 floats,
  * Cephes expf: x = n ln2 + r, |r| <= ln2/2 (ln2 split in two for the reduction), exp(r) by a
  * degree-5 polynomial, times 2^n through the exponent bits. */
@@ -111,9 +155,10 @@ AVX2 static void avx2_adamw(const cpu_adamw_k *k, const float *grad, float *para
 #undef ADAMW_STEP
 }
 
-const cpu_simd cpu_simd_avx2 = {"avx2", avx2_dot, avx2_axpy, avx2_f16_to_f32, avx2_bf16_to_f32, avx2_vexp, avx2_adamw};
+const cpu_simd cpu_simd_avx2 = {"avx2", avx2_dot, avx2_axpy, avx2_f16_to_f32, avx2_bf16_to_f32, avx2_vexp, avx2_adamw,
+                                avx2_dot_half, avx2_axpy_half};
 
 #else
 /* Not x86: never selected (plugin.c detects nothing), defined so the table links. */
-const cpu_simd cpu_simd_avx2 = {"avx2", NULL, NULL, NULL, NULL, NULL, NULL};
+const cpu_simd cpu_simd_avx2 = {"avx2", NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 #endif

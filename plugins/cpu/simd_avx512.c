@@ -53,6 +53,50 @@ AVX512 static void avx512_bf16_to_f32(float *dst, const uint16_t *src, int64_t n
     for (; i < n; i++) dst[i] = cpu_bf16_to_f32(src[i]);
 }
 
+/* 16 f16 (bf16 when bf16) values at p as f32 */
+AVX512 static inline __m512 avx512_half16(const uint16_t *p, int bf16) {
+    const __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
+}
+
+AVX512 static float avx512_dot_half(const float *a, const uint16_t *b, int64_t n, int bf16) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), avx512_half16(b + i, bf16), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), avx512_half16(b + i + 16, bf16), acc1);
+        acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), avx512_half16(b + i + 32, bf16), acc2);
+        acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), avx512_half16(b + i + 48, bf16), acc3);
+    }
+    for (; i + 16 <= n; i += 16) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), avx512_half16(b + i, bf16), acc0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+    for (; i < n; i++) s += a[i] * (bf16 ? cpu_bf16_to_f32(b[i]) : cpu_f16_to_f32(b[i]));
+    return s;
+}
+
+AVX512 static void avx512_axpy_half(float *y, const float *a, const uint16_t *w, int64_t ldw, int rows, int64_t n,
+                                    int bf16) {
+    const __m512 a0 = _mm512_set1_ps(a[0]), a1 = _mm512_set1_ps(rows > 1 ? a[1] : 0.0f);
+    const __m512 a2 = _mm512_set1_ps(rows > 2 ? a[2] : 0.0f), a3 = _mm512_set1_ps(rows > 3 ? a[3] : 0.0f);
+    int64_t i = 0;
+    for (; rows == 4 && i + 16 <= n; i += 16) { /* four rows: y is loaded and stored once for all */
+        __m512 acc = _mm512_fmadd_ps(a0, avx512_half16(w + i, bf16), _mm512_loadu_ps(y + i));
+        acc = _mm512_fmadd_ps(a1, avx512_half16(w + ldw + i, bf16), acc);
+        acc = _mm512_fmadd_ps(a2, avx512_half16(w + 2 * ldw + i, bf16), acc);
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(a3, avx512_half16(w + 3 * ldw + i, bf16), acc));
+    }
+    for (; i + 16 <= n; i += 16) {
+        __m512 acc = _mm512_loadu_ps(y + i);
+        for (int r = 0; r < rows; r++)
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), avx512_half16(w + r * ldw + i, bf16), acc);
+        _mm512_storeu_ps(y + i, acc);
+    }
+    for (; i < n; i++)
+        for (int r = 0; r < rows; r++)
+            y[i] += a[r] * (bf16 ? cpu_bf16_to_f32(w[r * ldw + i]) : cpu_f16_to_f32(w[r * ldw + i]));
+}
+
 /* exp of 16 floats,
  * Cephes expf: x = n ln2 + r, |r| <= ln2/2 (ln2 split in two for the reduction), exp(r) by a
  * degree-5 polynomial, times 2^n through the exponent bits. */
@@ -115,9 +159,9 @@ AVX512 static void avx512_adamw(const cpu_adamw_k *k, const float *grad, float *
 }
 
 const cpu_simd cpu_simd_avx512 = {"avx512", avx512_dot, avx512_axpy, avx512_f16_to_f32, avx512_bf16_to_f32,
-                                  avx512_vexp, avx512_adamw};
+                                  avx512_vexp, avx512_adamw, avx512_dot_half, avx512_axpy_half};
 
 #else
 /* Not x86: never selected (plugin.c detects nothing), defined so the table links. */
-const cpu_simd cpu_simd_avx512 = {"avx512", NULL, NULL, NULL, NULL, NULL, NULL};
+const cpu_simd cpu_simd_avx512 = {"avx512", NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 #endif
