@@ -16,8 +16,9 @@
 /* Rows per reduction chunk (fixed, so the summation order is the same for any thread count). */
 #define RED_ROWS 32
 #define EW_GRAIN 8192
-/* Columns of W converted to f32 per sgemm call for f16/bf16 weights. */
-#define HALF_TILE 128
+/* f16/bf16 weights: converted to f32 in tiles of up to this many bytes (at least 64 columns of
+ * dx), as matmul.c does: each sgemm call packs all of dy again. */
+#define HALF_TILE_BYTES (4u << 20)
 
 static int64_t row_grain(int64_t cols) { return cols >= 16384 ? 1 : 16384 / cols; }
 
@@ -56,16 +57,19 @@ static void dx_cols(void *arg, int64_t k0, int64_t k1) {
                         j->dx + k0, K);
         return;
     }
-    /* f16/bf16: HALF_TILE columns of dx at a time, their slice of W converted to [rows, N] f32 */
-    float *tile = malloc((size_t)HALF_TILE * (size_t)N * sizeof(float));
-    float *row = malloc((size_t)HALF_TILE * sizeof(float));
+    /* f16/bf16: tn columns of dx at a time, their slice of W converted to [rows, N] f32 */
+    int64_t tn = (int64_t)(HALF_TILE_BYTES / sizeof(float)) / N & ~(int64_t)63;
+    if (tn < 64) tn = 64;
+    if (tn > k1 - k0) tn = k1 - k0;
+    float *tile = malloc((size_t)tn * (size_t)N * sizeof(float));
+    float *row = malloc((size_t)tn * sizeof(float));
     if (!tile || !row) {
         free(tile), free(row);
         atomic_store(&j->failed, 1);
         return;
     }
-    for (int64_t c0 = k0; c0 < k1; c0 += HALF_TILE) {
-        int64_t c1 = c0 + HALF_TILE < k1 ? c0 + HALF_TILE : k1, nc = c1 - c0;
+    for (int64_t c0 = k0; c0 < k1; c0 += tn) {
+        int64_t c1 = c0 + tn < k1 ? c0 + tn : k1, nc = c1 - c0;
         if (d->layout == LLMOPT_W_IN_OUT) {
             for (int64_t k = c0; k < c1; k++) w_to_f32(j, k, d->N, 0, d->N, tile + (k - c0) * d->N);
         } else {

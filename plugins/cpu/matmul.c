@@ -18,8 +18,10 @@
 #ifndef GEMV_MAX_M
 #define GEMV_MAX_M 1
 #endif
-/* Columns of W converted to f32 per sgemm call for f16/bf16 weights. */
-#define HALF_TILE_N 128
+/* f16/bf16 weights for sgemm: converted to f32 in tiles of up to this many bytes (at least 64
+ * columns). Each sgemm call packs all of x again: tiles of 128 columns made an f16 GPT-2's
+ * prefill 10% slower than f32's. */
+#define HALF_TILE_BYTES (4u << 20)
 
 typedef struct mm_job {
     const float *x, *bias;
@@ -138,14 +140,17 @@ static void sgemm_cols(void *arg, int64_t n0, int64_t n1) {
         else sgemm_block(j, w + n0, (int)d->N, n0, n1);
         return;
     }
-    /* f16/bf16: convert HALF_TILE_N columns of W at a time, in the layout sgemm is told */
-    float *tile = malloc((size_t)HALF_TILE_N * (size_t)d->K * sizeof(float));
+    /* f16/bf16: convert tn columns of W at a time, in the layout sgemm is told */
+    int64_t tn = (int64_t)(HALF_TILE_BYTES / sizeof(float)) / d->K & ~(int64_t)63;
+    if (tn < 64) tn = 64;
+    if (tn > n1 - n0) tn = n1 - n0;
+    float *tile = malloc((size_t)tn * (size_t)d->K * sizeof(float));
     if (!tile) {
         atomic_store(&j->failed, 1);
         return;
     }
-    for (int64_t c0 = n0; c0 < n1; c0 += HALF_TILE_N) {
-        int64_t c1 = c0 + HALF_TILE_N < n1 ? c0 + HALF_TILE_N : n1, nc = c1 - c0;
+    for (int64_t c0 = n0; c0 < n1; c0 += tn) {
+        int64_t c1 = c0 + tn < n1 ? c0 + tn : n1, nc = c1 - c0;
         if (d->layout == LLMOPT_W_OUT_IN) {
             for (int64_t n = c0; n < c1; n++) w_row(j, n, d->K, 0, d->K, tile + (n - c0) * d->K);
             sgemm_block(j, tile, (int)d->K, c0, c1);
