@@ -118,11 +118,11 @@ typedef struct op_entry {
 
 static const op_entry ops[] = {
     {LLMOPT_OP_MATMUL, LLMOPT_DTYPE_F32, cpu_matmul, cpu_ref_matmul,
-     "%s dot gemv for M=1 and W [N,K], else OpenBLAS sgemm; column blocks on host threads"},
+     "%s dot gemv or split-K sgemv for M=1, else OpenBLAS sgemm; column blocks on host threads"},
     {LLMOPT_OP_MATMUL, LLMOPT_DTYPE_F16, cpu_matmul, cpu_ref_matmul,
-     "%s f16->f32 rows + dot for M=1 and W [N,K], else f16->f32 tiles + OpenBLAS sgemm"},
+     "%s f16 dot / split-K axpy widened in registers for M=1, else f16->f32 tiles + OpenBLAS sgemm"},
     {LLMOPT_OP_MATMUL, LLMOPT_DTYPE_BF16, cpu_matmul, cpu_ref_matmul,
-     "%s bf16->f32 rows + dot for M=1 and W [N,K], else bf16->f32 tiles + OpenBLAS sgemm"},
+     "%s bf16 dot / split-K axpy widened in registers for M=1, else bf16->f32 tiles + OpenBLAS sgemm"},
     {LLMOPT_OP_EMBEDDING, LLMOPT_DTYPE_F32, cpu_embedding, cpu_ref_embedding, "%s row copy"},
     {LLMOPT_OP_EMBEDDING, LLMOPT_DTYPE_F16, cpu_embedding, cpu_ref_embedding, "%s f16->f32 rows"},
     {LLMOPT_OP_EMBEDDING, LLMOPT_DTYPE_BF16, cpu_embedding, cpu_ref_embedding, "%s bf16->f32 rows"},
