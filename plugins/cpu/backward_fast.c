@@ -16,9 +16,6 @@
 /* Rows per reduction chunk (fixed, so the summation order is the same for any thread count). */
 #define RED_ROWS 32
 #define EW_GRAIN 8192
-/* f16/bf16 weights: converted to f32 in tiles of up to this many bytes (at least 64 columns of
- * dx), as matmul.c does: each sgemm call packs all of dy again. */
-#define HALF_TILE_BYTES (4u << 20)
 
 static int64_t row_grain(int64_t cols) { return cols >= 16384 ? 1 : 16384 / cols; }
 
@@ -57,10 +54,9 @@ static void dx_cols(void *arg, int64_t k0, int64_t k1) {
                         j->dx + k0, K);
         return;
     }
-    /* f16/bf16: tn columns of dx at a time, their slice of W converted to [rows, N] f32 */
-    int64_t tn = (int64_t)(HALF_TILE_BYTES / sizeof(float)) / N & ~(int64_t)63;
-    if (tn < 64) tn = 64;
-    if (tn > k1 - k0) tn = k1 - k0;
+    /* f16/bf16: tn columns of dx at a time, their slice of W converted to [rows, N] f32 (each
+     * sgemm call packs all of dy again: wide tiles, as matmul.c's) */
+    const int64_t tn = cpu_half_tile_cols(N, k1 - k0);
     float *tile = malloc((size_t)tn * (size_t)N * sizeof(float));
     float *row = malloc((size_t)tn * sizeof(float));
     if (!tile || !row) {

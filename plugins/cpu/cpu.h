@@ -94,6 +94,8 @@ extern const cpu_simd *cpu_isa;
 /* ---- matmul.c and fast.c: the threaded fast kernels ---- */
 /* Columns per parallel_for chunk of an sgemm split by columns: one block a thread (matmul.c). */
 int64_t cpu_sgemm_grain(int64_t N);
+/* Columns of f16/bf16 W (rows of row_floats values once widened) per sgemm tile, at most span */
+int64_t cpu_half_tile_cols(int64_t row_floats, int64_t span);
 /* sum of exp(x[i] - shift) through cpu_isa->vexp; the exps into out too when out is not NULL (fast.c) */
 float cpu_exp_shift_sum(const float *x, int64_t n, float shift, float *out);
 int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);

@@ -18,9 +18,7 @@
 #ifndef GEMV_MAX_M
 #define GEMV_MAX_M 1
 #endif
-/* f16/bf16 weights for sgemm: converted to f32 in tiles of up to this many bytes (at least 64
- * columns). Each sgemm call packs all of x again: tiles of 128 columns made an f16 GPT-2's
- * prefill 10% slower than f32's. */
+/* f16/bf16 weights for sgemm: converted to f32 in tiles of up to this many bytes. */
 #define HALF_TILE_BYTES (4u << 20)
 
 typedef struct mm_job {
@@ -141,9 +139,7 @@ static void sgemm_cols(void *arg, int64_t n0, int64_t n1) {
         return;
     }
     /* f16/bf16: convert tn columns of W at a time, in the layout sgemm is told */
-    int64_t tn = (int64_t)(HALF_TILE_BYTES / sizeof(float)) / d->K & ~(int64_t)63;
-    if (tn < 64) tn = 64;
-    if (tn > n1 - n0) tn = n1 - n0;
+    const int64_t tn = cpu_half_tile_cols(d->K, n1 - n0);
     float *tile = malloc((size_t)tn * (size_t)d->K * sizeof(float));
     if (!tile) {
         atomic_store(&j->failed, 1);
@@ -170,6 +166,15 @@ static void sgemm_cols(void *arg, int64_t n0, int64_t n1) {
 int64_t cpu_sgemm_grain(int64_t N) {
     const int64_t t = cpu_api->n_threads() > 0 ? cpu_api->n_threads() : 1;
     return ((N + t - 1) / t + 63) & ~(int64_t)63;
+}
+
+/* Each sgemm call packs all of x again, so the tiles are as wide as HALF_TILE_BYTES allows (at
+ * least 64 columns, at most span): tiles of 128 columns made an f16 GPT-2's prefill 10% slower
+ * than f32's. */
+int64_t cpu_half_tile_cols(int64_t row_floats, int64_t span) {
+    int64_t tn = (int64_t)(HALF_TILE_BYTES / sizeof(float)) / row_floats & ~(int64_t)63;
+    if (tn < 64) tn = 64;
+    return tn < span ? tn : span;
 }
 
 int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
