@@ -1,8 +1,11 @@
 /* Read-only, refcounted file mappings for checkpoint loaders. */
+/* madvise(MADV_DONTNEED) is Linux/BSD, outside POSIX 2008 (whose posix_madvise DONTNEED glibc ignores). */
+#define _DEFAULT_SOURCE
 #include "mapping.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -70,4 +73,15 @@ void rt_mapping_unref(void *owner) {
     if (map->heap) free(map->base);
     else if (map->base) munmap(map->base, map->len);
     free(map);
+}
+
+void rt_mapping_evict(const rt_mapping *map, const void *p, size_t n) {
+    if (!map || map->heap || !map->base || n == 0) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) / page * page, hi = ((uintptr_t)p + n) / page * page;
+    uintptr_t b0 = (uintptr_t)map->base, b1 = b0 + map->len;
+    if (lo < b0 || hi > b1 || hi <= lo) return; /* not inside this mapping, or no whole page */
+    /* MADV_DONTNEED on a private mapping that was never written drops clean file pages; the
+     * result is only a hint taken or not, and nothing is lost either way. */
+    (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }

@@ -22,5 +22,9 @@ int rt_mapping_copy(const char *name, const void *buf, size_t len, rt_mapping **
 /* Takes a reference for a tensor; release with rt_mapping_unref (an rt_tensor_wrap release). */
 void rt_mapping_ref(rt_mapping *map);
 void rt_mapping_unref(void *map);
+/* Tells the kernel that the whole pages of [p, p + n) inside a file mapping will not be read
+ * again soon, so they leave this process's resident set (a later read faults them back in from
+ * the file: the bytes never change). Nothing for a heap copy, whose pages hold the only copy. */
+void rt_mapping_evict(const rt_mapping *map, const void *p, size_t n);
 
 #endif

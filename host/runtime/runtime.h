@@ -54,6 +54,10 @@ long rt_tensor_refcount(const llmopt_tensor *t);  /* for tests and diagnostics *
 /* An f32/f16/bf16 tensor's values widened to f32 (exact) into dst (numel floats);
  * LLMOPT_EINVAL for any other dtype. */
 int rt_tensor_read_f32(const llmopt_tensor *t, float *dst);
+/* t's bytes will not be read again soon: when t is a view of a checkpoint's file mapping, its
+ * whole pages leave the process's resident set (reads still work: they fault back in from the
+ * file). Nothing for heap and device tensors. What a trainer calls once it holds f32 copies. */
+void rt_tensor_evict(const llmopt_tensor *t);
 /* A new f32 heap tensor of t's shape and values (refcount 1); NULL for other dtypes or no memory. */
 llmopt_tensor *rt_tensor_f32_copy(const llmopt_tensor *t);
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mapping.h"
 #include "quant.h"
 
 #define TENSOR_ALIGN 64 /* bytes: a cache line, and enough for AVX-512 loads */
@@ -206,6 +207,11 @@ void rt_tensor_unref(const llmopt_tensor *t) {
     else if (p->dev) p->dev->free(p->dev->ctx, p->pub.data);
     else if (p->release) p->release(p->owner);
     free(p);
+}
+
+void rt_tensor_evict(const llmopt_tensor *t) {
+    const rt_tensor *p = t ? priv_of(t) : NULL;
+    if (p && p->release == rt_mapping_unref) rt_mapping_evict(p->owner, p->pub.data, p->pub.nbytes);
 }
 
 int64_t rt_tensor_numel(const llmopt_tensor *t) {

@@ -31,6 +31,9 @@ typedef struct tr_options {
     /* AdamW */
     float beta1, beta2, eps, weight_decay;
     uint64_t seed;                  /* adapter init and dropout */
+    /* rows of logits per cross-entropy backward call (0: about 4 MB of them, at least 16); the
+     * gradients do not depend on it (tests set a small one to cross block edges) */
+    int ce_rows;
 } tr_options;
 
 /* Defaults: batch 1, seq 128, full fine-tuning of every floating-point tensor, lora_alpha 16,
@@ -42,6 +45,9 @@ void tr_options_default(tr_options *o);
  * nothing. The model is referenced; its tensors are never written. */
 int tr_new(llmopt_model *m, const tr_options *o, tr_trainer **out, llmopt_error *err);
 void tr_free(tr_trainer *t);
+/* Frees the activations and backward scratch of a batch (the largest buffers after the
+ * parameters and their AdamW moments); the next forward allocates them again. */
+void tr_free_buffers(tr_trainer *t);
 
 /* Trainable parameter count (adapters only, for LoRA). */
 size_t tr_n_trainable(const tr_trainer *t);
@@ -73,7 +79,8 @@ int tr_steps(const tr_trainer *t);
 
 /* A new model with the trained weights: full fine-tuning replaces the trained tensors (others
  * stay shared with the input); LoRA with merge adds (alpha/r) B A into the targets, without
- * merge the base is returned unchanged (save the adapters with tr_lora_export). */
+ * merge the base is returned unchanged (save the adapters with tr_lora_export). It first frees
+ * the batch's activations (tr_free_buffers), so the copy does not come on top of them. */
 int tr_export(tr_trainer *t, int merge_lora, llmopt_model **out, llmopt_error *err);
 /* The adapters as tensors named as PEFT saves them ("base_model.model.<module>.lora_A.weight"
  * [r, in], "...lora_B.weight" [out, r]) in a new model (no architecture config). */

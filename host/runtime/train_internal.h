@@ -78,6 +78,7 @@ struct tr_trainer {
     size_t n_kernels;
     tr_acts a;
     /* backward scratch */
+    /* dlogits: a block of ce_rows rows (the backward turns the logits into their gradient) */
     float *dx, *dtmp, *dh, *datt, *dq, *dk, *dv, *dqkv, *qkv, *dffa, *dffb, *dffo, *dlogits, *du, *dxd;
     int32_t *pos_ids;
     int step;                      /* optimizer steps taken */

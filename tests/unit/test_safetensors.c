@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -312,6 +313,48 @@ static void tensor_data_outlives_its_model(void **state) {
     assert_tensors_equal(t, rt_model_get(m, "wte.weight"));
     rt_tensor_unref(t);
     rt_model_unref(m);
+}
+
+/* Resident pages of this process, from /proc/self/statm. */
+static long resident_pages(void) {
+    long size = 0, res = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    assert_non_null(f);
+    assert_int_equal(fscanf(f, "%ld %ld", &size, &res), 2);
+    fclose(f);
+    return res;
+}
+
+/* rt_tensor_evict drops a mapped tensor's pages from the resident set (what a trainer does
+ * after copying the weights to f32) and the bytes read back the same; a heap tensor is left
+ * alone (its pages are the only copy). */
+static void evicted_mapped_tensor_leaves_the_resident_set_and_reads_back_the_same(void **state) {
+    (void)state;
+    enum { N = 4 << 20 }; /* 16 MB of f32 */
+    float *w = malloc((size_t)N * sizeof *w);
+    for (int i = 0; i < N; i++) w[i] = (float)(i % 1000) * 0.5f;
+    char header[128];
+    snprintf(header, sizeof header, "{\"w\":{\"dtype\":\"F32\",\"shape\":[%d],\"data_offsets\":[0,%zu]}}", N,
+             (size_t)N * sizeof *w);
+    char *dir = make_model_dir();
+    write_st(dir, "model.safetensors", header, w, (size_t)N * sizeof *w);
+    llmopt_model *m = NULL;
+    assert_int_equal(rt_model_load(dir, &m, NULL), 0);
+    const llmopt_tensor *t = rt_model_get(m, "w");
+    volatile float sum = 0;
+    for (int i = 0; i < N; i += 1024) sum += ((const float *)t->data)[i]; /* fault every page in */
+    long before = resident_pages();
+    rt_tensor_evict(t);
+    long after = resident_pages(), page = sysconf(_SC_PAGESIZE);
+    assert_true((before - after) * page >= (long)N * (long)sizeof *w - 2 * page);
+    assert_memory_equal(t->data, w, (size_t)N * sizeof *w);
+    llmopt_tensor *h = rt_tensor_f32_copy(t);
+    rt_tensor_evict(h);
+    assert_memory_equal(h->data, w, (size_t)N * sizeof *w);
+    rt_tensor_unref(h);
+    rt_model_unref(m);
+    remove_dir(dir);
+    free(w);
 }
 
 static void sharded_index_loads_every_shard_in_file_order(void **state) {
@@ -667,6 +710,7 @@ int main(void) {
         cmocka_unit_test(load_save_load_is_bit_exact),
         cmocka_unit_test(loaded_tensors_point_into_one_mapping_in_offset_order),
         cmocka_unit_test(tensor_data_outlives_its_model),
+        cmocka_unit_test(evicted_mapped_tensor_leaves_the_resident_set_and_reads_back_the_same),
         cmocka_unit_test(sharded_index_loads_every_shard_in_file_order),
         cmocka_unit_test(parse_header_lists_tensors_with_file_offsets),
         cmocka_unit_test(parse_header_rejects_every_truncation),
