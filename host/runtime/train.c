@@ -208,10 +208,13 @@ static int linear_fwd(tr_trainer *t, tr_linear *L, const float *x, float *y, int
     return mm(t, lo->u, t->BT, lo->B->w, NULL, LLMOPT_W_OUT_IN, y, 1, err);
 }
 
-/* dx (+)= dy · (W + s BA)ᵀ through the dropout; gradients of W, b, A, B when trained. */
+/* dx (+)= dy · (W + s BA)ᵀ through the dropout (dx NULL: not wanted); gradients of W, b, A, B
+ * when trained. */
 static int linear_bwd(tr_trainer *t, tr_linear *L, const float *x, const float *dy, float *dx, int accumulate_dx,
                       llmopt_error *err) {
-    int rc = mm_backward(t, x, t->BT, L->w.t, L->layout, dy, dx, accumulate_dx, L->w.p ? L->w.p->g : NULL,
+    int rc = 0;
+    if (dx || L->w.p || L->b.p)
+        rc = mm_backward(t, x, t->BT, L->w.t, L->layout, dy, dx, accumulate_dx, L->w.p ? L->w.p->g : NULL,
                          L->b.p ? L->b.p->g : NULL, err);
     if (rc || !L->lora) return rc;
     tr_lora *lo = L->lora;
@@ -221,7 +224,7 @@ static int linear_bwd(tr_trainer *t, tr_linear *L, const float *x, const float *
     float s = lora_scale(t);
     for (int64_t i = 0; i < (int64_t)t->BT * r; i++) t->du[i] *= s;
     /* u = xin Aᵀ: dA += duᵀ xin, dxin = du A, then through the dropout mask */
-    if (!(t->o.lora_dropout > 0))
+    if (!(t->o.lora_dropout > 0) || !dx)
         return mm_backward(t, lo->x, t->BT, lo->A->w, LLMOPT_W_OUT_IN, t->du, dx, 1, lo->A->g, NULL, err);
     if ((rc = mm_backward(t, lo->x, t->BT, lo->A->w, LLMOPT_W_OUT_IN, t->du, t->dxd, 0, lo->A->g, NULL, err)))
         return rc;
@@ -231,6 +234,17 @@ static int linear_bwd(tr_trainer *t, tr_linear *L, const float *x, const float *
 }
 
 /* ---- binding ---- */
+
+/* Whether any weight of layer L trains (a parameter or an adapter). */
+static int layer_trains(const tr_layer *L) {
+    const tr_w *ws[] = {&L->ln1_w, &L->ln1_b, &L->ln2_w, &L->ln2_b};
+    for (size_t i = 0; i < 4; i++)
+        if (ws[i]->p) return 1;
+    const tr_linear *ls[] = {&L->qkv, &L->q, &L->k, &L->v, &L->o, &L->up, &L->gate, &L->down};
+    for (size_t i = 0; i < 8; i++)
+        if (ls[i]->w.p || ls[i]->b.p || ls[i]->lora) return 1;
+    return 0;
+}
 
 static void tr_w_bind(tr_trainer *t, int layer, const char *what, tr_w *w) {
     arch_tensor_name(&t->c, t->m, layer, what, w->name, sizeof w->name);
@@ -603,6 +617,9 @@ int tr_new(llmopt_model *m, const tr_options *o, tr_trainer **out, llmopt_error 
     if (!rc) rc = f32_vectors(t, slots, n_slots, err);
     /* the tied head reads the embedding's slot (same tensor, same parameter) */
     if (c->tied) t->lm_head = t->tok_emb;
+    t->grad_floor = t->tok_emb.p || t->pos_emb.p ? -1 : c->n_layer;
+    for (int l = c->n_layer - 1; l >= 0 && t->grad_floor >= 0; l--)
+        if (layer_trains(&t->layers[l])) t->grad_floor = l;
     if (!rc) rc = alloc_buffers(t, err);
     if (!rc) rc = need_kernels(t, slots, n_slots, err);
     free(slots);
@@ -788,6 +805,9 @@ static int attention_bwd(tr_trainer *t, int l, llmopt_error *err) {
         llmopt_op_attention_backward p = {sizeof p, 1, 1.0f / sqrtf((float)D), &tdk, &tdv};
         if ((rc = call(t, LLMOPT_OP_ATTENTION_BACKWARD, F32, in, 4, &tdq, &p, err))) return rc;
     }
+    /* below this point only the norm's own gradient and what lower layers train need dh */
+    int below = t->grad_floor < l, norm = below || L->ln1_w.p || L->ln1_b.p;
+    float *dh = norm ? t->dh : NULL;
     if (c->family == ARCH_GPT2) {
         for (int64_t r = 0; r < t->BT; r++) {
             float *row = t->dqkv + r * (Q + 2 * KV);
@@ -795,15 +815,16 @@ static int attention_bwd(tr_trainer *t, int l, llmopt_error *err) {
             memcpy(row + Q, t->dk + r * KV, (size_t)KV * 4);
             memcpy(row + Q + KV, t->dv + r * KV, (size_t)KV * 4);
         }
-        if ((rc = linear_bwd(t, &L->qkv, h1, t->dqkv, t->dh, 0, err))) return rc;
+        if ((rc = linear_bwd(t, &L->qkv, h1, t->dqkv, dh, 0, err))) return rc;
     } else if ((rc = rope_op(t, LLMOPT_OP_ROPE_BACKWARD, t->dq, (int)Hq, err)) ||
                (rc = rope_op(t, LLMOPT_OP_ROPE_BACKWARD, t->dk, (int)Hkv, err)) ||
-               (rc = linear_bwd(t, &L->q, h1, t->dq, t->dh, 0, err)) || (rc = linear_bwd(t, &L->k, h1, t->dk, t->dh, 1, err)) ||
-               (rc = linear_bwd(t, &L->v, h1, t->dv, t->dh, 1, err))) {
+               (rc = linear_bwd(t, &L->q, h1, t->dq, dh, 0, err)) || (rc = linear_bwd(t, &L->k, h1, t->dk, dh, 1, err)) ||
+               (rc = linear_bwd(t, &L->v, h1, t->dv, dh, 1, err))) {
         return rc;
     }
+    if (!norm) return 0;
     if ((rc = norm_bwd(t, x, &L->ln1_w, &L->ln1_b, t->dh, t->dtmp, err))) return rc;
-    return add_into(t, t->dx, t->dtmp, (int64_t)t->BT * C, err);
+    return below ? add_into(t, t->dx, t->dtmp, (int64_t)t->BT * C, err) : 0;
 }
 
 static int mlp_bwd(tr_trainer *t, int l, llmopt_error *err) {
@@ -856,7 +877,7 @@ static int backward(tr_trainer *t, const int32_t *inputs, const int32_t *targets
                           t->lm_head.p ? t->lm_head.p->g : NULL, NULL, err)) ||
         (rc = norm_bwd(t, LAYER(a->x, c->n_layer, C), &t->norm_w, &t->norm_b, t->dh, t->dx, err)))
         return rc;
-    for (int l = c->n_layer - 1; l >= 0; l--)
+    for (int l = c->n_layer - 1; l >= 0 && l >= t->grad_floor; l--)
         if ((rc = mlp_bwd(t, l, err)) || (rc = attention_bwd(t, l, err))) return rc;
     llmopt_tensor tdx = f32_view(t->dx, 2, BT, C, 1);
     if (t->tok_emb.p) {

@@ -68,6 +68,9 @@ struct tr_trainer {
     int B, T, BT;
     tr_w tok_emb, pos_emb, norm_w, norm_b, lm_head;
     tr_layer *layers;
+    /* the lowest place that trains: -1 the embeddings, l layer l, n_layer none below the final
+     * norm and head; the backward goes no lower (tr_new sets it) */
+    int grad_floor;
     tr_linear **linears;           /* every linear layer, in forward order */
     size_t n_linears;
     tr_param **params;             /* in checkpoint order, then adapters in forward order */
@@ -77,8 +80,7 @@ struct tr_trainer {
     tr_kernel *kernels;
     size_t n_kernels;
     tr_acts a;
-    /* backward scratch */
-    /* dlogits: a block of ce_rows rows (the backward turns the logits into their gradient) */
+    /* backward scratch; dlogits: a block of ce_rows rows (the backward turns the logits into their gradient) */
     float *dx, *dtmp, *dh, *datt, *dq, *dk, *dv, *dqkv, *qkv, *dffa, *dffb, *dffo, *dlogits, *du, *dxd;
     int32_t *pos_ids;
     int step;                      /* optimizer steps taken */

@@ -207,6 +207,37 @@ static void blocked_cross_entropy_and_an_export_mid_run_change_no_weight(void **
     }
 }
 
+/* Training only the top layer (without and with its norms) stops the backward there: the
+ * gradients it computes are bitwise those of training every tensor. */
+static void training_only_the_top_layer_gives_its_gradients_of_training_all(void **state) {
+    (void)state;
+    for (int w = 0; w < 2; w++) {
+        llmopt_model *m = model(w);
+        const char *lin[] = {w == 0 ? "*h.1.attn.*" : "*layers.1.self_attn.*", w == 0 ? "*h.1.mlp.*" : "*layers.1.mlp.*"};
+        const char *all1[] = {w == 0 ? "*h.1.*" : "*layers.1.*"};
+        const char *const *pats[] = {lin, all1};
+        size_t npats[] = {2, 1};
+        for (int k = 0; k < 2; k++) {
+            tr_options o = opts(B), top = opts(B);
+            top.trainable = pats[k], top.n_trainable = npats[k];
+            tr_trainer *a = trainer(m, &o), *b = trainer(m, &top);
+            int32_t in[B * T], tg[B * T];
+            batch(3, B, in, tg);
+            assert_true(fb(a, in, tg) == fb(b, in, tg));
+            assert_true(tr_n_params(b) > 0 && tr_n_params(b) < tr_n_params(a));
+            for (size_t i = 0; i < tr_n_params(b); i++) {
+                size_t j = 0;
+                while (j < tr_n_params(a) && strcmp(tr_param_name(a, j), tr_param_name(b, i)) != 0) j++;
+                assert_true(j < tr_n_params(a));
+                const llmopt_tensor *ga = tr_param_grad(a, j), *gb = tr_param_grad(b, i);
+                assert_memory_equal(ga->data, gb->data, ga->nbytes);
+            }
+            tr_free(a), tr_free(b);
+        }
+        rt_model_unref(m);
+    }
+}
+
 static void lora_starts_at_the_base_loss_and_trains_only_adapters(void **state) {
     (void)state;
     for (int w = 0; w < 2; w++) {
@@ -475,6 +506,7 @@ int main(void) {
         cmocka_unit_test(two_micro_batches_accumulate_to_the_gradient_of_one_batch_of_both),
         cmocka_unit_test(same_seed_gives_identical_weights_after_five_steps),
         cmocka_unit_test(blocked_cross_entropy_and_an_export_mid_run_change_no_weight),
+        cmocka_unit_test(training_only_the_top_layer_gives_its_gradients_of_training_all),
         cmocka_unit_test(lora_starts_at_the_base_loss_and_trains_only_adapters),
         cmocka_unit_test(merged_model_forward_equals_the_lora_forward),
         cmocka_unit_test(unmatched_trainable_pattern_or_lora_target_is_an_error_naming_it),
