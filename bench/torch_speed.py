@@ -3,6 +3,9 @@
 
   torch_speed.py make DIR             GPT2LMHeadModel(GPT2Config()) with random weights (seed 0),
                                       save_pretrained(DIR, safe_serialization=True) in float32
+  torch_speed.py make-llama DIR       LlamaForCausalLM with random weights (seed 0) of about the same
+                                      size: 12 layers, hidden 768, 12 heads over 4 KV heads (GQA),
+                                      MLP 2048 (SwiGLU), vocabulary 32000, untied head; float32
   torch_speed.py load DIR             import, from_pretrained, one forward of one token; prints the
                                       seconds of each and the peak RSS (run it in a fresh process)
   torch_speed.py speed DIR [--threads 2] [--repeats 5] [--decode 128] [--prompt 128] [--prefill 512]
@@ -50,6 +53,20 @@ def cmd_make(d):
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config()).float().eval()
+    model.save_pretrained(d, safe_serialization=True)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"made {d} params={n}")
+
+
+def cmd_make_llama(d):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                      num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).float().eval()
     model.save_pretrained(d, safe_serialization=True)
     n = sum(p.numel() for p in model.parameters())
     print(f"made {d} params={n}")
@@ -186,6 +203,8 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("make")
     m.add_argument("dir")
+    ml = sub.add_parser("make-llama")
+    ml.add_argument("dir")
     lo = sub.add_parser("load")
     lo.add_argument("dir")
     lo.add_argument("--threads", type=int, default=2)
@@ -200,6 +219,8 @@ def main():
     a = p.parse_args()
     if a.cmd == "make":
         cmd_make(a.dir)
+    elif a.cmd == "make-llama":
+        cmd_make_llama(a.dir)
     elif a.cmd == "load":
         cmd_load(a.dir, a.threads)
     else:

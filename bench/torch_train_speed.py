@@ -5,15 +5,17 @@
                        [--threads 2] [--rank 8] [--alpha 16] [--targets c_attn] [--vocab-ids 4096]
 
 The training step llmopt's finetune.full / finetune.lora takes, written the way a PyTorch user
-writes it: GPT2LMHeadModel.from_pretrained(MODEL_DIR, float32), model.train() with every dropout
-probability set to 0 (llmopt's engine has no dropout in full fine-tuning; LoRA dropout 0 in both),
+writes it: AutoModelForCausalLM.from_pretrained(MODEL_DIR, float32) (GPT-2 or Llama), model.train()
+with every dropout probability set to 0 (llmopt's engine has no dropout in full fine-tuning; LoRA
+dropout 0 in both),
 logits of the B x T inputs, mean cross-entropy against the next tokens, backward,
 clip_grad_norm_(1.0) (finetune's grad_clip default), torch.optim.AdamW(lr, betas (0.9, 0.999),
 eps 1e-8, weight_decay 0.01), zero_grad(set_to_none=True).
 
-LoRA is hand-made (no PEFT in this venv): each target Conv1D (GPT-2's [in, out] linear layers)
-becomes y = x W + b + (alpha / r) (x Aᵀ) Bᵀ with A [r, in] Kaiming-uniform and B [out, r] zero, as
-PEFT's LoraLayer; the base is frozen (requires_grad False), only A and B go to the optimizer.
+LoRA is hand-made (no PEFT in this venv): each target Conv1D (GPT-2's [in, out] linear layers) or
+nn.Linear (Llama's) becomes y = base(x) + (alpha / r) (x Aᵀ) Bᵀ with A [r, in] Kaiming-uniform and
+B [out, r] zero, as PEFT's LoraLayer; the base is frozen (requires_grad False), only A and B go to
+the optimizer.
 
 --warmup steps run first and are not timed; then --steps steps are timed as one interval.
 Inputs are a fixed xorshift sequence of ids below --vocab-ids (the ids do not change the work).
@@ -41,7 +43,8 @@ def add_lora(model, targets, r, alpha):
         def __init__(self, base):
             super().__init__()
             self.base = base
-            fin, fout = base.weight.shape  # Conv1D keeps W as [in, out]
+            # Conv1D keeps W as [in, out], nn.Linear as [out, in]
+            fin, fout = base.weight.shape if isinstance(base, Conv1D) else base.weight.shape[::-1]
             self.lora_A = torch.nn.Parameter(torch.empty(r, fin))
             self.lora_B = torch.nn.Parameter(torch.zeros(fout, r))
             torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -55,11 +58,11 @@ def add_lora(model, targets, r, alpha):
     n = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D) and name in targets:
+            if isinstance(child, (Conv1D, torch.nn.Linear)) and name in targets:
                 setattr(parent, name, LoraConv1D(child))
                 n += 1
     if n == 0:
-        sys.exit(f"no Conv1D module named {targets}")
+        sys.exit(f"no Conv1D or Linear module named {targets}")
 
 
 def main():
@@ -80,12 +83,14 @@ def main():
 
     import torch
     import transformers
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel.from_pretrained(a.model, torch_dtype=torch.float32, resid_pdrop=0.0, embd_pdrop=0.0,
-                                            attn_pdrop=0.0)
+    kind = AutoConfig.from_pretrained(a.model).model_type
+    no_dropout = ({"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0} if kind == "gpt2"
+                  else {"attention_dropout": 0.0})
+    model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32, **no_dropout)
     if a.mode == "lora":
         add_lora(model, set(a.targets.split(",")), a.rank, a.alpha)
     model.train()
@@ -100,6 +105,7 @@ def main():
     cpu = getattr(torch.backends, "cpu", None)
     print(f"cpu_capability={cpu.get_cpu_capability() if cpu else 'n/a'}")
     print(f"attn_implementation={getattr(model.config, '_attn_implementation', 'n/a')}")
+    print(f"model_type={kind}")
     print(f"mode={a.mode} batch={B} seq={T} steps={a.steps} warmup={a.warmup}")
     print(f"trainable_params={sum(q.numel() for q in params)}")
     sys.stdout.flush()

@@ -6,8 +6,11 @@
 #   bench/train_speed.sh BUILD_DIR [THREADS]
 #
 # Environment: REPEATS (3: separate processes per cell, best tokens/s, largest peak RSS),
-#   CASES ("gpt2-full kjv-full kjv-lora gpt2-lora"), GPT2_DIR (default build-bench/gpt2-124m,
-#   made with bench/torch_speed.py make when missing), GPT2_B/GPT2_T/GPT2_STEPS (4/128/4),
+#   CASES ("gpt2-full kjv-full kjv-lora gpt2-lora llama-full llama-lora"), GPT2_DIR (default
+#   build-bench/gpt2-124m, made with bench/torch_speed.py make when missing), LLAMA_DIR (default
+#   build-bench/llama-125m, bench/torch_speed.py make-llama: 12 layers, 768 wide, GQA 12/4 heads,
+#   SwiGLU 2048, 32000 ids, untied; LoRA on q_proj and v_proj, PEFT's Llama default),
+#   GPT2_B/GPT2_T/GPT2_STEPS (4/128/4, also the Llama cases'),
 #   KJV_B/KJV_T/KJV_STEPS (8/128/20), TORCH_PYS (python interpreters; default the interop venv's
 #   Debian torch 1.13 and, if it imports, build-bench/torch2-venv's PyPI torch).
 # Results (key=value files and table.md) go to BUILD_DIR/train-bench/<date-time>/.
@@ -16,7 +19,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 build="$(cd "${1:?usage: train_speed.sh BUILD_DIR [THREADS]}" && pwd)"
 threads="${2:-2}"
 reps="${REPEATS:-3}"
-cases="${CASES:-gpt2-full kjv-full kjv-lora gpt2-lora}"
+cases="${CASES:-gpt2-full kjv-full kjv-lora gpt2-lora llama-full llama-lora}"
 host="$build/host/llmopt-host"
 res="$build/train-bench/$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$res"
@@ -47,6 +50,17 @@ if [[ " $cases " == *" gpt2-"* ]]; then
     ln -s "$(cd "$gpt2" && pwd)/config.json" "$(cd "$gpt2" && pwd)/model.safetensors" "$g/"
     ln -s "$root/models/kjv-tiny/tokenizer.json" "$root/models/kjv-tiny/tokenizer_config.json" "$g/"
 fi
+llama="${LLAMA_DIR:-$root/build-bench/llama-125m}"
+if [[ " $cases " == *" llama-"* ]]; then
+    if [ ! -f "$llama/model.safetensors" ]; then
+        log "making $llama"
+        "$venv" "$root/bench/torch_speed.py" make-llama "$llama"
+    fi
+    gl="$res/llama-125m-kjvtok" # kjv-tiny's tokenizer as for GPT-2: its ids are inside 32000
+    mkdir -p "$gl"
+    ln -s "$(cd "$llama" && pwd)/config.json" "$(cd "$llama" && pwd)/model.safetensors" "$gl/"
+    ln -s "$root/models/kjv-tiny/tokenizer.json" "$root/models/kjv-tiny/tokenizer_config.json" "$gl/"
+fi
 
 {
     echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -69,7 +83,7 @@ rss_mib() { sed -n 's/.*Maximum resident set size (kbytes): //p' "$1" | awk '{pr
 run_llmopt() { # case model mode B T steps -> key=value lines, one set per repeat
     local c="$1" model="$2" mode="$3" B="$4" T="$5" steps="$6" r
     local extra=""
-    [ "$mode" = lora ] && extra=", rank: 8, alpha: 16, targets: [c_attn]"
+    [ "$mode" = lora ] && extra=", rank: 8, alpha: 16, targets: [${targets//,/, }]"
     cat >"$res/$c.yaml" <<EOF
 name: train-bench-$c
 model: $model
@@ -105,7 +119,7 @@ run_torch() { # case py model mode B T steps
     for r in $(seq 1 "$reps"); do
         log "$c: torch $tag run $r"
         /usr/bin/time -v -o "$res/$c-torch.time" "$py" "$root/bench/torch_train_speed.py" "$model" --mode "$mode" \
-            --batch "$B" --seq "$T" --steps "$steps" --warmup 1 --threads "$threads" --targets c_attn 2>/dev/null |
+            --batch "$B" --seq "$T" --steps "$steps" --warmup 1 --threads "$threads" --targets "$targets" 2>/dev/null |
             grep -v '^peak_rss_mib='
         echo "peak_rss_mib=$(rss_mib "$res/$c-torch.time")"
     done >"$res/$c-torch-$tag.txt"
@@ -115,9 +129,12 @@ for c in $cases; do
     case "$c" in
     gpt2-*) model="$g" B="${GPT2_B:-4}" T="${GPT2_T:-128}" steps="${GPT2_STEPS:-4}" ;;
     kjv-*) model="$root/models/kjv-tiny" B="${KJV_B:-8}" T="${KJV_T:-128}" steps="${KJV_STEPS:-20}" ;;
+    llama-*) model="$gl" B="${GPT2_B:-4}" T="${GPT2_T:-128}" steps="${GPT2_STEPS:-4}" ;;
     *) echo "unknown case $c" >&2; exit 2 ;;
     esac
     mode="${c#*-}"
+    targets=c_attn
+    [[ "$c" == llama-* ]] && targets=q_proj,v_proj
     echo "$c B=$B T=$T steps=$steps mode=$mode" >>"$res/cases.txt"
     run_llmopt "$c" "$model" "$mode" "$B" "$T" "$steps"
     for py in $TORCH_PYS; do run_torch "$c" "$py" "$model" "$mode" "$B" "$T" "$steps"; done
