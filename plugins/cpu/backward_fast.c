@@ -232,12 +232,17 @@ typedef struct attnb_job {
     float scale;
 } attnb_job;
 
-/* Pass 1, one task per (query row t, head h) = t * Hq + h: P, dS and dq of that row. */
-/* Attention backward as matrix products, per head (the per-(query, key) dot and axpy calls of
- * the first version were a tenth of a kjv-tiny training step). Pass 1, one task per query head
- * h: S = scale Q_h K_g^T, the causal mask and softmax give P_h; dP = dY_h V_g^T; dS_h = scale
- * P (dP - rowsum(P dP)); dQ_h = dS_h K_g. Masked entries of P and dS are 0, so the full T x T
- * products are exact. */
+/* Attention backward as matrix products, per head, in blocks of ATT_BQB query rows that meet
+ * only the keys their last row sees when causal (the full T x T products did a quarter more
+ * work at T = 128, up to half at long T; the per-(query, key) dot and axpy calls of the first
+ * version were a tenth of a kjv-tiny training step). Pass 1, one task per query head h, for a
+ * block of rows r and its nk keys: S = scale Q_r K^T, the causal mask and softmax give P_r;
+ * dP = dY_r V^T; dS_r = scale P (dP - rowsum(P dP)); dQ_r = dS_r K. Masked entries of a block's
+ * P and dS are 0, so its products are exact; entries right of a block's nk are never read. */
+#define ATT_BQB 32
+
+static int64_t bw_keys(const attnb_job *j, int64_t t0, int64_t m) { return j->causal ? t0 + m : j->d.T; }
+
 static void attn_b_heads(void *arg, int64_t begin, int64_t end) {
     const attnb_job *j = arg;
     const cpu_attn_dims *d = &j->d;
@@ -245,48 +250,56 @@ static void attn_b_heads(void *arg, int64_t begin, int64_t end) {
     const int ldq = (int)(d->Hq * D), ldk = (int)(d->Hkv * D);
     for (int64_t h = begin; h < end; h++) {
         const int64_t g = h / group;
-        const float *q = j->q + h * D, *dy = j->dy + h * D, *k = j->k + g * D, *v = j->v + g * D;
-        float *P = j->P + h * T * T, *dS = j->dS + h * T * T;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, j->scale, q, ldq, k, ldk, 0.0f, P,
-                    (int)T);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, 1.0f, dy, ldq, v, ldk, 0.0f, dS,
-                    (int)T);
-        for (int64_t t = 0; t < T; t++) {
-            float *pr = P + t * T, *dr = dS + t * T;
-            const int64_t n_keys = j->causal ? t + 1 : T;
-            float maxval = -INFINITY, sum = 0.0f, dot = 0.0f;
-            for (int64_t s = 0; s < n_keys; s++) maxval = pr[s] > maxval ? pr[s] : maxval;
-            for (int64_t s = 0; s < n_keys; s++) pr[s] -= maxval;
-            cpu_isa->vexp(pr, n_keys);
-            for (int64_t s = 0; s < n_keys; s++) sum += pr[s];
-            const float inv = 1.0f / sum;
-            for (int64_t s = 0; s < n_keys; s++) {
-                pr[s] *= inv;
-                dot += pr[s] * dr[s];
+        const float *k = j->k + g * D, *v = j->v + g * D;
+        for (int64_t t0 = 0; t0 < T; t0 += ATT_BQB) {
+            const int64_t m = T - t0 < ATT_BQB ? T - t0 : ATT_BQB, nk = bw_keys(j, t0, m);
+            const float *q = j->q + t0 * ldq + h * D, *dy = j->dy + t0 * ldq + h * D;
+            float *P = j->P + (h * T + t0) * T, *dS = j->dS + (h * T + t0) * T;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nk, (int)D, j->scale, q, ldq, k, ldk, 0.0f,
+                        P, (int)T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nk, (int)D, 1.0f, dy, ldq, v, ldk, 0.0f,
+                        dS, (int)T);
+            for (int64_t r = 0; r < m; r++) {
+                float *pr = P + r * T, *dr = dS + r * T;
+                const int64_t n_keys = j->causal ? t0 + r + 1 : T;
+                float maxval = -INFINITY, sum = 0.0f, dot = 0.0f;
+                for (int64_t s = 0; s < n_keys; s++) maxval = pr[s] > maxval ? pr[s] : maxval;
+                for (int64_t s = 0; s < n_keys; s++) pr[s] -= maxval;
+                cpu_isa->vexp(pr, n_keys);
+                for (int64_t s = 0; s < n_keys; s++) sum += pr[s];
+                const float inv = 1.0f / sum;
+                for (int64_t s = 0; s < n_keys; s++) {
+                    pr[s] *= inv;
+                    dot += pr[s] * dr[s];
+                }
+                for (int64_t s = 0; s < n_keys; s++) dr[s] = pr[s] * (dr[s] - dot) * j->scale;
+                for (int64_t s = n_keys; s < nk; s++) pr[s] = 0.0f, dr[s] = 0.0f;
             }
-            for (int64_t s = 0; s < n_keys; s++) dr[s] = pr[s] * (dr[s] - dot) * j->scale;
-            for (int64_t s = n_keys; s < T; s++) pr[s] = 0.0f, dr[s] = 0.0f;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)D, (int)nk, 1.0f, dS, (int)T, k, ldk,
+                        0.0f, j->dq + t0 * ldq + h * D, ldq);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, dS, (int)T, k, ldk, 0.0f,
-                    j->dq + h * D, ldq);
     }
 }
 
-/* Pass 2, one task per kv head g: dK_g = sum over its query heads h of dS_h^T Q_h, and dV_g of
- * P_h^T dY_h, in head order. */
+/* Pass 2, one task per kv head g: dK_g = sum over its query heads h and their row blocks r of
+ * dS_r^T Q_r, and dV_g of P_r^T dY_r, in a fixed order: heads ascending, blocks descending (the
+ * last block sees every key, so its product initialises all of dK_g and dV_g). */
 static void attn_b_kv(void *arg, int64_t begin, int64_t end) {
     const attnb_job *j = arg;
     const cpu_attn_dims *d = &j->d;
-    const int64_t T = d->T, D = d->D, group = d->Hq / d->Hkv;
+    const int64_t T = d->T, D = d->D, group = d->Hq / d->Hkv, last = (T - 1) / ATT_BQB * ATT_BQB;
     const int ldq = (int)(d->Hq * D), ldk = (int)(d->Hkv * D);
     for (int64_t g = begin; g < end; g++)
-        for (int64_t h = g * group; h < (g + 1) * group; h++) {
-            const float beta = h == g * group ? 0.0f : 1.0f;
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, j->dS + h * T * T,
-                        (int)T, j->q + h * D, ldq, beta, j->dk + g * D, ldk);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, j->P + h * T * T,
-                        (int)T, j->dy + h * D, ldq, beta, j->dv + g * D, ldk);
-        }
+        for (int64_t h = g * group; h < (g + 1) * group; h++)
+            for (int64_t t0 = last; t0 >= 0; t0 -= ATT_BQB) {
+                const int64_t m = T - t0 < ATT_BQB ? T - t0 : ATT_BQB, nk = bw_keys(j, t0, m);
+                const float beta = h == g * group && t0 == last ? 0.0f : 1.0f;
+                const float *q = j->q + t0 * ldq + h * D, *dy = j->dy + t0 * ldq + h * D;
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)D, (int)m, 1.0f,
+                            j->dS + (h * T + t0) * T, (int)T, q, ldq, beta, j->dk + g * D, ldk);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, (int)D, (int)m, 1.0f,
+                            j->P + (h * T + t0) * T, (int)T, dy, ldq, beta, j->dv + g * D, ldk);
+            }
 }
 
 int cpu_attention_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
