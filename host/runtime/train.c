@@ -504,7 +504,7 @@ static int alloc_buffers(tr_trainer *t, llmopt_error *err) {
     t->datt = malloc(BT * Q * 4), t->dq = malloc(BT * Q * 4), t->dk = malloc(BT * KV * 4), t->dv = malloc(BT * KV * 4);
     t->qkv = malloc(BT * (Q + 2 * KV) * 4), t->dqkv = malloc(BT * (Q + 2 * KV) * 4);
     t->dffa = malloc(BT * F * 4), t->dffb = malloc(BT * F * 4), t->dffo = malloc(BT * F * 4);
-    t->dlogits = malloc(ce_rows(t) * V * 4);
+    t->dlogits = t->ce_fused ? NULL : malloc(ce_rows(t) * V * 4);
     size_t du = BT * r > 2 * C ? BT * r : 2 * C; /* also the frozen norms' gradient sink */
     t->du = malloc(du * 4);
     t->dxd = r && t->o.lora_dropout > 0 ? malloc(BT * maxin * 4) : NULL;
@@ -512,7 +512,7 @@ static int alloc_buffers(tr_trainer *t, llmopt_error *err) {
     if (!a->x || !a->xmid || !a->h1 || !a->h2 || !a->q || !a->k || !a->v || !a->att || !a->ffa || !a->ffo ||
         (c->family == ARCH_LLAMA && !a->ffb) || !a->hf || !a->logits || !a->losses || !t->dx || !t->dtmp || !t->dh ||
         !t->datt || !t->dq || !t->dk || !t->dv || !t->qkv || !t->dqkv || !t->dffa || !t->dffb || !t->dffo ||
-        !t->dlogits || !t->du || (r && t->o.lora_dropout > 0 && !t->dxd) || !t->pos_ids) {
+        (!t->ce_fused && !t->dlogits) || !t->du || (r && t->o.lora_dropout > 0 && !t->dxd) || !t->pos_ids) {
         tr_free_buffers(t);
         return error_set(err, LLMOPT_ENOMEM, "out of memory for the activations of %d x %d tokens", t->B, t->T);
     }
@@ -532,6 +532,8 @@ static int need_kernels(tr_trainer *t, tr_w **slots, size_t n, llmopt_error *err
         gpt2 ? LLMOPT_OP_ADD : LLMOPT_OP_ROPE, gpt2 ? LLMOPT_OP_ADD : LLMOPT_OP_ROPE_BACKWARD};
     for (size_t i = 0; i < sizeof f32_ops / sizeof f32_ops[0]; i++)
         if (!kfind(t, f32_ops[i], F32, err)) return err->status;
+    llmopt_error none = {0};
+    t->ce_fused = !t->o.unfused_ce && kfind(t, LLMOPT_OP_CROSS_ENTROPY_FUSED, F32, &none) != NULL;
     if (!kfind(t, LLMOPT_OP_EMBEDDING, t->tok_emb.t->dtype, err)) return err->status;
     if (!kfind(t, LLMOPT_OP_MATMUL, t->lm_head.t->dtype, err) || !kfind(t, LLMOPT_OP_MATMUL_BACKWARD, t->lm_head.t->dtype, err))
         return err->status;
@@ -620,8 +622,8 @@ int tr_new(llmopt_model *m, const tr_options *o, tr_trainer **out, llmopt_error 
     t->grad_floor = t->tok_emb.p || t->pos_emb.p ? -1 : c->n_layer;
     for (int l = c->n_layer - 1; l >= 0 && t->grad_floor >= 0; l--)
         if (layer_trains(&t->layers[l])) t->grad_floor = l;
-    if (!rc) rc = alloc_buffers(t, err);
     if (!rc) rc = need_kernels(t, slots, n_slots, err);
+    if (!rc) rc = alloc_buffers(t, err);
     free(slots);
     if (rc) {
         tr_free(t);
@@ -760,9 +762,9 @@ static int check_tokens(const tr_trainer *t, const int32_t *inputs, const int32_
     return 0;
 }
 
-/* The forward over [B, T] inputs: every saved activation, the logits and per-row losses. */
-static int forward(tr_trainer *t, const int32_t *inputs, const int32_t *targets, int train, double *loss_sum,
-                   size_t *n_targets, llmopt_error *err) {
+/* The forward over [B, T] inputs: every saved activation, the logits and (unless training with
+ * cross_entropy_fused, where the backward takes them) the per-row losses. */
+static int forward(tr_trainer *t, const int32_t *inputs, const int32_t *targets, int train, llmopt_error *err) {
     const arch_config *c = &t->c;
     tr_acts *a = &t->a;
     int64_t C = c->n_embd, BT = t->BT, V = c->vocab;
@@ -783,22 +785,28 @@ static int forward(tr_trainer *t, const int32_t *inputs, const int32_t *targets,
     if ((rc = norm_fwd(t, LAYER(a->x, c->n_layer, C), &t->norm_w, &t->norm_b, a->hf, err)) ||
         (rc = mm(t, a->hf, BT, t->lm_head.t, NULL, LLMOPT_W_OUT_IN, a->logits, 0, err)))
         return rc;
+    if (train && t->ce_fused) return 0; /* the backward takes the losses with their gradient */
     llmopt_tensor tl = f32_view(a->logits, 2, BT, V, 1), tt = i32_view(targets, BT), to = f32_view(a->losses, 1, BT, 1, 1);
     const llmopt_tensor *cin[2] = {&tl, &tt};
     llmopt_op_cross_entropy p = {sizeof p, -100};
-    if ((rc = call(t, LLMOPT_OP_CROSS_ENTROPY, F32, cin, 2, &to, &p, err))) return rc;
+    return call(t, LLMOPT_OP_CROSS_ENTROPY, F32, cin, 2, &to, &p, err);
+}
+
+/* The summed loss and target count of the batch's per-row losses. */
+static void loss_sum_of(const tr_trainer *t, const int32_t *targets, double *loss_sum, size_t *n_targets) {
     double sum = 0;
     size_t n = 0;
-    for (int64_t i = 0; i < BT; i++)
-        if (targets[i] != -100) sum += a->losses[i], n++;
+    for (int64_t i = 0; i < t->BT; i++)
+        if (targets[i] != -100) sum += t->a.losses[i], n++;
     *loss_sum = sum;
     *n_targets = n;
-    return 0;
 }
 
 int tr_eval(tr_trainer *t, const int32_t *inputs, const int32_t *targets, double *loss_sum, size_t *n_targets,
             llmopt_error *err) {
-    return forward(t, inputs, targets, 0, loss_sum, n_targets, err);
+    int rc = forward(t, inputs, targets, 0, err);
+    if (!rc) loss_sum_of(t, targets, loss_sum, n_targets);
+    return rc;
 }
 
 /* ---- backward ---- */
@@ -874,11 +882,20 @@ static int backward(tr_trainer *t, const int32_t *inputs, const int32_t *targets
     tr_acts *a = &t->a;
     int64_t C = c->n_embd, BT = t->BT, V = c->vocab;
     int rc;
-    /* d(summed loss)/dlogits, the mean over targets taken at the step: a block of rows at a time
-     * into dlogits, then over the block's logits, which nothing reads again (the kernel contract
-     * has out apart from its input; one [BT, V] buffer fewer, 98 MB on GPT-2 at 4 x 128). */
+    /* d(summed loss)/dlogits, the mean over targets taken at the step, over the logits, which
+     * nothing reads again (no [BT, V] buffer of its own: 98 MB on GPT-2 at 4 x 128). Fused with
+     * the losses when the plugin has cross_entropy_fused (one pass over the logits instead of
+     * two), else cross_entropy_backward, whose out is apart from its input, a block of rows at a
+     * time into dlogits and copied back. */
+    if (t->ce_fused) {
+        llmopt_tensor tl = f32_view(a->logits, 2, BT, V, 1), tt = i32_view(targets, BT);
+        llmopt_tensor to = f32_view(a->losses, 1, BT, 1, 1);
+        const llmopt_tensor *cin[2] = {&tl, &tt};
+        llmopt_op_cross_entropy_fused fp = {sizeof fp, -100, 1.0f, &to};
+        if ((rc = call(t, LLMOPT_OP_CROSS_ENTROPY_FUSED, F32, cin, 2, &tl, &fp, err))) return rc;
+    }
     llmopt_op_cross_entropy_backward cp = {sizeof cp, -100, 1.0f};
-    for (int64_t r0 = 0, n = ce_rows(t); r0 < BT; r0 += n) {
+    for (int64_t r0 = 0, n = ce_rows(t); !t->ce_fused && r0 < BT; r0 += n) {
         if (n > BT - r0) n = BT - r0;
         llmopt_tensor tl = f32_view(a->logits + r0 * V, 2, n, V, 1), tt = i32_view(targets + r0, n);
         llmopt_tensor td = f32_view(t->dlogits, 2, n, V, 1);
@@ -908,8 +925,9 @@ static int backward(tr_trainer *t, const int32_t *inputs, const int32_t *targets
 
 int tr_forward_backward(tr_trainer *t, const int32_t *inputs, const int32_t *targets, double *loss_sum,
                         size_t *n_targets, llmopt_error *err) {
-    int rc = forward(t, inputs, targets, 1, loss_sum, n_targets, err);
+    int rc = forward(t, inputs, targets, 1, err);
     if (!rc) rc = backward(t, inputs, targets, err);
+    if (!rc) loss_sum_of(t, targets, loss_sum, n_targets);
     if (t->o.lora_rank > 0 && t->o.lora_dropout > 0) t->micro++; /* the next micro-batch draws new masks */
     if (!rc) t->acc_targets += *n_targets;
     return rc;

@@ -31,9 +31,12 @@ typedef struct tr_options {
     /* AdamW */
     float beta1, beta2, eps, weight_decay;
     uint64_t seed;                  /* adapter init and dropout */
-    /* rows of logits per cross-entropy backward call (0: about 4 MB of them, at least 16); the
-     * gradients do not depend on it (tests set a small one to cross block edges) */
+    /* rows of logits per cross-entropy backward call without cross_entropy_fused (0: about 4 MB
+     * of them, at least 16); the gradients do not depend on it (tests set a small one) */
     int ce_rows;
+    /* 1: cross_entropy and cross_entropy_backward even where cross_entropy_fused is there (the
+     * path of plugins without it; tests hold the two to the same bits) */
+    int unfused_ce;
 } tr_options;
 
 /* Defaults: batch 1, seq 128, full fine-tuning of every floating-point tensor, lora_alpha 16,

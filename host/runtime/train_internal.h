@@ -71,6 +71,7 @@ struct tr_trainer {
     /* the lowest place that trains: -1 the embeddings, l layer l, n_layer none below the final
      * norm and head; the backward goes no lower (tr_new sets it) */
     int grad_floor;
+    int ce_fused;                  /* the plugin has cross_entropy_fused (need_kernels) */
     tr_linear **linears;           /* every linear layer, in forward order */
     size_t n_linears;
     tr_param **params;             /* in checkpoint order, then adapters in forward order */

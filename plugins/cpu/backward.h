@@ -25,6 +25,9 @@ int cpu_check_embedding_backward(const llmopt_tensor *const *in, int n_in, const
                                  cpu_rows *d, int64_t *V);
 int cpu_check_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
                                      const void *params, cpu_rows *d);
+/* cross_entropy_fused: as cross_entropy_backward; out may be in[0] itself, losses [rows] f32. */
+int cpu_check_cross_entropy_fused(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                                  const void *params, cpu_rows *d);
 int cpu_check_adamw(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, const void *params,
                     int64_t *n);
 
@@ -40,6 +43,7 @@ int cpu_ref_silu_backward(const llmopt_tensor *const *in, int n_in, llmopt_tenso
 int cpu_ref_swiglu_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_ref_embedding_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_ref_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_ref_cross_entropy_fused(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_ref_adamw(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 
 /* The local derivatives the reference and the fast kernels share (one definition of the math). */
@@ -59,6 +63,7 @@ int cpu_silu_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *o
 int cpu_swiglu_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_embedding_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+int cpu_cross_entropy_fused(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_adamw(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 
 /* Registers every backward op and adamw for LLMOPT_DEVICE_CPU (f32; matmul_backward also for

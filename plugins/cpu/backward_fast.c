@@ -262,8 +262,8 @@ static void attn_b_heads(void *arg, int64_t begin, int64_t end) {
             for (int64_t r = 0; r < m; r++) {
                 float *pr = P + r * T, *dr = dS + r * T;
                 const int64_t n_keys = j->causal ? t0 + r + 1 : T;
-                float maxval = -INFINITY, sum = 0.0f, dot = 0.0f;
-                for (int64_t s = 0; s < n_keys; s++) maxval = pr[s] > maxval ? pr[s] : maxval;
+                const float maxval = cpu_row_max(pr, n_keys);
+                float sum = 0.0f, dot = 0.0f;
                 for (int64_t s = 0; s < n_keys; s++) pr[s] -= maxval;
                 cpu_isa->vexp(pr, n_keys);
                 for (int64_t s = 0; s < n_keys; s++) sum += pr[s];
@@ -451,7 +451,14 @@ int cpu_embedding_backward(const llmopt_tensor *const *in, int n_in, llmopt_tens
 
 /* ---- cross_entropy_backward ---- */
 
-typedef struct ceb_job { const float *logits; const int32_t *targets; float *out; int64_t V; int32_t ignore; float scale; } ceb_job;
+typedef struct ceb_job {
+    const float *logits;
+    const int32_t *targets;
+    float *out, *losses; /* losses: cross_entropy_fused's, NULL for the backward alone */
+    int64_t V;
+    int32_t ignore;
+    float scale;
+} ceb_job;
 
 static void ce_b_rows(void *arg, int64_t begin, int64_t end) {
     const ceb_job *j = arg;
@@ -461,11 +468,12 @@ static void ce_b_rows(void *arg, int64_t begin, int64_t end) {
         float *o = j->out + t * V;
         if (j->targets[t] == j->ignore) {
             memset(o, 0, (size_t)V * sizeof(float));
+            if (j->losses) j->losses[t] = 0.0f;
             continue;
         }
-        float maxval = -INFINITY;
-        for (int64_t i = 0; i < V; i++) maxval = x[i] > maxval ? x[i] : maxval;
-        const float k = j->scale / cpu_exp_shift_sum(x, V, maxval, o);
+        const float maxval = cpu_row_max(x, V), xt = x[j->targets[t]]; /* o may be x: read it first */
+        const float sum = cpu_exp_shift_sum(x, V, maxval, o), k = j->scale / sum;
+        if (j->losses) j->losses[t] = logf(sum) - (xt - maxval); /* as cpu_cross_entropy's */
         for (int64_t i = 0; i < V; i++) o[i] *= k;
         o[j->targets[t]] -= j->scale;
     }
@@ -477,7 +485,18 @@ int cpu_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, llmopt_
     int rc = cpu_check_cross_entropy_backward(in, n_in, out, p, &d);
     if (rc) return rc;
     const llmopt_op_cross_entropy_backward *ce = p;
-    ceb_job j = {in[0]->data, in[1]->data, out->data, d.cols, ce->ignore_index, ce->scale};
+    ceb_job j = {in[0]->data, in[1]->data, out->data, NULL, d.cols, ce->ignore_index, ce->scale};
+    cpu_api->parallel_for(d.rows, row_grain(d.cols), ce_b_rows, &j);
+    return 0;
+}
+
+int cpu_cross_entropy_fused(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // logits, dlogits are (T,V), may be one tensor; targets, losses are (T)
+    cpu_rows d;
+    int rc = cpu_check_cross_entropy_fused(in, n_in, out, p, &d);
+    if (rc) return rc;
+    const llmopt_op_cross_entropy_fused *ce = p;
+    ceb_job j = {in[0]->data, in[1]->data, out->data, ce->losses->data, d.cols, ce->ignore_index, ce->scale};
     cpu_api->parallel_for(d.rows, row_grain(d.cols), ce_b_rows, &j);
     return 0;
 }
@@ -537,6 +556,8 @@ static const bw_entry bw_ops[] = {
      "column ranges on host threads"},
     {LLMOPT_OP_CROSS_ENTROPY_BACKWARD, LLMOPT_DTYPE_F32, cpu_cross_entropy_backward, cpu_ref_cross_entropy_backward,
      "rows on host threads"},
+    {LLMOPT_OP_CROSS_ENTROPY_FUSED, LLMOPT_DTYPE_F32, cpu_cross_entropy_fused, cpu_ref_cross_entropy_fused,
+     "rows on host threads, in place"},
     {LLMOPT_OP_ADAMW, LLMOPT_DTYPE_F32, cpu_adamw, cpu_ref_adamw, "ranges on host threads"},
 };
 

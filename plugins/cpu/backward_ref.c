@@ -296,6 +296,34 @@ int cpu_ref_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, llm
     return 0;
 }
 
+int cpu_ref_cross_entropy_fused(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    // logits and dlogits are (T,V), may be one tensor; targets and losses are (T): the loss of
+    // cpu_ref_cross_entropy and the gradient of cpu_ref_cross_entropy_backward
+    cpu_rows d;
+    int rc = cpu_check_cross_entropy_fused(in, n_in, out, p, &d);
+    if (rc) return rc;
+    const llmopt_op_cross_entropy_fused *ce = p;
+    const int32_t *targets = in[1]->data;
+    float *losses = ce->losses->data;
+    for (int64_t t = 0; t < d.rows; t++) {
+        const float *lt = (const float *)in[0]->data + t * d.cols;
+        float *dt = (float *)out->data + t * d.cols;
+        if (targets[t] == ce->ignore_index) {
+            losses[t] = 0.0f;
+            for (int64_t i = 0; i < d.cols; i++) dt[i] = 0.0f;
+            continue;
+        }
+        float maxval = -INFINITY, sum = 0.0f;
+        for (int64_t i = 0; i < d.cols; i++)
+            if (lt[i] > maxval) maxval = lt[i];
+        for (int64_t i = 0; i < d.cols; i++) sum += expf(lt[i] - maxval);
+        losses[t] = logf(sum) - (lt[targets[t]] - maxval); /* before dt, which may be lt, is written */
+        for (int64_t i = 0; i < d.cols; i++)
+            dt[i] = (expf(lt[i] - maxval) / sum - (i == targets[t] ? 1.0f : 0.0f)) * ce->scale;
+    }
+    return 0;
+}
+
 int cpu_ref_adamw(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
     // grad, param, m, v are (n). As torch.optim.AdamW: param *= 1 - lr wd; m = b1 m + (1-b1) g;
     // v = b2 v + (1-b2) g^2; param -= lr / (1-b1^t) * m / (sqrt(v) / sqrt(1-b2^t) + eps)

@@ -309,20 +309,42 @@ int cpu_check_embedding_backward(const llmopt_tensor *const *in, int n_in, const
     return 0;
 }
 
-int cpu_check_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
-                                     const void *params, cpu_rows *d) {
-    if (!in || n_in != 2 || !PARAMS_OK(params, llmopt_op_cross_entropy_backward)) return LLMOPT_EINVAL;
-    const llmopt_op_cross_entropy_backward *p = params;
+/* The logits, targets and dlogits of a cross-entropy gradient; in_place: out may be the logits. */
+static int check_ce_grad(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, int32_t ignore,
+                         float scale, int in_place, cpu_rows *d) {
+    if (!in || n_in != 2) return LLMOPT_EINVAL;
     const llmopt_tensor *logits = in[0], *targets = in[1];
     if (!tensor_ok(logits, LLMOPT_DTYPE_F32) || !tensor_ok(targets, LLMOPT_DTYPE_I32) ||
-        !tensor_ok(out, LLMOPT_DTYPE_F32) || !same_shape(out, logits) || !isfinite(p->scale))
+        !tensor_ok(out, LLMOPT_DTYPE_F32) || !same_shape(out, logits) || !isfinite(scale))
         return LLMOPT_EINVAL;
     d->cols = last_dim(logits);
     d->rows = numel(logits) / d->cols;
-    if (numel(targets) != d->rows || overlaps(out, logits) || overlaps(out, targets)) return LLMOPT_EINVAL;
+    if (numel(targets) != d->rows || (in_place ? !alias_ok(out, logits) : overlaps(out, logits)) ||
+        overlaps(out, targets))
+        return LLMOPT_EINVAL;
     const int32_t *tg = targets->data;
     for (int64_t t = 0; t < d->rows; t++)
-        if (tg[t] != p->ignore_index && (tg[t] < 0 || tg[t] >= d->cols)) return LLMOPT_EINVAL;
+        if (tg[t] != ignore && (tg[t] < 0 || tg[t] >= d->cols)) return LLMOPT_EINVAL;
+    return 0;
+}
+
+int cpu_check_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                                     const void *params, cpu_rows *d) {
+    if (!PARAMS_OK(params, llmopt_op_cross_entropy_backward)) return LLMOPT_EINVAL;
+    const llmopt_op_cross_entropy_backward *p = params;
+    return check_ce_grad(in, n_in, out, p->ignore_index, p->scale, 0, d);
+}
+
+int cpu_check_cross_entropy_fused(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
+                                  const void *params, cpu_rows *d) {
+    if (!PARAMS_OK(params, llmopt_op_cross_entropy_fused)) return LLMOPT_EINVAL;
+    const llmopt_op_cross_entropy_fused *p = params;
+    int rc = check_ce_grad(in, n_in, out, p->ignore_index, p->scale, 1, d);
+    if (rc) return rc;
+    const llmopt_tensor *l = p->losses;
+    if (!tensor_ok(l, LLMOPT_DTYPE_F32) || numel(l) != d->rows || overlaps(l, in[0]) || overlaps(l, in[1]) ||
+        overlaps(l, out))
+        return LLMOPT_EINVAL;
     return 0;
 }
 

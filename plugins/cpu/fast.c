@@ -203,7 +203,7 @@ int cpu_rope(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const
 
 /* ---- attention ---- */
 
-static float row_max(const float *x, int64_t n) {
+float cpu_row_max(const float *x, int64_t n) {
     float m = -INFINITY;
     for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
     return m;
@@ -263,7 +263,7 @@ static void attn_tasks(void *arg, int64_t begin, int64_t end) {
         for (int64_t r = 0; r < m; r++) {
             float *row = S + r * nk;
             const int64_t valid = j->a->causal ? j->a->n_past + t0 + r + 1 : nk;
-            float maxval = row_max(row, valid), sum = 0.0f;
+            float maxval = cpu_row_max(row, valid), sum = 0.0f;
             for (int64_t s = 0; s < valid; s++) row[s] -= maxval;
             cpu_isa->vexp(row, valid);
             for (int64_t s = 0; s < valid; s++) sum += row[s];
@@ -386,7 +386,7 @@ static void softmax_rows(void *arg, int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; m++) {
         const float *x = j->x + m * j->cols;
         float *o = j->out + m * j->cols;
-        float maxval = row_max(x, j->cols), sum = 0.0f;
+        float maxval = cpu_row_max(x, j->cols), sum = 0.0f;
         for (int64_t i = 0; i < j->cols; i++) o[i] = x[i] - maxval;
         cpu_isa->vexp(o, j->cols);
         for (int64_t i = 0; i < j->cols; i++) sum += o[i];
@@ -414,7 +414,7 @@ static void cross_entropy_rows(void *arg, int64_t begin, int64_t end) {
             continue;
         }
         const float *x = j->x + t * j->cols;
-        const float maxval = row_max(x, j->cols), sum = cpu_exp_shift_sum(x, j->cols, maxval, NULL);
+        const float maxval = cpu_row_max(x, j->cols), sum = cpu_exp_shift_sum(x, j->cols, maxval, NULL);
         j->out[t] = logf(sum) - (x[j->targets[t]] - maxval);
     }
 }

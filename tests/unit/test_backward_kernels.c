@@ -382,6 +382,35 @@ static void row_and_elementwise_backwards_fast_match_reference(void **state) {
             assert_int_equal(run(cpu_ref_cross_entropy_backward, dg0, &cp, 2, x, ids), 0);
             assert_int_equal(run(kernel(LLMOPT_OP_CROSS_ENTROPY_BACKWARD, LLMOPT_DTYPE_F32), dg1, &cp, 2, x, ids), 0);
             assert_close(dg1, dg0, "cross_entropy dlogits");
+            /* cross_entropy_fused: the losses of cross_entropy and the dlogits of its backward,
+             * the reference out of place, the registered kernel in place over a copy of the logits
+             * (to the bit what the registered pair of ops gives) */
+            llmopt_tensor *l0 = tnew(LLMOPT_DTYPE_F32, 1, M, 1, 1), *lr = tnew(LLMOPT_DTYPE_F32, 1, M, 1, 1);
+            llmopt_tensor *l1 = tnew(LLMOPT_DTYPE_F32, 1, M, 1, 1), *lf = tnew(LLMOPT_DTYPE_F32, 1, M, 1, 1);
+            llmopt_tensor *dr = tnew(LLMOPT_DTYPE_F32, 2, M, C, 1), *xf = tclone(x);
+            llmopt_op_cross_entropy fw = {sizeof fw, -100};
+            assert_int_equal(run(cpu_ref_cross_entropy, l0, &fw, 2, x, ids), 0);
+            llmopt_op_cross_entropy_fused fr = {sizeof fr, -100, 0.5f, lr}, ff = {sizeof ff, -100, 0.5f, lf};
+            assert_int_equal(run(cpu_ref_cross_entropy_fused, dr, &fr, 2, x, ids), 0);
+            assert_close(dr, dg0, "cross_entropy_fused (reference) dlogits");
+            assert_close(lr, l0, "cross_entropy_fused (reference) losses");
+            assert_int_equal(run(kernel(LLMOPT_OP_CROSS_ENTROPY, LLMOPT_DTYPE_F32), l1, &fw, 2, x, ids), 0);
+            assert_int_equal(run(kernel(LLMOPT_OP_CROSS_ENTROPY_FUSED, LLMOPT_DTYPE_F32), xf, &ff, 2, xf, ids), 0);
+            assert_memory_equal(xf->data, dg1->data, dg1->nbytes);
+            assert_memory_equal(lf->data, l1->data, l1->nbytes);
+            assert_close(lf, l0, "cross_entropy_fused losses");
+            /* out partly over the logits, or losses the wrong length, are refused */
+            if (M > 1) {
+                llmopt_tensor part = *xf, short_l = *lf; /* part: one value past the logits' start */
+                part.data = (float *)xf->data + 1;
+                short_l.shape[0] = M - 1, short_l.nbytes -= sizeof(float);
+                llmopt_op_cross_entropy_fused fs = {sizeof fs, -100, 0.5f, &short_l};
+                assert_int_equal(run(kernel(LLMOPT_OP_CROSS_ENTROPY_FUSED, LLMOPT_DTYPE_F32), &part, &ff, 2, xf, ids),
+                                 LLMOPT_EINVAL);
+                assert_int_equal(run(kernel(LLMOPT_OP_CROSS_ENTROPY_FUSED, LLMOPT_DTYPE_F32), dr, &fs, 2, x, ids),
+                                 LLMOPT_EINVAL);
+            }
+            tfree(l0), tfree(lr), tfree(l1), tfree(lf), tfree(dr), tfree(xf);
             tfree(dg0), tfree(du0), tfree(dg1), tfree(du1), tfree(ids), tfree(t0), tfree(t1);
             tfree(x), tfree(g), tfree(dy);
         }

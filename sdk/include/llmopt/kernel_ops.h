@@ -159,6 +159,18 @@ typedef struct llmopt_op_cross_entropy_backward {
     float scale;              /**< usually 1 / (number of non-ignored targets in the batch) */
 } llmopt_op_cross_entropy_backward;
 
+/** cross_entropy_fused: cross_entropy and cross_entropy_backward of the same rows in one pass
+ *  over them (a trainer's loss and its gradient). in[0] logits [T,V]; in[1] targets [T] i32;
+ *  out dlogits [T,V] as cross_entropy_backward's, may alias in[0]; losses [T] f32 in params as
+ *  cross_entropy's out. Optional: a trainer falls back to the two ops when no plugin has it. */
+#define LLMOPT_OP_CROSS_ENTROPY_FUSED "cross_entropy_fused"
+typedef struct llmopt_op_cross_entropy_fused {
+    uint32_t struct_size;
+    int32_t ignore_index;
+    float scale;
+    struct llmopt_tensor *losses;
+} llmopt_op_cross_entropy_fused;
+
 /** adamw: one AdamW step (Loshchilov & Hutter; decoupled weight decay, bias correction) on a
  *  parameter. in[0] grad [n] f32; out param [n] f32 (updated in place); state m, v in params. */
 #define LLMOPT_OP_ADAMW "adamw"
