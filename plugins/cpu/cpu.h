@@ -98,6 +98,9 @@ int64_t cpu_sgemm_grain(int64_t N);
 int64_t cpu_half_tile_cols(int64_t row_floats, int64_t span);
 /* sum of exp(x[i] - shift) through cpu_isa->vexp; the exps into out too when out is not NULL (fast.c) */
 float cpu_exp_shift_sum(const float *x, int64_t n, float shift, float *out);
+/* Sum of n values, and of their squared distances from mean, in eight lanes (fast.c) */
+float cpu_sum(const float *x, int64_t n);
+float cpu_sq_dev_sum(const float *x, int64_t n, float mean);
 /* The largest of n values (-INFINITY for none). */
 float cpu_row_max(const float *x, int64_t n);
 int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
