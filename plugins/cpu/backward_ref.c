@@ -270,29 +270,34 @@ int cpu_ref_embedding_backward(const llmopt_tensor *const *in, int n_in, llmopt_
     return 0;
 }
 
+/* The rows of cross-entropy's gradient (and, with losses, its per-row losses); dl may be logits. */
+static void ce_grad_rows(const float *logits, const int32_t *targets, float *dl, const cpu_rows *d, int32_t ignore,
+                         float scale, float *losses) {
+    for (int64_t t = 0; t < d->rows; t++) {
+        const float *lt = logits + t * d->cols;
+        float *dt = dl + t * d->cols;
+        if (targets[t] == ignore) {
+            if (losses) losses[t] = 0.0f;
+            for (int64_t i = 0; i < d->cols; i++) dt[i] = 0.0f;
+            continue;
+        }
+        float maxval = -INFINITY, sum = 0.0f;
+        for (int64_t i = 0; i < d->cols; i++)
+            if (lt[i] > maxval) maxval = lt[i];
+        for (int64_t i = 0; i < d->cols; i++) sum += expf(lt[i] - maxval);
+        if (losses) losses[t] = logf(sum) - (lt[targets[t]] - maxval); /* before dt, which may be lt */
+        for (int64_t i = 0; i < d->cols; i++)
+            dt[i] = (expf(lt[i] - maxval) / sum - (i == targets[t] ? 1.0f : 0.0f)) * scale;
+    }
+}
+
 int cpu_ref_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
     // logits and dlogits are (T,V), targets is (T): dlogits = (softmax(logits) - onehot(target)) scale
     cpu_rows d;
     int rc = cpu_check_cross_entropy_backward(in, n_in, out, p, &d);
     if (rc) return rc;
     const llmopt_op_cross_entropy_backward *ce = p;
-    const float *logits = in[0]->data;
-    const int32_t *targets = in[1]->data;
-    float *dl = out->data;
-    for (int64_t t = 0; t < d.rows; t++) {
-        const float *lt = logits + t * d.cols;
-        float *dt = dl + t * d.cols;
-        if (targets[t] == ce->ignore_index) {
-            for (int64_t i = 0; i < d.cols; i++) dt[i] = 0.0f;
-            continue;
-        }
-        float maxval = -INFINITY, sum = 0.0f;
-        for (int64_t i = 0; i < d.cols; i++)
-            if (lt[i] > maxval) maxval = lt[i];
-        for (int64_t i = 0; i < d.cols; i++) sum += expf(lt[i] - maxval);
-        for (int64_t i = 0; i < d.cols; i++)
-            dt[i] = (expf(lt[i] - maxval) / sum - (i == targets[t] ? 1.0f : 0.0f)) * ce->scale;
-    }
+    ce_grad_rows(in[0]->data, in[1]->data, out->data, &d, ce->ignore_index, ce->scale, NULL);
     return 0;
 }
 
@@ -303,24 +308,7 @@ int cpu_ref_cross_entropy_fused(const llmopt_tensor *const *in, int n_in, llmopt
     int rc = cpu_check_cross_entropy_fused(in, n_in, out, p, &d);
     if (rc) return rc;
     const llmopt_op_cross_entropy_fused *ce = p;
-    const int32_t *targets = in[1]->data;
-    float *losses = ce->losses->data;
-    for (int64_t t = 0; t < d.rows; t++) {
-        const float *lt = (const float *)in[0]->data + t * d.cols;
-        float *dt = (float *)out->data + t * d.cols;
-        if (targets[t] == ce->ignore_index) {
-            losses[t] = 0.0f;
-            for (int64_t i = 0; i < d.cols; i++) dt[i] = 0.0f;
-            continue;
-        }
-        float maxval = -INFINITY, sum = 0.0f;
-        for (int64_t i = 0; i < d.cols; i++)
-            if (lt[i] > maxval) maxval = lt[i];
-        for (int64_t i = 0; i < d.cols; i++) sum += expf(lt[i] - maxval);
-        losses[t] = logf(sum) - (lt[targets[t]] - maxval); /* before dt, which may be lt, is written */
-        for (int64_t i = 0; i < d.cols; i++)
-            dt[i] = (expf(lt[i] - maxval) / sum - (i == targets[t] ? 1.0f : 0.0f)) * ce->scale;
-    }
+    ce_grad_rows(in[0]->data, in[1]->data, out->data, &d, ce->ignore_index, ce->scale, ce->losses->data);
     return 0;
 }
 
