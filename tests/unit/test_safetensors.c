@@ -336,6 +336,8 @@ static void evicted_mapped_tensor_leaves_the_resident_set_and_reads_back_the_sam
     char header[128];
     snprintf(header, sizeof header, "{\"w\":{\"dtype\":\"F32\",\"shape\":[%d],\"data_offsets\":[0,%zu]}}", N,
              (size_t)N * sizeof *w);
+    /* spaces after the JSON (as safetensors writers pad) put the data on an 8-byte boundary */
+    for (size_t len = strlen(header); (8 + len) % 8 != 0; len++) header[len] = ' ', header[len + 1] = '\0';
     char *dir = make_model_dir();
     write_st(dir, "model.safetensors", header, w, (size_t)N * sizeof *w);
     llmopt_model *m = NULL;
