@@ -466,8 +466,8 @@ static int check_options(const tr_options *o, const arch_config *c, llmopt_error
 /* Rows of logits per cross-entropy backward call: the option, else about 4 MB of them, at
  * least 16 rows. */
 static int64_t ce_rows(const tr_trainer *t) {
-    int64_t n = t->o.ce_rows > 0 ? t->o.ce_rows : ((int64_t)1 << 20) / t->c.vocab;
-    n = t->o.ce_rows > 0 || n >= 16 ? n : 16;
+    int64_t n = t->o.ce_rows;
+    if (n <= 0) n = ((int64_t)1 << 20) / t->c.vocab > 16 ? ((int64_t)1 << 20) / t->c.vocab : 16;
     return n < t->BT ? n : t->BT;
 }
 
@@ -893,15 +893,16 @@ static int backward(tr_trainer *t, const int32_t *inputs, const int32_t *targets
         const llmopt_tensor *cin[2] = {&tl, &tt};
         llmopt_op_cross_entropy_fused fp = {sizeof fp, -100, 1.0f, &to};
         if ((rc = call(t, LLMOPT_OP_CROSS_ENTROPY_FUSED, F32, cin, 2, &tl, &fp, err))) return rc;
-    }
-    llmopt_op_cross_entropy_backward cp = {sizeof cp, -100, 1.0f};
-    for (int64_t r0 = 0, n = ce_rows(t); !t->ce_fused && r0 < BT; r0 += n) {
-        if (n > BT - r0) n = BT - r0;
-        llmopt_tensor tl = f32_view(a->logits + r0 * V, 2, n, V, 1), tt = i32_view(targets + r0, n);
-        llmopt_tensor td = f32_view(t->dlogits, 2, n, V, 1);
-        const llmopt_tensor *cin[2] = {&tl, &tt};
-        if ((rc = call(t, LLMOPT_OP_CROSS_ENTROPY_BACKWARD, F32, cin, 2, &td, &cp, err))) return rc;
-        memcpy(a->logits + r0 * V, t->dlogits, (size_t)(n * V) * sizeof(float));
+    } else {
+        llmopt_op_cross_entropy_backward cp = {sizeof cp, -100, 1.0f};
+        for (int64_t r0 = 0, n = ce_rows(t); r0 < BT; r0 += n) {
+            if (n > BT - r0) n = BT - r0;
+            llmopt_tensor tl = f32_view(a->logits + r0 * V, 2, n, V, 1), tt = i32_view(targets + r0, n);
+            llmopt_tensor td = f32_view(t->dlogits, 2, n, V, 1);
+            const llmopt_tensor *cin[2] = {&tl, &tt};
+            if ((rc = call(t, LLMOPT_OP_CROSS_ENTROPY_BACKWARD, F32, cin, 2, &td, &cp, err))) return rc;
+            memcpy(a->logits + r0 * V, t->dlogits, (size_t)(n * V) * sizeof(float));
+        }
     }
     if ((rc = mm_backward(t, a->hf, BT, t->lm_head.t, LLMOPT_W_OUT_IN, a->logits, t->dh, 0,
                           t->lm_head.p ? t->lm_head.p->g : NULL, NULL, err)) ||

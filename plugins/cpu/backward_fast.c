@@ -154,8 +154,7 @@ static void layernorm_b_chunks(void *arg, int64_t c0, int64_t c1) {
                 a[c % 8] += dnorm;
                 b[c % 8] += dnorm * norm;
             }
-            const float dnorm_mean = (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) / (float)C;
-            const float dnorm_norm_mean = (((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]))) / (float)C;
+            const float dnorm_mean = cpu_lanes_sum(a) / (float)C, dnorm_norm_mean = cpu_lanes_sum(b) / (float)C;
             for (int64_t c = 0; c < C; c++) {
                 float norm = (x[c] - mean) * rstd;
                 dg[c] += norm * dy[c];

@@ -98,6 +98,10 @@ int64_t cpu_sgemm_grain(int64_t N);
 int64_t cpu_half_tile_cols(int64_t row_floats, int64_t span);
 /* sum of exp(x[i] - shift) through cpu_isa->vexp; the exps into out too when out is not NULL (fast.c) */
 float cpu_exp_shift_sum(const float *x, int64_t n, float shift, float *out);
+/* Eight lanes' partial sums added pairwise, the order every eight-lane sum here ends in */
+static inline float cpu_lanes_sum(const float a[8]) {
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
 /* Sum of n values, and of their squared distances from mean, in eight lanes (fast.c) */
 float cpu_sum(const float *x, int64_t n);
 float cpu_sq_dev_sum(const float *x, int64_t n, float mean);

@@ -17,7 +17,7 @@ static float generic_dot(const float *a, const float *b, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    float s = cpu_lanes_sum(acc);
     for (; i < n; i++) s += a[i] * b[i];
     return s;
 }
@@ -55,7 +55,7 @@ static float generic_dot_half(const float *a, const uint16_t *b, int64_t n, int 
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (int j = 0; j < 8; j++) acc[j] += a[i + j] * half_f32(b[i + j], bf16);
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    float s = cpu_lanes_sum(acc);
     for (; i < n; i++) s += a[i] * half_f32(b[i], bf16);
     return s;
 }
@@ -214,7 +214,7 @@ float cpu_sum(const float *x, int64_t n) {
     for (; i + 8 <= n; i += 8)
         for (int k = 0; k < 8; k++) a[k] += x[i + k];
     for (; i < n; i++) a[i % 8] += x[i];
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    return cpu_lanes_sum(a);
 }
 
 float cpu_sq_dev_sum(const float *x, int64_t n, float mean) {
@@ -223,7 +223,7 @@ float cpu_sq_dev_sum(const float *x, int64_t n, float mean) {
     for (; i + 8 <= n; i += 8)
         for (int k = 0; k < 8; k++) a[k] += (x[i + k] - mean) * (x[i + k] - mean);
     for (; i < n; i++) a[i % 8] += (x[i] - mean) * (x[i] - mean);
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    return cpu_lanes_sum(a);
 }
 
 /* Eight running maxima: one chain of compares is a compare's latency per value, and the
@@ -255,7 +255,7 @@ float cpu_exp_shift_sum(const float *x, int64_t n, float shift, float *out) {
             for (int k = 0; k < 8; k++) acc[k] += e[i + k];
         for (; i < c; i++) acc[i % 8] += e[i];
     }
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    return cpu_lanes_sum(acc);
 }
 
 typedef struct attn_job {
