@@ -196,8 +196,8 @@ static registry *g_reg;
 
 static void link_plugin(const char *from_dir, const char *name) {
     char src[4096], dst[512];
-    snprintf(src, sizeof src, "%s/%s%s", from_dir, name, LLMOPT_PLUGIN_SUFFIX);
-    snprintf(dst, sizeof dst, "%s/%s%s", g_dir, name, LLMOPT_PLUGIN_SUFFIX);
+    assert_true(snprintf(src, sizeof src, "%s/%s%s", from_dir, name, LLMOPT_PLUGIN_SUFFIX) < (int)sizeof src);
+    assert_true(snprintf(dst, sizeof dst, "%s/%s%s", g_dir, name, LLMOPT_PLUGIN_SUFFIX) < (int)sizeof dst);
     assert_int_equal(symlink(src, dst), 0);
 }
 
