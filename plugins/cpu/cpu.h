@@ -146,6 +146,8 @@ typedef struct cpu_qgemm {
 /* quant_gemm_vnni.c: x quantized per 32 as decode does, integer block sums on AVX-512 VNNI;
  * 0, LLMOPT_ENOMEM, or LLMOPT_EUNSUPPORTED off x86. */
 int cpu_qgemm_vnni(const cpu_qgemm *g);
+/* quant_gemm_avx2.c: the same on AVX2 (maddubs for codes <= 15, madd_epi16 for 8-bit codes). */
+int cpu_qgemm_avx2(const cpu_qgemm *g);
 
 typedef struct cpu_qsimd {
     const char *name;   /* "generic", "avx2", "avx512vnni" */
@@ -166,13 +168,15 @@ typedef struct cpu_qsimd {
     /* cpu_q_quantize_x in SIMD, the same bytes and numbers (roundf's half away from zero); the
      * portable table's is cpu_q_quantize_x itself */
     void (*quantize_x)(const float *x, int64_t K, int8_t *xq, float *dx, int32_t *xsum);
-    /* The integer prefill GEMM (cpu_qgemm_vnni), or NULL: dequantized tiles + sgemm. */
+    /* The integer prefill GEMM (cpu_qgemm_vnni, cpu_qgemm_avx2), or NULL: dequantized tiles +
+     * sgemm; it takes the int-path dtypes whose codes are at most gemm_max_code (cpu_q_gemm_takes). */
     int (*gemm)(const cpu_qgemm *g);
     /* x's codes (one row of K, from quantize_x) rearranged in place into the order row_dot
      * reads for a weight of this dtype (a no-op for most), or NULL: row_dot reads x as it is.
      * row_dot's caller runs it on every row of x before the dots; dx, dxs stay per 32 as they
      * were, since the rearrangement keeps every block's codes within its 64. */
     void (*permute_x)(int dtype, int8_t *xq, int64_t K);
+    int gemm_max_code;
 } cpu_qsimd;
 
 extern const cpu_qsimd cpu_qsimd_generic;     /* quant_rows.c */
@@ -186,6 +190,10 @@ int cpu_q_supported(int dtype);
 size_t cpu_q_row_bytes(int dtype, int64_t K);
 /* The row takes the int8 path: a ggml type, or a GQ group that is a multiple of 32 weights. */
 int cpu_q_int_path(int dtype);
+/* The largest code u of cpu_q_unpack_row for dtype: 2^bits - 1 (Q8_0: 255). */
+int cpu_q_code_max(int dtype);
+/* Prefill (M > 4) with W of dtype runs cpu_qisa's integer GEMM. */
+int cpu_q_gemm_takes(int dtype);
 /* Codes u[K] and per-32 s, m (K/32 each) of one row; cpu_q_int_path(dtype) must hold. */
 void cpu_q_unpack_row(int dtype, const uint8_t *row, int64_t K, uint8_t *u, float *s, float *m);
 /* One row of K weights to f32 with the given SIMD table; scratch holds K bytes + K/16 floats. */

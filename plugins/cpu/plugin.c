@@ -70,7 +70,7 @@ static const int quant_dtypes[] = {
 };
 #define N_QUANT (sizeof quant_dtypes / sizeof quant_dtypes[0])
 
-static char g_qsummary[2][160];
+static char g_qsummary[3][160];
 
 /* matmul, embedding and (dx only, the weight frozen) matmul_backward for every quantized dtype
  * (the registry accepts any dtype that has traits, group-quantized ones included). */
@@ -78,18 +78,20 @@ static int register_quant(llmopt_registrar *reg, cpu_path path) {
     if (path == PATH_REF) {
         snprintf(g_qsummary[0], sizeof g_qsummary[0], "reference loops, one thread");
         snprintf(g_qsummary[1], sizeof g_qsummary[1], "reference loops, one thread");
+        snprintf(g_qsummary[2], sizeof g_qsummary[2], "reference loops, one thread");
     } else {
+        /* [0]: prefill in the integer GEMM; [2]: in dequantized tiles */
         snprintf(g_qsummary[0], sizeof g_qsummary[0],
-                 cpu_qisa->gemm ? "%s int8 dot (x quantized per 32) for M<=4, else int8 GEMM (x quantized per 32)"
-                                : "%s int8 dot (x quantized per 32) for M<=4, else dequantized tiles + OpenBLAS sgemm",
-                 cpu_qisa->name);
+                 "%s int8 dot (x quantized per 32) for M<=4, else int8 GEMM (x quantized per 32)", cpu_qisa->name);
         snprintf(g_qsummary[1], sizeof g_qsummary[1], "%s dequantized rows", cpu_qisa->name);
+        snprintf(g_qsummary[2], sizeof g_qsummary[2],
+                 "%s int8 dot (x quantized per 32) for M<=4, else dequantized tiles + OpenBLAS sgemm", cpu_qisa->name);
     }
     for (size_t i = 0; i < N_QUANT; i++) {
         llmopt_kernel_desc k[3] = {
             {.struct_size = sizeof k[0], .device = LLMOPT_DEVICE_CPU, .op = LLMOPT_OP_MATMUL,
              .dtype = quant_dtypes[i], .fn = path == PATH_REF ? cpu_ref_qmatmul : cpu_qmatmul,
-             .summary = g_qsummary[0]},
+             .summary = g_qsummary[path != PATH_REF && !cpu_q_gemm_takes(quant_dtypes[i]) ? 2 : 0]},
             {.struct_size = sizeof k[1], .device = LLMOPT_DEVICE_CPU, .op = LLMOPT_OP_EMBEDDING,
              .dtype = quant_dtypes[i], .fn = path == PATH_REF ? cpu_ref_qembedding : cpu_qembedding,
              .summary = g_qsummary[1]},

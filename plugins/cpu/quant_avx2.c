@@ -71,9 +71,10 @@ AVX2 static __m256i dot_s8(__m256i q, __m256i x) {
 #define QD_PX_NAME avx2_permute_x
 #include "quant_rowdot.h"
 
-const cpu_qsimd cpu_qsimd_avx2 = {"avx2", avx2_dot_u8s8, avx2_codes_to_f32, avx2_row_dot, avx2_row_f32, avx2_quantize_x, NULL,
-                                  avx2_permute_x};
+const cpu_qsimd cpu_qsimd_avx2 = {"avx2",          avx2_dot_u8s8,   avx2_codes_to_f32, avx2_row_dot,
+                                  avx2_row_f32,    avx2_quantize_x, cpu_qgemm_avx2,    avx2_permute_x,
+                                  15};
 
 #else
-const cpu_qsimd cpu_qsimd_avx2 = {"avx2", NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+const cpu_qsimd cpu_qsimd_avx2 = {"avx2", NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
 #endif

@@ -59,8 +59,8 @@ VNNI static void vnni_codes_to_f32(float *dst, const uint8_t *u, const float *s,
 #include "quant_rowdot.h"
 
 const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", vnni_dot_u8s8, vnni_codes_to_f32, vnni_row_dot, vnni_row_f32, vnni_quantize_x,
-                                           cpu_qgemm_vnni, vnni_permute_x};
+                                           cpu_qgemm_vnni, vnni_permute_x, 255};
 
 #else
-const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+const cpu_qsimd cpu_qsimd_avx512vnni = {"avx512vnni", NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0};
 #endif

@@ -1,9 +1,9 @@
 /* matmul and embedding with block-quantized weights W [N,K] (Q8_0, Q4_0, Q4_1, GQ). Few rows of
  * x (decode, M <= QMM_INT_MAX_M): x is quantized to int8 per 32 and each row of W, unpacked once
  * into codes, meets every row of x in integer dot products (cpu_qisa: AVX2 maddubs or AVX-512
- * VNNI dpbusd). More rows (prefill): with VNNI, the same integer sums as a GEMM
- * (quant_gemm_vnni.c); without, tiles of W are dequantized to f32 and multiplied with OpenBLAS
- * sgemm, as matmul.c does for f16. Rows of W are split over the host's threads. */
+ * VNNI dpbusd). More rows (prefill): the same integer sums as a GEMM where cpu_q_gemm_takes
+ * the dtype (quant_gemm.h: AVX-512 VNNI every int-path format, AVX2 codes <= 15); otherwise
+ * tiles of W are dequantized to f32 and multiplied with OpenBLAS sgemm, as matmul.c does for f16. Rows of W are split over the host's threads. */
 #include "cpu.h"
 
 #include <cblas.h>
@@ -155,7 +155,7 @@ int cpu_qmatmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, co
         free(xq);
     } else if (d.M <= QMM_INT_MAX_M) {
         cpu_api->parallel_for(d.N, grain, qmm_float_rows, &j);
-    } else if (cpu_qisa->gemm && cpu_q_int_path(j.wt)) {
+    } else if (cpu_q_gemm_takes(j.wt)) {
         const cpu_qgemm g = {.x = j.x, .bias = j.bias, .w = j.w, .wt = j.wt, .row_bytes = j.row_bytes,
                              .out = j.out, .M = d.M, .N = d.N, .K = d.K, .accumulate = d.accumulate};
         return cpu_qisa->gemm(&g);

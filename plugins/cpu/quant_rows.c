@@ -29,6 +29,16 @@ int cpu_q_int_path(int dtype) {
     return !LLMOPT_DTYPE_IS_GQ(dtype) || LLMOPT_DTYPE_GQ_GROUP(dtype) % CPU_QK == 0;
 }
 
+int cpu_q_code_max(int dtype) {
+    if (dtype == LLMOPT_DTYPE_Q8_0) return 255;
+    if (LLMOPT_DTYPE_IS_GQ(dtype)) return (1 << LLMOPT_DTYPE_GQ_BITS(dtype)) - 1;
+    return 15; /* Q4_0, Q4_1 */
+}
+
+int cpu_q_gemm_takes(int dtype) {
+    return cpu_qisa->gemm && cpu_q_int_path(dtype) && cpu_q_code_max(dtype) <= cpu_qisa->gemm_max_code;
+}
+
 size_t cpu_q_scratch_bytes(int64_t K) {
     return (size_t)K + (size_t)(K / CPU_QK + 1) * 2 * sizeof(float) + 64;
 }
@@ -153,7 +163,7 @@ static void generic_codes_to_f32(float *dst, const uint8_t *u, const float *s, c
         for (int j = 0; j < CPU_QK; j++) dst[j] = s[b] * (float)u[j] + m[b];
 }
 
-const cpu_qsimd cpu_qsimd_generic = {"generic", generic_dot_u8s8, generic_codes_to_f32, NULL, NULL, cpu_q_quantize_x, NULL, NULL};
+const cpu_qsimd cpu_qsimd_generic = {"generic", generic_dot_u8s8, generic_codes_to_f32, NULL, NULL, cpu_q_quantize_x, NULL, NULL, 0};
 
 /* ---- argument checks ---- */
 

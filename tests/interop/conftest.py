@@ -50,14 +50,19 @@ class Host:
     def has_stage(self, name):
         return self.run("describe", name, check=False).returncode == 0
 
-    @property
-    def int8_prefill(self):
-        """Whether the CPU plugin's quantized matmuls quantize x per 32 at every row count (its
-        summary says "int8 GEMM": AVX-512 VNNI); otherwise only up to 4 rows (decode), and more
-        rows multiply f32 x with the dequantized weights."""
-        if not hasattr(self, "_int8_prefill"):
-            self._int8_prefill = b"int8 GEMM" in self.run("plugins").stdout
-        return self._int8_prefill
+    def int8_prefill(self, dtype):
+        """Whether the CPU plugin's matmul on weights of llmopt dtype `dtype` ("q8_0", "gq4g128s")
+        quantizes x per 32 at every row count: its summary says "int8 GEMM" (AVX-512 VNNI: every
+        int-path format; AVX2: codes <= 15, so not the 8-bit ones, whose line, like q8_0's, says
+        "dequantized tiles"); otherwise only up to 4 rows (decode), and more rows multiply f32 x
+        with the dequantized weights. The GQ kernels are listed per bits as "any", so an 8-bit
+        GQ follows q8_0's line and the others the 4-bit ones'."""
+        if not hasattr(self, "_gemm_lines"):
+            lines = self.run("plugins").stdout.decode().splitlines()
+            mm = {l.split()[2]: "int8 GEMM" in l for l in lines if l.split()[:2] == ["matmul", "cpu"]}
+            self._gemm_lines = (mm.get("q8_0", False), mm.get("q4_0", False))
+        eight_bit = dtype == "q8_0" or (dtype.startswith("gq") and dtype[2:dtype.index("g", 2)] == "8")
+        return self._gemm_lines[0 if eight_bit else 1]
 
 
 @pytest.fixture(scope="session")
@@ -430,7 +435,7 @@ class ActivationsAsLlmopt:
     def __init__(self, host, model, dtypes, rows):
         mods = dict(model.named_modules())
         self.targets = [mods[n] for n, dt in dtypes.items()
-                        if int_path_dtype(dt) and (rows <= 4 or host.int8_prefill)]
+                        if int_path_dtype(dt) and (rows <= 4 or host.int8_prefill(dt))]
         self.hooks = []
 
     def __enter__(self):
