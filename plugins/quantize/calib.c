@@ -77,23 +77,34 @@ static void absum_cols(void *arg, int64_t c0, int64_t c1) {
     }
 }
 
-/* G += x^T x, the upper triangle (mirrored once at the end), in one ssyrk on OpenBLAS's own
- * threads: the stage's thread calls it outside the host's pool, whose threads are idle then
- * (the cpu plugin keeps OpenBLAS at one thread because its kernels run inside the pool). The
- * Gram matrices are most of GPTQ's time on GPT-2 124M; calibrate_sequential calls this for a
- * step's sequences back to back, after its forward pass. Measured there (bench/gptq_time.sh,
- * 2-vCPU EPYC): 67 s of X^T X as sgemm blocks of 384 or of 128 columns on the pool (the
- * narrower the blocks, the more often x is packed), 50-54 s as ssyrk. */
-static void gram_update(const float *x, int64_t rows, int64_t cols, float *g) {
-    const int prev = qz_blas_threads_wide();
-    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)cols, (int)rows, 1.0f, x, (int)cols, 1.0f, g, (int)cols);
-    openblas_set_num_threads(prev);
+/* G += x^T x, the upper triangle (mirrored once at the end, qz_stats_mirror), in block rows of
+ * GRAM_BS on the host's threads: block row b is one sgemm, G[i:i+bs, i:] += x[:, i:i+bs]^T
+ * x[:, i:], so every element has one writer and a partition that depends on cols alone; the rows
+ * come largest first, claimed as threads free up. It used to be one ssyrk on OpenBLAS's own
+ * threads, widened around the call from the stage's thread; but that setting is process-wide,
+ * and under --jobs 2 a stage beside it ran its matmuls on wide OpenBLAS inside the pool (another
+ * order of sums: a different perplexity of the same model), and two such stages restoring each
+ * other's count left OpenBLAS wide for the rest of the run. */
+#define GRAM_BS 128
+
+typedef struct gram_job {
+    const float *x;
+    int64_t rows, cols;
+    float *g;
+} gram_job;
+
+static void gram_rows(void *arg, int64_t b0, int64_t b1) {
+    const gram_job *j = arg;
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t i = b * GRAM_BS, bs = j->cols - i < GRAM_BS ? j->cols - i : GRAM_BS;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)bs, (int)(j->cols - i), (int)j->rows, 1.0f,
+                    j->x + i, (int)j->cols, j->x + i, (int)j->cols, 1.0f, j->g + i * j->cols + i, (int)j->cols);
+    }
 }
 
-int qz_blas_threads_wide(void) {
-    const int prev = openblas_get_num_threads();
-    openblas_set_num_threads(A->n_threads());
-    return prev;
+static void gram_update(const float *x, int64_t rows, int64_t cols, float *g) {
+    gram_job j = {.x = x, .rows = rows, .cols = cols, .g = g};
+    A->parallel_for((cols + GRAM_BS - 1) / GRAM_BS, 1, gram_rows, &j);
 }
 
 int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols) {
@@ -151,7 +162,7 @@ int qz_stats_init(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selecti
     return 0;
 }
 
-/* The lower triangle of root i's Gram matrix from its upper one (ssyrk fills the upper part);
+/* The lower triangle of root i's Gram matrix from its upper one (gram_update fills the upper part);
  * call once, after the last input. */
 void qz_stats_mirror(qz_stats *st, size_t i) {
     int64_t c = st->cols[i];

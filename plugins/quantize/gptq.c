@@ -41,10 +41,10 @@ static int chol_inverse_upper(const double *H, int64_t n, double lambda, double 
     for (int64_t i = 0; i < n; i++) /* column-major R = J H J (H is symmetric) */
         for (int64_t j = 0; j < n; j++) R[i + j * n] = H[(n - 1 - i) * n + (n - 1 - j)] + (i == j ? lambda : 0.0);
     int nn = (int)n, info = 0;
-    const int prev = qz_blas_threads_wide();
+    /* on one thread, as the cpu plugin keeps OpenBLAS: widening it here would widen it for a
+     * stage running beside this one too (the setting is process-wide; see calib.c) */
     dpotrf_("L", &nn, R, &nn, &info);
     if (info == 0) dtrtri_("L", "N", &nn, R, &nn, &info);
-    openblas_set_num_threads(prev);
     if (info != 0) return -1;
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < n; j++) {

@@ -82,12 +82,6 @@ typedef struct qz_stats {
     int64_t prev_rows;
 } qz_stats;
 
-/* OpenBLAS on as many threads as the host computes with, for a call from the stage's thread
- * while the host's pool is idle (the cpu plugin keeps OpenBLAS at one thread, since its kernels
- * run inside the pool); returns the previous count, for openblas_set_num_threads after the
- * call. The setting is process-wide: a stage running beside (--jobs > 1) sees it too. */
-int qz_blas_threads_wide(void);
-
 /* Tokenizes the stage's `data` entry into n_samples sequences of seq_len tokens spread evenly
  * over it, runs them through m and fills st for the weights in sel. */
 int qz_collect(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, qz_stats *st);

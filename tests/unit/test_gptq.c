@@ -260,6 +260,46 @@ static void gptq_matches_the_papers_algorithm_unblocked(void **s) {
     }
 }
 
+void openblas_set_num_threads(int n);
+int openblas_get_num_threads(void);
+
+/* The calibration's X^T X (calib.c: block rows of 128 as sgemm calls on the host's threads, the
+ * upper triangle, mirrored at the end) over two inputs of a weight whose 300 features make three
+ * block rows, the last partial: it equals the sum in double, is exactly symmetric, and leaves
+ * OpenBLAS at the one thread the cpu plugin keeps it at (a stage that widened it widened it for
+ * every stage running beside). */
+static void calibration_gram_is_x_transpose_x_and_leaves_openblas_alone(void **s) {
+    (void)s;
+    enum { C = 300, R1 = 70, R2 = 45 };
+    float *x = malloc(sizeof(float) * (R1 + R2) * C);
+    assert_non_null(x);
+    for (int i = 0; i < (R1 + R2) * C; i++) x[i] = gauss();
+    const char *names[] = {"w"};
+    int64_t cols[] = {C}, rows[] = {0};
+    int root[] = {-2};
+    float *gram[] = {NULL};
+    double *absum[] = {NULL};
+    qz_stats st = {.n = 1, .names = names, .cols = cols, .root = root, .gram = gram, .absum = absum,
+                   .no_absum = 1, .rows = rows, .prev = -1};
+    qz_collect_arg arg = {.st = &st};
+    openblas_set_num_threads(1);
+    assert_int_equal(qz_stats_input(&arg, "w", x, R1, C), 0);
+    assert_int_equal(qz_stats_input(&arg, "w", x + R1 * C, R2, C), 0);
+    qz_stats_mirror(&st, 0);
+    assert_int_equal(openblas_get_num_threads(), 1);
+    assert_non_null(gram[0]);
+    for (int a = 0; a < C; a++)
+        for (int b = 0; b < C; b++) {
+            double want = 0;
+            for (int n = 0; n < R1 + R2; n++) want += (double)x[n * C + a] * x[n * C + b];
+            if (fabs(gram[0][a * C + b] - want) > 1e-4 * (R1 + R2))
+                fail_msg("G[%d][%d] = %.7g, want %.7g", a, b, (double)gram[0][a * C + b], want);
+            assert_true(gram[0][a * C + b] == gram[0][b * C + a]);
+        }
+    free(gram[0]);
+    free(x);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(gptq_output_error_is_below_round_to_nearest_4bit_g32),
@@ -272,6 +312,7 @@ int main(void) {
         cmocka_unit_test(gptq_singular_hessian_gets_more_dampening),
         cmocka_unit_test(gptq_degenerate_hessian_is_a_clear_error),
         cmocka_unit_test(gptq_refuses_a_group_that_does_not_divide_the_row),
+        cmocka_unit_test(calibration_gram_is_x_transpose_x_and_leaves_openblas_alone),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
