@@ -62,15 +62,17 @@ int qz_stats_find(const qz_stats *st, const char *name) {
     return -1;
 }
 
-/* absum += |x| for the columns [c0, c1), on the host's compute threads */
-typedef struct absum_job {
+/* One input x [rows, cols] of a weight and the statistic a job adds it to. */
+typedef struct x_job {
     const float *x;
     int64_t rows, cols;
-    double *absum;
-} absum_job;
+    float *g;      /* the Gram matrix (gram_rows) */
+    double *absum; /* the sums of |x| per column (absum_cols) */
+} x_job;
 
+/* absum += |x| for the columns [c0, c1), on the host's compute threads */
 static void absum_cols(void *arg, int64_t c0, int64_t c1) {
-    const absum_job *j = arg;
+    const x_job *j = arg;
     for (int64_t r = 0; r < j->rows; r++) {
         const float *xr = j->x + r * j->cols;
         for (int64_t c = c0; c < c1; c++) j->absum[c] += fabsf(xr[c]);
@@ -87,14 +89,8 @@ static void absum_cols(void *arg, int64_t c0, int64_t c1) {
  * other's count left OpenBLAS wide for the rest of the run. */
 #define GRAM_BS 128
 
-typedef struct gram_job {
-    const float *x;
-    int64_t rows, cols;
-    float *g;
-} gram_job;
-
 static void gram_rows(void *arg, int64_t b0, int64_t b1) {
-    const gram_job *j = arg;
+    const x_job *j = arg;
     for (int64_t b = b0; b < b1; b++) {
         const int64_t i = b * GRAM_BS, bs = j->cols - i < GRAM_BS ? j->cols - i : GRAM_BS;
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)bs, (int)(j->cols - i), (int)j->rows, 1.0f,
@@ -103,7 +99,7 @@ static void gram_rows(void *arg, int64_t b0, int64_t b1) {
 }
 
 static void gram_update(const float *x, int64_t rows, int64_t cols, float *g) {
-    gram_job j = {.x = x, .rows = rows, .cols = cols, .g = g};
+    x_job j = {.x = x, .rows = rows, .cols = cols, .g = g};
     A->parallel_for((cols + GRAM_BS - 1) / GRAM_BS, 1, gram_rows, &j);
 }
 
@@ -136,7 +132,7 @@ int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, 
     if (st->root[i] != i) return 0;
     gram_update(x, rows, cols, st->gram[i]);
     if (!st->no_absum) {
-        absum_job j = {x, rows, cols, st->absum[i]};
+        x_job j = {.x = x, .rows = rows, .cols = cols, .absum = st->absum[i]};
         A->parallel_for(cols, 64, absum_cols, &j);
     }
     st->rows[i] += rows;
