@@ -37,17 +37,17 @@ static void store(const qmm_job *j, int64_t m, int64_t n, float v) {
     *o = j->d.accumulate ? *o + v : v;
 }
 
-/* The int8 path for rows [n0, n1) of W: the fused SIMD row dots four rows at a time where the
+/* The int8 path for rows [n0, n1) of W: the fused SIMD row dots CPU_Q_ROWS rows at a time where the
  * table has them, else per sub-block b, s*dx*sum(u*xq) + m*dx*sum(xq) on unpacked codes. */
 static void qmm_int_rows(void *arg, int64_t n0, int64_t n1) {
     qmm_job *j = arg;
     const int64_t K = j->d.K, nb = K / CPU_QK;
     const int wide = j->wt == LLMOPT_DTYPE_Q8_0 || (LLMOPT_DTYPE_IS_GQ(j->wt) && LLMOPT_DTYPE_GQ_BITS(j->wt) == 8);
     if (cpu_qisa->row_dot) {
-        float v[4];
+        float v[CPU_Q_ROWS];
         int64_t n = n0;
-        for (; n < n1; n += 4) {
-            const int rows = n1 - n < 4 ? (int)(n1 - n) : 4;
+        for (; n < n1; n += CPU_Q_ROWS) {
+            const int rows = n1 - n < CPU_Q_ROWS ? (int)(n1 - n) : CPU_Q_ROWS;
             const uint8_t *w = j->w + (size_t)n * j->row_bytes;
             int64_t r = 0;
             for (; r < j->d.M; r++) {
