@@ -312,8 +312,9 @@ QD_INLINE int qd_rows8(int dtype, const uint8_t *row, size_t rb, int nrows, cons
     const int zi = q80 ? QD_S8_BIAS : QD_U8_BIAS + (asym ? 0 : 128);
     const int64_t per = q80 ? 1 : LLMOPT_DTYPE_GQ_GROUP(dtype) / CPU_QK;
     const size_t hdr = q80 ? 2 : asym ? 4 : 2, gsz = hdr + (size_t)per * CPU_QK;
-    /* group g and sub-block k of block b counted along (a division a block cost more than the
-     * dots of the four rows this setup serves: 7% of a Q8_0 LM head's time in idiv on a Zen 3) */
+    /* group g and sub-block k of block b counted along: a 64-bit division a block was 7% of
+     * the row dot's samples on a Q8_0 LM head (Zen 3); with 16 rows a call, the rest of this
+     * setup is shared by four times as many rows as it was */
     for (int64_t b = 0, g = 0, k = 0; b < nb; b++) {
         base[b] = qd_base(_mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)), zi);
         hoff[b] = (int32_t)((size_t)g * gsz);
