@@ -7,9 +7,10 @@
  *
  * Layout: panels of `nr` rows of W, each unpacked once per call into the operand form of the
  * kernel's integer dot: per block b and group of 4 codes, nr rows x 4 bytes (one int32 lane a
- * row: dpbusd's operand, and maddubs' in pairs), with s and z of the block as nr floats each. The kernel multiplies rows of x with one panel over
- * QG_KC weights at a time (the panel's slice then sits in L1 across the rows of x). Panels are
- * split over the host's threads; x is quantized on them first. */
+ * row: dpbusd's operand, and maddubs' in pairs), with s and z of the block as nr floats each.
+ * The kernel multiplies rows of x with one panel over QG_KC weights at a time (the panel's slice
+ * then sits in L1 across the rows of x). Panels are split over the host's threads; x is quantized
+ * on them first. */
 #ifndef LLMOPT_CPU_QUANT_GEMM_H
 #define LLMOPT_CPU_QUANT_GEMM_H
 

@@ -119,10 +119,11 @@ QA_AVX2 static void qa_panel(const qg_job *j, int64_t n0, int cols, const uint8_
         }
     }
 }
+
 static const qg_layout qa_layout = {.nr = QA_NR, .panel = qa_panel};
 
 int cpu_qgemm_avx2(const cpu_qgemm *g) {
-    return cpu_q_code_max(g->wt) > 15 ? LLMOPT_EUNSUPPORTED : cpu_qgemm_run(g, &qa_layout);
+    return cpu_q_code_max(g->wt) > cpu_qsimd_avx2.gemm_max_code ? LLMOPT_EUNSUPPORTED : cpu_qgemm_run(g, &qa_layout);
 }
 
 #else

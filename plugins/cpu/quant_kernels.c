@@ -3,7 +3,8 @@
  * into codes, meets every row of x in integer dot products (cpu_qisa: AVX2 maddubs or AVX-512
  * VNNI dpbusd). More rows (prefill): the same integer sums as a GEMM where cpu_q_gemm_takes
  * the dtype (quant_gemm.h: AVX-512 VNNI every int-path format, AVX2 codes <= 15); otherwise
- * tiles of W are dequantized to f32 and multiplied with OpenBLAS sgemm, as matmul.c does for f16. Rows of W are split over the host's threads. */
+ * tiles of W are dequantized to f32 and multiplied with OpenBLAS sgemm, as matmul.c does for
+ * f16. Rows of W are split over the host's threads. */
 #include "cpu.h"
 
 #include <cblas.h>
@@ -37,12 +38,12 @@ static void store(const qmm_job *j, int64_t m, int64_t n, float v) {
     *o = j->d.accumulate ? *o + v : v;
 }
 
-/* The int8 path for rows [n0, n1) of W: the fused SIMD row dots CPU_Q_ROWS rows at a time where the
+/* The int8 path for rows [n0, n1) of W: the fused SIMD row dots CPU_Q_ROWS rows a call where the
  * table has them, else per sub-block b, s*dx*sum(u*xq) + m*dx*sum(xq) on unpacked codes. */
 static void qmm_int_rows(void *arg, int64_t n0, int64_t n1) {
     qmm_job *j = arg;
     const int64_t K = j->d.K, nb = K / CPU_QK;
-    const int wide = j->wt == LLMOPT_DTYPE_Q8_0 || (LLMOPT_DTYPE_IS_GQ(j->wt) && LLMOPT_DTYPE_GQ_BITS(j->wt) == 8);
+    const int wide = cpu_q_code_max(j->wt) > 15;
     if (cpu_qisa->row_dot) {
         float v[CPU_Q_ROWS];
         int64_t n = n0;
