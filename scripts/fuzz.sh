@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")/.."
 secs=${1:-20}
 dir=build-fuzz
-targets=${FUZZ_TARGETS:-"fuzz_safetensors fuzz_config_json fuzz_tokenizer fuzz_yaml_config fuzz_gguf"}
+targets=${FUZZ_TARGETS:-"fuzz_safetensors fuzz_config_json fuzz_tokenizer fuzz_yaml_config fuzz_gguf fuzz_chat_template"}
 
 if ! command -v clang >/dev/null || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1; then
     echo "installing: clang libclang-rt-14-dev"
