@@ -19,7 +19,10 @@
  * independent FMA chains (one row alone waits on its accumulator), load each x block once, and
  * keep four weight streams in flight. Each stream prefetches the same bytes of the row R rows
  * on, which the next call reads (decode streams every weight once a token; without the prefetch
- * the GPT-2 124M q8_0 decode took 1.5x the CPU time, perf showing it on the weight loads). */
+ * the GPT-2 124M q8_0 decode took 1.5x the CPU time, perf showing it on the weight loads).
+ * The 8-bit formats (qd_rows8), Q4_0 of an even number of blocks and GQ 4-bit in groups of 64k
+ * (qd_rows4) now read one row at a time instead; the four-row path is left to Q4_1, odd Q4_0 rows
+ * and GQ 4-bit groups of an odd multiple of 32. */
 #ifndef QD_ATTR
 #error "define QD_ATTR, QD_DOTA_U4, QD_DOTA_U8, QD_DOTA_S8, QD_LANESUM, QD_U8_BIAS, QD_S8_BIAS, QD_NAME, QD_F32_NAME, QD_QX_NAME and QD_PX_NAME first"
 #endif
@@ -265,8 +268,9 @@ QD_INLINE int qd_rows(const int R, int dtype, const uint8_t *row, size_t rb, con
  * streams read DRAM at about half the rate of one: on the 2-vCPU AMD EPYC of docs/benchmarks.md,
  * GPT-2's Q8_0 LM head (50257 x 768) streamed at ~10 GB/s per thread four rows at a time and
  * ~19 GB/s one row at a time. What the rows share is made once per call: each x block's integer
- * base, and where each block's scale and codes sit in a row (the same for every row). The 4-bit
- * formats, compute-bound, keep the four-row path above. */
+ * base, and where each block's scale and codes sit in a row (the same for every row). Q4_0 and
+ * GQ 4-bit in groups of 64k go one row at a time as well (qd_rows4, below); the other 4-bit
+ * cases keep the four-row path above. */
 #define QD_ROW8_MAXB 512 /* rows of up to 16384 weights; longer ones take the four-row path */
 #define QD_ROW8_AHEAD 1024
 
@@ -330,9 +334,90 @@ QD_INLINE int qd_rows8(int dtype, const uint8_t *row, size_t rb, int nrows, cons
     return 1;
 }
 
+/* The 4-bit formats that read x permuted (qd_gq4x, qd_q40x) one row at a time too, as the 8-bit
+ * ones above: each thread then streams whole rows in order, where four rows side by side were
+ * four streams. What the rows share is made once per call, per 64 codes: the integer base of a
+ * symmetric zero and the pair of x scales. Each row takes the same operations in the same order
+ * as in qd_gq4x and qd_q40x, so the results are bit for bit the same. On the Zen 4 of
+ * docs/benchmarks.md (sixth session), GPT-2 124M decode with a Q8_0 LM head, A/B of the plugins
+ * at 2 threads: GQ4 g128 182-224 -> 210-244 tok/s, Q4_0 193-242 -> 175-267 (median 199 -> 230). */
+#define QD_ROW4_MAXC 256 /* rows of up to 16384 weights; longer ones take the four-row path */
+
+QD_INLINE void qd_gq4x_row(const int asym, int64_t per, size_t hdr, size_t gsz, const uint8_t *row, const int8_t *xq,
+                           const __m256i *base, const __m256 *dxv, const float *ds, int64_t nc, float *out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0.0f;
+    for (int64_t c = 0, g = 0; c < nc; g++) {
+        const uint8_t *grp = row + (size_t)g * gsz;
+        const float sc = qd_f16(grp), z = asym ? qd_f16(grp + 2) : 0.0f;
+        for (int64_t k = 0; k < per; k++, c++) {
+            const uint8_t *p = grp + hdr + (size_t)k * 32;
+            _mm_prefetch((const char *)p + QD_ROW8_AHEAD, _MM_HINT_T0);
+            const __m256i w = _mm256_loadu_si256((const __m256i *)p);
+            const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + c * 64)),
+                          xo = _mm256_loadu_si256((const __m256i *)(xq + c * 64 + 32));
+            __m256i s = QD_DOTA_U4(base[c], _mm256_and_si256(w, m4), xe);
+            s = QD_DOTA_U4(s, _mm256_and_si256(_mm256_srli_epi16(w, 4), m4), xo);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(_mm256_set1_ps(sc), dxv[c]), acc);
+            if (asym) off -= z * sc * ds[c];
+        }
+    }
+    *out = qd_hsum(acc) + off;
+}
+
+/* Q4_0 on x permuted (qd_q40x), one row at a time: two 18-byte blocks per 64 codes. */
+QD_INLINE void qd_q40x_row(const uint8_t *row, const int8_t *xq, const __m256i *base, const __m256 *dxv, int64_t nc,
+                           float *out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t c = 0; c < nc; c++) {
+        const uint8_t *p = row + (size_t)c * 36;
+        _mm_prefetch((const char *)p + QD_ROW8_AHEAD, _MM_HINT_T0);
+        const __m256i w = _mm256_loadu2_m128i((const __m128i *)(p + 20), (const __m128i *)(p + 2));
+        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + c * 64)),
+                      xo = _mm256_loadu_si256((const __m256i *)(xq + c * 64 + 32));
+        __m256i s = QD_DOTA_U4(base[c], _mm256_and_si256(w, m4), xe);
+        s = QD_DOTA_U4(s, _mm256_and_si256(_mm256_srli_epi16(w, 4), m4), xo);
+        const __m256 d = _mm256_set_m128(_mm_set1_ps(qd_f16(p + 18)), _mm_set1_ps(qd_f16(p)));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, dxv[c]), acc);
+    }
+    *out = qd_hsum(acc);
+}
+
+/* 1 when dtype went the one-row 4-bit path: GQ 4-bit in groups of 64k, or Q4_0 of an even
+ * number of blocks (the formats that read x permuted) */
+QD_INLINE int qd_rows4(int dtype, const uint8_t *row, size_t rb, int nrows, const int8_t *xq, const float *dx,
+                       const float *dxs, int64_t K, float *out) {
+    const int q40 = qd_q40x_ok(dtype, K);
+    if (!(q40 || qd_gq4x_ok(dtype)) || K % 64 != 0 || K / 64 > QD_ROW4_MAXC || K == 0) return 0;
+    const int asym = !q40 && LLMOPT_DTYPE_GQ_ASYM(dtype);
+    const int64_t group = q40 ? 64 : LLMOPT_DTYPE_GQ_GROUP(dtype), per = group / 64, nc = K / 64;
+    const size_t hdr = asym ? 4 : 2, gsz = hdr + (size_t)group / 2;
+    const __m256i eight = _mm256_set1_epi8(8), zero = _mm256_setzero_si256();
+    __m256i base[QD_ROW4_MAXC];
+    __m256 dxv[QD_ROW4_MAXC];
+    float ds[QD_ROW4_MAXC];
+    for (int64_t c = 0; c < nc; c++) {
+        const int64_t b = 2 * c;
+        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)),
+                      xo = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK + 32));
+        base[c] = asym ? zero : _mm256_sub_epi32(zero, QD_DOTA_U4(QD_DOTA_U4(zero, eight, xe), eight, xo));
+        dxv[c] = _mm256_set_m128(_mm_set1_ps(dx[b + 1]), _mm_set1_ps(dx[b]));
+        ds[c] = asym ? dxs[b] + dxs[b + 1] : 0.0f;
+    }
+    for (int r = 0; r < nrows; r++) {
+        if (q40) qd_q40x_row(row + (size_t)r * rb, xq, base, dxv, nc, out + r);
+        else if (asym) qd_gq4x_row(1, per, hdr, gsz, row + (size_t)r * rb, xq, base, dxv, ds, nc, out + r);
+        else qd_gq4x_row(0, per, hdr, gsz, row + (size_t)r * rb, xq, base, dxv, ds, nc, out + r);
+    }
+    return 1;
+}
+
 QD_ATTR static int QD_NAME(int dtype, const uint8_t *row, size_t row_bytes, int nrows, const int8_t *xq,
                            const float *dx, const float *dxs, int64_t K, float *out) {
     if (qd_rows8(dtype, row, row_bytes, nrows, xq, dx, dxs, K, out)) return 0;
+    if (qd_rows4(dtype, row, row_bytes, nrows, xq, dx, dxs, K, out)) return 0;
     int r = 0;
     for (; r + QD_MAXR <= nrows; r += QD_MAXR)
         if (qd_rows(QD_MAXR, dtype, row + (size_t)r * row_bytes, row_bytes, xq, dx, dxs, K, out + r)) return -1;
