@@ -150,39 +150,6 @@ QD_INLINE int qd_gq4x_ok(int dtype) {
     return LLMOPT_DTYPE_IS_GQ(dtype) && LLMOPT_DTYPE_GQ_BITS(dtype) == 4 && LLMOPT_DTYPE_GQ_GROUP(dtype) % 64 == 0;
 }
 
-QD_INLINE void qd_gq4x(const int asym, const int R, int64_t group, const uint8_t *row, size_t rb, const int8_t *xq,
-                       const float *dx, const float *dxs, int64_t nb, float *out) {
-    const int64_t per = group / 64;
-    const size_t hdr = asym ? 4 : 2, gsz = hdr + (size_t)group / 2, ahead = (size_t)R * rb;
-    const __m256i m4 = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8), zero = _mm256_setzero_si256();
-    __m256 acc[QD_MAXR];
-    float off[QD_MAXR], sc[QD_MAXR], z[QD_MAXR];
-    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps(), off[r] = 0.0f;
-    for (int64_t b = 0, g = 0; b < nb; g++) {
-        qd_gq_heads(R, asym, row, rb, (size_t)g * gsz, sc, z);
-        for (int64_t k = 0; k < per; k++, b += 2) {
-            const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)),
-                          xo = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK + 32));
-            /* the symmetric zero 8, in the int32 sums: they start from -8 * sum(x) per lane */
-            const __m256i base =
-                asym ? zero : _mm256_sub_epi32(zero, QD_DOTA_U4(QD_DOTA_U4(zero, eight, xe), eight, xo));
-            const __m256 dxv = _mm256_set_m128(_mm_set1_ps(dx[b + 1]), _mm_set1_ps(dx[b]));
-            const float ds = asym ? dxs[b] + dxs[b + 1] : 0.0f;
-            QD_UNROLL
-            for (int r = 0; r < R; r++) {
-                const uint8_t *p = row + (size_t)r * rb + (size_t)g * gsz + hdr + (size_t)k * 32;
-                _mm_prefetch((const char *)p + ahead, _MM_HINT_T0);
-                const __m256i w = _mm256_loadu_si256((const __m256i *)p);
-                __m256i s = QD_DOTA_U4(base, _mm256_and_si256(w, m4), xe);
-                s = QD_DOTA_U4(s, _mm256_and_si256(_mm256_srli_epi16(w, 4), m4), xo);
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(_mm256_set1_ps(sc[r]), dxv), acc[r]);
-                if (asym) off[r] -= z[r] * sc[r] * ds;
-            }
-        }
-    }
-    for (int r = 0; r < R; r++) out[r] = qd_hsum(acc[r]) + off[r];
-}
-
 /* Q4_0 on x permuted (QD_PX_NAME): every 64 codes of x, two blocks, as the first 16 codes of
  * each block, then the last 16 of each. A block's 16 bytes hold element j in the low nibble of
  * byte j and j + 16 in the high one, so two blocks' bytes side by side (one 256-bit register)
@@ -193,32 +160,7 @@ QD_INLINE void qd_gq4x(const int asym, const int R, int64_t group, const uint8_t
  * qd_ggml. */
 QD_INLINE int qd_q40x_ok(int dtype, int64_t K) { return dtype == LLMOPT_DTYPE_Q4_0 && K % 64 == 0; }
 
-QD_INLINE void qd_q40x(const int R, const uint8_t *row, size_t rb, const int8_t *xq, const float *dx, int64_t nb,
-                       float *out) {
-    const size_t ahead = (size_t)R * rb;
-    const __m256i m4 = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8), zero = _mm256_setzero_si256();
-    __m256 acc[QD_MAXR];
-    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b += 2) {
-        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)),
-                      xo = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK + 32));
-        const __m256i base = _mm256_sub_epi32(zero, QD_DOTA_U4(QD_DOTA_U4(zero, eight, xe), eight, xo)); /* z = 8 */
-        const __m256 dxv = _mm256_set_m128(_mm_set1_ps(dx[b + 1]), _mm_set1_ps(dx[b]));
-        QD_UNROLL
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = row + (size_t)r * rb + (size_t)b * 18;
-            _mm_prefetch((const char *)p + ahead, _MM_HINT_T0);
-            const __m256i w = _mm256_loadu2_m128i((const __m128i *)(p + 20), (const __m128i *)(p + 2));
-            __m256i s = QD_DOTA_U4(base, _mm256_and_si256(w, m4), xe);
-            s = QD_DOTA_U4(s, _mm256_and_si256(_mm256_srli_epi16(w, 4), m4), xo);
-            const __m256 d = _mm256_set_m128(_mm_set1_ps(qd_f16(p + 18)), _mm_set1_ps(qd_f16(p)));
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, dxv), acc[r]);
-        }
-    }
-    for (int r = 0; r < R; r++) out[r] = qd_hsum(acc[r]);
-}
-
-/* cpu_qsimd.permute_x: x's codes in place, every 64 as qd_gq4x (evens, then odds) or qd_q40x
+/* cpu_qsimd.permute_x: x's codes in place, every 64 as qd_gq4x_row (evens, then odds) or qd_q40x_row
  * (each block's first 16, then each block's last 16) reads them; other dtypes read x as it is. */
 QD_ATTR static void QD_PX_NAME(int dtype, int8_t *xq, int64_t K) {
     const int gq4 = qd_gq4x_ok(dtype);
@@ -243,19 +185,14 @@ QD_INLINE int qd_rows(const int R, int dtype, const uint8_t *row, size_t rb, con
     const int64_t nb = K / CPU_QK;
     switch (dtype) {
     case LLMOPT_DTYPE_Q8_0: qd_ggml(LLMOPT_DTYPE_Q8_0, R, row, rb, xq, dx, dxs, nb, out); return 0;
-    case LLMOPT_DTYPE_Q4_0:
-        if (qd_q40x_ok(dtype, K)) qd_q40x(R, row, rb, xq, dx, nb, out);
-        else qd_ggml(LLMOPT_DTYPE_Q4_0, R, row, rb, xq, dx, dxs, nb, out);
-        return 0;
+    case LLMOPT_DTYPE_Q4_0: qd_ggml(LLMOPT_DTYPE_Q4_0, R, row, rb, xq, dx, dxs, nb, out); return 0; /* odd blocks */
     case LLMOPT_DTYPE_Q4_1: qd_ggml(LLMOPT_DTYPE_Q4_1, R, row, rb, xq, dx, dxs, nb, out); return 0;
     default: break;
     }
     if (!LLMOPT_DTYPE_IS_GQ(dtype) || LLMOPT_DTYPE_GQ_GROUP(dtype) % CPU_QK != 0) return -1;
     const int64_t g = LLMOPT_DTYPE_GQ_GROUP(dtype);
     const int bits = LLMOPT_DTYPE_GQ_BITS(dtype), asym = LLMOPT_DTYPE_GQ_ASYM(dtype);
-    if (qd_gq4x_ok(dtype) && !asym) qd_gq4x(0, R, g, row, rb, xq, dx, dxs, nb, out);
-    else if (qd_gq4x_ok(dtype)) qd_gq4x(1, R, g, row, rb, xq, dx, dxs, nb, out);
-    else if (bits == 4 && !asym) qd_gq(4, 0, R, g, row, rb, xq, dx, dxs, nb, out);
+    if (bits == 4 && !asym) qd_gq(4, 0, R, g, row, rb, xq, dx, dxs, nb, out);
     else if (bits == 4) qd_gq(4, 1, R, g, row, rb, xq, dx, dxs, nb, out);
     else if (bits == 8 && !asym) qd_gq(8, 0, R, g, row, rb, xq, dx, dxs, nb, out);
     else if (bits == 8) qd_gq(8, 1, R, g, row, rb, xq, dx, dxs, nb, out);
@@ -334,83 +271,96 @@ QD_INLINE int qd_rows8(int dtype, const uint8_t *row, size_t rb, int nrows, cons
     return 1;
 }
 
-/* The 4-bit formats that read x permuted (qd_gq4x, qd_q40x) one row at a time too, as the 8-bit
- * ones above: each thread then streams whole rows in order, where four rows side by side were
- * four streams. What the rows share is made once per call, per 64 codes: the integer base of a
- * symmetric zero and the pair of x scales. Each row takes the same operations in the same order
- * as in qd_gq4x and qd_q40x, so the results are bit for bit the same. On the Zen 4 of
- * docs/benchmarks.md (sixth session), GPT-2 124M decode with a Q8_0 LM head, A/B of the plugins
- * at 2 threads: GQ4 g128 182-224 -> 210-244 tok/s, Q4_0 193-242 -> 175-267 (median 199 -> 230). */
-#define QD_ROW4_MAXC 256 /* rows of up to 16384 weights; longer ones take the four-row path */
+/* The 4-bit formats that read x permuted (qd_gq4x_ok, qd_q40x_ok) one row at a time too, as the
+ * 8-bit ones above: each thread then streams whole rows in order, where four rows side by side
+ * (this file's first path, which these formats took before d9edb60) were four streams. What the
+ * rows share is made once per call, per 64 codes: the integer base of a symmetric zero and the
+ * pair of x scales, QD_ROW4_SEG chunks of 64 at a time, so rows of any length take this path.
+ * Each row sums its chunks in order into one accumulator, the order the four-row path had, so
+ * the results did not change by a bit. On the Zen 4 of docs/benchmarks.md (sixth session),
+ * GPT-2 124M decode with a Q8_0 LM head, A/B of the plugins at 2 threads: GQ4 g128 182-224 ->
+ * 210-244 tok/s, Q4_0 193-242 -> 175-267 (median 199 -> 230). */
+#define QD_ROW4_SEG 256
 
+/* GQ 4-bit, chunks [c0, c1) of one row (per chunks of 64 a group of gsz bytes) into *acc, *off:
+ * per chunk one load, two masks, two dots, one FMA. */
 QD_INLINE void qd_gq4x_row(const int asym, int64_t per, size_t hdr, size_t gsz, const uint8_t *row, const int8_t *xq,
-                           const __m256i *base, const __m256 *dxv, const float *ds, int64_t nc, float *out) {
+                           const __m256i *base, const __m256 *dxv, const float *ds, int64_t c0, int64_t c1,
+                           __m256 *acc, float *off) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256 acc = _mm256_setzero_ps();
-    float off = 0.0f;
-    for (int64_t c = 0, g = 0; c < nc; g++) {
+    __m256 a = *acc;
+    float o = *off;
+    int64_t g = c0 / per, k = c0 % per;
+    for (int64_t c = c0; c < c1; g++, k = 0) {
         const uint8_t *grp = row + (size_t)g * gsz;
         const float sc = qd_f16(grp), z = asym ? qd_f16(grp + 2) : 0.0f;
-        for (int64_t k = 0; k < per; k++, c++) {
+        for (; k < per && c < c1; k++, c++) {
             const uint8_t *p = grp + hdr + (size_t)k * 32;
             _mm_prefetch((const char *)p + QD_ROW8_AHEAD, _MM_HINT_T0);
             const __m256i w = _mm256_loadu_si256((const __m256i *)p);
             const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + c * 64)),
                           xo = _mm256_loadu_si256((const __m256i *)(xq + c * 64 + 32));
-            __m256i s = QD_DOTA_U4(base[c], _mm256_and_si256(w, m4), xe);
+            __m256i s = QD_DOTA_U4(base[c - c0], _mm256_and_si256(w, m4), xe);
             s = QD_DOTA_U4(s, _mm256_and_si256(_mm256_srli_epi16(w, 4), m4), xo);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(_mm256_set1_ps(sc), dxv[c]), acc);
-            if (asym) off -= z * sc * ds[c];
+            a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(_mm256_set1_ps(sc), dxv[c - c0]), a);
+            if (asym) o -= z * sc * ds[c - c0];
         }
     }
-    *out = qd_hsum(acc) + off;
+    *acc = a, *off = o;
 }
 
-/* Q4_0 on x permuted (qd_q40x), one row at a time: two 18-byte blocks per 64 codes. */
-QD_INLINE void qd_q40x_row(const uint8_t *row, const int8_t *xq, const __m256i *base, const __m256 *dxv, int64_t nc,
-                           float *out) {
+/* Q4_0, chunks [c0, c1) of one row: two 18-byte blocks per 64 codes. */
+QD_INLINE void qd_q40x_row(const uint8_t *row, const int8_t *xq, const __m256i *base, const __m256 *dxv, int64_t c0,
+                           int64_t c1, __m256 *acc) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t c = 0; c < nc; c++) {
+    __m256 a = *acc;
+    for (int64_t c = c0; c < c1; c++) {
         const uint8_t *p = row + (size_t)c * 36;
         _mm_prefetch((const char *)p + QD_ROW8_AHEAD, _MM_HINT_T0);
         const __m256i w = _mm256_loadu2_m128i((const __m128i *)(p + 20), (const __m128i *)(p + 2));
         const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + c * 64)),
                       xo = _mm256_loadu_si256((const __m256i *)(xq + c * 64 + 32));
-        __m256i s = QD_DOTA_U4(base[c], _mm256_and_si256(w, m4), xe);
+        __m256i s = QD_DOTA_U4(base[c - c0], _mm256_and_si256(w, m4), xe);
         s = QD_DOTA_U4(s, _mm256_and_si256(_mm256_srli_epi16(w, 4), m4), xo);
         const __m256 d = _mm256_set_m128(_mm_set1_ps(qd_f16(p + 18)), _mm_set1_ps(qd_f16(p)));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, dxv[c]), acc);
+        a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, dxv[c - c0]), a);
     }
-    *out = qd_hsum(acc);
+    *acc = a;
 }
 
-/* 1 when dtype went the one-row 4-bit path: GQ 4-bit in groups of 64k, or Q4_0 of an even
- * number of blocks (the formats that read x permuted) */
+/* 1 when dtype went the one-row 4-bit path (nrows <= CPU_Q_ROWS), 0 when it is not a format it
+ * takes */
 QD_INLINE int qd_rows4(int dtype, const uint8_t *row, size_t rb, int nrows, const int8_t *xq, const float *dx,
                        const float *dxs, int64_t K, float *out) {
     const int q40 = qd_q40x_ok(dtype, K);
-    if (!(q40 || qd_gq4x_ok(dtype)) || K % 64 != 0 || K / 64 > QD_ROW4_MAXC || K == 0) return 0;
+    if (!(q40 || qd_gq4x_ok(dtype)) || K <= 0 || nrows > CPU_Q_ROWS) return 0;
     const int asym = !q40 && LLMOPT_DTYPE_GQ_ASYM(dtype);
     const int64_t group = q40 ? 64 : LLMOPT_DTYPE_GQ_GROUP(dtype), per = group / 64, nc = K / 64;
     const size_t hdr = asym ? 4 : 2, gsz = hdr + (size_t)group / 2;
     const __m256i eight = _mm256_set1_epi8(8), zero = _mm256_setzero_si256();
-    __m256i base[QD_ROW4_MAXC];
-    __m256 dxv[QD_ROW4_MAXC];
-    float ds[QD_ROW4_MAXC];
-    for (int64_t c = 0; c < nc; c++) {
-        const int64_t b = 2 * c;
-        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)),
-                      xo = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK + 32));
-        base[c] = asym ? zero : _mm256_sub_epi32(zero, QD_DOTA_U4(QD_DOTA_U4(zero, eight, xe), eight, xo));
-        dxv[c] = _mm256_set_m128(_mm_set1_ps(dx[b + 1]), _mm_set1_ps(dx[b]));
-        ds[c] = asym ? dxs[b] + dxs[b + 1] : 0.0f;
+    __m256i base[QD_ROW4_SEG];
+    __m256 dxv[QD_ROW4_SEG], acc[CPU_Q_ROWS];
+    float ds[QD_ROW4_SEG], off[CPU_Q_ROWS];
+    for (int r = 0; r < nrows; r++) acc[r] = _mm256_setzero_ps(), off[r] = 0.0f;
+    for (int64_t c0 = 0; c0 < nc; c0 += QD_ROW4_SEG) {
+        const int64_t c1 = nc - c0 < QD_ROW4_SEG ? nc : c0 + QD_ROW4_SEG;
+        for (int64_t c = c0; c < c1; c++) {
+            const int64_t b = 2 * c;
+            const __m256i xe = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK)),
+                          xo = _mm256_loadu_si256((const __m256i *)(xq + b * CPU_QK + 32));
+            /* the symmetric zero 8, in the int32 sums: they start from -8 * sum(x) per lane */
+            base[c - c0] = asym ? zero : _mm256_sub_epi32(zero, QD_DOTA_U4(QD_DOTA_U4(zero, eight, xe), eight, xo));
+            dxv[c - c0] = _mm256_set_m128(_mm_set1_ps(dx[b + 1]), _mm_set1_ps(dx[b]));
+            ds[c - c0] = asym ? dxs[b] + dxs[b + 1] : 0.0f;
+        }
+        for (int r = 0; r < nrows; r++) {
+            const uint8_t *w = row + (size_t)r * rb;
+            if (q40) qd_q40x_row(w, xq, base, dxv, c0, c1, &acc[r]);
+            else if (asym) qd_gq4x_row(1, per, hdr, gsz, w, xq, base, dxv, ds, c0, c1, &acc[r], &off[r]);
+            else qd_gq4x_row(0, per, hdr, gsz, w, xq, base, dxv, ds, c0, c1, &acc[r], &off[r]);
+        }
     }
-    for (int r = 0; r < nrows; r++) {
-        if (q40) qd_q40x_row(row + (size_t)r * rb, xq, base, dxv, nc, out + r);
-        else if (asym) qd_gq4x_row(1, per, hdr, gsz, row + (size_t)r * rb, xq, base, dxv, ds, nc, out + r);
-        else qd_gq4x_row(0, per, hdr, gsz, row + (size_t)r * rb, xq, base, dxv, ds, nc, out + r);
-    }
+    for (int r = 0; r < nrows; r++) out[r] = qd_hsum(acc[r]) + off[r];
     return 1;
 }
 

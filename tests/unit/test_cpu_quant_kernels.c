@@ -238,13 +238,16 @@ static void decode_matmul_stays_within_the_activation_quantization_bound_at_mode
     check_matmul(LLMOPT_DTYPE_GQ(8, 64, 1), 1, 9, 16384 + 64, 1, 0);
     check_matmul(LLMOPT_DTYPE_GQ(8, 64, 1), 1, 9, 768, 1, 1);
     check_matmul(LLMOPT_DTYPE_GQ(8, 32, 1), 1, 3, 256, 0, 0);
-    /* Q4_0 and GQ 4-bit in groups of 64k also go one row at a time up to 16384 weights a row */
+    /* Q4_0 and GQ 4-bit in groups of 64k go one row at a time, with what the rows share made
+     * 16384 weights at a time: rows of one such segment, and past it, a GQ group across the cut */
     check_matmul(LLMOPT_DTYPE_Q4_0, 1, 9, 16384, 1, 1);
     check_matmul(LLMOPT_DTYPE_Q4_0, 1, 5, 16384 + 64, 0, 0);
     check_matmul(LLMOPT_DTYPE_GQ(4, 64, 0), 1, 9, 16384, 1, 0);
     check_matmul(LLMOPT_DTYPE_GQ(4, 128, 1), 1, 9, 16384, 0, 1);
     check_matmul(LLMOPT_DTYPE_GQ(4, 128, 0), 1, 9, 16384 + 128, 1, 1);
     check_matmul(LLMOPT_DTYPE_GQ(4, 64, 1), 1, 5, 16384 + 64, 0, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(4, 192, 1), 1, 5, 192 * 86, 1, 0);
+    check_matmul(LLMOPT_DTYPE_GQ(4, 192, 0), 1, 17, 192 * 86, 0, 1);
     /* Q4_0 reads two blocks at a time against x permuted per 64: an odd number of blocks a row
      * keeps the one-block path and x as it is */
     check_matmul(LLMOPT_DTYPE_Q4_0, 3, 9, 96, 1, 0);
