@@ -328,12 +328,9 @@ QD_INLINE void qd_q40x_row(const uint8_t *row, const int8_t *xq, const __m256i *
     *acc = a;
 }
 
-/* 1 when dtype went the one-row 4-bit path (nrows <= CPU_Q_ROWS), 0 when it is not a format it
- * takes */
-QD_INLINE int qd_rows4(int dtype, const uint8_t *row, size_t rb, int nrows, const int8_t *xq, const float *dx,
-                       const float *dxs, int64_t K, float *out) {
-    const int q40 = qd_q40x_ok(dtype, K);
-    if (!(q40 || qd_gq4x_ok(dtype)) || K <= 0 || nrows > CPU_Q_ROWS) return 0;
+/* Up to CPU_Q_ROWS rows of a format qd_rows4 takes. */
+QD_INLINE void qd_rows4_some(const int q40, int dtype, const uint8_t *row, size_t rb, int nrows, const int8_t *xq,
+                             const float *dx, const float *dxs, int64_t K, float *out) {
     const int asym = !q40 && LLMOPT_DTYPE_GQ_ASYM(dtype);
     const int64_t group = q40 ? 64 : LLMOPT_DTYPE_GQ_GROUP(dtype), per = group / 64, nc = K / 64;
     const size_t hdr = asym ? 4 : 2, gsz = hdr + (size_t)group / 2;
@@ -361,6 +358,17 @@ QD_INLINE int qd_rows4(int dtype, const uint8_t *row, size_t rb, int nrows, cons
         }
     }
     for (int r = 0; r < nrows; r++) out[r] = qd_hsum(acc[r]) + off[r];
+}
+
+/* 1 when dtype went the one-row 4-bit path, 0 when it is not a format it takes (the four-row
+ * path must not get these: their x is permuted) */
+QD_INLINE int qd_rows4(int dtype, const uint8_t *row, size_t rb, int nrows, const int8_t *xq, const float *dx,
+                       const float *dxs, int64_t K, float *out) {
+    const int q40 = qd_q40x_ok(dtype, K);
+    if (!(q40 || qd_gq4x_ok(dtype))) return 0;
+    for (int r = 0; r < nrows; r += CPU_Q_ROWS)
+        qd_rows4_some(q40, dtype, row + (size_t)r * rb, rb, nrows - r < CPU_Q_ROWS ? nrows - r : CPU_Q_ROWS, xq, dx,
+                      dxs, K, out + r);
     return 1;
 }
 
