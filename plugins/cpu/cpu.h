@@ -130,9 +130,9 @@ int cpu_cross_entropy(const llmopt_tensor *const *in, int n_in, llmopt_tensor *o
  * sums s*dx*sum(u*xq) + m*dx*sum(xq) per sub-block. GQ groups that are not a multiple of 32
  * take a float path (dequantized row + SIMD dot). */
 #define CPU_QK 32
-/* Rows of W one row_dot call takes at most: the 8-bit formats' per-call setup (x's lane sums,
- * block offsets) is shared by them (Q8_0 decode of GPT-2 124M 6-9% faster with 16 than with 4
- * on a Zen 3); the others run them four at a time. */
+/* Rows of W one row_dot call takes at most: the per-call setup of the formats read one row at a
+ * time (x's lane sums or zero bases, block offsets, x scales) is shared by them (Q8_0 decode of
+ * GPT-2 124M 6-9% faster with 16 than with 4 on a Zen 3); the others run them four at a time. */
 #define CPU_Q_ROWS 16
 
 /* A quantized matmul for many rows of x (prefill): out[M, N] (+)= x · W^T (+ bias), W [N, K] in

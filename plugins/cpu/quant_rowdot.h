@@ -1,6 +1,6 @@
 /* The fused decode dot of the quantized kernels, written once for both SIMD tables: up to
- * CPU_Q_ROWS consecutive rows of W (read straight from their blocks; QD_MAXR at a time for the
- * 4-bit formats) against one row of x quantized per 32. quant_avx2.c and quant_avx512.c include
+ * CPU_Q_ROWS consecutive rows of W (read straight from their blocks; one at a time or QD_MAXR at
+ * a time, see below) against one row of x quantized per 32. quant_avx2.c and quant_avx512.c include
  * this file after defining
  *   QD_ATTR          the target attribute of their functions;
  *   QD_DOTA_U4(a, u, x)  a + int32 lanes summing u*x over 32 codes u <= 15, each lane the 4
