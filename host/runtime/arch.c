@@ -3,6 +3,7 @@
 #include "arch.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -58,6 +59,9 @@ static int read_gpt2(const llmopt_model *m, arch_config *c, llmopt_error *err) {
     return 0;
 }
 
+static int scaling_num(json_t *rs, const char *key, double *out, llmopt_error *err);
+static int read_llama3(json_t *rs, double factor, arch_config *c, llmopt_error *err);
+
 static int read_llama(const llmopt_model *m, arch_config *c, llmopt_error *err) {
     int rc = 0;
     if ((rc = get_int(m, "num_hidden_layers", -1, &c->n_layer, err)) ||
@@ -84,15 +88,66 @@ static int read_llama(const llmopt_model *m, arch_config *c, llmopt_error *err) 
         json_t *type = json_object_get(rs, "rope_type");
         if (!type) type = json_object_get(rs, "type");
         const char *t = json_string_value(type);
-        json_t *f = json_object_get(rs, "factor");
-        if (!t || strcmp(t, "linear") != 0)
+        if (t && strcmp(t, "default") == 0) return 0;
+        if (!t || (strcmp(t, "linear") != 0 && strcmp(t, "llama3") != 0))
             return error_set(err, LLMOPT_EUNSUPPORTED, "config.json: rope_scaling type '%s' is not supported "
-                             "(none or linear)", t ? t : "?");
-        if (!json_is_number(f) || json_number_value(f) <= 0)
-            return error_set(err, LLMOPT_EFORMAT, "config.json: rope_scaling.factor must be a positive number");
-        c->rope_scale = (float)json_number_value(f);
+                             "(none, linear or llama3)", t ? t : "?");
+        double f;
+        if ((rc = scaling_num(rs, "factor", &f, err))) return rc;
+        if (strcmp(t, "linear") == 0) {
+            c->rope_scale = (float)f;
+            return 0;
+        }
+        return read_llama3(rs, f, c, err);
     }
     return 0;
+}
+
+/* A positive number of rope_scaling. */
+static int scaling_num(json_t *rs, const char *key, double *out, llmopt_error *err) {
+    json_t *v = json_object_get(rs, key);
+    if (!v) return error_set(err, LLMOPT_EFORMAT, "config.json: rope_scaling.%s is missing", key);
+    if (!json_is_number(v) || !(json_number_value(v) > 0) || !isfinite(json_number_value(v)))
+        return error_set(err, LLMOPT_EFORMAT, "config.json: rope_scaling.%s must be a positive number", key);
+    *out = json_number_value(v);
+    return 0;
+}
+
+static int read_llama3(json_t *rs, double factor, arch_config *c, llmopt_error *err) {
+    double lo, hi, ctx;
+    int rc;
+    if ((rc = scaling_num(rs, "low_freq_factor", &lo, err)) || (rc = scaling_num(rs, "high_freq_factor", &hi, err)) ||
+        (rc = scaling_num(rs, "original_max_position_embeddings", &ctx, err)))
+        return rc;
+    if (!(hi > lo))
+        return error_set(err, LLMOPT_EFORMAT, "config.json: rope_scaling.high_freq_factor (%g) must be above "
+                         "low_freq_factor (%g)", hi, lo);
+    if (c->head_dim <= 0 || c->head_dim % 2 != 0 || c->head_dim / 2 > ARCH_ROPE_MAX_FREQ)
+        return error_set(err, LLMOPT_EUNSUPPORTED, "config.json: llama3 rope scaling needs an even head size of "
+                         "at most %d, not %d", 2 * ARCH_ROPE_MAX_FREQ, c->head_dim);
+    c->rope_factor = (float)factor, c->rope_low_freq = (float)lo, c->rope_high_freq = (float)hi;
+    c->rope_orig_ctx = (float)ctx;
+    c->rope_n_freq = c->head_dim / 2;
+    double div[ARCH_ROPE_MAX_FREQ];
+    arch_rope_llama3_divisors(c->rope_theta, c->head_dim, factor, lo, hi, ctx, div);
+    for (int i = 0; i < c->rope_n_freq; i++)
+        c->rope_inv_freq[i] = (float)(pow(c->rope_theta, -2.0 * i / c->head_dim) / div[i]);
+    return 0;
+}
+
+/* transformers' _compute_llama3_parameters, and the factors llama.cpp's converter writes. */
+void arch_rope_llama3_divisors(float theta, int head_dim, double factor, double low_freq, double high_freq,
+                               double orig_ctx, double *out) {
+    const double low_wavelen = orig_ctx / low_freq, high_wavelen = orig_ctx / high_freq;
+    for (int i = 0; i < head_dim / 2; i++) {
+        double wavelen = 2.0 * 3.14159265358979323846 / pow(theta, -2.0 * i / head_dim);
+        if (wavelen < high_wavelen) out[i] = 1.0;
+        else if (wavelen > low_wavelen) out[i] = factor;
+        else {
+            double smooth = (orig_ctx / wavelen - low_freq) / (high_freq - low_freq);
+            out[i] = 1.0 / ((1.0 - smooth) / factor + smooth);
+        }
+    }
 }
 
 int arch_linear_layout(const arch_config *c, const llmopt_tensor *w) {

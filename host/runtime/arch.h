@@ -10,6 +10,9 @@
 typedef enum arch_family { ARCH_GPT2 = 0, ARCH_LLAMA = 1 } arch_family;
 typedef enum arch_act { ACT_GELU_TANH = 0, ACT_GELU_ERF = 1, ACT_SILU = 2 } arch_act;
 
+/* The most rotated pairs a rope frequency table holds: head_dim up to 512. */
+#define ARCH_ROPE_MAX_FREQ 256
+
 typedef struct arch_config {
     arch_family family;
     int n_layer;
@@ -23,6 +26,12 @@ typedef struct arch_config {
     float norm_eps;
     float rope_theta;
     float rope_scale;  /* linear rope scaling factor, 1 = none */
+    /* rope_scaling of rope_type "llama3" (Llama 3.1 and later): frequencies whose wavelength is
+     * above original_ctx / low_freq turn `factor` times slower, those below original_ctx /
+     * high_freq as they are, those between on a smooth ramp. rope_n_freq is 0 otherwise. */
+    float rope_factor, rope_low_freq, rope_high_freq, rope_orig_ctx;
+    int rope_n_freq;                            /* head_dim / 2 with a table, else 0 */
+    float rope_inv_freq[ARCH_ROPE_MAX_FREQ];    /* the rope op's in[1]: radians per position */
     int tied;          /* lm_head shares the token embedding */
     int attn_bias;     /* q/k/v/o projections have biases (Llama attention_bias) */
     int mlp_bias;      /* Llama mlp_bias */
@@ -33,6 +42,12 @@ typedef struct arch_config {
  * config field ("config.json: num_key_value_heads (3) must divide num_attention_heads (4)") or
  * the tensor whose shape disagrees with it. */
 int arch_from_model(const llmopt_model *m, arch_config *c, llmopt_error *err);
+
+/* llama3 rope scaling's divisor of each rotated pair's base frequency theta^(-2i/head_dim), as
+ * llama.cpp's converter writes them into GGUF's rope_freqs.weight: 1 for short wavelengths,
+ * `factor` for long ones, a ramp between. Writes head_dim / 2 values. */
+void arch_rope_llama3_divisors(float theta, int head_dim, double factor, double low_freq, double high_freq,
+                               double orig_ctx, double *out);
 
 /* The layout of a transformer block's linear weight w: GPT-2's Conv1D weights are [in, out]
  * (LLMOPT_W_IN_OUT) while they are float; quantized ones are stored [out, in] (LLMOPT_W_OUT_IN),

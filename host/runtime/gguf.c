@@ -699,6 +699,89 @@ static int build_config(ld *l, json_t *cfg, int tied, int64_t vocab, uint64_t *n
     return 0;
 }
 
+/* ---- loading: rope_freqs.weight as transformers' llama3 rope_scaling ---- */
+
+static int llama3_matches(const double *div, int n, float theta, int D, double F, double lo, double hi, double ctx) {
+    double want[ARCH_ROPE_MAX_FREQ];
+    arch_rope_llama3_divisors(theta, D, F, lo, hi, ctx, want);
+    for (int i = 0; i < n; i++)
+        if (!(fabs(want[i] - div[i]) <= 1e-4 * div[i])) return 0;
+    return 1;
+}
+
+/* llama.cpp's converter turns Llama 3.1's rope_scaling into rope_freqs.weight, the divisor of
+ * each pair's frequency: 1 for short wavelengths w, the factor F for long ones, and between
+ * them 1 / ((1 - s) / F + s) with s = (ctx / w - lo) / (hi - lo). The file keeps only the
+ * divisors, so this finds (lo, hi, ctx) that give them back: Llama 3's own (1, 4, 8192) if
+ * they fit, else a fit of s, which is linear in 1 / w, over the pairs on the ramp (only the
+ * ratios ctx / lo and ctx / hi matter). Divisors no llama3 scaling gives are refused. */
+static int rope_freqs_scaling(ld *l, json_t *cfg, long idx) {
+    const gguf_tensor_info *ti = gguf_tensor(l->f, (size_t)idx);
+    const int D = (int)json_integer_value(json_object_get(cfg, "head_dim")), n = D / 2;
+    const float theta = (float)json_number_value(json_object_get(cfg, "rope_theta"));
+    if (ti->type != GGML_TYPE_F32 || ti->n_dims != 1 || n < 1 || n > ARCH_ROPE_MAX_FREQ || ti->ne[0] != (uint64_t)n)
+        return error_set(l->err, LLMOPT_EFORMAT, "%s: tensor 'rope_freqs.weight' must be %d f32 values (half the head size)",
+                         l->path, n);
+    if (json_object_get(cfg, "rope_scaling"))
+        return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: tensor 'rope_freqs.weight' together with linear rope scaling "
+                         "is not supported", l->path);
+    double div[ARCH_ROPE_MAX_FREQ], w[ARCH_ROPE_MAX_FREQ], F = 0;
+    for (int i = 0; i < n; i++) {
+        float v;
+        memcpy(&v, l->base + ti->offset + 4 * (size_t)i, 4);
+        div[i] = v;
+        w[i] = 2.0 * 3.14159265358979323846 / pow(theta, -2.0 * i / D);
+        if (!(v >= 1.0f - 1e-6f) || !isfinite(v))
+            return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: tensor 'rope_freqs.weight': factor %d is %g; llama3 rope "
+                             "scaling's are 1 or more", l->path, i, v);
+        if (div[i] > F) F = div[i];
+    }
+    if (F <= 1.0 + 1e-6) return 0; /* every pair as it is: no scaling */
+    /* the pairs: 1 (short wavelengths), then the ramp, then F (long), as w grows with i */
+    int last_one = -1, first_f = n, n_ramp = 0;
+    double su = 0, ss = 0, suu = 0, sus = 0, one_s_u = 0, one_s_s = 0;
+    for (int i = 0; i < n; i++) {
+        if (fabs(div[i] - 1.0) <= 1e-6) last_one = i;
+        else if (fabs(div[i] - F) <= 1e-6 * F) { if (first_f == n) first_f = i; }
+        else { /* s from 1 / div = (1 - s) / F + s, against u = 1 / w */
+            double sm = (1.0 / div[i] - 1.0 / F) / (1.0 - 1.0 / F), u = 1.0 / w[i];
+            su += u, ss += sm, suu += u * u, sus += u * sm, n_ramp++;
+            one_s_u = u, one_s_s = sm;
+        }
+    }
+    double lo = 1.0, hi = 4.0, ctx = 8192.0;
+    if (!llama3_matches(div, n, theta, D, F, lo, hi, ctx)) {
+        double L, r; /* ctx / lo and hi / lo */
+        if (n_ramp >= 2) { /* s = a u + b, a = L / (r - 1), b = -1 / (r - 1) */
+            double a = (n_ramp * sus - su * ss) / (n_ramp * suu - su * su), b = (ss - a * su) / n_ramp;
+            r = 1.0 - 1.0 / b, L = a * (r - 1.0);
+        } else if (n_ramp == 1) { /* with r = 4, as Llama 3 */
+            r = 4.0, L = (3.0 * one_s_s + 1.0) / one_s_u;
+        } else if (last_one >= 0 && first_f < n) { /* a ramp between two pairs */
+            double gap = w[first_f] / w[last_one];
+            r = sqrt(gap), L = w[first_f] / pow(gap, 0.25);
+        } else {
+            r = 0, L = 0;
+        }
+        ctx = round(L);
+        if (!(r > 1.0) || !(ctx >= 1.0) || !isfinite(L) || ctx > 1e9)
+            return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: tensor 'rope_freqs.weight' holds rope factors that llama3 rope "
+                             "scaling does not give; llmopt runs no other kind", l->path);
+        lo = ctx / L, hi = lo * r;
+    }
+    if (!llama3_matches(div, n, theta, D, F, lo, hi, ctx))
+        return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: tensor 'rope_freqs.weight' holds rope factors that llama3 rope "
+                         "scaling does not give; llmopt runs no other kind", l->path);
+    json_t *rs = json_object();
+    json_object_set_new(rs, "rope_type", json_string("llama3"));
+    json_object_set_new(rs, "factor", json_real(F));
+    json_object_set_new(rs, "low_freq_factor", json_real(lo));
+    json_object_set_new(rs, "high_freq_factor", json_real(hi));
+    json_object_set_new(rs, "original_max_position_embeddings", json_integer((json_int_t)ctx));
+    json_object_set_new(cfg, "rope_scaling", rs);
+    return 0;
+}
+
 /* ---- loading: tokenizer.json rebuilt from tokenizer.ggml.* ---- */
 
 enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER_DEFINED = 4, TT_UNUSED = 5, TT_BYTE = 6 };
@@ -1188,6 +1271,8 @@ static int load_mapping(const char *path, rt_mapping *map, llmopt_model **out, l
     json_t *cfg = json_object();
     uint64_t n_layer = 0, n_head = 0, n_kv = 0;
     if (!rc) rc = build_config(&l, cfg, head < 0 || gpt2_tied, (int64_t)gguf_tensor(f, (size_t)emb)->ne[1], &n_layer, &n_head, &n_kv);
+    long freqs = rc || strcmp(l.arch, "llama") != 0 ? -1 : gguf_find_tensor(f, "rope_freqs.weight");
+    if (freqs >= 0) rc = rope_freqs_scaling(&l, cfg, freqs);
     llmopt_model *m = NULL;
     if (!rc && !(m = rt_model_new(l.arch))) rc = error_set(err, LLMOPT_ENOMEM, "%s: out of memory", path);
     if (!rc) rc = rebuild_tokenizer(&l, m, cfg);
@@ -1198,7 +1283,7 @@ static int load_mapping(const char *path, rt_mapping *map, llmopt_model **out, l
         free(text);
     }
     for (size_t i = 0; !rc && i < gguf_n_tensors(f); i++)
-        if (!(gpt2_tied && (long)i == head))
+        if (!(gpt2_tied && (long)i == head) && (long)i != freqs) /* rope_freqs went into the config */
             rc = load_tensor(&l, m, map, gguf_tensor(f, i), (int)n_layer, (int64_t)n_head, (int64_t)n_kv);
     json_decref(cfg);
     gguf_file_free(f);
@@ -1573,7 +1658,7 @@ static int plan_tensors(const arch_config *c, const llmopt_model *m, wt **out, s
     int llama = c->family == ARCH_LLAMA;
     const name_map *g = llama ? llama_global : gpt2_global, *ly = llama ? llama_layer : gpt2_layer;
     size_t ng = llama ? N_OF(llama_global) : N_OF(gpt2_global), nl = llama ? N_OF(llama_layer) : N_OF(gpt2_layer);
-    wt *p = calloc(ng + 1 + (size_t)c->n_layer * nl, sizeof *p);
+    wt *p = calloc(ng + 2 + (size_t)c->n_layer * nl, sizeof *p); /* + output.weight, rope_freqs.weight */
     *out = p;
     *np = 0;
     if (!p) return error_set(err, LLMOPT_ENOMEM, "out of memory");
@@ -1595,6 +1680,27 @@ static int plan_tensors(const arch_config *c, const llmopt_model *m, wt **out, s
             rc = error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s' has no GGUF name in a %s model", name, llama ? "llama" : "gpt2");
     }
     return rc;
+}
+
+/* llama3 rope scaling as llama.cpp's converter writes it: rope_freqs.weight, each pair's
+ * frequency divisor (ggml's rope freq_factors), f32. *out holds it until the file is written. */
+static int plan_rope_freqs(const arch_config *c, wt *p, size_t *np, llmopt_tensor **out, llmopt_error *err) {
+    int64_t n = c->rope_n_freq;
+    double div[ARCH_ROPE_MAX_FREQ];
+    if (!(*out = rt_tensor_new(LLMOPT_DTYPE_F32, 1, &n))) return error_set(err, LLMOPT_ENOMEM, "out of memory");
+    arch_rope_llama3_divisors(c->rope_theta, c->head_dim, c->rope_factor, c->rope_low_freq, c->rope_high_freq,
+                              c->rope_orig_ctx, div);
+    for (int64_t i = 0; i < n; i++) ((float *)(*out)->data)[i] = (float)div[i];
+    wt *w = &p[(*np)++];
+    memset(w, 0, sizeof *w);
+    snprintf(w->name, sizeof w->name, "rope_freqs.weight");
+    w->t = *out;
+    w->xform = X_NONE;
+    w->type = GGML_TYPE_F32;
+    w->n_dims = 1;
+    for (int d = 0; d < GGUF_MAX_DIMS; d++) w->ne[d] = 1;
+    w->ne[0] = (uint64_t)n;
+    return 0;
 }
 
 /* llama_ftype: what most 2-D weights are. */
@@ -1688,6 +1794,8 @@ int gguf_write(const llmopt_model *m, const char *path, llmopt_error *err) {
     size_t np = 0;
     wr w = {.arch = c.family == ARCH_LLAMA ? "llama" : "gpt2"};
     rc = plan_tensors(&c, m, &p, &np, err);
+    llmopt_tensor *freqs = NULL;
+    if (!rc && c.rope_n_freq) rc = plan_rope_freqs(&c, p, &np, &freqs, err);
     int quantized = 0;
     uint32_t ftype = rc ? 0 : file_type(p, np, &quantized);
     if (!rc) write_metadata(&w, &c, m, path, ftype, quantized);
@@ -1739,5 +1847,6 @@ int gguf_write(const llmopt_model *m, const char *path, llmopt_error *err) {
     free(info.p);
     free(w.kv.p);
     free(p);
+    rt_tensor_unref(freqs);
     return rc;
 }

@@ -168,10 +168,10 @@ static int rope_op(tr_trainer *t, const char *op, float *x, int H, llmopt_error 
     const arch_config *c = &t->c;
     for (int b = 0; b < t->B; b++) {
         float *xb = x + (size_t)b * t->T * H * c->head_dim;
-        llmopt_tensor tx = f32_view(xb, 3, t->T, H, c->head_dim);
-        const llmopt_tensor *in[1] = {&tx};
+        llmopt_tensor tx = f32_view(xb, 3, t->T, H, c->head_dim), tf = f32_view(c->rope_inv_freq, 1, c->rope_n_freq, 1, 1);
+        const llmopt_tensor *in[2] = {&tx, &tf};
         llmopt_op_rope p = {sizeof p, 0, c->head_dim, c->rope_theta, c->rope_scale};
-        int rc = call(t, op, F32, in, 1, &tx, &p, err);
+        int rc = call(t, op, F32, in, c->rope_n_freq ? 2 : 1, &tx, &p, err); /* in[1]: llama3 rope scaling */
         if (rc) return rc;
     }
     return 0;

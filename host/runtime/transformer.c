@@ -40,6 +40,7 @@ struct tf_model {
     llmopt_model *m;
     int device;
     const llmopt_tensor *tok_emb, *pos_emb, *norm_w, *norm_b, *lm_head;
+    const llmopt_tensor *rope_freq;      /* llama3 rope scaling: the rope op's in[1]; else NULL */
     tf_layer *layers;
     tf_kernels k;
     tf_capture_fn capture;               /* calibration hook (quantization); NULL when off */
@@ -142,10 +143,19 @@ static int f32_vector(tf_model *tm, const llmopt_tensor **slot, llmopt_error *er
 static int f32_vectors(tf_model *tm, llmopt_error *err) {
     tf_layer *Ls = tm->layers;
     int n = tm->c.n_layer, rc;
-    /* per layer 12 f32 vectors and 20 device copies; 2 + 5 for the model's own tensors */
-    tm->owned = calloc((size_t)n * 32 + 7, sizeof *tm->owned);
+    /* per layer 12 f32 vectors and 20 device copies; 2 + 5 for the model's own tensors, and the
+     * rope frequency table with its device copy */
+    tm->owned = calloc((size_t)n * 32 + 9, sizeof *tm->owned);
     if (!tm->owned) return error_set(err, LLMOPT_ENOMEM, "out of memory");
     if ((rc = f32_vector(tm, &tm->norm_w, err)) || (rc = f32_vector(tm, &tm->norm_b, err))) return rc;
+    if (tm->c.rope_n_freq) {
+        int64_t shape[1] = {tm->c.rope_n_freq};
+        llmopt_tensor *f = rt_tensor_new(LLMOPT_DTYPE_F32, 1, shape);
+        if (!f) return error_set(err, LLMOPT_ENOMEM, "out of memory");
+        memcpy(f->data, tm->c.rope_inv_freq, (size_t)tm->c.rope_n_freq * sizeof(float));
+        tm->owned[tm->n_owned++] = f;
+        tm->rope_freq = f;
+    }
     for (int l = 0; l < n; l++) {
         const llmopt_tensor **vs[] = {&Ls[l].ln1_w, &Ls[l].ln1_b, &Ls[l].ln2_w, &Ls[l].ln2_b, &Ls[l].qkv_b, &Ls[l].q_b,
                                       &Ls[l].k_b, &Ls[l].v_b, &Ls[l].o_b, &Ls[l].up_b, &Ls[l].gate_b, &Ls[l].down_b};
@@ -173,7 +183,8 @@ static int device_copies(tf_model *tm, llmopt_error *err) {
     const llmopt_tensor *tok = tm->tok_emb;
     int rc;
     if ((rc = device_copy(tm, &tm->tok_emb, err)) || (rc = device_copy(tm, &tm->pos_emb, err)) ||
-        (rc = device_copy(tm, &tm->norm_w, err)) || (rc = device_copy(tm, &tm->norm_b, err)))
+        (rc = device_copy(tm, &tm->norm_w, err)) || (rc = device_copy(tm, &tm->norm_b, err)) ||
+        (rc = device_copy(tm, &tm->rope_freq, err)))
         return rc;
     if (tm->lm_head == tok) tm->lm_head = tm->tok_emb; /* tied: one copy */
     else if ((rc = device_copy(tm, &tm->lm_head, err))) return rc;
@@ -456,9 +467,13 @@ static int add(const tf_model *tm, float *a, const float *b, int64_t n, llmopt_e
 static int rope(const tf_model *tm, float *x, int T, int H, int pos, llmopt_error *err) {
     const arch_config *c = &tm->c;
     llmopt_tensor t = view(tm, x, F32, 3, T, H, c->head_dim);
-    const llmopt_tensor *in[1] = {&t};
+    const llmopt_tensor *in[2] = {&t, tm->rope_freq};
     llmopt_op_rope p = {sizeof p, pos, c->head_dim, c->rope_theta, c->rope_scale};
-    return run(tm->k.rope, LLMOPT_OP_ROPE, in, 1, &t, &p, err);
+    int rc = tm->k.rope((const llmopt_tensor *const *)in, tm->rope_freq ? 2 : 1, &t, &p);
+    if (rc == LLMOPT_EINVAL && tm->rope_freq)
+        return error_set(err, rc, "kernel 'rope' refused a frequency table (in[1]), which llama3 rope scaling "
+                         "needs: its kernel plugin predates it");
+    return rc ? error_set(err, rc, "kernel 'rope' failed: %s", status_str(rc)) : 0;
 }
 
 /* ---- one layer ---- */

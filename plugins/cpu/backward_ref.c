@@ -132,7 +132,7 @@ int cpu_ref_rope_backward(const llmopt_tensor *const *in, int n_in, llmopt_tenso
     if (rc) return rc;
     const llmopt_op_rope *r = p;
     int64_t T = in[0]->shape[0], H = in[0]->shape[1], D = in[0]->shape[2], half = r->rot_dim / 2;
-    const float *dy = in[0]->data;
+    const float *dy = in[0]->data, *freq = n_in == 2 ? in[1]->data : NULL;
     float *dx = out->data;
     for (int64_t t = 0; t < T; t++) {
         double pos = (double)(r->n_past + t) / r->scale;
@@ -140,7 +140,7 @@ int cpu_ref_rope_backward(const llmopt_tensor *const *in, int n_in, llmopt_tenso
             const float *g = dy + (t * H + h) * D;
             float *o = dx + (t * H + h) * D;
             for (int64_t i = 0; i < half; i++) {
-                double angle = pos * pow(r->theta, -2.0 * (double)i / (double)r->rot_dim);
+                double angle = pos * (freq ? (double)freq[i] : pow(r->theta, -2.0 * (double)i / (double)r->rot_dim));
                 float cos_a = (float)cos(angle), sin_a = (float)sin(angle);
                 float g1 = g[i], g2 = g[i + half];
                 o[i] = g1 * cos_a + g2 * sin_a;

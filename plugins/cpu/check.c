@@ -123,7 +123,7 @@ int cpu_check_norm(const llmopt_tensor *const *in, int n_in, const llmopt_tensor
 
 int cpu_check_rope(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
                    const void *params) {
-    if (!in || n_in != 1 || !PARAMS_OK(params, llmopt_op_rope)) return LLMOPT_EINVAL;
+    if (!in || (n_in != 1 && n_in != 2) || !PARAMS_OK(params, llmopt_op_rope)) return LLMOPT_EINVAL;
     const llmopt_op_rope *p = params;
     const llmopt_tensor *x = in[0];
     if (!tensor_ok(x, LLMOPT_DTYPE_F32) || x->ndim != 3 || !tensor_ok(out, LLMOPT_DTYPE_F32) ||
@@ -131,6 +131,11 @@ int cpu_check_rope(const llmopt_tensor *const *in, int n_in, const llmopt_tensor
         return LLMOPT_EINVAL;
     if (p->n_past < 0 || p->rot_dim < 0 || p->rot_dim % 2 != 0 || p->rot_dim > x->shape[2])
         return LLMOPT_EINVAL;
+    if (n_in == 2) { /* the frequency table */
+        const llmopt_tensor *f = in[1];
+        if (!tensor_ok(f, LLMOPT_DTYPE_F32) || f->ndim != 1 || f->shape[0] != p->rot_dim / 2 || overlaps(out, f))
+            return LLMOPT_EINVAL;
+    }
     if (!(p->theta > 0.0f) || !isfinite(p->theta) || !(p->scale > 0.0f) || !isfinite(p->scale))
         return LLMOPT_EINVAL;
     return 0;

@@ -160,6 +160,7 @@ int cpu_rmsnorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, co
 
 typedef struct rope_job {
     const float *x;
+    const float *freq; /* in[1], or NULL: theta's frequencies */
     float *out;
     int64_t H, D;
     const llmopt_op_rope *r;
@@ -173,7 +174,7 @@ static void rope_rows(void *arg, int64_t begin, int64_t end) {
         double pos = (double)(j->r->n_past + t) / j->r->scale;
         /* one angle per (t, i), applied to every head */
         for (int64_t i = 0; i < half; i++) {
-            double angle = pos * pow(j->r->theta, -2.0 * (double)i / (double)j->r->rot_dim);
+            double angle = pos * (j->freq ? (double)j->freq[i] : pow(j->r->theta, -2.0 * (double)i / (double)j->r->rot_dim));
             float cos_a = (float)cos(angle), sin_a = j->sin_sign * (float)sin(angle);
             for (int64_t h = 0; h < H; h++) {
                 const float *x = j->x + (t * H + h) * D;
@@ -194,7 +195,7 @@ int cpu_rope_rotate(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out
     // x is (T,H,D), out is (T,H,D) and may be x
     int rc = cpu_check_rope(in, n_in, out, p);
     if (rc) return rc;
-    rope_job j = {in[0]->data, out->data, in[0]->shape[1], in[0]->shape[2], p, sin_sign};
+    rope_job j = {in[0]->data, n_in == 2 ? in[1]->data : NULL, out->data, in[0]->shape[1], in[0]->shape[2], p, sin_sign};
     cpu_api->parallel_for(in[0]->shape[0], row_grain(j.H * j.D), rope_rows, &j);
     return 0;
 }

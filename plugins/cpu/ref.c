@@ -100,7 +100,7 @@ int cpu_ref_rope(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, c
     if (rc) return rc;
     const llmopt_op_rope *r = p;
     int64_t T = in[0]->shape[0], H = in[0]->shape[1], D = in[0]->shape[2], half = r->rot_dim / 2;
-    const float *x = in[0]->data;
+    const float *x = in[0]->data, *freq = n_in == 2 ? in[1]->data : NULL;
     float *o = out->data;
     for (int64_t t = 0; t < T; t++) {
         double pos = (double)(r->n_past + t) / r->scale;
@@ -108,7 +108,7 @@ int cpu_ref_rope(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, c
             const float *xh = x + (t * H + h) * D;
             float *oh = o + (t * H + h) * D;
             for (int64_t i = 0; i < half; i++) {
-                double angle = pos * pow(r->theta, -2.0 * (double)i / (double)r->rot_dim);
+                double angle = pos * (freq ? (double)freq[i] : pow(r->theta, -2.0 * (double)i / (double)r->rot_dim));
                 float cos_a = (float)cos(angle), sin_a = (float)sin(angle);
                 float x1 = xh[i], x2 = xh[i + half];
                 oh[i] = x1 * cos_a - x2 * sin_a;

@@ -121,6 +121,9 @@ def _llama_config(**kw):
     return LlamaConfig(**base)
 
 
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 64}
+
 MODEL_SPECS = {
     # name: (class name, config factory, seed)
     "gpt2": ("GPT2LMHeadModel", _gpt2_config, 1),
@@ -135,6 +138,13 @@ MODEL_SPECS = {
         "LlamaForCausalLM",
         lambda: _llama_config(rope_scaling={"type": "linear", "factor": 2.0}),
         4,
+    ),
+    # Llama 3.1's rope scaling: with head size 16 and an original context of 64, pair 0 keeps its
+    # frequency, pairs 1-2 are on the ramp, 3-7 turn 4x slower
+    "llama_rope_llama3": (
+        "LlamaForCausalLM",
+        lambda: _llama_config(rope_theta=10000.0, rope_scaling=LLAMA3_SCALING),
+        6,
     ),
     # q/k/v/o and gate/up/down projections with biases (Qwen2-like attention, mlp_bias)
     "llama_bias": ("LlamaForCausalLM", lambda: _llama_config(attention_bias=True, mlp_bias=True), 5),
@@ -328,6 +338,11 @@ MODEL_WITH_TOKENIZER_SPECS = {
     ),
     "llama_llama_bpe": (
         "LlamaForCausalLM", lambda: _llama_config(vocab_size=TOKENIZER_VOCAB), 6, "llama_bpe",
+    ),
+    # Llama 3.1's shape: llama3 rope scaling and a Llama-style BPE
+    "llama3_llama_bpe": (
+        "LlamaForCausalLM", lambda: _llama_config(vocab_size=TOKENIZER_VOCAB, rope_scaling=LLAMA3_SCALING), 7,
+        "llama_bpe",
     ),
 }
 

@@ -5,6 +5,7 @@ GGUFWriter makes load in llmopt and give transformers' logits. The writer side i
 test executable gguf_convert (a model directory or .gguf in, GGUF out) until a stage writes GGUF."""
 
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -47,8 +48,33 @@ def permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def is_llama3(cfg):
+    rs = cfg.get("rope_scaling") or {}
+    return rs.get("rope_type", rs.get("type")) == "llama3"
+
+
+def llama3_rope_factors(cfg):
+    """rope_freqs.weight as convert_hf_to_gguf.py computes it from Llama 3.1's rope_scaling: the
+    divisor of each rotary pair's frequency."""
+    rs, base = cfg["rope_scaling"], cfg["rope_theta"]
+    dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    factor, lo, hi, ctx = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"], rs["original_max_position_embeddings"]
+    out = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi / (1.0 / base ** (i / dim))
+        if wavelen < ctx / hi:
+            out.append(1.0)
+        elif wavelen > ctx / lo:
+            out.append(factor)
+        else:
+            smooth = (ctx / wavelen - lo) / (hi - lo)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
 def gguf_names(cfg):
-    """{GGUF name: (HF name, numpy transform)} the way convert_hf_to_gguf.py maps a checkpoint."""
+    """{GGUF name: (HF name, numpy transform)} the way convert_hf_to_gguf.py maps a checkpoint;
+    rope_freqs.weight, made from the config alone, has no HF name."""
     same = lambda w: w  # noqa: E731
     if cfg["model_type"] == "gpt2":
         g = {"token_embd.weight": "transformer.wte.weight", "position_embd.weight": "transformer.wpe.weight",
@@ -66,6 +92,8 @@ def gguf_names(cfg):
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     out = {"token_embd.weight": ("model.embed_tokens.weight", same),
            "output_norm.weight": ("model.norm.weight", same)}
+    if is_llama3(cfg):
+        out["rope_freqs.weight"] = (None, lambda _: llama3_rope_factors(cfg))
     if not cfg.get("tie_word_embeddings"):
         out["output.weight"] = ("lm_head.weight", same)
     per = {"attn_norm": ("input_layernorm", same), "attn_q": ("self_attn.q_proj", lambda w: permute(w, nh)),
@@ -118,7 +146,7 @@ def test_gguf_reader_reads_our_metadata(models, convert, tmp_path, name):
                 "rope.dimension_count": head_dim, "vocab_size": cfg["vocab_size"]}
         assert field(r, "llama.rope.freq_base") == pytest.approx(cfg["rope_theta"])
         assert field(r, "llama.attention.layer_norm_rms_epsilon") == pytest.approx(cfg["rms_norm_eps"])
-        if cfg.get("rope_scaling"):
+        if cfg.get("rope_scaling") and not is_llama3(cfg):  # llama3: the rope_freqs.weight tensor instead
             assert field(r, "llama.rope.scaling.type") == "linear"
             assert field(r, "llama.rope.scaling.factor") == pytest.approx(cfg["rope_scaling"]["factor"])
         else:
@@ -136,10 +164,13 @@ def test_gguf_reader_reads_our_tensors_in_llama_cpp_layout(models, convert, tmp_
     assert sorted(t.name for t in r.tensors) == sorted(names)
     for t in r.tensors:
         src, f = names[t.name]
-        want = f(hf[src])
+        want = f(hf[src] if src else None)
         assert t.tensor_type == QT.F32, t.name
         assert tuple(int(d) for d in t.shape) == tuple(reversed(want.shape)), t.name  # ne[0] is the row length
-        np.testing.assert_array_equal(as_array(t), want, err_msg=t.name)
+        if src:
+            np.testing.assert_array_equal(as_array(t), want, err_msg=t.name)
+        else:  # computed on both sides, in double, then stored as f32
+            np.testing.assert_allclose(as_array(t), want, rtol=1e-6, err_msg=t.name)
         assert t.data_offset % 32 == 0
 
 
@@ -172,13 +203,13 @@ def write_with_gguf_package(model_dir, out, wtype=QT.F32, only=lambda name, f: T
         if head_dim * cfg["num_attention_heads"] != cfg["hidden_size"]:
             w.add_key_length(head_dim)
             w.add_value_length(head_dim)
-        if cfg.get("rope_scaling"):
+        if cfg.get("rope_scaling") and not is_llama3(cfg):
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             w.add_rope_scaling_factor(cfg["rope_scaling"]["factor"])
     w.add_file_type({QT.F32: 0, QT.F16: 1, QT.Q4_0: 2, QT.Q4_1: 3, QT.Q8_0: 7}[wtype])
     hf = hf_tensors(model_dir)
     for name, (src, f) in gguf_names(cfg).items():
-        data = np.ascontiguousarray(f(hf[src]))
+        data = np.ascontiguousarray(f(hf[src] if src else None))
         if not only(name, f):
             w.add_tensor(name, data)
         elif data.ndim == 2 and wtype == QT.F16:
@@ -293,11 +324,12 @@ def test_generate_from_gguf_matches_the_directory(host, models_with_tokenizer, c
 
 # ---- llama-cpp-python (optional: tests/interop/requirements-llama-cpp.txt) ----
 
-def test_llama_cpp_python_logits_match_transformers(models_with_tokenizer, convert, tmp_path):
+# llama.cpp needs a vocabulary; llama3_llama_bpe's rope scaling reaches it as rope_freqs.weight
+@pytest.mark.parametrize("name", ["llama_llama_bpe", "llama3_llama_bpe"])
+def test_llama_cpp_python_logits_match_transformers(models_with_tokenizer, convert, tmp_path, name):
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed (optional: pip install -r "
         "tests/interop/requirements-llama-cpp.txt; it builds llama.cpp from source)")
-    name = "llama_llama_bpe"  # llama.cpp needs a vocabulary
     path = convert(models_with_tokenizer[name], tmp_path / "m.gguf")
     # F32 KV cache (llama.cpp defaults to F16, which alone moves logits by ~1e-2)
     llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=128, n_threads=2, verbose=False,

@@ -3,6 +3,7 @@
 generation token for token."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -41,6 +42,19 @@ def test_reference_models_are_fit_for_comparison(models, name):
     assert cfg.get("eos_token_id") is None and cfg["torch_dtype"] == "float32"
     probs = torch.softmax(torch.from_numpy(reference_logits(models[name], prompt_ids(300))), -1)
     assert probs.max(-1).values.mean() > 10 / cfg["vocab_size"]
+
+
+def test_llama3_rope_scaling_moves_the_logits(models, tmp_path):
+    # llama_rope_llama3 matching transformers means something only if the scaling changes the
+    # logits: the same weights without it must be far from them
+    scaled = models["llama_rope_llama3"]
+    plain = tmp_path / "unscaled"
+    shutil.copytree(scaled, plain)
+    cfg = json.loads((plain / "config.json").read_text())
+    cfg["rope_scaling"] = None
+    (plain / "config.json").write_text(json.dumps(cfg))
+    ids = prompt_ids(300)
+    assert np.abs(reference_logits(scaled, ids) - reference_logits(plain, ids)).max() > 100 * LOGITS_ATOL
 
 
 @pytest.mark.parametrize("kv_cache", [False, True], ids=["full", "kv_cache"])

@@ -68,11 +68,16 @@ static void set_cfg(llmopt_model *m, const char *key, const char *json) {
     json_object_set_new(rt_model_config_json(m), key, v);
 }
 
-static void expect_error(llmopt_model *m, int status, const char *text) {
+/* arch_from_model fails with status and a message holding text; m stays (expect_error drops it). */
+static void expect_error_kept(const llmopt_model *m, int status, const char *text) {
     arch_config c;
     llmopt_error err = {0};
     assert_int_equal(arch_from_model(m, &c, &err), status);
     if (!strstr(err.msg, text)) fail_msg("message '%s' lacks '%s'", err.msg, text);
+}
+
+static void expect_error(llmopt_model *m, int status, const char *text) {
+    expect_error_kept(m, status, text);
     rt_model_unref(m);
 }
 
@@ -146,8 +151,48 @@ static void rope_scaling_linear_is_read_and_others_refused(void **state) {
     llmopt_error err = {0};
     assert_int_equal(arch_from_model(m, &c, &err), 0);
     assert_true(c.rope_scale == 2.0f);
+    assert_int_equal(c.rope_n_freq, 0);
     set_cfg(m, "rope_scaling", "{\"rope_type\": \"yarn\", \"factor\": 4.0}");
-    expect_error(m, LLMOPT_EUNSUPPORTED, "rope_scaling type 'yarn' is not supported");
+    expect_error_kept(m, LLMOPT_EUNSUPPORTED, "rope_scaling type 'yarn' is not supported");
+    set_cfg(m, "rope_scaling", "{\"type\": \"linear\"}");
+    expect_error_kept(m, LLMOPT_EFORMAT, "rope_scaling.factor is missing");
+    set_cfg(m, "rope_scaling", "{\"rope_type\": \"default\"}");
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    assert_true(c.rope_scale == 1.0f && c.rope_n_freq == 0);
+    rt_model_unref(m);
+}
+
+/* Llama 3.1's rope_scaling: head size 4 has two pairs, at wavelengths 2 pi and 2 pi * 100. */
+static void rope_scaling_llama3_gives_a_frequency_table(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama();
+    arch_config c;
+    llmopt_error err = {0};
+    /* original context 64: 6.28 is below 64 / 4 (kept), 628 above 64 / 1 (divided by factor) */
+    set_cfg(m, "rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": 4.0, \"low_freq_factor\": 1.0, "
+                               "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 64}");
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    assert_int_equal(c.rope_n_freq, 2);
+    assert_true(c.rope_scale == 1.0f);
+    assert_float_equal(c.rope_inv_freq[0], 1.0f, 0);
+    assert_float_equal(c.rope_inv_freq[1], 0.0025f, 1e-9f);
+    /* original context 1024: 628 lies between 1024 / 4 and 1024 / 1, on the ramp */
+    set_cfg(m, "rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": 4.0, \"low_freq_factor\": 1.0, "
+                               "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 1024}");
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    double wavelen = 2 * 3.141592653589793 * 100, smooth = (1024 / wavelen - 1) / 3;
+    assert_float_equal(c.rope_inv_freq[1], 0.01 * ((1 - smooth) / 4 + smooth), 1e-9);
+    assert_true(c.rope_inv_freq[1] > 0.0025f && c.rope_inv_freq[1] < 0.01f);
+    set_cfg(m, "rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": 8.0, \"high_freq_factor\": 4.0, "
+                               "\"original_max_position_embeddings\": 8192}");
+    expect_error_kept(m, LLMOPT_EFORMAT, "rope_scaling.low_freq_factor is missing");
+    set_cfg(m, "rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 4.0, "
+                               "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}");
+    expect_error_kept(m, LLMOPT_EFORMAT, "high_freq_factor (4) must be above low_freq_factor (4)");
+    set_cfg(m, "rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": -8.0, \"low_freq_factor\": 1.0, "
+                               "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}");
+    expect_error_kept(m, LLMOPT_EFORMAT, "rope_scaling.factor must be a positive number");
+    rt_model_unref(m);
 }
 
 static void gpt2_config_defaults_mlp_to_four_times_width(void **state) {
@@ -299,6 +344,7 @@ int main(void) {
         cmocka_unit_test(missing_tensor_of_a_model_made_in_memory_names_the_tensor),
         cmocka_unit_test(tied_llama_needs_no_lm_head),
         cmocka_unit_test(rope_scaling_linear_is_read_and_others_refused),
+        cmocka_unit_test(rope_scaling_llama3_gives_a_frequency_table),
         cmocka_unit_test(gpt2_config_defaults_mlp_to_four_times_width),
         cmocka_unit_test(greedy_picks_the_first_maximum),
         cmocka_unit_test(repetition_penalty_divides_positive_and_multiplies_negative),

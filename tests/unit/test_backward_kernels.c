@@ -208,7 +208,12 @@ static void rope_backward_matches_finite_differences_with_linear_scaling(void **
     assert_int_equal(run(cpu_ref_rope_backward, dx, &p, 1, dy), 0);
     fd_case c = {fwd_plain, {x}, 1, &p, cpu_ref_rope, dy};
     fd_check(&c, 0, dx, "rope dx");
-    tfree(x), tfree(dy), tfree(dx);
+    /* with a frequency table (llama3 rope scaling) */
+    llmopt_tensor *freq = trand(1, 2, 1, 1, 0, 1);
+    assert_int_equal(run(cpu_ref_rope_backward, dx, &p, 2, dy, freq), 0);
+    fd_case ct = {fwd_plain, {x, freq}, 2, &p, cpu_ref_rope, dy};
+    fd_check(&ct, 0, dx, "rope dx, table");
+    tfree(x), tfree(dy), tfree(dx), tfree(freq);
 }
 
 static void attention_backward_matches_finite_differences_with_grouped_heads(void **state) {
@@ -426,6 +431,11 @@ static void rope_and_attention_backwards_fast_match_reference(void **state) {
         assert_int_equal(run(cpu_ref_rope_backward, o0, &rp, 1, dy), 0);
         assert_int_equal(run(kernel(LLMOPT_OP_ROPE_BACKWARD, LLMOPT_DTYPE_F32), o1, &rp, 1, o1), 0); /* in place */
         assert_close(o1, o0, "rope dx");
+        llmopt_tensor *freq = trand(1, rp.rot_dim / 2, 1, 1, 0, 1), *o2 = tclone(dy);
+        assert_int_equal(run(cpu_ref_rope_backward, o0, &rp, 2, dy, freq), 0);
+        assert_int_equal(run(kernel(LLMOPT_OP_ROPE_BACKWARD, LLMOPT_DTYPE_F32), o2, &rp, 2, o2, freq), 0);
+        assert_close(o2, o0, "rope dx, table");
+        tfree(freq), tfree(o2);
         for (int causal = 0; causal < 2; causal++) {
             llmopt_tensor *q = trand(3, T, Hq, D, -1, 1), *k = trand(3, T, Hkv, D, -1, 1), *v = trand(3, T, Hkv, D, -1, 1);
             llmopt_tensor *dq0 = tnew(LLMOPT_DTYPE_F32, 3, T, Hq, D), *dq1 = tnew(LLMOPT_DTYPE_F32, 3, T, Hq, D);

@@ -511,6 +511,41 @@ static void rope_is_identity_at_position_zero_and_rotates_half_pairs(void **stat
     }
 }
 
+/* in[1], the frequency table of llama3 rope scaling: pair i turns by position * freq[i]. */
+static void rope_frequency_table_replaces_thetas(void **state) {
+    SKIP_IF_UNAVAILABLE();
+    impl f[2];
+    impls(f, LLMOPT_OP_ROPE, LLMOPT_DTYPE_F32, cpu_ref_rope);
+    for (int i = 0; i < 2; i++) {
+        llmopt_tensor *x = t3(LLMOPT_DTYPE_F32, 1, 2, 6), *o = t3(LLMOPT_DTYPE_F32, 1, 2, 6), *o2 = t3(LLMOPT_DTYPE_F32, 1, 2, 6);
+        float v[12] = {1, 2, 3, 4, 5, 6, -1, -2, -3, -4, -5, -6};
+        tset(x, v);
+        /* theta's own frequencies as a table: the same rotation */
+        llmopt_tensor *thetas = t1(LLMOPT_DTYPE_F32, 2), *freq = t1(LLMOPT_DTYPE_F32, 2);
+        tset(thetas, (float[]){1.0f, 0.01f});
+        llmopt_op_rope p = {sizeof p, 3, 4, 10000.0f, 1.0f};
+        assert_int_equal(run(f[i].fn, o, &p, 1, x), 0);
+        assert_int_equal(run(f[i].fn, o2, &p, 2, x, thetas), 0);
+        assert_close(F(o2), F(o), 12, 1e-6, 1e-6, "theta's table");
+        /* other frequencies: theta no longer matters; scale still divides the position */
+        tset(freq, (float[]){0.25f, 2.0f});
+        llmopt_op_rope q = {sizeof q, 2, 4, 123.0f, 2.0f}; /* position 1 */
+        assert_int_equal(run(f[i].fn, o, &q, 2, x, freq), 0);
+        float c0 = cosf(0.25f), s0 = sinf(0.25f), c1 = cosf(2.0f), s1 = sinf(2.0f);
+        float want[12] = {1 * c0 - 3 * s0, 2 * c1 - 4 * s1, 3 * c0 + 1 * s0, 4 * c1 + 2 * s1, 5, 6};
+        for (int e = 0; e < 6; e++) want[6 + e] = -want[e];
+        assert_values(o, want, 12, f[i].name);
+        /* in place with a table */
+        llmopt_tensor *y = tclone(x);
+        assert_int_equal(run(f[i].fn, y, &q, 2, y, freq), 0);
+        assert_close(F(y), F(o), 12, 0, 0, "rope table in place");
+        /* a table of the wrong length is refused */
+        llmopt_tensor *f3 = t1(LLMOPT_DTYPE_F32, 3);
+        assert_int_equal(run(f[i].fn, o, &q, 2, x, f3), LLMOPT_EINVAL);
+        tfree(x), tfree(o), tfree(o2), tfree(thetas), tfree(freq), tfree(y), tfree(f3);
+    }
+}
+
 static void rope_fast_path_matches_reference(void **state) {
     SKIP_IF_UNAVAILABLE();
     static const int64_t shapes[][4] = {{1, 1, 2, 2}, {5, 3, 10, 8}, {7, 4, 64, 64}, {33, 5, 96, 32}};
@@ -522,7 +557,13 @@ static void rope_fast_path_matches_reference(void **state) {
         assert_int_equal(run(cpu_ref_rope, want, &p, 1, x), 0);
         assert_int_equal(run(kernel(LLMOPT_OP_ROPE, LLMOPT_DTYPE_F32), got, &p, 1, x), 0);
         assert_close(F(got), F(want), tnumel(x), RTOL, ATOL, "rope");
-        tfree(x), tfree(want), tfree(got);
+        /* with a frequency table */
+        llmopt_tensor *freq = t1(LLMOPT_DTYPE_F32, shapes[s][3] / 2);
+        trand(freq, 0, 1);
+        assert_int_equal(run(cpu_ref_rope, want, &p, 2, x, freq), 0);
+        assert_int_equal(run(kernel(LLMOPT_OP_ROPE, LLMOPT_DTYPE_F32), got, &p, 2, x, freq), 0);
+        assert_close(F(got), F(want), tnumel(x), RTOL, ATOL, "rope with a table");
+        tfree(x), tfree(want), tfree(got), tfree(freq);
     }
 }
 
@@ -748,6 +789,7 @@ int main(void) {
         cmocka_unit_test(rmsnorm_divides_by_root_mean_square),
         cmocka_unit_test(norms_fast_path_match_reference),
         cmocka_unit_test(rope_is_identity_at_position_zero_and_rotates_half_pairs),
+        cmocka_unit_test(rope_frequency_table_replaces_thetas),
         cmocka_unit_test(rope_fast_path_matches_reference),
         cmocka_unit_test(attention_with_one_key_returns_its_value),
         cmocka_unit_test(attention_masks_future_keys_when_causal),

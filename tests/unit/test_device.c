@@ -448,11 +448,25 @@ static void run_forward(llmopt_model *m, int device, float *prefill, float *deco
     tf_model_free(tm);
 }
 
+/* tiny_llama with llama3 rope scaling: its frequency table goes to the device as a weight. */
+static llmopt_model *llama3_llama(uint64_t seed) {
+    llmopt_model *m = tiny_llama(seed);
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", \"hidden_size\": 16, \"num_attention_heads\": 4, "
+             "\"num_key_value_heads\": 2, \"intermediate_size\": 24, \"vocab_size\": %d, \"num_hidden_layers\": 2, "
+             "\"max_position_embeddings\": 16, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": false, "
+             "\"attention_bias\": true, \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 4.0, "
+             "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8}}", VOCAB);
+    config(m, cfg);
+    return m;
+}
+
 /* The same kernels run on the same bytes, so the logits match to the bit. */
 static void forward_on_test_device_equals_cpu(void **state) {
     (void)state;
-    for (int which = 0; which < 2; which++) {
-        llmopt_model *m = which == 0 ? tiny_gpt2(1, 2) : tiny_llama(2);
+    static const char *const names[] = {"gpt2", "llama", "llama3 rope"};
+    for (int which = 0; which < 3; which++) {
+        llmopt_model *m = which == 0 ? tiny_gpt2(1, 2) : which == 1 ? tiny_llama(2) : llama3_llama(2);
         float cpu_p[N_PROMPT * VOCAB], cpu_d[VOCAB], dev_p[N_PROMPT * VOCAB], dev_d[VOCAB];
         size_t before = dev_used();
         run_forward(m, LLMOPT_DEVICE_CPU, cpu_p, cpu_d);
@@ -464,7 +478,7 @@ static void forward_on_test_device_equals_cpu(void **state) {
         for (int i = 0; i < N_PROMPT * VOCAB; i++) nonzero += cpu_p[i] != 0.0f;
         assert_true(nonzero > N_PROMPT * VOCAB / 2);
         if (memcmp(cpu_p, dev_p, sizeof cpu_p) != 0 || memcmp(cpu_d, dev_d, sizeof cpu_d) != 0)
-            fail_msg("%s: logits on the test device differ from the CPU's", which == 0 ? "gpt2" : "llama");
+            fail_msg("%s: logits on the test device differ from the CPU's", names[which]);
         rt_model_unref(m);
     }
 }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/arch.h"
 #include "runtime/gguf.h"
 #include "runtime/runtime.h"
 #include "runtime/tokenizer.h"
@@ -393,6 +394,83 @@ static void loaded_config_keeps_rope_and_tying(void **state) {
     remove_dir(dir);
 }
 
+/* make_llama with llama3 rope scaling (Llama 3.1's keys) in place of its linear one. */
+static llmopt_model *make_llama3(double factor, double lo, double hi, int ctx) {
+    llmopt_model *m = make_llama();
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "{\"model_type\": \"llama\", \"hidden_size\": 64, \"num_attention_heads\": 4, "
+             "\"num_key_value_heads\": 2, \"num_hidden_layers\": 2, \"intermediate_size\": 96, "
+             "\"vocab_size\": 300, \"max_position_embeddings\": 128, \"rms_norm_eps\": 1e-5, "
+             "\"rope_theta\": 500000.0, \"attention_bias\": true, \"tie_word_embeddings\": false, "
+             "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": %g, \"low_freq_factor\": %g, "
+             "\"high_freq_factor\": %g, \"original_max_position_embeddings\": %d}}", factor, lo, hi, ctx);
+    set_config(m, cfg);
+    return m;
+}
+
+static void expect_same_rope(const llmopt_model *a, const llmopt_model *b) {
+    arch_config ca, cb;
+    assert_int_equal(arch_from_model(a, &ca, NULL), 0);
+    assert_int_equal(arch_from_model(b, &cb, NULL), 0);
+    assert_int_equal(cb.rope_n_freq, D / 2);
+    assert_int_equal(ca.rope_n_freq, cb.rope_n_freq);
+    for (int i = 0; i < ca.rope_n_freq; i++) assert_float_equal(cb.rope_inv_freq[i], ca.rope_inv_freq[i], 1e-6 * ca.rope_inv_freq[i]);
+}
+
+/* GGUF keeps llama3 rope scaling as rope_freqs.weight (llama.cpp's converter does); loading
+ * finds the rope_scaling that gives those factors: Llama 3's own keys back as they were, others
+ * as keys that give the same frequencies. */
+static void llama3_rope_scaling_round_trips_through_rope_freqs(void **state) {
+    (void)state;
+    char *dir, *path = tmp_path(&dir, "m.gguf");
+    llmopt_model *m = make_llama3(8.0, 1.0, 4.0, 8192), *back = NULL;
+    assert_int_equal(gguf_write(m, path, NULL), 0);
+    gguf_file *f = NULL;
+    char *buf = NULL;
+    size_t len;
+    assert_int_equal(fs_read_all(path, &buf, &len, NULL), 0);
+    llmopt_error err = {0};
+    assert_int_equal(gguf_parse(path, (const uint8_t *)buf, len, &f, &err), 0);
+    long t = gguf_find_tensor(f, "rope_freqs.weight");
+    assert_true(t >= 0);
+    assert_int_equal(gguf_tensor(f, (size_t)t)->ne[0], D / 2);
+    assert_true(gguf_find_key(f, "llama.rope.scaling.type") < 0);
+    float *div = (float *)(buf + gguf_tensor(f, (size_t)t)->offset); /* from the start of the file */
+    gguf_file_free(f);
+    assert_int_equal(gguf_load(path, &back, &err), 0);
+    json_t *rs = json_object_get(rt_model_config_json(back), "rope_scaling");
+    assert_string_equal(json_string_value(json_object_get(rs, "rope_type")), "llama3");
+    assert_true(json_number_value(json_object_get(rs, "factor")) == 8.0);
+    assert_true(json_number_value(json_object_get(rs, "low_freq_factor")) == 1.0);
+    assert_true(json_number_value(json_object_get(rs, "high_freq_factor")) == 4.0);
+    assert_true(json_integer_value(json_object_get(rs, "original_max_position_embeddings")) == 8192);
+    assert_null(rt_model_get(back, "rope_freqs.weight"));
+    expect_same_rope(m, back);
+    rt_model_unref(back);
+    /* factors no llama3 scaling gives: one below 1, one off the ramp at a long wavelength */
+    float keep = div[0];
+    div[0] = 0.5f;
+    assert_int_equal(gguf_load_mem("bad.gguf", (const uint8_t *)buf, len, &back, &err), LLMOPT_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "bad.gguf: tensor 'rope_freqs.weight': factor 0 is 0.5"));
+    div[0] = keep;
+    div[D / 2 - 1] = 3.0f;
+    assert_int_equal(gguf_load_mem("bad.gguf", (const uint8_t *)buf, len, &back, &err), LLMOPT_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "rope factors that llama3 rope scaling does not give"));
+    assert_null(back);
+    free(buf);
+    rt_model_unref(m);
+    /* other keys: the frequencies survive */
+    m = make_llama3(4.0, 2.0, 16.0, 20000);
+    assert_int_equal(gguf_write(m, path, NULL), 0);
+    assert_int_equal(gguf_load(path, &back, &err), 0);
+    expect_same_rope(m, back);
+    rt_model_unref(back);
+    rt_model_unref(m);
+    free(path);
+    remove_dir(dir);
+}
+
 /* The rebuilt tokenizer.json encodes as the original. */
 static void tokenizer_survives(llmopt_model *m, const char *json, const char *config, const char *text, const char *model_kind) {
     assert_int_equal(rt_model_set_file(m, "tokenizer.json", json, strlen(json)), 0);
@@ -737,6 +815,7 @@ int main(void) {
         cmocka_unit_test(llama_round_trips_bit_for_bit),
         cmocka_unit_test(gpt2_round_trips_bit_for_bit),
         cmocka_unit_test(loaded_config_keeps_rope_and_tying),
+        cmocka_unit_test(llama3_rope_scaling_round_trips_through_rope_freqs),
         cmocka_unit_test(byte_level_tokenizer_survives_the_round_trip),
         cmocka_unit_test(byte_fallback_tokenizer_survives_the_round_trip),
         cmocka_unit_test(quantized_gpt2_conv1d_weights_round_trip_as_out_in_rows),

@@ -41,8 +41,13 @@ typedef struct llmopt_op_norm {
 } llmopt_op_norm;
 
 /** rope: rotary position embedding, rotate-half convention (transformers' Llama, GPT-NeoX).
- *  in[0] x [T,H,D]; out [T,H,D], may alias in[0]. Row t has position (n_past + t) / scale;
- *  the first rot_dim dims of each head rotate with inv_freq[i] = theta^(-2i/rot_dim). */
+ *  in[0] x [T,H,D]; out [T,H,D], may alias in[0]. Row t has position p = (n_past + t) / scale;
+ *  pair i of the first rot_dim dims of each head, (i, i + rot_dim/2), turns by p * inv_freq[i]
+ *  radians, inv_freq[i] = theta^(-2i/rot_dim).
+ *  in[1] inv_freq [rot_dim/2] f32, optional (n_in == 2), on the device of in[0]: the
+ *  frequencies themselves, in place of theta's (rope_scaling "llama3" of Llama 3.1 and later;
+ *  the runtime passes it only for such models). A kernel that takes only in[0] must refuse
+ *  n_in == 2 with LLMOPT_EINVAL rather than ignore it. */
 #define LLMOPT_OP_ROPE "rope"
 typedef struct llmopt_op_rope {
     uint32_t struct_size;
@@ -116,8 +121,8 @@ typedef struct llmopt_op_norm_backward {
     struct llmopt_tensor *dbeta;   /**< [C], accumulated; NULL for rmsnorm */
 } llmopt_op_norm_backward;
 
-/** rope_backward: the gradient of rope is the inverse rotation. in[0] dy [T,H,D]; out dx,
- *  may alias in[0]; params as rope (llmopt_op_rope). */
+/** rope_backward: the gradient of rope is the inverse rotation. in[0] dy [T,H,D]; in[1]
+ *  inv_freq, optional, as rope's; out dx, may alias in[0]; params as rope (llmopt_op_rope). */
 #define LLMOPT_OP_ROPE_BACKWARD "rope_backward"
 
 /** attention_backward: in[0] q [T,Hq,D]; in[1] k [T,Hkv,D]; in[2] v [T,Hkv,D]; in[3] dy
