@@ -92,7 +92,7 @@ static int read_llama(const llmopt_model *m, arch_config *c, llmopt_error *err) 
         if (!t || (strcmp(t, "linear") != 0 && strcmp(t, "llama3") != 0))
             return error_set(err, LLMOPT_EUNSUPPORTED, "config.json: rope_scaling type '%s' is not supported "
                              "(none, linear or llama3)", t ? t : "?");
-        double f;
+        double f = 0;
         if ((rc = scaling_num(rs, "factor", &f, err))) return rc;
         if (strcmp(t, "linear") == 0) {
             c->rope_scale = (float)f;
@@ -114,7 +114,7 @@ static int scaling_num(json_t *rs, const char *key, double *out, llmopt_error *e
 }
 
 static int read_llama3(json_t *rs, double factor, arch_config *c, llmopt_error *err) {
-    double lo, hi, ctx;
+    double lo = 0, hi = 0, ctx = 0;
     int rc;
     if ((rc = scaling_num(rs, "low_freq_factor", &lo, err)) || (rc = scaling_num(rs, "high_freq_factor", &hi, err)) ||
         (rc = scaling_num(rs, "original_max_position_embeddings", &ctx, err)))
