@@ -22,6 +22,7 @@
 #include "mapping.h"
 #include "../util/log.h"
 #include "runtime.h"
+#include "tokenizer_internal.h"
 
 /* ---- ggml tensor types: one table (block of `block` elements takes `size` bytes) ---- */
 
@@ -787,9 +788,7 @@ static int rope_freqs_scaling(ld *l, json_t *cfg, long idx) {
 enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER_DEFINED = 4, TT_UNUSED = 5, TT_BYTE = 6 };
 
 /* Llama 3's pre-tokenizer regex (tokenizer.ggml.pre "llama-bpe"), as its tokenizer.json spells it. */
-static const char LLAMA3_REGEX[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-    "\\s+(?!\\S)|\\s+";
+static const char LLAMA3_REGEX[] = TOK_LLAMA3_REGEX; /* tokenizer.ggml.pre "llama-bpe" */
 
 /* Index of tokenizer key `key` if present with the given type (array element type when arr), -1 if
  * absent, or an error. */

@@ -4,11 +4,12 @@
  *
  * Supported: model BPE (merges in both forms, unk_token, fuse_unk, byte_fallback, ignore_merges,
  * continuing_subword_prefix, end_of_word_suffix); normalizers Prepend, Replace (String), Sequence;
- * pre-tokenizers ByteLevel (GPT-2 regex written out by hand), Metaspace, Sequence; decoders
+ * pre-tokenizers ByteLevel (GPT-2 regex written out by hand), Split with Llama 3's or Qwen2's regex
+ * (written out by hand too), Metaspace, Sequence; decoders
  * ByteLevel, Metaspace, Replace (String), ByteFallback, Fuse, Strip, BPEDecoder, Sequence;
  * post-processors TemplateProcessing (single), Roberta/BertProcessing, ByteLevel, Sequence.
  * Not supported (refused at load): other models (Unigram, WordPiece, WordLevel), BPE dropout,
- * Unicode normalization forms, Split/Digits/Whitespace/... pre-tokenizers, regex patterns. */
+ * Unicode normalization forms, Digits/Whitespace/... pre-tokenizers, other Split patterns. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -290,6 +291,81 @@ size_t tok_gpt2_next(const unsigned char *s, size_t n, size_t i) {
     return j;
 }
 
+/* The end of the run of characters of class cls that starts at s[j]. */
+static size_t class_run(const unsigned char *s, size_t n, size_t j, int cls) {
+    uint32_t cp;
+    for (size_t l; j < n; j += l) {
+        l = uni_decode(s + j, n - j, &cp);
+        if (char_class(cp) != cls) break;
+    }
+    return j;
+}
+
+static int ascii_lower(unsigned char c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+
+/* tok_llama3_next (tokenizer_internal.h): the alternatives in order, each with the match the
+ * regex's backtracking settles on:
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d)  case-insensitive, and U+017F (long s) folds to s
+ *   [^\r\n\p{L}\p{N}]?\p{L}+     one character other than CR, LF, a letter or a number, then letters
+ *   \p{N}{1,3}                   up to `digits` numbers
+ *    ?[^\s\p{L}\p{N}]+[\r\n]*     an optional U+0020, the rest, then any CRs and LFs
+ *   \s*[\r\n]+                   a whitespace run up to and with its last CR or LF
+ *   \s+(?!\S)|\s+               a whitespace run, less its last character when a non-space
+ *                               follows and it is longer than one */
+size_t tok_llama3_next(const unsigned char *s, size_t n, size_t i, int digits) {
+    if (s[i] == '\'' && i + 1 < n) {
+        int a = ascii_lower(s[i + 1]), b = i + 2 < n ? ascii_lower(s[i + 2]) : 0;
+        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
+        if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
+        if (s[i + 1] == 0xC5 && i + 2 < n && s[i + 2] == 0xBF) return i + 3; /* 'ſ */
+    }
+    uint32_t cp, cp2 = 0;
+    size_t l = uni_decode(s + i, n - i, &cp);
+    int cls = char_class(cp), crlf = cp == '\r' || cp == '\n';
+    if (cls == CL_LETTER) return class_run(s, n, i, CL_LETTER);
+    int cls2 = -1;
+    if (i + l < n) {
+        uni_decode(s + i + l, n - i - l, &cp2);
+        cls2 = char_class(cp2);
+    }
+    if (cls != CL_NUMBER && !crlf && cls2 == CL_LETTER) return class_run(s, n, i + l, CL_LETTER);
+    if (cls == CL_NUMBER) {
+        size_t j = i;
+        for (int k = 0; k < digits && j < n; k++) {
+            size_t lj = uni_decode(s + j, n - j, &cp);
+            if (char_class(cp) != CL_NUMBER) break;
+            j += lj;
+        }
+        return j;
+    }
+    if (cls == CL_OTHER || (cp == ' ' && cls2 == CL_OTHER)) {
+        size_t j = class_run(s, n, cls == CL_OTHER ? i : i + l, CL_OTHER);
+        while (j < n && (s[j] == '\r' || s[j] == '\n')) j++;
+        return j;
+    }
+    size_t e, last = i, last_crlf = n;
+    for (e = i; e < n; e += l) {
+        l = uni_decode(s + e, n - e, &cp);
+        if (!uni_is_space(cp)) break;
+        if (cp == '\r' || cp == '\n') last_crlf = e;
+        last = e;
+    }
+    if (last_crlf < n) return last_crlf + 1;
+    if (e < n && last > i) return last;
+    return e;
+}
+
+static int pre_split(enc_ctx *c, const tok_pretok *p, const char *s, size_t n, strs *out) {
+    (void)c;
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        size_t e = tok_llama3_next(u, n, i, p->digits);
+        if (strs_push(out, s + i, e - i) != 0) return LLMOPT_ENOMEM;
+        i = e;
+    }
+    return 0;
+}
+
 static int push_mapped(const tok_tokenizer *t, strs *out, const unsigned char *s, size_t n) {
     if (strs_push(out, "", 0) != 0) return LLMOPT_ENOMEM;
     for (size_t i = 0; i < n; i++)
@@ -365,6 +441,7 @@ static int encode_words(enc_ctx *c, const char *s, size_t n, int at_start) {
         for (size_t i = 0; i < in->n; i++) {
             if (in->s[i].len == 0) continue;
             int rc = p->kind == TOK_PRE_BYTELEVEL ? pre_bytelevel(c, p, STR_AT(in, i), in->s[i].len, out)
+                     : p->kind == TOK_PRE_SPLIT   ? pre_split(c, p, STR_AT(in, i), in->s[i].len, out)
                                                   : pre_metaspace(c, p, STR_AT(in, i), in->s[i].len, at_start && i == 0, out);
             if (rc != 0) return rc;
         }

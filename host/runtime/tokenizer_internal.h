@@ -67,12 +67,26 @@ typedef struct tok_normalizer {
 } tok_normalizer;
 
 enum { TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER };
-enum { TOK_PRE_BYTELEVEL, TOK_PRE_METASPACE };
+/* The Split pre-tokenizer regex of Llama 3 (tiktoken's cl100k pattern) and of Qwen2, which
+ * has \p{N} where Llama 3 has \p{N}{1,3}: the two runnable Split patterns. */
+#define TOK_LLAMA3_REGEX                                                                                          \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|" \
+    "\\s+(?!\\S)|\\s+"
+#define TOK_QWEN2_REGEX                                                                                           \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"      \
+    "\\s+(?!\\S)|\\s+"
+
+/* The end of the match of that pattern starting at s[i] (i < n), digits 3 for Llama 3's, 1 for
+ * Qwen2's. As tok_gpt2_next, a match starts at every i. */
+size_t tok_llama3_next(const unsigned char *s, size_t n, size_t i, int digits);
+
+enum { TOK_PRE_BYTELEVEL, TOK_PRE_METASPACE, TOK_PRE_SPLIT };
 typedef struct tok_pretok {
     int kind;
     int add_prefix_space, use_regex; /* ByteLevel */
     char *replacement;               /* Metaspace */
     int prepend_scheme, split;
+    int digits;                      /* Split: tok_llama3_next's */
 } tok_pretok;
 
 enum {

@@ -558,10 +558,23 @@ static int add_pretok(load_ctx *c, json_t *p, const char *field) {
         if ((rc = get_prepend_scheme(c, p, field, &pt.prepend_scheme)) != 0) return rc;
         if ((rc = get_bool(c, p, "split", field, 1, &pt.split)) != 0) return rc;
         if ((rc = get_replacement(c, p, field, &pt.replacement)) != 0) return rc;
+    } else if (strcmp(type, "Split") == 0) {
+        pt.kind = TOK_PRE_SPLIT;
+        json_t *pat = json_object_get(p, "pattern");
+        const char *rx = json_string_value(json_object_get(pat, "Regex")), *beh = json_string_value(json_object_get(p, "behavior"));
+        snprintf(sub, sizeof sub, "%.200s.pattern", field);
+        if (!rx) return fail(c, LLMOPT_EUNSUPPORTED, sub, "a Split pattern must be a {\"Regex\": ...} (of Llama 3 or Qwen2)");
+        if (strcmp(rx, TOK_LLAMA3_REGEX) == 0) pt.digits = 3;
+        else if (strcmp(rx, TOK_QWEN2_REGEX) == 0) pt.digits = 1;
+        else return fail(c, LLMOPT_EUNSUPPORTED, sub, "Split regex '%.80s%s' is not supported (Llama 3's and Qwen2's are)",
+                         rx, strlen(rx) > 80 ? "..." : "");
+        snprintf(sub, sizeof sub, "%.200s", field);
+        if (!beh || strcmp(beh, "Isolated") != 0 || json_is_true(json_object_get(p, "invert")))
+            return fail(c, LLMOPT_EUNSUPPORTED, sub, "Split must have behavior \"Isolated\" and invert false");
     } else {
         snprintf(sub, sizeof sub, "%.200s.type", field);
         return fail(c, LLMOPT_EUNSUPPORTED, sub,
-                    "pre-tokenizer '%s' is not supported (supported: ByteLevel, Metaspace, Sequence)", type);
+                    "pre-tokenizer '%s' is not supported (supported: ByteLevel, Metaspace, Split, Sequence)", type);
     }
     tok_pretok *grown = realloc(t->pres, (t->n_pres + 1) * sizeof *grown);
     if (!grown) {

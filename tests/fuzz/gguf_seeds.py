@@ -3,7 +3,8 @@ package's GGUFWriter: a tiny Llama and a tiny GPT-2 (hidden 32, one block, vocab
 tensors cover every type the loader maps (f32, f16, bf16, q8_0, q4_0, q4_1), the q/k un-permute,
 the GPT-2 transposes (float) and kept [out, in] rows (quantized), the tied GPT-2 head, and both
 tokenizer kinds (gpt2 BPE with merges, llama SentencePiece with scores and types), and a Llama
-with Q4_K/Q5_K/Q6_K tensors (dequantized on load). Each is a few KB, under scripts/fuzz.sh's
+with Q4_K/Q5_K/Q6_K tensors (dequantized on load), and the Llama again with llama3 rope scaling's
+rope_freqs.weight. Each is a few KB, under scripts/fuzz.sh's
 -max_len. Usage: python tests/fuzz/gguf_seeds.py OUT_DIR"""
 
 import sys
@@ -33,7 +34,7 @@ def add(g, name, arr, qt):
         g.add_tensor(name, arr)
 
 
-def llama(path):
+def llama(path, llama3=False):
     g = GGUFWriter(str(path), "llama")
     g.add_context_length(CTX)
     g.add_embedding_length(C)
@@ -61,6 +62,13 @@ def llama(path):
     add(g, "blk.0.ffn_gate.weight", w(FF, C), QT.BF16)
     add(g, "blk.0.ffn_up.weight", w(FF, C), QT.Q4_0)
     add(g, "blk.0.ffn_down.weight", w(C, FF), QT.F32)
+    if llama3:  # Llama 3.1's rope scaling as llama.cpp's converter writes it (factor 4, ramp 16..64)
+        f = []
+        for i in range(0, C // 2, 2):
+            wl = 2 * np.pi * 10000.0 ** (i / (C // 2))
+            s = (64 / wl - 1) / 3
+            f.append(1.0 if wl < 16 else 4.0 if wl > 64 else 1 / ((1 - s) / 4 + s))
+        add(g, "rope_freqs.weight", np.array(f, dtype=np.float32), QT.F32)
     write(g)
 
 
@@ -129,5 +137,6 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     llama(out / "load-llama-mixed.gguf")
+    llama(out / "load-llama3-rope.gguf", llama3=True)
     gpt2(out / "load-gpt2-mixed.gguf")
     kquant(out / "load-llama-kquant.gguf")

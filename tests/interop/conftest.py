@@ -308,7 +308,39 @@ def _train_llama_style(lines):
     return tok, config
 
 
-TOKENIZER_SPECS = {"byte_level_bpe": _train_byte_level, "llama_bpe": _train_llama_style}
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _train_llama3_style(lines):
+    """Llama 3's layout: byte-level BPE whose words come from a Split with tiktoken's regex (then
+    ByteLevel without its own regex), ignore_merges, <|begin_of_text|> added by the template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+                                      special_tokens=[("<|begin_of_text|>", tok.token_to_id("<|begin_of_text|>"))]),
+    ])
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|end_of_text|>", "model_max_length": 131072,
+    }
+    return tok, config
+
+
+TOKENIZER_SPECS = {"byte_level_bpe": _train_byte_level, "llama_bpe": _train_llama_style,
+                   "llama3_bpe": _train_llama3_style}
 
 
 @pytest.fixture(scope="session")
@@ -339,10 +371,10 @@ MODEL_WITH_TOKENIZER_SPECS = {
     "llama_llama_bpe": (
         "LlamaForCausalLM", lambda: _llama_config(vocab_size=TOKENIZER_VOCAB), 6, "llama_bpe",
     ),
-    # Llama 3.1's shape: llama3 rope scaling and a Llama-style BPE
+    # Llama 3.1's shape: llama3 rope scaling and Llama 3's kind of tokenizer
     "llama3_llama_bpe": (
         "LlamaForCausalLM", lambda: _llama_config(vocab_size=TOKENIZER_VOCAB, rope_scaling=LLAMA3_SCALING), 7,
-        "llama_bpe",
+        "llama3_bpe",
     ),
 }
 

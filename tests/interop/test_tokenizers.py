@@ -8,6 +8,7 @@ Interface under test (llmopt-host help tokenize):
 
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,12 @@ ADVERSARIAL = {
     "special_partial": "<|endoftext| <|endof <s </s <0x41> <0xFF>",
     "numbers": "Ge1:1 3.14159 1,000,000 007 12345678901234567890 -42 1e10 ½ ² ٣ ۴ १२",
     "contractions_case": "I'm you're HE'LL she'd It's DON'T 'tis o'er",
+    # (?i:'s) of Llama 3's Split: U+017F (long s) folds to s; U+212A (Kelvin) to k, which no
+    # contraction has; an apostrophe at the end
+    "contractions_folding": "it'\u017f thou'\u017ft 'Re 'rE 'LL 'lL \u212a'\u212a 'x '",
+    # Llama 3's \p{N}{1,3} and its other alternatives around numbers, newlines and spaces
+    "digit_runs_and_newlines": "1 12 123 1234 12345 \u0663\u0664\u0665\u0666 x1y22z333 \n \n\n \r\n\t\n  \n  a\t\tb \t!",
+    "punct_before_letters": "(hello) [world]! ,comma .dot ;x 'quote \"dq\" \u00bfqu\u00e9? \u00a1s\u00ed! \tlead\n\nword",
     "mixed_scripts": "Hello мир κόσμε 世界 עולם दुनिया 🌍 done",
     "punctuation_runs": "?!?!...---,,,;;;:::'''\"\"\"((()))[[[]]]{{{}}}",
     "long_word": "Mahershalalhashbaz" * 20,
@@ -128,6 +135,42 @@ def test_encode_adversarial_matches_tokenizers(tokenize, tokenizers, name, case,
     ref = Tokenizer.from_file(str(tokenizers[name] / "tokenizer.json"))
     got = our_encode(tokenize, tokenizers[name], text.encode(), tmp_path)
     assert_same_ids(got, ref.encode(text).ids, ref, repr(text))
+
+
+@pytest.mark.parametrize("pattern", ["llama3", "qwen2"])
+def test_split_pre_tokenizer_cuts_where_tokenizers_does(tokenize, tokenizers, kjv_text, pattern, tmp_path):
+    """Llama 3's (and Qwen2's) Split regex, written out by hand, against tokenizers' own regex
+    engine: a vocabulary of the byte alphabet plus every piece tokenizers cuts the adversarial
+    strings and a KJV passage into, with ignore_merges, gives each of those pieces one id, so
+    the ids show every cut; a piece cut elsewhere falls apart into bytes."""
+    from tokenizers import Regex, pre_tokenizers
+
+    from conftest import LLAMA3_SPLIT
+
+    rx = LLAMA3_SPLIT if pattern == "llama3" else LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+    j = json.loads((tokenizers["llama3_bpe"] / "tokenizer.json").read_text())
+    j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {"Regex": rx}
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(rx), behavior="isolated", invert=False),
+                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    texts = [t for t in ADVERSARIAL.values() if "<|" not in t] + [kjv_text[:20000]]
+    vocab = {c: i for i, c in enumerate(sorted(set(pre_tokenizers.ByteLevel.alphabet())))}
+    for t in texts:
+        for piece, _ in pre.pre_tokenize_str(t):
+            vocab.setdefault(piece, len(vocab))
+    for a in j["added_tokens"]:
+        a["id"] = len(vocab)
+        vocab[a["content"]] = a["id"]
+    j["model"]["vocab"], j["model"]["merges"] = vocab, []
+    j["post_processor"]["processors"][1]["special_tokens"]["<|begin_of_text|>"]["ids"] = [vocab["<|begin_of_text|>"]]
+    d = tmp_path / "tok"
+    d.mkdir()
+    (d / "tokenizer.json").write_text(json.dumps(j))
+    shutil.copy(tokenizers["llama3_bpe"] / "tokenizer_config.json", d)
+    ref = Tokenizer.from_file(str(d / "tokenizer.json"))
+    for t in texts:
+        want = ref.encode(t).ids
+        assert len(want) == 1 + len(pre.pre_tokenize_str(t))  # <|begin_of_text|>, then a piece an id
+        assert_same_ids(our_encode(tokenize, d, t.encode(), tmp_path), want, ref, repr(t[:60]))
 
 
 @pytest.mark.parametrize("skip_special", [False, True], ids=["specials", "no_special"])

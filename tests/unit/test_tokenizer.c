@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "runtime/tokenizer.h"
+#include "runtime/tokenizer_internal.h"
 #include "runtime/unicode.h"
 #include "util/fs.h"
 
@@ -234,6 +235,26 @@ static void test_gpt2_regex_splits_words_before_merging(void **state) {
     expect_ids(t, s, strlen(s), 1, want, sizeof want / sizeof want[0]);
     tok_free(t);
     remove_dir(dir);
+}
+
+/* Llama 3's Split regex written out by hand: the pieces tokenizers' regex engine cuts this
+ * string into (Split(Regex(...), "isolated").pre_tokenize_str), and Qwen2's single digits. */
+static void test_llama3_split_cuts_where_the_regex_does(void **state) {
+    (void)state;
+    const char *text = "Hello world's 12345\n\n  x\t\t!?\r\n ,";
+    const char *want[] = {"Hello", " world", "'s", " ", "123", "45", "\n\n", " ", " x", "\t", "\t", "!?\r\n", " ,"};
+    size_t n = strlen(text), i = 0, k = 0;
+    for (; i < n; k++) {
+        size_t e = tok_llama3_next((const unsigned char *)text, n, i, 3);
+        assert_true(k < sizeof want / sizeof want[0]);
+        if (e - i != strlen(want[k]) || memcmp(text + i, want[k], e - i) != 0)
+            fail_msg("piece %zu: '%.*s', want '%s'", k, (int)(e - i), text + i, want[k]);
+        i = e;
+    }
+    assert_int_equal(k, sizeof want / sizeof want[0]);
+    const unsigned char *digits = (const unsigned char *)"12345";
+    assert_int_equal(tok_llama3_next(digits, 5, 0, 1), 1);
+    assert_int_equal(tok_llama3_next(digits, 5, 1, 3), 4);
 }
 
 static void test_bytelevel_add_prefix_space(void **state) {
@@ -489,8 +510,21 @@ static void test_error_duplicated_id(void **state) {
 static void test_error_unknown_pipeline_types(void **state) {
     (void)state;
     json_t *j = bl_tokenizer(0, 0);
-    json_object_set_new(j, "pre_tokenizer", json_pack("{s:s,s:[{s:s}]}", "type", "Sequence", "pretokenizers", "type", "Split"));
-    expect_load_error_json(j, LLMOPT_EUNSUPPORTED, "pre_tokenizer.pretokenizers[0].type", "'Split'");
+    json_object_set_new(j, "pre_tokenizer", json_pack("{s:s,s:[{s:s}]}", "type", "Sequence", "pretokenizers", "type", "Whitespace"));
+    expect_load_error_json(j, LLMOPT_EUNSUPPORTED, "pre_tokenizer.pretokenizers[0].type", "'Whitespace'");
+    /* Split runs Llama 3's and Qwen2's regexes only, isolated */
+    j = bl_tokenizer(0, 0);
+    json_object_set_new(j, "pre_tokenizer", json_pack("{s:s,s:{s:s},s:s}", "type", "Split", "pattern", "Regex", "\\d+",
+                                                      "behavior", "Isolated"));
+    expect_load_error_json(j, LLMOPT_EUNSUPPORTED, "pre_tokenizer.pattern", "Split regex '\\d+' is not supported");
+    j = bl_tokenizer(0, 0);
+    json_object_set_new(j, "pre_tokenizer", json_pack("{s:s,s:{s:s},s:s}", "type", "Split", "pattern", "String", " ",
+                                                      "behavior", "Isolated"));
+    expect_load_error_json(j, LLMOPT_EUNSUPPORTED, "pre_tokenizer.pattern", "must be a {\"Regex\"");
+    j = bl_tokenizer(0, 0);
+    json_object_set_new(j, "pre_tokenizer", json_pack("{s:s,s:{s:s},s:s}", "type", "Split", "pattern", "Regex", TOK_LLAMA3_REGEX,
+                                                      "behavior", "Removed"));
+    expect_load_error_json(j, LLMOPT_EUNSUPPORTED, "pre_tokenizer", "behavior \"Isolated\"");
     j = bl_tokenizer(0, 0);
     json_object_set_new(j, "normalizer", json_pack("{s:s}", "type", "NFKC"));
     expect_load_error_json(j, LLMOPT_EUNSUPPORTED, "normalizer.type", "'NFKC'");
@@ -524,6 +558,7 @@ int main(void) {
         cmocka_unit_test(test_bytelevel_merges_apply_in_rank_order),
         cmocka_unit_test(test_bytelevel_string_and_pair_merges_agree),
         cmocka_unit_test(test_gpt2_regex_splits_words_before_merging),
+        cmocka_unit_test(test_llama3_split_cuts_where_the_regex_does),
         cmocka_unit_test(test_bytelevel_add_prefix_space),
         cmocka_unit_test(test_bytelevel_roundtrips_emoji_cjk_combining),
         cmocka_unit_test(test_bytelevel_invalid_utf8_roundtrips_exactly),
