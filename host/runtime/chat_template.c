@@ -12,11 +12,13 @@
  * length, count, upper, lower, default/d, string, list, first, last, join, tojson), tests
  * (defined, undefined, none, string, number, integer, boolean, mapping, sequence, iterable,
  * true, false, even, odd), string methods (strip, lstrip, rstrip, startswith, endswith, upper,
- * lower, replace), dict .get, and the functions raise_exception, range, namespace.
+ * lower, replace), dict .get, and the functions raise_exception, range, namespace, strftime_now
+ * (the local time, as transformers' datetime.now().strftime; the C library's format codes).
  * Not supported (LLMOPT_EUNSUPPORTED): floats and '/', dict literals, tuples and unpacking,
  * macros, call/filter blocks, {% set %}...{% endset %}, raw, include/import/extends, loop
- * filters ("for x in y if c"), recursive loops, loop.cycle, strftime_now. upper/lower change
+ * filters ("for x in y if c"), recursive loops, loop.cycle. upper/lower change
  * ASCII letters only. */
+#define _POSIX_C_SOURCE 200809L /* localtime_r */
 #include "chat_template.h"
 
 #include <inttypes.h>
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "unicode.h"
 
@@ -48,7 +51,7 @@ typedef struct arena_block {
 
 /* ---- values ---- */
 
-typedef enum { V_UNDEF, V_NONE, V_BOOL, V_INT, V_STR, V_LIST, V_DICT, V_LOOP } vtype;
+typedef enum { V_UNDEF, V_NONE, V_BOOL, V_INT, V_STR, V_LIST, V_DICT, V_LOOP, V_FUNC } vtype; /* V_FUNC: a global function, u.s its name */
 
 typedef struct value value;
 typedef struct vlist vlist;
@@ -217,7 +220,8 @@ static value v_str(const char *p, size_t n) { value v = {.t = V_STR}; v.u.s.p = 
 static value v_cstr(const char *p) { return v_str(p, strlen(p)); }
 
 static const char *type_name(value v) {
-    static const char *names[] = {"undefined", "NoneType", "bool", "int", "str", "list", "dict", "LoopContext"};
+    static const char *names[] = {"undefined", "NoneType", "bool", "int", "str", "list", "dict", "LoopContext",
+                                  "builtin_function_or_method"};
     return names[v.t];
 }
 
@@ -260,7 +264,7 @@ static int truthy(value v) {
     case V_STR: return v.u.s.n != 0;
     case V_LIST: return v.u.l->n != 0;
     case V_DICT: return v.u.d->n != 0;
-    case V_LOOP: return 1;
+    case V_LOOP: case V_FUNC: return 1;
     }
     return 0;
 }
@@ -332,6 +336,7 @@ static void to_str_into(ctx *c, sbuf *b, value v, int repr) {
         sb_puts(c, b, "}");
         break;
     case V_LOOP: sb_puts(c, b, "<LoopContext>"); break;
+    case V_FUNC: sb_puts(c, b, "<built-in function "), sb_put(c, b, v.u.s.p, v.u.s.n), sb_puts(c, b, ">"); break;
     }
 }
 
@@ -1679,6 +1684,21 @@ static value eval_call(ctx *c, frame *f, const expr *e) {
         r.u.d = d;
         return r;
     }
+    if (!strcmp(name, "strftime_now")) { /* transformers' global: datetime.now().strftime(format) */
+        max_args(c, e, 1, name);
+        value fmt = arg(c, f, e, 0, "format", v_undef());
+        need_str(c, fmt, e->pos, "strftime_now");
+        char *fz = alloc(c, fmt.u.s.n + 1);
+        memcpy(fz, fmt.u.s.p, fmt.u.s.n);
+        fz[fmt.u.s.n] = '\0';
+        time_t now = time(NULL);
+        struct tm tm;
+        if (!localtime_r(&now, &tm)) fail(c, LLMOPT_EFAIL, e->pos, "strftime_now: the local time is unknown");
+        size_t cap = 256 + 16 * fmt.u.s.n;
+        char *buf = alloc(c, cap);
+        size_t k = strftime(buf, cap, fz, &tm); /* 0: an empty result (no code gives 16 bytes) */
+        return v_str(buf, k);
+    }
     fail(c, LLMOPT_EUNSUPPORTED, e->pos, "the function '%s' is not supported", name);
 }
 
@@ -1913,6 +1933,14 @@ int chat_render(const char *tmpl, const chat_message *msgs, size_t n, const char
         dict_put(c, &g.vars, "add_generation_prompt", v_bool(add_generation_prompt));
         dict_put(c, &g.vars, "tools", v_none());
         dict_put(c, &g.vars, "documents", v_none());
+        /* the functions are defined names, as in transformers' environment ("strftime_now is
+         * defined" picks Llama 3.1's dated system header) */
+        static const char *const funcs[] = {"raise_exception", "range", "namespace", "strftime_now"};
+        for (size_t i = 0; i < sizeof funcs / sizeof funcs[0]; i++) {
+            value fv = {.t = V_FUNC};
+            fv.u.s.p = funcs[i], fv.u.s.n = strlen(funcs[i]);
+            dict_put(c, &g.vars, funcs[i], fv);
+        }
         c->depth = 0;
         run_body(c, &g, &top);
         emit(c, "", 0, 0); /* makes out non-NULL for an empty rendering */

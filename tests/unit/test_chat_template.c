@@ -3,13 +3,16 @@
  * template) rendered for fixed conversations, compared with the strings transformers 4.47.1's
  * tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=...) returned for
  * them with bos_token "<s>" and eos_token "</s>"; then the errors a bad or runaway template gets. */
+#define _POSIX_C_SOURCE 200809L /* localtime_r */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "runtime/chat_template.h"
 
@@ -385,9 +388,33 @@ static void test_unknown_filter_is_unsupported_and_named(void **state) {
 static void test_unsupported_statements_and_functions_are_named(void **state) {
     (void)state;
     assert_non_null(strstr(render_error("{% macro f() %}{% endmacro %}", NULL, 0, LLMOPT_EUNSUPPORTED), "'macro' statement"));
-    assert_non_null(strstr(render_error("{{ strftime_now('%Y') }}", NULL, 0, LLMOPT_EUNSUPPORTED), "'strftime_now'"));
+    assert_non_null(strstr(render_error("{{ cycler('a') }}", NULL, 0, LLMOPT_EUNSUPPORTED), "'cycler'"));
     assert_non_null(strstr(render_error("{{ 1.5 }}", NULL, 0, LLMOPT_EUNSUPPORTED), "float"));
     assert_non_null(strstr(render_error("{{ 'a'.split() }}", NULL, 0, LLMOPT_EUNSUPPORTED), "method 'split'"));
+}
+
+/* transformers' strftime_now: the local date and time through the C library's format codes;
+ * it and the other functions are defined names (Llama 3.1's template tests that). */
+static void test_strftime_now_formats_the_local_time(void **state) {
+    (void)state;
+    char want[64], out[64];
+    for (int tries = 0; tries < 2; tries++) { /* a second try if the date turned between the calls */
+        time_t now = time(NULL);
+        struct tm tm;
+        assert_non_null(localtime_r(&now, &tm));
+        strftime(want, sizeof want, "%Y-%m-%d %b|True|True|False", &tm);
+        char *got = NULL;
+        llmopt_error err = {0};
+        assert_int_equal(chat_render("{{ strftime_now('%Y-%m-%d %b') }}|{{ strftime_now is defined }}|"
+                                     "{{ raise_exception is defined }}|{{ nothing is defined }}",
+                                     NULL, 0, NULL, NULL, 0, &got, NULL, &err), 0);
+        snprintf(out, sizeof out, "%s", got);
+        free(got);
+        if (strcmp(out, want) == 0) break;
+    }
+    assert_string_equal(out, want);
+    assert_non_null(strstr(render_error("{{ strftime_now(3) }}", NULL, 0, LLMOPT_EINVAL), "strftime_now needs a string"));
+    check_render("{{ strftime_now('') }}|", NULL, 0, 0, "|");
 }
 
 static void test_raise_exception_text_surfaces_in_the_error(void **state) {
@@ -464,6 +491,7 @@ int main(void) {
         cmocka_unit_test(test_unsupported_statements_and_functions_are_named),
         cmocka_unit_test(test_raise_exception_text_surfaces_in_the_error),
         cmocka_unit_test(test_type_errors_are_errors_not_crashes),
+        cmocka_unit_test(test_strftime_now_formats_the_local_time),
         cmocka_unit_test(test_runaway_loops_stop_at_the_step_bound),
         cmocka_unit_test(test_exponential_strings_stop_at_the_memory_bound),
         cmocka_unit_test(test_deep_nesting_is_refused_not_a_stack_overflow),
