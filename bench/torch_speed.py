@@ -6,10 +6,16 @@
   torch_speed.py make-llama DIR       LlamaForCausalLM with random weights (seed 0) of about the same
                                       size: 12 layers, hidden 768, 12 heads over 4 KV heads (GQA),
                                       MLP 2048 (SwiGLU), vocabulary 32000, untied head; float32
+  torch_speed.py make-llama3-1b DIR   LlamaForCausalLM of Llama 3.2 1B's shape (16 layers, hidden
+                                      2048, 32 heads over 8 KV heads of 64, MLP 8192, vocabulary
+                                      128256, tied, llama3 rope scaling factor 32) with random
+                                      weights (seed 0), in bfloat16 as Meta ships it
   torch_speed.py load DIR             import, from_pretrained, one forward of one token; prints the
                                       seconds of each and the peak RSS (run it in a fresh process)
   torch_speed.py speed DIR [--threads 2] [--repeats 5] [--decode 128] [--prompt 128] [--prefill 512]
                       [--dynamic-int8]     the same on torch's dynamic int8 (every Linear, LM head too)
+                      [--dtype bfloat16]   the weights in that dtype (default float32); any GPT-2 or
+                                           Llama checkpoint (AutoModelForCausalLM)
 
 `speed` prints `key=value` lines:
   prefill512_lasttok_s   transformer(ids) + lm_head on the last position (what llmopt's eval.speed
@@ -72,6 +78,23 @@ def cmd_make_llama(d):
     print(f"made {d} params={n}")
 
 
+def cmd_make_llama3_1b(d):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                      num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
+                      rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                      rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                      bos_token_id=128000, eos_token_id=128001, torch_dtype="bfloat16")
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    model.save_pretrained(d, safe_serialization=True)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"made {d} params={n}")
+
+
 def cmd_load(d, threads):
     t0 = time.perf_counter()
     import torch
@@ -127,10 +150,10 @@ def dynamic_int8(model):
 def cmd_speed(a):
     import torch
     import transformers
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(a.threads)
-    model = GPT2LMHeadModel.from_pretrained(a.model, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=getattr(torch, a.dtype)).eval()
     if a.dynamic_int8:
         model = dynamic_int8(model)
     vocab = model.config.vocab_size
@@ -138,6 +161,7 @@ def cmd_speed(a):
     print(f"torch_version={torch.__version__}")
     print(f"transformers_version={transformers.__version__}")
     print(f"torch_threads={torch.get_num_threads()}")
+    print(f"dtype={a.dtype}")
     cpu = getattr(torch.backends, "cpu", None)
     print(f"cpu_capability={cpu.get_cpu_capability() if cpu else 'n/a'}")
     print(f"attn_implementation={getattr(model.config, '_attn_implementation', 'n/a')}")
@@ -147,7 +171,7 @@ def cmd_speed(a):
         x = ids[:, : a.prefill]
 
         def prefill_last():
-            h = model.transformer(x, use_cache=False).last_hidden_state
+            h = model.base_model(x, use_cache=False).last_hidden_state  # GPT-2's transformer, Llama's model
             return model.lm_head(h[:, -1:, :])
 
         def prefill_full():
@@ -205,6 +229,8 @@ def main():
     m.add_argument("dir")
     ml = sub.add_parser("make-llama")
     ml.add_argument("dir")
+    m3 = sub.add_parser("make-llama3-1b")
+    m3.add_argument("dir")
     lo = sub.add_parser("load")
     lo.add_argument("dir")
     lo.add_argument("--threads", type=int, default=2)
@@ -216,11 +242,14 @@ def main():
     s.add_argument("--prompt", type=int, default=128)
     s.add_argument("--prefill", type=int, default=512)
     s.add_argument("--dynamic-int8", action="store_true", help="time torch.quantization.quantize_dynamic (int8 Linear)")
+    s.add_argument("--dtype", default="float32", help="torch dtype of the weights (float32, bfloat16, float16)")
     a = p.parse_args()
     if a.cmd == "make":
         cmd_make(a.dir)
     elif a.cmd == "make-llama":
         cmd_make_llama(a.dir)
+    elif a.cmd == "make-llama3-1b":
+        cmd_make_llama3_1b(a.dir)
     elif a.cmd == "load":
         cmd_load(a.dir, a.threads)
     else:
