@@ -131,16 +131,18 @@ static int read_llama3(json_t *rs, double factor, arch_config *c, llmopt_error *
     double div[ARCH_ROPE_MAX_FREQ];
     arch_rope_llama3_divisors(c->rope_theta, c->head_dim, factor, lo, hi, ctx, div);
     for (int i = 0; i < c->rope_n_freq; i++)
-        c->rope_inv_freq[i] = (float)(pow(c->rope_theta, -2.0 * i / c->head_dim) / div[i]);
+        c->rope_inv_freq[i] = (float)(arch_rope_base_freq(c->rope_theta, c->head_dim, i) / div[i]);
     return 0;
 }
+
+double arch_rope_base_freq(float theta, int head_dim, int i) { return pow(theta, -2.0 * i / head_dim); }
 
 /* transformers' _compute_llama3_parameters, and the factors llama.cpp's converter writes. */
 void arch_rope_llama3_divisors(float theta, int head_dim, double factor, double low_freq, double high_freq,
                                double orig_ctx, double *out) {
     const double low_wavelen = orig_ctx / low_freq, high_wavelen = orig_ctx / high_freq;
     for (int i = 0; i < head_dim / 2; i++) {
-        double wavelen = 2.0 * 3.14159265358979323846 / pow(theta, -2.0 * i / head_dim);
+        double wavelen = 2.0 * 3.14159265358979323846 / arch_rope_base_freq(theta, head_dim, i);
         if (wavelen < high_wavelen) out[i] = 1.0;
         else if (wavelen > low_wavelen) out[i] = factor;
         else {

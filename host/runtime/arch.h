@@ -43,6 +43,9 @@ typedef struct arch_config {
  * the tensor whose shape disagrees with it. */
 int arch_from_model(const llmopt_model *m, arch_config *c, llmopt_error *err);
 
+/* Rotary pair i's frequency before any scaling, theta^(-2i/head_dim) radians per position. */
+double arch_rope_base_freq(float theta, int head_dim, int i);
+
 /* llama3 rope scaling's divisor of each rotated pair's base frequency theta^(-2i/head_dim), as
  * llama.cpp's converter writes them into GGUF's rope_freqs.weight: 1 for short wavelengths,
  * `factor` for long ones, a ramp between. Writes head_dim / 2 values. */

@@ -731,7 +731,7 @@ static int rope_freqs_scaling(ld *l, json_t *cfg, long idx) {
         float v;
         memcpy(&v, l->base + ti->offset + 4 * (size_t)i, 4);
         div[i] = v;
-        w[i] = 2.0 * 3.14159265358979323846 / pow(theta, -2.0 * i / D);
+        w[i] = 2.0 * 3.14159265358979323846 / arch_rope_base_freq(theta, D, i);
         if (!(v >= 1.0f - 1e-6f) || !isfinite(v))
             return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: tensor 'rope_freqs.weight': factor %d is %g; llama3 rope "
                              "scaling's are 1 or more", l->path, i, v);
@@ -765,12 +765,10 @@ static int rope_freqs_scaling(ld *l, json_t *cfg, long idx) {
             r = 0, L = 0;
         }
         ctx = round(L);
-        if (!(r > 1.0) || !(ctx >= 1.0) || !isfinite(L) || ctx > 1e9)
-            return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: tensor 'rope_freqs.weight' holds rope factors that llama3 rope "
-                             "scaling does not give; llmopt runs no other kind", l->path);
-        lo = ctx / L, hi = lo * r;
+        int fits = r > 1.0 && ctx >= 1.0 && isfinite(L) && ctx <= 1e9;
+        lo = fits ? ctx / L : 0, hi = lo * r;
     }
-    if (!llama3_matches(div, n, theta, D, F, lo, hi, ctx))
+    if (!(lo > 0) || !llama3_matches(div, n, theta, D, F, lo, hi, ctx))
         return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: tensor 'rope_freqs.weight' holds rope factors that llama3 rope "
                          "scaling does not give; llmopt runs no other kind", l->path);
     json_t *rs = json_object();
@@ -786,9 +784,6 @@ static int rope_freqs_scaling(ld *l, json_t *cfg, long idx) {
 /* ---- loading: tokenizer.json rebuilt from tokenizer.ggml.* ---- */
 
 enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER_DEFINED = 4, TT_UNUSED = 5, TT_BYTE = 6 };
-
-/* Llama 3's pre-tokenizer regex (tokenizer.ggml.pre "llama-bpe"), as its tokenizer.json spells it. */
-static const char LLAMA3_REGEX[] = TOK_LLAMA3_REGEX; /* tokenizer.ggml.pre "llama-bpe" */
 
 /* Index of tokenizer key `key` if present with the given type (array element type when arr), -1 if
  * absent, or an error. */
@@ -1086,7 +1081,7 @@ static int rebuild_tokenizer(ld *l, llmopt_model *m, json_t *cfg) {
         json_object_set_new(root, "normalizer", json_null());
         if (llama3) {
             json_t *seq = typed("Sequence"), *ps = json_array(), *split = typed("Split");
-            json_object_set_new(split, "pattern", str_obj("Regex", LLAMA3_REGEX));
+            json_object_set_new(split, "pattern", str_obj("Regex", TOK_LLAMA3_REGEX));
             json_object_set_new(split, "behavior", json_string("Isolated"));
             json_object_set_new(split, "invert", json_false());
             json_array_append_new(ps, split);
@@ -1440,7 +1435,7 @@ static json_t *load_side_json(const llmopt_model *m, const char *name) {
 static const char *gpt2_pre(json_t *root) {
     json_t *pre = json_object_get(root, "pre_tokenizer"), *split = find_typed(pre, "Split");
     const char *rx = split ? json_string_value(json_object_get(json_object_get(split, "pattern"), "Regex")) : NULL;
-    if (rx && strcmp(rx, LLAMA3_REGEX) == 0) return "llama-bpe";
+    if (rx && strcmp(rx, TOK_LLAMA3_REGEX) == 0) return "llama-bpe"; /* Llama 3's Split regex */
     json_t *bl = find_typed(pre, "ByteLevel");
     if (!split && bl && !json_is_false(json_object_get(bl, "use_regex"))) return "gpt-2";
     return "default";

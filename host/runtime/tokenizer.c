@@ -253,6 +253,16 @@ static int char_class(uint32_t cp) {
     return CL_OTHER;
 }
 
+/* The end of the run of characters of class cls that starts at s[j]. */
+static size_t class_run(const unsigned char *s, size_t n, size_t j, int cls) {
+    uint32_t cp;
+    for (size_t l; j < n; j += l) {
+        l = uni_decode(s + j, n - j, &cp);
+        if (char_class(cp) != cls) break;
+    }
+    return j;
+}
+
 size_t tok_gpt2_next(const unsigned char *s, size_t n, size_t i) {
     if (s[i] == '\'' && i + 1 < n) {
         unsigned char a = s[i + 1], b = i + 2 < n ? s[i + 2] : 0;
@@ -272,13 +282,7 @@ size_t tok_gpt2_next(const unsigned char *s, size_t n, size_t i) {
             l = l2;
         }
     }
-    if (cls != CL_SPACE) {
-        for (j += l; j < n; j += l) {
-            l = uni_decode(s + j, n - j, &cp);
-            if (char_class(cp) != cls) break;
-        }
-        return j;
-    }
+    if (cls != CL_SPACE) return class_run(s, n, j, cls);
     /* \s+(?!\S): the whitespace run, less its last character when a non-space follows and
      * the run is longer than one; else \s+ takes the single character */
     size_t last = i;
@@ -288,16 +292,6 @@ size_t tok_gpt2_next(const unsigned char *s, size_t n, size_t i) {
         last = j;
     }
     if (j < n && last > i) return last;
-    return j;
-}
-
-/* The end of the run of characters of class cls that starts at s[j]. */
-static size_t class_run(const unsigned char *s, size_t n, size_t j, int cls) {
-    uint32_t cp;
-    for (size_t l; j < n; j += l) {
-        l = uni_decode(s + j, n - j, &cp);
-        if (char_class(cp) != cls) break;
-    }
     return j;
 }
 
