@@ -269,6 +269,13 @@ int arch_from_model(const llmopt_model *m, arch_config *c, llmopt_error *err) {
     } else if (strcmp(type, "llama") == 0 || strcmp(type, "mistral") == 0) {
         c->family = ARCH_LLAMA;
         rc = read_llama(m, c, err);
+        /* Mistral's sliding-window attention sees the last sliding_window positions, which is
+         * causal attention for sequences that fit in the window: the context stops there, as
+         * there is no windowed attention kernel (a longer sequence is refused, not attended wrongly) */
+        int window = 0;
+        if (!rc && strcmp(type, "mistral") == 0 && json_is_number(json_object_get(rt_model_config_json(m), "sliding_window")) &&
+            !(rc = get_int(m, "sliding_window", 0, &window, err)) && window > 0 && window < c->n_ctx)
+            c->n_ctx = window;
     } else {
         return error_set(err, LLMOPT_EUNSUPPORTED, "config.json: model_type '%s' is not supported (gpt2, llama)", type);
     }

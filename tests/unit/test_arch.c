@@ -162,6 +162,32 @@ static void rope_scaling_linear_is_read_and_others_refused(void **state) {
     rt_model_unref(m);
 }
 
+/* Mistral's sliding window: sequences up to the window attend as causal attention does, so the
+ * context is the window; no window (null) leaves max_position_embeddings. */
+static void mistral_context_stops_at_its_sliding_window(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama();
+    arch_config c;
+    llmopt_error err = {0};
+    set_cfg(m, "model_type", "\"mistral\"");
+    set_cfg(m, "sliding_window", "8");
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    assert_int_equal(c.n_ctx, 8);
+    set_cfg(m, "sliding_window", "null");
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    assert_int_equal(c.n_ctx, 16);
+    set_cfg(m, "sliding_window", "4096");
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    assert_int_equal(c.n_ctx, 16);
+    set_cfg(m, "sliding_window", "-3");
+    expect_error_kept(m, LLMOPT_EFORMAT, "'sliding_window' must be an integer");
+    set_cfg(m, "model_type", "\"llama\"");
+    set_cfg(m, "sliding_window", "8"); /* not Mistral: ignored, as transformers' Llama does */
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    assert_int_equal(c.n_ctx, 16);
+    rt_model_unref(m);
+}
+
 /* Llama 3.1's rope_scaling: head size 4 has two pairs, at wavelengths 2 pi and 2 pi * 100. */
 static void rope_scaling_llama3_gives_a_frequency_table(void **state) {
     (void)state;
@@ -345,6 +371,7 @@ int main(void) {
         cmocka_unit_test(tied_llama_needs_no_lm_head),
         cmocka_unit_test(rope_scaling_linear_is_read_and_others_refused),
         cmocka_unit_test(rope_scaling_llama3_gives_a_frequency_table),
+        cmocka_unit_test(mistral_context_stops_at_its_sliding_window),
         cmocka_unit_test(gpt2_config_defaults_mlp_to_four_times_width),
         cmocka_unit_test(greedy_picks_the_first_maximum),
         cmocka_unit_test(repetition_penalty_divides_positive_and_multiplies_negative),
