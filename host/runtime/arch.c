@@ -51,6 +51,8 @@ static int read_gpt2(const llmopt_model *m, arch_config *c, llmopt_error *err) {
     get_float(m, "layer_norm_epsilon", 1e-5, &c->norm_eps);
     c->tied = get_bool(m, "tie_word_embeddings", 1);
     c->attn_bias = c->mlp_bias = 1;
+    c->attn_unscaled = !get_bool(m, "scale_attn_weights", 1);
+    c->attn_scale_by_layer = get_bool(m, "scale_attn_by_inverse_layer_idx", 0);
     const char *act = rt_model_cfg_get_str(m, "activation_function");
     if (!act || strcmp(act, "gelu_new") == 0 || strcmp(act, "gelu_pytorch_tanh") == 0) c->act = ACT_GELU_TANH;
     else if (strcmp(act, "gelu") == 0) c->act = ACT_GELU_ERF;
@@ -136,6 +138,11 @@ static int read_llama3(json_t *rs, double factor, arch_config *c, llmopt_error *
 }
 
 double arch_rope_base_freq(float theta, int head_dim, int i) { return pow(theta, -2.0 * i / head_dim); }
+
+float arch_attn_scale(const arch_config *c, int layer) {
+    float s = c->attn_unscaled ? 1.0f : 1.0f / sqrtf((float)c->head_dim);
+    return c->attn_scale_by_layer ? s / (float)(layer + 1) : s;
+}
 
 /* transformers' _compute_llama3_parameters, and the factors llama.cpp's converter writes. */
 void arch_rope_llama3_divisors(float theta, int head_dim, double factor, double low_freq, double high_freq,

@@ -35,6 +35,8 @@ typedef struct arch_config {
     int tied;          /* lm_head shares the token embedding */
     int attn_bias;     /* q/k/v/o projections have biases (Llama attention_bias) */
     int mlp_bias;      /* Llama mlp_bias */
+    int attn_unscaled; /* GPT-2 scale_attn_weights false: scores are not divided by sqrt(head_dim) */
+    int attn_scale_by_layer; /* GPT-2 scale_attn_by_inverse_layer_idx: layer l's scores / (l + 1) */
     arch_act act;
 } arch_config;
 
@@ -42,6 +44,10 @@ typedef struct arch_config {
  * config field ("config.json: num_key_value_heads (3) must divide num_attention_heads (4)") or
  * the tensor whose shape disagrees with it. */
 int arch_from_model(const llmopt_model *m, arch_config *c, llmopt_error *err);
+
+/* The attention scale of layer l: 1/sqrt(head_dim) (or 1, GPT-2's scale_attn_weights false),
+ * over l + 1 with GPT-2's scale_attn_by_inverse_layer_idx. */
+float arch_attn_scale(const arch_config *c, int layer);
 
 /* Rotary pair i's frequency before any scaling, theta^(-2i/head_dim) radians per position. */
 double arch_rope_base_freq(float theta, int head_dim, int i);

@@ -1784,6 +1784,10 @@ int gguf_write(const llmopt_model *m, const char *path, llmopt_error *err) {
         error_prefix(err, "%s", path);
         return rc;
     }
+    if (c.attn_unscaled || c.attn_scale_by_layer) /* llama.cpp would run it with 1/sqrt(head_dim) */
+        return error_set(err, LLMOPT_EUNSUPPORTED, "%s: GGUF has no key for GPT-2's %s, so llama.cpp would run "
+                         "this model with another attention scale", path,
+                         c.attn_scale_by_layer ? "scale_attn_by_inverse_layer_idx" : "scale_attn_weights false");
     wt *p = NULL;
     size_t np = 0;
     wr w = {.arch = c.family == ARCH_LLAMA ? "llama" : "gpt2"};

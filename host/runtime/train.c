@@ -716,7 +716,7 @@ static int attention_fwd(tr_trainer *t, int l, int train, llmopt_error *err) {
         llmopt_tensor tq = f32_view(q + r0 * Q, 3, t->T, Hq, D), tk = f32_view(k + r0 * KV, 3, t->T, Hkv, D);
         llmopt_tensor tv = f32_view(v + r0 * KV, 3, t->T, Hkv, D), to = f32_view(att + r0 * Q, 3, t->T, Hq, D);
         const llmopt_tensor *in[3] = {&tq, &tk, &tv};
-        llmopt_op_attention p = {sizeof p, 0, 1, 1.0f / sqrtf((float)D)};
+        llmopt_op_attention p = {sizeof p, 0, 1, arch_attn_scale(c, l)};
         if ((rc = call(t, LLMOPT_OP_ATTENTION, F32, in, 3, &to, &p, err))) return rc;
     }
     memcpy(xmid, x, (size_t)t->BT * (size_t)C * 4);
@@ -828,7 +828,7 @@ static int attention_bwd(tr_trainer *t, int l, llmopt_error *err) {
         llmopt_tensor tdq = f32_view(t->dq + r0 * Q, 3, t->T, Hq, D), tdk = f32_view(t->dk + r0 * KV, 3, t->T, Hkv, D);
         llmopt_tensor tdv = f32_view(t->dv + r0 * KV, 3, t->T, Hkv, D);
         const llmopt_tensor *in[4] = {&tq, &tk, &tv, &tdy};
-        llmopt_op_attention_backward p = {sizeof p, 1, 1.0f / sqrtf((float)D), &tdk, &tdv};
+        llmopt_op_attention_backward p = {sizeof p, 1, arch_attn_scale(&t->c, l), &tdk, &tdv};
         if ((rc = call(t, LLMOPT_OP_ATTENTION_BACKWARD, F32, in, 4, &tdq, &p, err))) return rc;
     }
     /* below this point only the norm's own gradient and what lower layers train need dh */

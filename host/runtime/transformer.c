@@ -518,7 +518,7 @@ static int attention_core(tf_session *s, int l, int T, llmopt_error *err) {
         llmopt_tensor tq = view(tm, q, F32, 3, T, Hq, D), tk = view(tm, kc, F32, 3, pos + T, Hkv, D);
         llmopt_tensor tv = view(tm, vc, F32, 3, pos + T, Hkv, D), to = view(tm, s->att + (size_t)b * T * Q, F32, 3, T, Hq, D);
         const llmopt_tensor *in[3] = {&tq, &tk, &tv};
-        llmopt_op_attention p = {sizeof p, pos, 1, 1.0f / sqrtf((float)D)};
+        llmopt_op_attention p = {sizeof p, pos, 1, arch_attn_scale(c, l)};
         if ((rc = run(tm->k.attention, LLMOPT_OP_ATTENTION, in, 3, &to, &p, err))) return rc;
     }
     return 0;

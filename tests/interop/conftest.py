@@ -99,12 +99,12 @@ def session_dir(tmp_path_factory):
 INIT_STD = 0.2  # logits spread over a few units, so argmax and 1e-4 comparisons mean something
 
 
-def _gpt2_config(vocab_size=300):
+def _gpt2_config(vocab_size=300, **kw):
     from transformers import GPT2Config
 
     return GPT2Config(
         n_layer=2, n_embd=64, n_head=4, vocab_size=vocab_size, n_positions=128,
-        initializer_range=INIT_STD, bos_token_id=None, eos_token_id=None,
+        initializer_range=INIT_STD, bos_token_id=None, eos_token_id=None, **kw,
     )
 
 
@@ -127,6 +127,10 @@ LLAMA3_SCALING = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, 
 MODEL_SPECS = {
     # name: (class name, config factory, seed)
     "gpt2": ("GPT2LMHeadModel", _gpt2_config, 1),
+    # GPT-2's attention-scale options (the Stanford CRFM Mistral GPT-2s scale by the inverse layer
+    # index); GGUF has no key for either, so gguf_write refuses them
+    "gpt2_scaled_by_layer": ("GPT2LMHeadModel", lambda: _gpt2_config(scale_attn_by_inverse_layer_idx=True), 9),
+    "gpt2_unscaled_attn": ("GPT2LMHeadModel", lambda: _gpt2_config(scale_attn_weights=False), 10),
     "llama_gqa": ("LlamaForCausalLM", lambda: _llama_config(), 2),
     "llama_tied_odd_heads": (
         "LlamaForCausalLM",

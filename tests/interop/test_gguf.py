@@ -20,6 +20,9 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
 LOGITS_ATOL = 1e-4
+# GPT-2's attention-scale options have no GGUF key: gguf_write refuses those models
+NO_GGUF = {"gpt2_scaled_by_layer": "scale_attn_by_inverse_layer_idx", "gpt2_unscaled_attn": "scale_attn_weights false"}
+GGUF_MODELS = [n for n in MODEL_SPECS if n not in NO_GGUF]
 IDS = np.random.default_rng(0).integers(0, 300, size=48).tolist()
 
 
@@ -125,7 +128,7 @@ def as_array(t):
 
 # ---- files we write, read by GGUFReader ----
 
-@pytest.mark.parametrize("name", list(MODEL_SPECS))
+@pytest.mark.parametrize("name", GGUF_MODELS)
 def test_gguf_reader_reads_our_metadata(models, convert, tmp_path, name):
     cfg = json.loads((models[name] / "config.json").read_text())
     r = gguf.GGUFReader(convert(models[name], tmp_path / "m.gguf"))
@@ -155,7 +158,7 @@ def test_gguf_reader_reads_our_metadata(models, convert, tmp_path, name):
         assert field(r, f"{arch}.{k}") == v, k
 
 
-@pytest.mark.parametrize("name", list(MODEL_SPECS))
+@pytest.mark.parametrize("name", GGUF_MODELS)
 def test_gguf_reader_reads_our_tensors_in_llama_cpp_layout(models, convert, tmp_path, name):
     cfg = json.loads((models[name] / "config.json").read_text())
     r = gguf.GGUFReader(convert(models[name], tmp_path / "m.gguf"))
@@ -172,6 +175,17 @@ def test_gguf_reader_reads_our_tensors_in_llama_cpp_layout(models, convert, tmp_
         else:  # computed on both sides, in double, then stored as f32
             np.testing.assert_allclose(as_array(t), want, rtol=1e-6, err_msg=t.name)
         assert t.data_offset % 32 == 0
+
+
+@pytest.mark.parametrize("name", list(NO_GGUF))
+def test_gguf_write_refuses_an_attention_scale_gguf_cannot_carry(models, host_exe, tmp_path, name):
+    exe = Path(host_exe).resolve().parents[1] / "tests" / "unit" / "gguf_convert"
+    if not os.access(exe, os.X_OK):
+        pytest.skip(f"no gguf_convert at {exe}")
+    out = tmp_path / "m.gguf"
+    p = subprocess.run([str(exe), str(models[name]), str(out)], capture_output=True, timeout=300)
+    assert p.returncode != 0 and NO_GGUF[name] in p.stderr.decode(), p.stderr.decode(errors="replace")
+    assert not out.exists() and not list(tmp_path.glob("m.gguf.tmp-*"))
 
 
 # ---- files the gguf package writes, run by llmopt ----
@@ -231,7 +245,7 @@ def run_forward(host, model, out):
     return np.fromfile(out, dtype="<f4")
 
 
-@pytest.mark.parametrize("name", list(MODEL_SPECS))
+@pytest.mark.parametrize("name", GGUF_MODELS)
 def test_gguf_written_by_gguf_package_gives_transformers_logits(host, models, tmp_path, name):
     host.require_command("forward")
     path = write_with_gguf_package(models[name], tmp_path / "ref.gguf")

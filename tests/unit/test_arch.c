@@ -221,6 +221,18 @@ static void rope_scaling_llama3_gives_a_frequency_table(void **state) {
     rt_model_unref(m);
 }
 
+/* GPT-2's scale_attn_weights and scale_attn_by_inverse_layer_idx, as transformers applies them. */
+static void attention_scale_follows_gpt2s_options(void **state) {
+    (void)state;
+    arch_config c = {.family = ARCH_GPT2, .head_dim = 16};
+    assert_float_equal(arch_attn_scale(&c, 3), 0.25f, 0);
+    c.attn_scale_by_layer = 1;
+    assert_float_equal(arch_attn_scale(&c, 0), 0.25f, 0);
+    assert_float_equal(arch_attn_scale(&c, 3), 0.0625f, 0);
+    c.attn_unscaled = 1;
+    assert_float_equal(arch_attn_scale(&c, 1), 0.5f, 0);
+}
+
 static void gpt2_config_defaults_mlp_to_four_times_width(void **state) {
     (void)state;
     llmopt_model *m = rt_model_new("gpt2");
@@ -372,6 +384,7 @@ int main(void) {
         cmocka_unit_test(rope_scaling_linear_is_read_and_others_refused),
         cmocka_unit_test(rope_scaling_llama3_gives_a_frequency_table),
         cmocka_unit_test(mistral_context_stops_at_its_sliding_window),
+        cmocka_unit_test(attention_scale_follows_gpt2s_options),
         cmocka_unit_test(gpt2_config_defaults_mlp_to_four_times_width),
         cmocka_unit_test(greedy_picks_the_first_maximum),
         cmocka_unit_test(repetition_penalty_divides_positive_and_multiplies_negative),
