@@ -78,7 +78,7 @@ static int read_llama(const llmopt_model *m, arch_config *c, llmopt_error *err) 
     get_float(m, "rms_norm_eps", 1e-6, &c->norm_eps);
     get_float(m, "rope_theta", 10000.0, &c->rope_theta);
     c->tied = get_bool(m, "tie_word_embeddings", 0);
-    c->attn_bias = get_bool(m, "attention_bias", 0);
+    c->attn_bias = c->o_bias = get_bool(m, "attention_bias", 0);
     c->mlp_bias = get_bool(m, "mlp_bias", 0);
     const char *act = rt_model_cfg_get_str(m, "hidden_act");
     if (act && strcmp(act, "silu") != 0)
@@ -253,7 +253,7 @@ static int check_tensors(const arch_config *c, const llmopt_model *m, llmopt_err
             {"self_attn.q_proj.weight", Q, C, 1}, {"self_attn.k_proj.weight", KV, C, 1},
             {"self_attn.v_proj.weight", KV, C, 1}, {"self_attn.o_proj.weight", C, Q, 1},
             {"self_attn.q_proj.bias", Q, 0, c->attn_bias}, {"self_attn.k_proj.bias", KV, 0, c->attn_bias},
-            {"self_attn.v_proj.bias", KV, 0, c->attn_bias}, {"self_attn.o_proj.bias", C, 0, c->attn_bias},
+            {"self_attn.v_proj.bias", KV, 0, c->attn_bias}, {"self_attn.o_proj.bias", C, 0, c->o_bias},
             {"mlp.gate_proj.weight", F, C, 1}, {"mlp.up_proj.weight", F, C, 1}, {"mlp.down_proj.weight", C, F, 1},
             {"mlp.gate_proj.bias", F, 0, c->mlp_bias}, {"mlp.up_proj.bias", F, 0, c->mlp_bias},
             {"mlp.down_proj.bias", C, 0, c->mlp_bias},
@@ -283,8 +283,21 @@ int arch_from_model(const llmopt_model *m, arch_config *c, llmopt_error *err) {
         if (!rc && strcmp(type, "mistral") == 0 && json_is_number(json_object_get(rt_model_config_json(m), "sliding_window")) &&
             !(rc = get_int(m, "sliding_window", 0, &window, err)) && window > 0 && window < c->n_ctx)
             c->n_ctx = window;
+    } else if (strcmp(type, "qwen2") == 0) {
+        /* transformers' Qwen2: Llama with biases on q/k/v (not o), its head size hidden / heads;
+         * with use_sliding_window, layers from max_window_layers on see the last sliding_window
+         * positions: the context stops there, as Mistral's */
+        c->family = ARCH_LLAMA;
+        rc = read_llama(m, c, err);
+        c->attn_bias = 1, c->o_bias = c->mlp_bias = 0;
+        if (!rc && c->n_head > 0) c->head_dim = c->n_embd / c->n_head;
+        int window = 0, from = 0;
+        if (!rc && get_bool(m, "use_sliding_window", 0) && !(rc = get_int(m, "sliding_window", 0, &window, err)) &&
+            !(rc = get_int(m, "max_window_layers", 0, &from, err)) && from < c->n_layer && window > 0 && window < c->n_ctx)
+            c->n_ctx = window;
     } else {
-        return error_set(err, LLMOPT_EUNSUPPORTED, "config.json: model_type '%s' is not supported (gpt2, llama)", type);
+        return error_set(err, LLMOPT_EUNSUPPORTED, "config.json: model_type '%s' is not supported (gpt2, llama, mistral, qwen2)",
+                         type);
     }
     if (rc) return rc;
     if (c->n_layer < 1 || c->n_embd < 1 || c->n_head < 1 || c->vocab < 1 || c->n_ff < 1 || c->n_ctx < 1)

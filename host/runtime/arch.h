@@ -33,7 +33,8 @@ typedef struct arch_config {
     int rope_n_freq;                            /* head_dim / 2 with a table, else 0 */
     float rope_inv_freq[ARCH_ROPE_MAX_FREQ];    /* the rope op's in[1]: radians per position */
     int tied;          /* lm_head shares the token embedding */
-    int attn_bias;     /* q/k/v/o projections have biases (Llama attention_bias) */
+    int attn_bias;     /* q/k/v projections have biases (Llama attention_bias; Qwen2 always) */
+    int o_bias;        /* o_proj has a bias (Llama attention_bias; Qwen2 never) */
     int mlp_bias;      /* Llama mlp_bias */
     int attn_unscaled; /* GPT-2 scale_attn_weights false: scores are not divided by sqrt(head_dim) */
     int attn_scale_by_layer; /* GPT-2 scale_attn_by_inverse_layer_idx: layer l's scores / (l + 1) */

@@ -1784,6 +1784,9 @@ int gguf_write(const llmopt_model *m, const char *path, llmopt_error *err) {
         error_prefix(err, "%s", path);
         return rc;
     }
+    const char *type = rt_model_cfg_get_str(m, "model_type");
+    if (type && strcmp(type, "qwen2") == 0)
+        return error_set(err, LLMOPT_EUNSUPPORTED, "%s: GGUF export of model_type qwen2 is not supported (gpt2, llama)", path);
     if (c.attn_unscaled || c.attn_scale_by_layer) /* llama.cpp would run it with 1/sqrt(head_dim) */
         return error_set(err, LLMOPT_EUNSUPPORTED, "%s: GGUF has no key for GPT-2's %s, so llama.cpp would run "
                          "this model with another attention scale", path,

@@ -65,7 +65,7 @@ def rel_err(ours, ref):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "gpt2_scaled_by_layer", "llama_gqa", "llama_tied_odd_heads", "llama_rope_linear",
-                                  "llama_rope_llama3", "llama_bias", "gpt2_bfloat16", "llama_gqa_float16"])
+                                  "llama_rope_llama3", "llama_bias", "qwen2", "gpt2_bfloat16", "llama_gqa_float16"])
 def test_gradients_of_every_parameter_match_torch_autograd(driver, plugin_dir, train_models, tmp_path, name):
     model = load_reference_model(train_models[name])
     ids, targets = token_batch(model.config.vocab_size)

@@ -221,6 +221,34 @@ static void rope_scaling_llama3_gives_a_frequency_table(void **state) {
     rt_model_unref(m);
 }
 
+/* Qwen2: Llama with q/k/v biases (each required) and no o bias; its head size is hidden / heads
+ * whatever head_dim says (transformers 4.47's Qwen2Attention); a sliding window some layers use
+ * caps the context. */
+static void qwen2_needs_qkv_biases_and_no_o_bias(void **state) {
+    (void)state;
+    llmopt_model *m = tiny_llama();
+    arch_config c;
+    llmopt_error err = {0};
+    set_cfg(m, "model_type", "\"qwen2\"");
+    expect_error_kept(m, LLMOPT_EFORMAT, "self_attn.q_proj.bias"); /* a missing tensor: the checkpoint is malformed */
+    put(m, "model.layers.0.self_attn.q_proj.bias", 8, 0);
+    put(m, "model.layers.0.self_attn.k_proj.bias", 4, 0);
+    put(m, "model.layers.0.self_attn.v_proj.bias", 4, 0);
+    set_cfg(m, "head_dim", "2");
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    assert_true(c.attn_bias && !c.o_bias && !c.mlp_bias);
+    assert_int_equal(c.head_dim, 4);
+    set_cfg(m, "use_sliding_window", "true");
+    set_cfg(m, "sliding_window", "8");
+    set_cfg(m, "max_window_layers", "1"); /* the one layer is below it: no layer slides */
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    assert_int_equal(c.n_ctx, 16);
+    set_cfg(m, "max_window_layers", "0");
+    assert_int_equal(arch_from_model(m, &c, &err), 0);
+    assert_int_equal(c.n_ctx, 8);
+    rt_model_unref(m);
+}
+
 /* GPT-2's scale_attn_weights and scale_attn_by_inverse_layer_idx, as transformers applies them. */
 static void attention_scale_follows_gpt2s_options(void **state) {
     (void)state;
@@ -385,6 +413,7 @@ int main(void) {
         cmocka_unit_test(rope_scaling_llama3_gives_a_frequency_table),
         cmocka_unit_test(mistral_context_stops_at_its_sliding_window),
         cmocka_unit_test(attention_scale_follows_gpt2s_options),
+        cmocka_unit_test(qwen2_needs_qkv_biases_and_no_o_bias),
         cmocka_unit_test(gpt2_config_defaults_mlp_to_four_times_width),
         cmocka_unit_test(greedy_picks_the_first_maximum),
         cmocka_unit_test(repetition_penalty_divides_positive_and_multiplies_negative),
