@@ -108,8 +108,9 @@ def _gpt2_config(vocab_size=300, **kw):
     )
 
 
-def _llama_config(**kw):
-    from transformers import LlamaConfig
+def _llama_config(config_class="LlamaConfig", **kw):
+    """A tiny Llama-family config; Qwen2Config and MistralConfig take the same names."""
+    import transformers
 
     base = dict(
         hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
@@ -118,20 +119,7 @@ def _llama_config(**kw):
         bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )
     base.update(kw)
-    return LlamaConfig(**base)
-
-
-def _qwen2_config(**kw):
-    from transformers import Qwen2Config
-
-    base = dict(
-        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
-        intermediate_size=176, vocab_size=300, max_position_embeddings=128, rope_theta=1000000.0,
-        rms_norm_eps=1e-6, tie_word_embeddings=True, initializer_range=INIT_STD,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
-    )
-    base.update(kw)
-    return Qwen2Config(**base)
+    return getattr(transformers, config_class)(**base)
 
 
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -164,7 +152,8 @@ MODEL_SPECS = {
         6,
     ),
     # transformers' Qwen2: biases on q/k/v only, rope_theta 1e6, tied (as Qwen2.5 0.5B)
-    "qwen2": ("Qwen2ForCausalLM", lambda: _qwen2_config(), 11),
+    "qwen2": ("Qwen2ForCausalLM",
+              lambda: _llama_config("Qwen2Config", rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True), 11),
     # q/k/v/o and gate/up/down projections with biases (Qwen2-like attention, mlp_bias)
     "llama_bias": ("LlamaForCausalLM", lambda: _llama_config(attention_bias=True, mlp_bias=True), 5),
 }

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import HALF_MODEL_SPECS, INIT_STD, MODEL_SPECS, load_reference_model, save_random_model
+from conftest import HALF_MODEL_SPECS, MODEL_SPECS, _llama_config, load_reference_model, save_random_model
 
 LOGITS_ATOL = 1e-4
 PROMPT_LEN = 64  # long enough that rope positions (and linear rope scaling) matter
@@ -61,13 +61,7 @@ def test_mistral_runs_within_its_sliding_window_and_refuses_longer(host, tmp_pat
     # MistralForCausalLM attends over the last sliding_window positions; llmopt has no windowed
     # attention, so its context stops at the window (where the two agree) and a longer input is
     # an error, not a different attention
-    from transformers import MistralConfig
-
-    cfg = MistralConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
-                        intermediate_size=176, vocab_size=300, max_position_embeddings=128, sliding_window=24,
-                        rms_norm_eps=1e-5, tie_word_embeddings=False, initializer_range=INIT_STD,
-                        bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    d = save_random_model("MistralForCausalLM", cfg, 8, tmp_path / "mistral")
+    d = save_random_model("MistralForCausalLM", _llama_config("MistralConfig", sliding_window=24), 8, tmp_path / "mistral")
     ids = prompt_ids(300, n=24)
     ref = reference_logits(d, ids)
     for kv in (False, True):
