@@ -64,6 +64,17 @@ static int read_gpt2(const llmopt_model *m, arch_config *c, llmopt_error *err) {
 static int scaling_num(json_t *rs, const char *key, double *out, llmopt_error *err);
 static int read_llama3(json_t *rs, double factor, arch_config *c, llmopt_error *err);
 
+/* A sliding window of sliding_window positions (Mistral; Qwen2 where a layer uses it) is causal
+ * attention for sequences that fit in it, and there is no windowed attention kernel: the context
+ * stops at the window, so a longer sequence is refused rather than attended differently. */
+static int cap_context_at_window(const llmopt_model *m, arch_config *c, llmopt_error *err) {
+    int window = 0, rc;
+    if (!json_is_number(json_object_get(rt_model_config_json(m), "sliding_window"))) return 0; /* null: none */
+    if ((rc = get_int(m, "sliding_window", 0, &window, err))) return rc;
+    if (window > 0 && window < c->n_ctx) c->n_ctx = window;
+    return 0;
+}
+
 static int read_llama(const llmopt_model *m, arch_config *c, llmopt_error *err) {
     int rc = 0;
     if ((rc = get_int(m, "num_hidden_layers", -1, &c->n_layer, err)) ||
@@ -276,25 +287,18 @@ int arch_from_model(const llmopt_model *m, arch_config *c, llmopt_error *err) {
     } else if (strcmp(type, "llama") == 0 || strcmp(type, "mistral") == 0) {
         c->family = ARCH_LLAMA;
         rc = read_llama(m, c, err);
-        /* Mistral's sliding-window attention sees the last sliding_window positions, which is
-         * causal attention for sequences that fit in the window: the context stops there, as
-         * there is no windowed attention kernel (a longer sequence is refused, not attended wrongly) */
-        int window = 0;
-        if (!rc && strcmp(type, "mistral") == 0 && json_is_number(json_object_get(rt_model_config_json(m), "sliding_window")) &&
-            !(rc = get_int(m, "sliding_window", 0, &window, err)) && window > 0 && window < c->n_ctx)
-            c->n_ctx = window;
+        if (!rc && strcmp(type, "mistral") == 0) rc = cap_context_at_window(m, c, err);
     } else if (strcmp(type, "qwen2") == 0) {
         /* transformers' Qwen2: Llama with biases on q/k/v (not o), its head size hidden / heads;
-         * with use_sliding_window, layers from max_window_layers on see the last sliding_window
-         * positions: the context stops there, as Mistral's */
+         * with use_sliding_window, layers from max_window_layers on use the window */
         c->family = ARCH_LLAMA;
         rc = read_llama(m, c, err);
         c->attn_bias = 1, c->o_bias = c->mlp_bias = 0;
         if (!rc && c->n_head > 0) c->head_dim = c->n_embd / c->n_head;
-        int window = 0, from = 0;
-        if (!rc && get_bool(m, "use_sliding_window", 0) && !(rc = get_int(m, "sliding_window", 0, &window, err)) &&
-            !(rc = get_int(m, "max_window_layers", 0, &from, err)) && from < c->n_layer && window > 0 && window < c->n_ctx)
-            c->n_ctx = window;
+        int from = 0;
+        if (!rc && get_bool(m, "use_sliding_window", 0) && !(rc = get_int(m, "max_window_layers", 0, &from, err)) &&
+            from < c->n_layer)
+            rc = cap_context_at_window(m, c, err);
     } else {
         return error_set(err, LLMOPT_EUNSUPPORTED, "config.json: model_type '%s' is not supported (gpt2, llama, mistral, qwen2)",
                          type);

@@ -22,7 +22,7 @@ typedef struct arch_config {
     int head_dim;      /* D */
     int n_ff;          /* MLP width */
     int vocab;
-    int n_ctx;         /* max positions (Mistral: at most its sliding_window) */
+    int n_ctx;         /* max positions (Mistral, Qwen2: at most a sliding_window they use) */
     float norm_eps;
     float rope_theta;
     float rope_scale;  /* linear rope scaling factor, 1 = none */

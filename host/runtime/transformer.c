@@ -469,11 +469,11 @@ static int rope(const tf_model *tm, float *x, int T, int H, int pos, llmopt_erro
     llmopt_tensor t = view(tm, x, F32, 3, T, H, c->head_dim);
     const llmopt_tensor *in[2] = {&t, tm->rope_freq};
     llmopt_op_rope p = {sizeof p, pos, c->head_dim, c->rope_theta, c->rope_scale};
-    int rc = tm->k.rope((const llmopt_tensor *const *)in, tm->rope_freq ? 2 : 1, &t, &p);
+    int rc = run(tm->k.rope, LLMOPT_OP_ROPE, in, tm->rope_freq ? 2 : 1, &t, &p, err);
     if (rc == LLMOPT_EINVAL && tm->rope_freq)
-        return error_set(err, rc, "kernel 'rope' refused a frequency table (in[1]), which llama3 rope scaling "
-                         "needs: its kernel plugin predates it");
-    return rc ? error_set(err, rc, "kernel 'rope' failed: %s", status_str(rc)) : 0;
+        error_set(err, rc, "kernel 'rope' refused a frequency table (in[1]), which llama3 rope scaling needs: "
+                  "its kernel plugin predates it");
+    return rc;
 }
 
 /* ---- one layer ---- */
