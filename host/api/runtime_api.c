@@ -157,6 +157,7 @@ static llmopt_session *api_session_new(llmopt_stage_ctx *ctx, const llmopt_model
         free(s);
         return NULL;
     }
+    if (ctx && ctx->p) tf_model_set_matmul_precision(s->tm, ctx->p->matmul_precision);
     return s;
 }
 

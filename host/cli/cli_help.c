@@ -98,6 +98,9 @@ static const char *const generate_help =
 "  --print-ids             print the generated token ids as JSON instead of text\n"
 "  --chat                  send the prompt as a user turn through the model's chat template\n"
 "  --system TEXT           ... after this system turn (implies --chat)\n"
+"  --matmul-precision P    highest (default): f32 products; medium: x and weights rounded to\n"
+"                          bf16 in prompt matmuls, about 2x faster prompts where the CPU has\n"
+"                          AVX-512 BF16 (torch.set_float32_matmul_precision's names)\n"
 "example:\n"
 "  llmopt-host generate models/kjv-tiny -p 'In the beginning' --max-tokens 40 --greedy\n";
 
@@ -121,12 +124,15 @@ static const char *const tokenize_help =
 
 static const char *const forward_help =
 "usage: llmopt-host forward MODEL_DIR --ids 1,2,3[;4,5,6...] [--out FILE] [--kv-cache] [--device D]\n"
+"                           [--matmul-precision highest|medium]\n"
 "\n"
 "Runs the token ids through the model. With --out, writes the logits of every position as raw\n"
 "little-endian float32 [sequences, tokens, vocab]; without, prints the most likely next token.\n"
 "Sequences of equal length separated by ';' run as one batch. --kv-cache feeds the tokens one\n"
 "at a time through the KV cache instead of all at once (both must agree). --device cpu|cuda|test\n"
-"runs it on that device (default cpu): its plugin's memory ops and kernels must be loaded.\n";
+"runs it on that device (default cpu): its plugin's memory ops and kernels must be loaded.\n"
+"--matmul-precision medium lets kernels round x and the weights to bf16 before multiplying (sums\n"
+"stay f32), as the pipeline key matmul_precision does; highest (default) multiplies exactly.\n";
 
 int cli_help(const char *topic) {
     struct { const char *name, *text; } topics[] = {

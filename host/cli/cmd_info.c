@@ -128,6 +128,7 @@ static const char *const starter_head =
 "name: my-pipeline            # names the run directory: runs/<name>-<timestamp>/\n"
 "# model: models/my-model     # a Hugging Face directory (config.json, *.safetensors, tokenizer.json)\n"
 "device: auto                 # auto | cpu | cuda\n"
+"# matmul_precision: medium   # highest (default) | medium: bf16 products, ~2x faster prompts on AVX-512 BF16\n"
 "seed: 0                      # every stage gets a seed derived from this and its id\n"
 "# data:                      # named datasets stages can read\n"
 "#   train: {path: data/train.txt, split: \"0:90%\"}\n"

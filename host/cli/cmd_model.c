@@ -47,7 +47,8 @@ static int parse_ids(const char *s, int32_t **out, size_t *n) {
 }
 
 /* Loads plugins, the model and binds it; prints the error and returns an exit code on failure. */
-static int open_model(const cli_opts *o, const char *dir, int device, registry **reg, llmopt_model **m, tf_model **tm) {
+static int open_model(const cli_opts *o, const char *dir, int device, int precision, registry **reg, llmopt_model **m,
+                      tf_model **tm) {
     llmopt_error err = {0};
     *reg = NULL, *m = NULL, *tm = NULL;
     int rc = cli_load_plugins(o, reg);
@@ -56,7 +57,13 @@ static int open_model(const cli_opts *o, const char *dir, int device, registry *
         fprintf(stderr, "llmopt-host: %s: %s\n", dir, err.msg);
         return EXIT_CONFIG;
     }
+    tf_model_set_matmul_precision(*tm, precision);
     return 0;
+}
+
+/* --matmul-precision's value: an llmopt_matmul_precision, or -1 */
+static int precision_from_name(const char *v) {
+    return strcmp(v, "highest") == 0 ? LLMOPT_MATMUL_HIGHEST : strcmp(v, "medium") == 0 ? LLMOPT_MATMUL_MEDIUM : -1;
 }
 
 static void close_model(registry *reg, llmopt_model *m, tf_model *tm) {
@@ -67,10 +74,16 @@ static void close_model(registry *reg, llmopt_model *m, tf_model *tm) {
 
 int cmd_forward(const cli_opts *o) {
     const char *dir = NULL, *ids_arg = NULL, *out_path = NULL;
-    int kv = 0, device = LLMOPT_DEVICE_CPU;
+    int kv = 0, device = LLMOPT_DEVICE_CPU, precision = LLMOPT_MATMUL_HIGHEST;
     for (size_t i = 0; i < o->n_args; i++) {
         const char *a = o->args[i], *v = i + 1 < o->n_args ? o->args[i + 1] : NULL;
         if (strcmp(a, "--ids") == 0 && v) ids_arg = v, i++;
+        else if (strcmp(a, "--matmul-precision") == 0 && v) {
+            if ((precision = precision_from_name(v)) < 0)
+                return fprintf(stderr, "llmopt-host: forward: --matmul-precision '%s': expected highest or medium\n", v),
+                       EXIT_USAGE;
+            i++;
+        }
         else if (strcmp(a, "--device") == 0 && v) {
             if ((device = rt_device_from_name(v)) < 0)
                 return fprintf(stderr, "llmopt-host: forward: --device '%s': expected cpu, cuda or test\n", v), EXIT_USAGE;
@@ -83,7 +96,7 @@ int cmd_forward(const cli_opts *o) {
     }
     if (!o->out && !out_path) out_path = NULL;
     if (o->out) out_path = o->out; /* the global --out also works */
-    if (!dir || !ids_arg) return fprintf(stderr, "usage: llmopt-host forward MODEL_DIR --ids 1,2,3 [--out FILE] [--kv-cache] [--device D]\n"), EXIT_USAGE;
+    if (!dir || !ids_arg) return fprintf(stderr, "usage: llmopt-host forward MODEL_DIR --ids 1,2,3 [--out FILE] [--kv-cache] [--device D] [--matmul-precision P]\n"), EXIT_USAGE;
     /* one sequence "1,2,3", or a batch of equally long ones "1,2,3;4,5,6" */
     int32_t *ids = NULL;
     size_t n = 0, B = 0, T = 0;
@@ -110,7 +123,7 @@ int cmd_forward(const cli_opts *o) {
     registry *reg;
     llmopt_model *m;
     tf_model *tm;
-    int rc = open_model(o, dir, device, &reg, &m, &tm);
+    int rc = open_model(o, dir, device, precision, &reg, &m, &tm);
     tf_session *s = NULL;
     float *logits = NULL;
     llmopt_error err = {0};
@@ -243,7 +256,7 @@ int cmd_generate(const cli_opts *o) {
     gen_params p = {.max_tokens = 64, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f,
                     .repetition_penalty = 1.0f, .seed = 0};
     const char *system = NULL;
-    int print_ids = 0, ignore_eos = 0, chat = 0, bad = !stops;
+    int print_ids = 0, ignore_eos = 0, chat = 0, bad = !stops, precision = LLMOPT_MATMUL_HIGHEST;
     for (size_t i = 0; !bad && i < o->n_args; i++) {
         const char *a = o->args[i], *v = i + 1 < o->n_args ? o->args[i + 1] : NULL;
         char *end = NULL;
@@ -261,6 +274,7 @@ int cmd_generate(const cli_opts *o) {
         else if (strcmp(a, "--ignore-eos") == 0) ignore_eos = 1;
         else if (strcmp(a, "--chat") == 0) chat = 1;
         else if (strcmp(a, "--system") == 0 && v) system = v, chat = 1, i++;
+        else if (strcmp(a, "--matmul-precision") == 0 && v) bad = (precision = precision_from_name(v)) < 0, i++;
         else if (a[0] != '-' && !dir) dir = a;
         else bad = 1;
         if (end && *end) bad = 1;
@@ -275,7 +289,7 @@ int cmd_generate(const cli_opts *o) {
     registry *reg;
     llmopt_model *m;
     tf_model *tm;
-    int rc = open_model(o, dir, LLMOPT_DEVICE_CPU, &reg, &m, &tm);
+    int rc = open_model(o, dir, LLMOPT_DEVICE_CPU, precision, &reg, &m, &tm);
     const tok_tokenizer *tok = NULL;
     llmopt_error err = {0};
     int32_t *ids = NULL, *gen = NULL;

@@ -11,11 +11,13 @@
 #include "../runtime/data.h"
 #include "../util/strutil.h"
 
-static const char *const TOP_KEYS[] = {"name", "model", "device", "seed",
+static const char *const TOP_KEYS[] = {"name", "model", "device", "matmul_precision", "seed",
                                        "data", "stages", "outputs"};
 static const char *const STAGE_KEYS[] = {"id", "uses", "with", "inputs"};
 static const char *const DATA_KEYS[] = {"path", "split"};
 static const char *const DEVICES[] = {"auto", "cpu", "cuda"};
+/* in the order of llmopt_matmul_precision */
+static const char *const PRECISIONS[] = {"highest", "medium"};
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- small helpers -------------------------------------------------------------------- */
@@ -585,6 +587,21 @@ static int build_outputs(pipeline *p, const cfg_node *root, llmopt_error *err) {
     return 0;
 }
 
+/* A scalar that must be one of n choices: *index of it, 0 (the default) when the key is absent. */
+static int get_choice(const cfg_node *v, const char *key, const char *const *choices, size_t n, size_t *index,
+                      llmopt_error *err) {
+    *index = 0;
+    if (!v) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (v->kind == CFG_SCALAR && strcmp(v->str, choices[i]) == 0) return *index = i, 0;
+    char list[128] = "";
+    for (size_t i = 0; i < n; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", choices[i]);
+    return cfg_error(err, v, LLMOPT_EINVAL, "'%s': expected one of: %s, got %s%s%s", key, list,
+                     v->kind == CFG_SCALAR ? "'" : "", v->kind == CFG_SCALAR ? v->str : kind_str(v),
+                     v->kind == CFG_SCALAR ? "'" : "");
+}
+
 static int build_scalars(pipeline *p, const cfg_node *root, llmopt_error *err) {
     const cfg_node *name = cfg_map_get(root, "name"), *model = cfg_map_get(root, "model");
     const cfg_node *device = cfg_map_get(root, "device"), *seed = cfg_map_get(root, "seed");
@@ -595,16 +612,13 @@ static int build_scalars(pipeline *p, const cfg_node *root, llmopt_error *err) {
         return cfg_error(err, name, LLMOPT_EINVAL, "'name' must match [A-Za-z0-9._-]+, got '%s'",
                          p->name);
     if (model && (rc = get_string(model, "'model'", &p->model, err)) != 0) return rc;
-    size_t d = 0;
-    while (device && d < COUNT(DEVICES) &&
-           (device->kind != CFG_SCALAR || strcmp(device->str, DEVICES[d]) != 0))
-        d++;
-    if (d == COUNT(DEVICES))
-        return cfg_error(err, device, LLMOPT_EINVAL, "'device': expected one of: auto, cpu, cuda, "
-                         "got %s%s%s", device->kind == CFG_SCALAR ? "'" : "",
-                         device->kind == CFG_SCALAR ? device->str : kind_str(device),
-                         device->kind == CFG_SCALAR ? "'" : "");
-    if (!(p->device = str_dup(device ? DEVICES[d] : "auto"))) return oom(err);
+    size_t d = 0, prec = 0;
+    if ((rc = get_choice(device, "device", DEVICES, COUNT(DEVICES), &d, err)) != 0 ||
+        (rc = get_choice(cfg_map_get(root, "matmul_precision"), "matmul_precision", PRECISIONS, COUNT(PRECISIONS),
+                         &prec, err)) != 0)
+        return rc;
+    if (!(p->device = str_dup(DEVICES[d]))) return oom(err);
+    p->matmul_precision = (int)prec;
     long long s = 0;
     if (seed && (cfg_scalar_int(seed, &s) != 0 || s < 0))
         return cfg_error(err, seed, LLMOPT_EINVAL, "'seed': expected a non-negative integer, "

@@ -47,6 +47,7 @@ typedef struct pipeline {
     char *name;
     char *model;                /* path of the pipeline's model, may be NULL */
     char *device;               /* "auto" | "cpu" | "cuda" */
+    int matmul_precision;       /* llmopt_matmul_precision: "highest" (default) | "medium" */
     uint64_t seed;
     pipeline_data *data;
     size_t n_data;

@@ -48,6 +48,7 @@ struct tf_model {
     llmopt_tensor **owned;               /* f32 copies of half norm gains and biases, device copies */
     size_t n_owned;
     const llmopt_device_ops *dev;        /* memory ops of `device`; NULL on the CPU */
+    int precision;                       /* llmopt_matmul_precision of the matmuls by weights */
 };
 
 struct tf_session {
@@ -306,6 +307,8 @@ void tf_model_free(tf_model *tm) {
     free(tm);
 }
 
+void tf_model_set_matmul_precision(tf_model *tm, int precision) { tm->precision = precision; }
+
 const arch_config *tf_model_arch(const tf_model *tm) { return &tm->c; }
 
 void tf_model_set_capture(tf_model *tm, tf_capture_fn fn, void *arg) {
@@ -432,7 +435,7 @@ static int matmul(const tf_model *tm, const float *x, int M, const llmopt_tensor
     }
     llmopt_tensor tx = view(tm, x, F32, 2, M, K, 1), to = view(tm, out, F32, 2, M, N, 1);
     const llmopt_tensor *in[3] = {&tx, w, b};
-    llmopt_op_matmul p = {sizeof p, layout, accumulate};
+    llmopt_op_matmul p = {sizeof p, layout, accumulate, tm->precision};
     return run(weight_kernels(tm, w->dtype)->matmul, LLMOPT_OP_MATMUL, in, b ? 3 : 2, &to, &p, err);
 }
 

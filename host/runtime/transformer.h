@@ -15,6 +15,9 @@ typedef struct tf_session tf_session;
  * op on `device`. The model is referenced, not copied. */
 int tf_model_new(llmopt_model *m, int device, tf_model **out, llmopt_error *err);
 void tf_model_free(tf_model *tm);
+/* llmopt_matmul_precision of every matmul by a weight (LLMOPT_MATMUL_HIGHEST when bound): with
+ * MEDIUM, kernels that can may round x and W to bf16 before multiplying. */
+void tf_model_set_matmul_precision(tf_model *tm, int precision);
 const arch_config *tf_model_arch(const tf_model *tm);
 /* The model it was bound to. */
 const llmopt_model *tf_model_source(const tf_model *tm);

@@ -63,8 +63,11 @@ static int alias_ok(const llmopt_tensor *out, const llmopt_tensor *in) {
 
 int cpu_check_matmul(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
                      const void *params, cpu_mm_dims *d) {
-    if (!in || (n_in != 2 && n_in != 3) || !PARAMS_OK(params, llmopt_op_matmul)) return LLMOPT_EINVAL;
+    if (!in || (n_in != 2 && n_in != 3) || !params) return LLMOPT_EINVAL;
     const llmopt_op_matmul *p = params;
+    if (p->struct_size < LLMOPT_OP_MATMUL_V0_SIZE) return LLMOPT_EINVAL;
+    d->precision = p->struct_size >= sizeof *p ? p->precision : LLMOPT_MATMUL_HIGHEST;
+    if (d->precision != LLMOPT_MATMUL_HIGHEST && d->precision != LLMOPT_MATMUL_MEDIUM) return LLMOPT_EINVAL;
     const llmopt_tensor *x = in[0], *w = in[1], *b = n_in == 3 ? in[2] : NULL;
     if (!tensor_ok(x, LLMOPT_DTYPE_F32) || !w || !is_weight_dtype(w->dtype) || !tensor_ok(w, w->dtype))
         return LLMOPT_EINVAL;

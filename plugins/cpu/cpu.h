@@ -16,7 +16,7 @@ uint16_t cpu_f32_to_bf16(float f);  /* round to nearest even on the top 16 bits;
 void cpu_row_to_f32(float *dst, const void *src, int dtype, int64_t n);
 
 /* ---- check.c: argument validation; every kernel calls one before touching data ---- */
-typedef struct cpu_mm_dims { int64_t M, K, N; int layout, accumulate, has_bias; } cpu_mm_dims;
+typedef struct cpu_mm_dims { int64_t M, K, N; int layout, accumulate, has_bias, precision; } cpu_mm_dims;
 typedef struct cpu_attn_dims { int64_t T, S, Hq, Hkv, D; } cpu_attn_dims;
 typedef struct cpu_rows { int64_t rows, cols; } cpu_rows;
 
@@ -108,6 +108,21 @@ float cpu_sq_dev_sum(const float *x, int64_t n, float mean);
 /* The largest of n values (-INFINITY for none). */
 float cpu_row_max(const float *x, int64_t n);
 int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+/* bf16_gemm.c: out[M, N] (+)= x · W (+ bias) with x and W rounded to bf16 and f32 sums
+ * (LLMOPT_MATMUL_MEDIUM), W of either layout in f32, f16 or bf16; AVX-512 BF16 only. */
+typedef struct cpu_bgemm {
+    const float *x, *bias;
+    const void *w;
+    int wt, layout, accumulate;
+    float *out;
+    int64_t M, N, K;
+} cpu_bgemm;
+/* 0, LLMOPT_ENOMEM, or LLMOPT_EUNSUPPORTED where not built for x86 */
+int cpu_bf16_gemm(const cpu_bgemm *g);
+/* The CPU has AVX-512F, BW, VL and BF16. */
+int cpu_bf16_gemm_supported(void);
+/* Set at init: matmuls at MEDIUM precision with M >= 2 take cpu_bf16_gemm. */
+extern int cpu_use_bf16_gemm;
 int cpu_embedding(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_layernorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_rmsnorm(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);

@@ -186,6 +186,12 @@ int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, con
     mm_job j = {.x = in[0]->data, .bias = d.has_bias ? in[2]->data : NULL, .w = in[1]->data,
                 .wt = in[1]->dtype, .out = out->data, .d = d};
     atomic_init(&j.failed, 0);
+    if (d.precision == LLMOPT_MATMUL_MEDIUM && d.M >= 2 && cpu_use_bf16_gemm) {
+        /* decode (M = 1) stays on the paths below: it is bound by reading W, not by multiplying */
+        const cpu_bgemm g = {.x = j.x, .bias = j.bias, .w = j.w, .wt = j.wt, .layout = d.layout,
+                             .accumulate = d.accumulate, .out = j.out, .M = d.M, .N = d.N, .K = d.K};
+        return cpu_bf16_gemm(&g);
+    }
     if (d.M <= GEMV_MAX_M && d.layout == LLMOPT_W_OUT_IN)
         cpu_api->parallel_for(d.N, 32768 / (d.K * d.M) + 1, gemv_out_in, &j); /* >= 32K FMAs a chunk */
     else if (d.M == 1 && d.layout == LLMOPT_W_IN_OUT)

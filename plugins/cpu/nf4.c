@@ -112,7 +112,7 @@ static int check_matmul(const llmopt_tensor *const *in, int n_in, const llmopt_t
                         cpu_mm_dims *d, size_t *row_bytes) {
     size_t wbytes;
     if (!in || (n_in != 2 && n_in != 3) || !params ||
-        ((const llmopt_op_matmul *)params)->struct_size < sizeof(llmopt_op_matmul) || !in[1] ||
+        ((const llmopt_op_matmul *)params)->struct_size < LLMOPT_OP_MATMUL_V0_SIZE || !in[1] ||
         in[1]->dtype != LLMOPT_DTYPE_NF4 || !cpu_qweight_ok(in[1], row_bytes, &wbytes))
         return LLMOPT_EINVAL;
     int rc = cpu_check_qmatmul_rest(in, n_in, out, params, wbytes, d);

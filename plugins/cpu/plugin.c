@@ -18,6 +18,7 @@
 const llmopt_host_api *cpu_api;
 const cpu_simd *cpu_isa = &cpu_simd_generic;
 const cpu_qsimd *cpu_qisa = &cpu_qsimd_generic;
+int cpu_use_bf16_gemm;
 
 typedef enum cpu_path { PATH_REF, PATH_GENERIC, PATH_AVX2, PATH_AVX512, PATH_COUNT } cpu_path;
 
@@ -144,7 +145,7 @@ static const op_entry ops[] = {
 };
 #define N_OPS (sizeof ops / sizeof ops[0])
 
-static char g_kernel_summary[N_OPS][128];
+static char g_kernel_summary[N_OPS][192];
 
 static int cpu_init(const llmopt_host_api *host, llmopt_registrar *reg) {
     if (host->struct_size < sizeof(llmopt_host_api)) {
@@ -171,6 +172,7 @@ static int cpu_init(const llmopt_host_api *host, llmopt_registrar *reg) {
     }
     cpu_isa = path == PATH_AVX512 ? &cpu_simd_avx512 : path == PATH_AVX2 ? &cpu_simd_avx2 : &cpu_simd_generic;
     cpu_qisa = pick_qsimd(path);
+    cpu_use_bf16_gemm = path == PATH_AVX512 && cpu_bf16_gemm_supported();
     /* all parallelism comes from the host pool; OpenBLAS runs inside one chunk */
     openblas_set_num_threads(1);
 
@@ -196,6 +198,9 @@ static int cpu_init(const llmopt_host_api *host, llmopt_registrar *reg) {
             snprintf(g_kernel_summary[i], sizeof g_kernel_summary[i], "reference loops, one thread");
         else
             snprintf(g_kernel_summary[i], sizeof g_kernel_summary[i], ops[i].how, path_label[path]);
+        if (cpu_use_bf16_gemm && strcmp(ops[i].op, LLMOPT_OP_MATMUL) == 0)
+            strncat(g_kernel_summary[i], "; matmul_precision medium, M>=2: AVX-512 BF16 GEMM",
+                    sizeof g_kernel_summary[i] - strlen(g_kernel_summary[i]) - 1);
         llmopt_kernel_desc k = {.struct_size = sizeof k, .device = LLMOPT_DEVICE_CPU, .op = ops[i].op,
                                 .dtype = ops[i].dtype, .fn = path == PATH_REF ? ops[i].ref : ops[i].fast,
                                 .summary = g_kernel_summary[i]};

@@ -215,6 +215,10 @@ int cpu_check_qmatmul_rest(const llmopt_tensor *const *in, int n_in, const llmop
     d->M = numel(x) / d->K;
     d->layout = p->w_layout;
     d->accumulate = p->accumulate != 0;
+    /* the precision asked for is checked, but these kernels have one way: x quantized to int8 per
+     * 32 (or widened, the NF4 and float paths), already coarser than bf16's rounding */
+    d->precision = p->struct_size >= sizeof *p ? p->precision : LLMOPT_MATMUL_HIGHEST;
+    if (d->precision != LLMOPT_MATMUL_HIGHEST && d->precision != LLMOPT_MATMUL_MEDIUM) return LLMOPT_EINVAL;
     d->N = w->shape[0];
     if (w->shape[1] != d->K || (n_in == 3 && !b)) return LLMOPT_EINVAL;
     d->has_bias = b != NULL;
@@ -233,7 +237,7 @@ int cpu_check_qmatmul(const llmopt_tensor *const *in, int n_in, const llmopt_ten
                       const void *params, cpu_mm_dims *d) {
     size_t wbytes;
     if (!in || (n_in != 2 && n_in != 3) || !params ||
-        ((const llmopt_op_matmul *)params)->struct_size < sizeof(llmopt_op_matmul) || !qweight_ok(in[1], &wbytes))
+        ((const llmopt_op_matmul *)params)->struct_size < LLMOPT_OP_MATMUL_V0_SIZE || !qweight_ok(in[1], &wbytes))
         return LLMOPT_EINVAL;
     return cpu_check_qmatmul_rest(in, n_in, out, params, wbytes, d);
 }

@@ -50,6 +50,13 @@ class Host:
     def has_stage(self, name):
         return self.run("describe", name, check=False).returncode == 0
 
+    def bf16_gemm(self, dtype):
+        """Whether the CPU plugin's matmul on weights of llmopt dtype `dtype` (f32, f16, bf16)
+        rounds x and W to bf16 at matmul_precision medium (its summary names the AVX-512 BF16
+        GEMM); elsewhere medium computes as highest."""
+        lines = self.run("plugins").stdout.decode().splitlines()
+        return any(l.split()[:3] == ["matmul", "cpu", dtype] and "BF16 GEMM" in l for l in lines)
+
     def int8_prefill(self, dtype):
         """Whether the CPU plugin's matmul on weights of llmopt dtype `dtype` ("q8_0", "gq4g128s")
         quantizes x per 32 at every row count: its summary says "int8 GEMM" (AVX-512 VNNI: every

@@ -109,6 +109,36 @@ def test_half_checkpoint_logits_match_transformers_upcast(host, half_models, tmp
     assert err <= LOGITS_ATOL, f"max |ours - transformers upcast| = {err:.3g}; logits spread {ref.std():.3g}"
 
 
+@pytest.mark.parametrize("name", ["llama_gqa_bfloat16", "gpt2_bfloat16"])
+def test_medium_precision_is_closer_to_f32_than_torch_in_bfloat16(host, half_models, tmp_path, name):
+    # matmul_precision medium rounds the inputs of every prompt matmul to bf16 (the bf16 weights
+    # are exact), sums in f32, and keeps everything else f32. The reference is transformers in
+    # float32 on the checkpoint's values; the peer is transformers run in bfloat16, what a user
+    # of the checkpoint gets from torch by default. Ours must be nearer the reference than the
+    # peer is, and must be off highest's logits where the kernel says it rounds (so the bf16 path
+    # ran), else equal to them.
+    host.require_command("forward")
+    ids = prompt_ids(300)
+    ref = reference_logits(half_models[name], ids)
+    peer_model = load_reference_model(half_models[name]).to(torch.bfloat16)
+    with torch.no_grad():
+        peer = peer_model(torch.tensor([ids])).logits[0].float().numpy()
+    out = tmp_path / "logits.f32"
+    host.run("forward", half_models[name], "--ids", ",".join(map(str, ids)), "--out", out, "--matmul-precision", "medium")
+    medium = np.fromfile(out, dtype="<f4").reshape(ref.shape)
+    highest = our_logits(host, half_models[name], ids, out, kv_cache=False).reshape(ref.shape)
+    err_medium, err_peer = np.abs(medium - ref).max(), np.abs(peer - ref).max()
+    rounded = host.bf16_gemm("bf16")
+    print(f"{name}: max |logits - f32 reference|: llmopt medium {err_medium:.3g} "
+          f"({'bf16 GEMM' if rounded else 'computed as highest'}), torch bfloat16 {err_peer:.3g}; "
+          f"spread {ref.std():.3g}")
+    assert err_medium < err_peer, f"medium is {err_medium:.3g} off the f32 logits, torch in bfloat16 {err_peer:.3g}"
+    if rounded:
+        assert np.abs(medium - highest).max() > 1e-5, "medium gave highest's logits: the bf16 GEMM did not run"
+    else:
+        np.testing.assert_array_equal(medium, highest)
+
+
 @pytest.mark.parametrize("kv_cache", [False, True], ids=["full", "kv_cache"])
 @pytest.mark.parametrize("name", list(MODEL_SPECS))
 def test_batched_logits_match_transformers(host, models, tmp_path, name, kv_cache):

@@ -174,7 +174,7 @@ static void matmul_backward_matches_finite_differences_in_both_layouts(void **st
         llmopt_tensor *dW = tnew(LLMOPT_DTYPE_F32, 2, W->shape[0], W->shape[1], 1), *db = tnew(LLMOPT_DTYPE_F32, 1, N, 1, 1);
         llmopt_op_matmul_backward p = {sizeof p, layout, 0, dW, db};
         assert_int_equal(run(cpu_ref_matmul_backward, dx, &p, 3, x, W, dy), 0);
-        llmopt_op_matmul fp = {sizeof fp, layout, 0};
+        llmopt_op_matmul fp = {sizeof fp, layout, 0, LLMOPT_MATMUL_HIGHEST};
         fd_case c = {fwd_plain, {x, W, b}, 3, &fp, cpu_ref_matmul, dy};
         fd_check(&c, 0, dx, "matmul dx");
         fd_check(&c, 1, dW, "matmul dW");

@@ -287,7 +287,7 @@ static void matmul_computes_x_times_w_plus_bias_in_both_layouts(void **state) {
             tset(w_oi, (float[]){1, 0, 0, 1, 1, 1});  /* rows are outputs */
             tset(w_io, (float[]){1, 0, 1, 0, 1, 1});  /* the same map, transposed */
             tset(b, (float[]){10, 20, 30});
-            llmopt_op_matmul p = {sizeof p, LLMOPT_W_OUT_IN, 0};
+            llmopt_op_matmul p = {sizeof p, LLMOPT_W_OUT_IN, 0, LLMOPT_MATMUL_HIGHEST};
             assert_int_equal(run(f[i].fn, o, &p, 2, x, w_oi), 0);
             assert_values(o, (float[]){1, 2, 3}, 3, f[i].name);
             p.w_layout = LLMOPT_W_IN_OUT;
@@ -309,8 +309,8 @@ static void matmul_rejects_inconsistent_arguments(void **state) {
         llmopt_tensor *x = t2(LLMOPT_DTYPE_F32, 2, 4), *w = t2(LLMOPT_DTYPE_F32, 3, 4);
         llmopt_tensor *o = t2(LLMOPT_DTYPE_F32, 2, 3), *bad_o = t2(LLMOPT_DTYPE_F32, 2, 4);
         llmopt_tensor *bias5 = t1(LLMOPT_DTYPE_F32, 5), *xi = t2(LLMOPT_DTYPE_I32, 2, 4);
-        llmopt_op_matmul p = {sizeof p, LLMOPT_W_OUT_IN, 0}, in_out = {sizeof p, LLMOPT_W_IN_OUT, 0};
-        llmopt_op_matmul bad_layout = {sizeof p, 7, 0}, small = {2, LLMOPT_W_OUT_IN, 0};
+        llmopt_op_matmul p = {sizeof p, LLMOPT_W_OUT_IN, 0, LLMOPT_MATMUL_HIGHEST}, in_out = {sizeof p, LLMOPT_W_IN_OUT, 0, LLMOPT_MATMUL_HIGHEST};
+        llmopt_op_matmul bad_layout = {sizeof p, 7, 0, LLMOPT_MATMUL_HIGHEST}, small = {2, LLMOPT_W_OUT_IN, 0, LLMOPT_MATMUL_HIGHEST};
         assert_int_equal(run(f[i].fn, o, &p, 2, x, w), 0);
         assert_int_equal(run(f[i].fn, o, &in_out, 2, x, w), LLMOPT_EINVAL);   /* K != W rows */
         assert_int_equal(run(f[i].fn, o, &bad_layout, 2, x, w), LLMOPT_EINVAL);
@@ -351,7 +351,7 @@ static void matmul_fast_path_matches_reference_on_awkward_sizes(void **state) {
                 llmopt_tensor *want = t2(LLMOPT_DTYPE_F32, M, N);
                 trand(x, -1, 1), trand(w, -1, 1), trand(b, -1, 1), trand(want, -1, 1);
                 llmopt_tensor *got = tclone(want);
-                llmopt_op_matmul p = {sizeof p, layout, acc};
+                llmopt_op_matmul p = {sizeof p, layout, acc, LLMOPT_MATMUL_HIGHEST};
                 int n_in = with_bias ? 3 : 2;
                 assert_int_equal(run(cpu_ref_matmul, want, &p, n_in, x, w, b), 0);
                 assert_int_equal(run(fast, got, &p, n_in, x, w, b), 0);
@@ -363,6 +363,82 @@ static void matmul_fast_path_matches_reference_on_awkward_sizes(void **state) {
             }
         }
     }
+}
+
+/* LLMOPT_MATMUL_MEDIUM: where the kernel says it runs the AVX-512 BF16 GEMM (its summary), the
+ * result is x and W rounded to bf16 with f32 sums: within the f32 summation bound of a double sum
+ * of those rounded products, and measurably off the unrounded products (so the bound tells the
+ * two apart). Elsewhere medium computes exactly as highest. Sizes cross the kernel's 12-row
+ * blocks, 32-column panels and 256-value chunks of K, with odd K and N. */
+static double bf16_of(double v) { return (double)cpu_bf16_to_f32(cpu_f32_to_bf16((float)v)); }
+
+static void matmul_at_medium_precision_rounds_x_and_w_to_bf16(void **state) {
+    SKIP_IF_UNAVAILABLE();
+    static const int64_t sizes[][3] = {{2, 1, 1}, {2, 7, 33}, {13, 257, 77}, {30, 513, 64}, {25, 96, 100}};
+    for (int dt = LLMOPT_DTYPE_F32; dt <= LLMOPT_DTYPE_BF16; dt++) {
+        const kernel_rec *k = registry_find_kernel(g_reg, LLMOPT_OP_MATMUL, LLMOPT_DEVICE_CPU, dt);
+        assert_non_null(k);
+        const int bf16_gemm = strstr(k->desc.summary, "BF16 GEMM") != NULL;
+        double worst_rounded = 0, worst_exact = 0; /* largest error over its bound, either way */
+        for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+            const int64_t M = sizes[s][0], K = sizes[s][1], N = sizes[s][2];
+            for (int variant = 0; variant < 8; variant++) {
+                const int layout = variant & 1, with_bias = (variant >> 1) & 1, acc = (variant >> 2) & 1;
+                llmopt_tensor *x = t2(LLMOPT_DTYPE_F32, M, K), *b = t1(LLMOPT_DTYPE_F32, N);
+                llmopt_tensor *w = layout == LLMOPT_W_OUT_IN ? t2(dt, N, K) : t2(dt, K, N);
+                llmopt_tensor *got = t2(LLMOPT_DTYPE_F32, M, N);
+                trand(x, -1, 1), trand(w, -1, 1), trand(b, -1, 1), trand(got, -1, 1);
+                llmopt_tensor *start = tclone(got), *highest = tclone(got);
+                llmopt_op_matmul p = {sizeof p, layout, acc, LLMOPT_MATMUL_MEDIUM};
+                llmopt_op_matmul ph = {sizeof ph, layout, acc, LLMOPT_MATMUL_HIGHEST};
+                const int n_in = with_bias ? 3 : 2;
+                assert_int_equal(run(k->desc.fn, got, &p, n_in, x, w, b), 0);
+                assert_int_equal(run(k->desc.fn, highest, &ph, n_in, x, w, b), 0);
+                char what[128];
+                snprintf(what, sizeof what, "medium matmul dtype %d M=%lld K=%lld N=%lld layout %d bias %d acc %d",
+                         dt, (long long)M, (long long)K, (long long)N, layout, with_bias, acc);
+                if (!bf16_gemm) {
+                    assert_close(F(got), F(highest), M * N, 0, 0, what);
+                } else {
+                    float wv[1];
+                    for (int64_t m = 0; m < M; m++)
+                        for (int64_t n = 0; n < N; n++) {
+                            double rounded = 0, exact = 0, mag = 0;
+                            for (int64_t kk = 0; kk < K; kk++) {
+                                const int64_t at = layout == LLMOPT_W_OUT_IN ? n * K + kk : kk * N + n;
+                                cpu_row_to_f32(wv, (const char *)w->data + at * (int64_t)esize(dt), dt, 1);
+                                const double xv = F(x)[m * K + kk];
+                                rounded += bf16_of(xv) * bf16_of(wv[0]);
+                                exact += xv * wv[0];
+                                mag += fabs(bf16_of(xv) * bf16_of(wv[0]));
+                            }
+                            const double add = (with_bias ? F(b)[n] : 0.0) + (acc ? F(start)[m * N + n] : 0.0);
+                            mag += fabs(add);
+                            /* f32 sums: K pair adds, a few chunk and bias adds, each within 2^-24 of the partial */
+                            const double bound = (double)(K + 8) * ldexp(mag, -24) + 1e-30;
+                            const double v = F(got)[m * N + n];
+                            const double er = fabs(v - (rounded + add)) / bound, ee = fabs(v - (exact + add)) / bound;
+                            if (er > 1) fail_msg("%s: [%lld,%lld] is %.9g, bf16 products give %.9g (bound %.3g)", what,
+                                                 (long long)m, (long long)n, v, rounded + add, bound);
+                            worst_rounded = er > worst_rounded ? er : worst_rounded;
+                            worst_exact = ee > worst_exact ? ee : worst_exact;
+                        }
+                }
+                tfree(x), tfree(b), tfree(w), tfree(got), tfree(start), tfree(highest);
+            }
+        }
+        /* the unrounded products fall far outside the bound: the check above can fail */
+        if (bf16_gemm && !(worst_exact > 10)) fail_msg("dtype %d: unrounded products within %.3g of the bound", dt, worst_exact);
+        print_message("medium precision, dtype %d: %s (worst error %.2g of the bound; unrounded products %.2g)\n", dt,
+                      bf16_gemm ? "AVX-512 BF16 GEMM" : "computed as highest", worst_rounded, worst_exact);
+    }
+    /* an unknown precision is refused, and a caller built before the field gets highest */
+    llmopt_tensor *x = t2(LLMOPT_DTYPE_F32, 2, 4), *w = t2(LLMOPT_DTYPE_F32, 3, 4), *o = t2(LLMOPT_DTYPE_F32, 2, 3);
+    llmopt_op_matmul bad = {sizeof bad, LLMOPT_W_OUT_IN, 0, 2}, old = {LLMOPT_OP_MATMUL_V0_SIZE, LLMOPT_W_OUT_IN, 0, 2};
+    assert_int_equal(run(kernel(LLMOPT_OP_MATMUL, LLMOPT_DTYPE_F32), o, &bad, 2, x, w), LLMOPT_EINVAL);
+    assert_int_equal(run(cpu_ref_matmul, o, &bad, 2, x, w), LLMOPT_EINVAL);
+    assert_int_equal(run(kernel(LLMOPT_OP_MATMUL, LLMOPT_DTYPE_F32), o, &old, 2, x, w), 0);
+    tfree(x), tfree(w), tfree(o);
 }
 
 /* ---- embedding ---- */
@@ -783,6 +859,7 @@ int main(void) {
         cmocka_unit_test(matmul_computes_x_times_w_plus_bias_in_both_layouts),
         cmocka_unit_test(matmul_rejects_inconsistent_arguments),
         cmocka_unit_test(matmul_fast_path_matches_reference_on_awkward_sizes),
+        cmocka_unit_test(matmul_at_medium_precision_rounds_x_and_w_to_bf16),
         cmocka_unit_test(embedding_gathers_rows_and_rejects_out_of_range_ids),
         cmocka_unit_test(embedding_fast_path_matches_reference),
         cmocka_unit_test(layernorm_normalises_with_biased_variance_then_scales_and_shifts),

@@ -100,7 +100,7 @@ static void check_nf4_matmul(int64_t M, int64_t N, int64_t K, int with_bias, int
             if (accumulate) acc += o[m * N + n], a += fabs(o[m * N + n]);
             want[m * N + n] = acc, mag[m * N + n] = a;
         }
-    llmopt_op_matmul p = {sizeof p, LLMOPT_W_OUT_IN, accumulate};
+    llmopt_op_matmul p = {sizeof p, LLMOPT_W_OUT_IN, accumulate, LLMOPT_MATMUL_HIGHEST};
     const llmopt_tensor *in[3] = {x, q, bias};
     assert_int_equal(fn(in, bias ? 3 : 2, out, &p), 0);
     for (int64_t i = 0; i < M * N; i++)
@@ -226,7 +226,7 @@ static void nf4_matmul_refuses_in_out_layout_and_bad_shapes(void **state) {
     llmopt_tensor *w = trand(64, 128), *wd = NULL, *q = quantize(w, LLMOPT_DTYPE_NF4, &wd);
     llmopt_tensor *x = trand(2, 128), *x2 = trand(2, 64), *out = trand(2, 64);
     const llmopt_tensor *in[3] = {x, q, NULL};
-    llmopt_op_matmul p = {sizeof p, LLMOPT_W_IN_OUT, 0};
+    llmopt_op_matmul p = {sizeof p, LLMOPT_W_IN_OUT, 0, LLMOPT_MATMUL_HIGHEST};
     assert_int_equal(fn(in, 2, out, &p), LLMOPT_EUNSUPPORTED);
     p.w_layout = LLMOPT_W_OUT_IN;
     assert_int_equal(fn(in, 2, out, &p), 0);

@@ -186,7 +186,7 @@ static void check_matmul(int dt, int64_t M, int64_t N, int64_t K, int with_bias,
     float *o = out->data;
     if (accumulate)
         for (int64_t i = 0; i < M * N; i++) want[i] += o[i], exact[i] += o[i];
-    llmopt_op_matmul p = {sizeof p, LLMOPT_W_OUT_IN, accumulate};
+    llmopt_op_matmul p = {sizeof p, LLMOPT_W_OUT_IN, accumulate, LLMOPT_MATMUL_HIGHEST};
     const llmopt_tensor *in[3] = {x, q, bias};
     assert_int_equal(fn(in, bias ? 3 : 2, out, &p), 0);
     const int int_path = int8_x_rows(dt, M);
@@ -335,7 +335,7 @@ static void matmul_refuses_in_out_layout_and_bad_shapes(void **state) {
     llmopt_error err;
     assert_int_equal(q_quantize_tensor(w, LLMOPT_DTYPE_Q4_0, &q, &err), 0);
     const llmopt_tensor *in[3] = {x, q, NULL};
-    llmopt_op_matmul p = {sizeof p, LLMOPT_W_IN_OUT, 0};
+    llmopt_op_matmul p = {sizeof p, LLMOPT_W_IN_OUT, 0, LLMOPT_MATMUL_HIGHEST};
     assert_int_equal(fn(in, 2, out, &p), LLMOPT_EUNSUPPORTED);
     p.w_layout = LLMOPT_W_OUT_IN;
     assert_int_equal(fn(in, 2, out, &p), 0);
@@ -352,7 +352,7 @@ static void matmul_refuses_in_out_layout_and_bad_shapes(void **state) {
     q->shape[1] = 48;                                       /* not whole blocks */
     assert_int_equal(fn(in, 2, out, &p), LLMOPT_EINVAL);
     q->shape[1] = 64;
-    llmopt_op_matmul small = {sizeof small - 1, LLMOPT_W_OUT_IN, 0};
+    llmopt_op_matmul small = {LLMOPT_OP_MATMUL_V0_SIZE - 1, LLMOPT_W_OUT_IN, 0, LLMOPT_MATMUL_HIGHEST};
     assert_int_equal(fn(in, 2, out, &small), LLMOPT_EINVAL);
     rt_tensor_unref(w);
     rt_tensor_unref(q);

@@ -251,7 +251,7 @@ static void empty_stages_is_refused(void **state) {
 static void unknown_top_level_key_names_allowed_keys(void **state) {
     assert_build_error(state, HEAD "  - {id: a, uses: test.scale}\nstagez: 1\n",
                        "cfg.yaml:4:1: unknown top-level key 'stagez' (expected one of: name, "
-                       "model, device, seed, data, stages, outputs)");
+                       "model, device, matmul_precision, seed, data, stages, outputs)");
 }
 
 static void unknown_stage_key_is_refused(void **state) {
@@ -275,6 +275,10 @@ static void bad_stage_id_and_name_are_refused(void **state) {
 static void top_level_scalars_are_checked(void **state) {
     assert_build_error(state, HEAD "  - {id: a, uses: test.scale}\ndevice: gpu\n",
                        "cfg.yaml:4:9: 'device': expected one of: auto, cpu, cuda, got 'gpu'");
+    assert_build_error(state, HEAD "  - {id: a, uses: test.scale}\nmatmul_precision: low\n",
+                       "cfg.yaml:4:19: 'matmul_precision': expected one of: highest, medium, got 'low'");
+    assert_build_error(state, HEAD "  - {id: a, uses: test.scale}\nmatmul_precision: [medium]\n",
+                       "cfg.yaml:4:19: 'matmul_precision': expected one of: highest, medium, got a sequence");
     assert_build_error(state, HEAD "  - {id: a, uses: test.scale}\nseed: -1\n",
                        "cfg.yaml:4:7: 'seed': expected a non-negative integer, got '-1'");
     pipeline *p = build_ok(state, HEAD "  - {id: a, uses: test.scale}\nseed: 7\ndevice: cuda\n"
@@ -282,6 +286,10 @@ static void top_level_scalars_are_checked(void **state) {
     assert_int_equal(p->seed, 7);
     assert_string_equal(p->device, "cuda");
     assert_string_equal(p->model, "models/tiny");
+    assert_int_equal(p->matmul_precision, LLMOPT_MATMUL_HIGHEST);
+    pipeline_free(p);
+    p = build_ok(state, HEAD "  - {id: a, uses: test.scale}\nmatmul_precision: medium\n");
+    assert_int_equal(p->matmul_precision, LLMOPT_MATMUL_MEDIUM);
     pipeline_free(p);
 }
 

@@ -20,11 +20,22 @@ typedef enum llmopt_w_layout {
     LLMOPT_W_OUT_IN = 0, /**< W is [N,K]: torch.nn.Linear, Llama */
     LLMOPT_W_IN_OUT = 1  /**< W is [K,N]: transformers' Conv1D, GPT-2 */
 } llmopt_w_layout;
+/** How exactly a matmul multiplies, as torch.set_float32_matmul_precision names it. */
+typedef enum llmopt_matmul_precision {
+    LLMOPT_MATMUL_HIGHEST = 0, /**< the products of x and W as given (f16/bf16 W widened), f32 sums */
+    LLMOPT_MATMUL_MEDIUM = 1   /**< x and W may be rounded to bf16 (nearest even) before they are
+                                    multiplied; sums stay f32. A kernel with no faster way computes
+                                    as HIGHEST. */
+} llmopt_matmul_precision;
 typedef struct llmopt_op_matmul {
     uint32_t struct_size;
     int32_t w_layout;   /**< llmopt_w_layout */
     int32_t accumulate; /**< 1: out += result (residual connections), 0: out = result */
+    int32_t precision;  /**< llmopt_matmul_precision; a caller whose struct_size ends before this
+                             field (built before it) gets HIGHEST. Kernels refuse other values. */
 } llmopt_op_matmul;
+/** The size of llmopt_op_matmul before `precision`: kernels accept params of at least this size. */
+#define LLMOPT_OP_MATMUL_V0_SIZE 12u
 
 /** embedding: out[T,C] = table[ids[t], :]. in[0] table [V,C] of the key dtype; in[1] ids [T] i32.
  *  An id outside [0,V) is an LLMOPT_EINVAL. No params. */
