@@ -36,6 +36,8 @@ log "read bandwidth"
 "$bin/membw" --threads "$threads" | tee "$res/membw.txt" >&2
 log "llmopt, $threads threads"
 "$root/bench/llmopt_speed.sh" "$build" "$model" "$threads" "$reps" | tee "$res/llmopt.txt" >&2
+log "llmopt, $threads threads, matmul_precision medium"
+PRECISION=medium "$root/bench/llmopt_speed.sh" "$build" "$model" "$threads" "$reps" | tee "$res/llmopt-medium.txt" >&2
 pys=("$root/.venv/bin/python") # the strongest torch here: the PyPI one when present (torch 1.13 takes minutes a prefill)
 [ -x "$build/torch2-venv/bin/python" ] && pys=("$build/torch2-venv/bin/python")
 for py in "${pys[@]}"; do
@@ -56,11 +58,13 @@ def kv(path):
             out[k] = v
     return out
 bw = max(float(x) for x in re.findall(r"gbps=([0-9.]+)", open(f"{res}/membw.txt").read()))
-ours = kv(f"{res}/llmopt.txt")
 wbytes = os.path.getsize(f"{model}/model.safetensors")
 bound = bw * 1e9 / wbytes
-cols = [("llmopt", 512 / float(ours["prefill512_s"]), 128 / float(ours["prefill128_s"]),
-         128 / float(ours["decode128_s"]), ours.get("peak_rss_mib", "?"))]
+cols = []
+for name, f in (("llmopt", "llmopt.txt"), ("llmopt medium", "llmopt-medium.txt")):
+    ours = kv(f"{res}/{f}")
+    cols.append((name, 512 / float(ours["prefill512_s"]), 128 / float(ours["prefill128_s"]),
+                 128 / float(ours["decode128_s"]), ours.get("peak_rss_mib", "?")))
 for f in sorted(glob.glob(f"{res}/torch-*.txt")):
     t = kv(f)
     if "decode128_eager_s" not in t:

@@ -2,6 +2,7 @@
 # llmopt side of the speed bench: prints `key=value` lines (bench/run.sh collects them).
 #
 #   bench/llmopt_speed.sh BUILD_DIR MODEL_DIR [THREADS [REPEATS]]
+#   PRECISION=medium bench/llmopt_speed.sh ...   # the pipeline's matmul_precision (default highest)
 #
 # speed: the eval.speed stage (plugins/eval/speed.c) through `llmopt-host run`, REPEATS separate
 #   runs; prefill times inside a run are already the best of 5, and each key printed is the best
@@ -15,6 +16,7 @@ build="${1:?usage: llmopt_speed.sh BUILD_DIR MODEL_DIR [THREADS [REPEATS]]}"
 model="$(cd "${2:?model dir}" && pwd)"
 threads="${3:-2}"
 reps="${4:-3}"
+precision="${PRECISION:-highest}"
 host="$build/host/llmopt-host"
 plugins="$build/plugins"
 tmp="$(mktemp -d)"
@@ -24,12 +26,14 @@ export OPENBLAS_NUM_THREADS=1 # the cpu plugin runs OpenBLAS single-threaded ins
 cat >"$tmp/speed.yaml" <<EOF
 name: bench-speed
 model: $model
+matmul_precision: $precision
 stages:
   - {id: speed, uses: eval.speed, with: {repeats: 5, decode_tokens: 128}}
 EOF
 
 echo "llmopt_version=$("$host" --version | head -1)"
 echo "llmopt_threads=$threads"
+echo "llmopt_matmul_precision=$precision"
 for r in $(seq 1 "$reps"); do
     "$host" -q --plugins "$plugins" --threads "$threads" run "$tmp/speed.yaml" --out "$tmp/run$r" --jobs 1 >/dev/null
     python3 - "$tmp/run$r/report.json" <<'PY'

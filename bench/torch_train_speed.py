@@ -3,6 +3,7 @@
 
   torch_train_speed.py MODEL_DIR [--mode full|lora] [--batch 4] [--seq 128] [--steps 5] [--warmup 1]
                        [--threads 2] [--rank 8] [--alpha 16] [--targets c_attn] [--vocab-ids 4096]
+                       [--autocast-bf16]
 
 The training step llmopt's finetune.full / finetune.lora takes, written the way a PyTorch user
 writes it: AutoModelForCausalLM.from_pretrained(MODEL_DIR, float32) (GPT-2 or Llama), model.train()
@@ -16,6 +17,10 @@ LoRA is hand-made (no PEFT in this venv): each target Conv1D (GPT-2's [in, out] 
 nn.Linear (Llama's) becomes y = base(x) + (alpha / r) (x Aᵀ) Bᵀ with A [r, in] Kaiming-uniform and
 B [out, r] zero, as PEFT's LoraLayer; the base is frozen (requires_grad False), only A and B go to
 the optimizer.
+
+--autocast-bf16 runs the forward and the loss under torch.autocast("cpu", dtype=torch.bfloat16), the
+mixed precision PyTorch offers on CPUs (matmuls in bf16, weights and optimizer f32): the peer of
+llmopt's matmul_precision medium.
 
 --warmup steps run first and are not timed; then --steps steps are timed as one interval.
 Inputs are a fixed xorshift sequence of ids below --vocab-ids (the ids do not change the work).
@@ -79,6 +84,7 @@ def main():
     p.add_argument("--alpha", type=float, default=16)
     p.add_argument("--targets", default="c_attn")
     p.add_argument("--vocab-ids", type=int, default=4096)
+    p.add_argument("--autocast-bf16", action="store_true")
     a = p.parse_args()
 
     import torch
@@ -107,13 +113,15 @@ def main():
     print(f"attn_implementation={getattr(model.config, '_attn_implementation', 'n/a')}")
     print(f"model_type={kind}")
     print(f"mode={a.mode} batch={B} seq={T} steps={a.steps} warmup={a.warmup}")
+    print(f"autocast_bf16={int(a.autocast_bf16)}")
     print(f"trainable_params={sum(q.numel() for q in params)}")
     sys.stdout.flush()
 
     def step(i):
         x, y = ids[i, :, :T], ids[i, :, 1:]
-        logits = model(input_ids=x, use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast_bf16):
+            logits = model(input_ids=x, use_cache=False).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

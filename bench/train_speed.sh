@@ -12,7 +12,9 @@
 #   SwiGLU 2048, 32000 ids, untied; LoRA on q_proj and v_proj, PEFT's Llama default),
 #   GPT2_B/GPT2_T/GPT2_STEPS (4/128/4, also the Llama cases'),
 #   KJV_B/KJV_T/KJV_STEPS (8/128/20), TORCH_PYS (python interpreters; default the interop venv's
-#   Debian torch 1.13 and, if it imports, build-bench/torch2-venv's PyPI torch).
+#   Debian torch 1.13 and, if it imports, build-bench/torch2-venv's PyPI torch), PRECISION
+#   (highest: fp32 on both sides; medium: llmopt's matmul_precision medium against torch under
+#   autocast to bfloat16, torch_train_speed.py --autocast-bf16).
 # Results (key=value files and table.md) go to BUILD_DIR/train-bench/<date-time>/.
 set -eu
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,6 +22,8 @@ build="$(cd "${1:?usage: train_speed.sh BUILD_DIR [THREADS]}" && pwd)"
 threads="${2:-2}"
 reps="${REPEATS:-3}"
 cases="${CASES:-gpt2-full kjv-full kjv-lora gpt2-lora llama-full llama-lora}"
+precision="${PRECISION:-highest}"
+case "$precision" in highest) autocast="" ;; medium) autocast="--autocast-bf16" ;; *) echo "PRECISION: highest or medium" >&2; exit 2 ;; esac
 host="$build/host/llmopt-host"
 res="$build/train-bench/$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$res"
@@ -69,6 +73,7 @@ fi
     echo "cpus=$(nproc)"
     echo "threads=$threads"
     echo "repeats=$reps"
+    echo "precision=$precision"
     echo "llmopt_version=$("$host" --version | head -1 | tr ' ' '_')"
     echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '_')"
 } >"$res/machine.txt"
@@ -87,6 +92,7 @@ run_llmopt() { # case model mode B T steps -> key=value lines, one set per repea
     cat >"$res/$c.yaml" <<EOF
 name: train-bench-$c
 model: $model
+matmul_precision: $precision
 seed: 1
 data:
   train: {path: $root/data/kjv.txt, split: "0:10%"}
@@ -119,7 +125,7 @@ run_torch() { # case py model mode B T steps
     for r in $(seq 1 "$reps"); do
         log "$c: torch $tag run $r"
         /usr/bin/time -v -o "$res/$c-torch.time" "$py" "$root/bench/torch_train_speed.py" "$model" --mode "$mode" \
-            --batch "$B" --seq "$T" --steps "$steps" --warmup 1 --threads "$threads" --targets "$targets" 2>/dev/null |
+            --batch "$B" --seq "$T" --steps "$steps" --warmup 1 --threads "$threads" --targets "$targets" $autocast 2>/dev/null |
             grep -v '^peak_rss_mib='
         echo "peak_rss_mib=$(rss_mib "$res/$c-torch.time")"
     done >"$res/$c-torch-$tag.txt"
@@ -153,7 +159,8 @@ def kv(path):
     return d
 mach = {k: v[0] for k, v in kv(os.path.join(res, "machine.txt")).items()}
 print(f"{mach['date']}, git {mach['git']}, {mach['cpu'].replace('_', ' ')}, {mach['cpus']} cpus, "
-      f"{mach['threads']} threads, best of {mach['repeats']} processes; load average "
+      f"{mach['threads']} threads, matmul precision {mach.get('precision', 'highest')} (torch: "
+      f"{'autocast bfloat16' if mach.get('precision') == 'medium' else 'fp32'}), best of {mach['repeats']} processes; load average "
       f"{mach['load_before'].replace('_', ' ')} before, {mach.get('load_after', '?').replace('_', ' ')} after")
 print()
 print("| case | B x T, timed steps | trainer | tokens/s | tokens per CPU-s | peak RSS MiB | llmopt tok/s / this | llmopt RSS / this |")

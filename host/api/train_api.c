@@ -48,6 +48,7 @@ static llmopt_trainer *api_trainer_new(llmopt_stage_ctx *ctx, const llmopt_model
     t.lora_targets = o->lora_targets, t.n_lora_targets = o->n_lora_targets;
     t.beta1 = o->beta1, t.beta2 = o->beta2, t.eps = o->eps, t.weight_decay = o->weight_decay;
     t.seed = o->seed;
+    if (ctx && ctx->p) t.matmul_precision = ctx->p->matmul_precision;
     llmopt_trainer *h = calloc(1, sizeof *h);
     if (!h) {
         error_set(&err, LLMOPT_ENOMEM, "out of memory");

@@ -119,7 +119,7 @@ static int mm(tr_trainer *t, const float *x, int64_t M, const llmopt_tensor *w, 
     int64_t N = layout == LLMOPT_W_OUT_IN ? w->shape[0] : w->shape[1];
     llmopt_tensor tx = f32_view(x, 2, M, K, 1), to = f32_view(out, 2, M, N, 1);
     const llmopt_tensor *in[3] = {&tx, w, b};
-    llmopt_op_matmul p = {sizeof p, layout, accumulate, LLMOPT_MATMUL_HIGHEST};
+    llmopt_op_matmul p = {sizeof p, layout, accumulate, t->o.matmul_precision};
     return call(t, LLMOPT_OP_MATMUL, w->dtype, in, b ? 3 : 2, &to, &p, err);
 }
 
@@ -130,7 +130,7 @@ static int mm_backward(tr_trainer *t, const float *x, int64_t M, const llmopt_te
     int64_t N = layout == LLMOPT_W_OUT_IN ? w->shape[0] : w->shape[1];
     llmopt_tensor tx = f32_view(x, 2, M, K, 1), tdy = f32_view(dy, 2, M, N, 1), tdx = f32_view(dx, 2, M, K, 1);
     const llmopt_tensor *in[3] = {&tx, w, &tdy};
-    llmopt_op_matmul_backward p = {sizeof p, layout, accumulate_dx, dw, db};
+    llmopt_op_matmul_backward p = {sizeof p, layout, accumulate_dx, dw, db, t->o.matmul_precision};
     return call(t, LLMOPT_OP_MATMUL_BACKWARD, w->dtype, in, 3, &tdx, &p, err);
 }
 

@@ -37,6 +37,9 @@ typedef struct tr_options {
     /* 1: cross_entropy and cross_entropy_backward even where cross_entropy_fused is there (the
      * path of plugins without it; tests hold the two to the same bits) */
     int unfused_ce;
+    /* llmopt_matmul_precision of the forward matmuls and of dx through the weights (MEDIUM: the
+     * kernel may round both sides to bf16); weight gradients are exact either way. HIGHEST by default. */
+    int matmul_precision;
 } tr_options;
 
 /* Defaults: batch 1, seq 128, full fine-tuning of every floating-point tensor, lora_alpha 16,

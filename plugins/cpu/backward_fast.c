@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 /* Rows per reduction chunk (fixed, so the summation order is the same for any thread count). */
@@ -112,6 +113,15 @@ int cpu_matmul_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor 
     mmb_job j = {.x = in[0]->data, .dy = in[2]->data, .w = in[1]->data, .wt = in[1]->dtype, .dx = out->data,
                  .dw = mb->dw ? mb->dw->data : NULL, .db = mb->db ? mb->db->data : NULL, .d = d};
     atomic_init(&j.failed, 0);
+    if (want_dx && d.precision == LLMOPT_MATMUL_MEDIUM && d.M >= 2 && cpu_use_bf16_gemm) {
+        /* dx = dy · Wᵀ is the forward of dy through W read the other way: W [N,K] as [in, out]
+         * is IN_OUT, and W [K,N] as [out, in] is OUT_IN */
+        const cpu_bgemm g = {.x = j.dy, .w = j.w, .wt = j.wt, .accumulate = d.accumulate, .out = j.dx,
+                             .layout = d.layout == LLMOPT_W_OUT_IN ? LLMOPT_W_IN_OUT : LLMOPT_W_OUT_IN,
+                             .M = d.M, .N = d.K, .K = d.N};
+        if ((rc = cpu_bf16_gemm(&g))) return rc;
+        want_dx = 0;
+    }
     if (want_dx) cpu_api->parallel_for(d.K, cpu_sgemm_grain(d.K), dx_cols, &j);
     if (j.dw) cpu_api->parallel_for(d.N, cpu_sgemm_grain(d.N), dw_cols, &j);
     if (j.db) cpu_api->parallel_for(d.N, 256, db_cols, &j);
@@ -564,11 +574,17 @@ static const bw_entry bw_ops[] = {
     {LLMOPT_OP_ADAMW, LLMOPT_DTYPE_F32, cpu_adamw, cpu_ref_adamw, "ranges on host threads"},
 };
 
+#define N_BW (sizeof bw_ops / sizeof bw_ops[0])
+static char g_bw_summary[N_BW][160];
+
 int cpu_register_backward(llmopt_registrar *reg, int use_ref) {
-    for (size_t i = 0; i < sizeof bw_ops / sizeof bw_ops[0]; i++) {
+    for (size_t i = 0; i < N_BW; i++) {
+        snprintf(g_bw_summary[i], sizeof g_bw_summary[i], "%s%s", use_ref ? "reference loops, one thread" : bw_ops[i].how,
+                 !use_ref && cpu_use_bf16_gemm && strcmp(bw_ops[i].op, LLMOPT_OP_MATMUL_BACKWARD) == 0
+                     ? "; matmul_precision medium, M>=2: dx by the AVX-512 BF16 GEMM" : "");
         llmopt_kernel_desc k = {.struct_size = sizeof k, .device = LLMOPT_DEVICE_CPU, .op = bw_ops[i].op,
                                 .dtype = bw_ops[i].dtype, .fn = use_ref ? bw_ops[i].ref : bw_ops[i].fast,
-                                .summary = use_ref ? "reference loops, one thread" : bw_ops[i].how};
+                                .summary = g_bw_summary[i]};
         int rc = reg->add_kernel(reg, &k);
         if (rc) {
             reg->set_error(reg, "registering %s kernel failed (%d)", bw_ops[i].op, rc);

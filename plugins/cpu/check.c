@@ -216,8 +216,11 @@ static int grad_out_ok(const llmopt_tensor *g, int64_t n, const llmopt_tensor *c
 
 int cpu_check_matmul_backward(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out,
                               const void *params, cpu_mm_dims *d, int *want_dx) {
-    if (!in || n_in != 3 || !out || !PARAMS_OK(params, llmopt_op_matmul_backward)) return LLMOPT_EINVAL;
+    if (!in || n_in != 3 || !out || !params) return LLMOPT_EINVAL;
     const llmopt_op_matmul_backward *p = params;
+    if (p->struct_size < LLMOPT_OP_MATMUL_BACKWARD_V0_SIZE) return LLMOPT_EINVAL;
+    d->precision = p->struct_size >= sizeof *p ? p->precision : LLMOPT_MATMUL_HIGHEST;
+    if (d->precision != LLMOPT_MATMUL_HIGHEST && d->precision != LLMOPT_MATMUL_MEDIUM) return LLMOPT_EINVAL;
     const llmopt_tensor *x = in[0], *w = in[1], *dy = in[2];
     if (!tensor_ok(x, LLMOPT_DTYPE_F32) || !w || !is_weight_dtype(w->dtype) || !tensor_ok(w, w->dtype) ||
         w->ndim != 2 || !tensor_ok(dy, LLMOPT_DTYPE_F32))

@@ -31,9 +31,12 @@ void cpu_qrow_range_to_f32(int dtype, const uint8_t *row, int64_t k0, int64_t n,
 static int check(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, const void *params, cpu_mm_dims *d,
                  size_t *row_bytes, int *want_dx) {
     if (!in || n_in != 3 || !out || !params ||
-        ((const llmopt_op_matmul_backward *)params)->struct_size < sizeof(llmopt_op_matmul_backward))
+        ((const llmopt_op_matmul_backward *)params)->struct_size < LLMOPT_OP_MATMUL_BACKWARD_V0_SIZE)
         return LLMOPT_EINVAL;
     const llmopt_op_matmul_backward *p = params;
+    /* checked, then computed one way: dequantized tiles and f32 sgemm */
+    d->precision = p->struct_size >= sizeof *p ? p->precision : LLMOPT_MATMUL_HIGHEST;
+    if (d->precision != LLMOPT_MATMUL_HIGHEST && d->precision != LLMOPT_MATMUL_MEDIUM) return LLMOPT_EINVAL;
     const llmopt_tensor *x = in[0], *w = in[1], *dy = in[2];
     size_t wbytes;
     if (!f32_ok(x) || !cpu_qweight_ok(w, row_bytes, &wbytes) || !f32_ok(dy)) return LLMOPT_EINVAL;

@@ -81,6 +81,41 @@ def test_gradients_of_every_parameter_match_torch_autograd(driver, plugin_dir, t
     assert errs[worst] < GRAD_RTOL, f"{worst}: ||ours - torch|| / ||torch|| = {errs[worst]:.3g}"
 
 
+@pytest.mark.parametrize("name", ["gpt2_bfloat16", "llama_gqa_bfloat16"])
+def test_medium_precision_gradients_are_closer_to_f32_than_torch_in_bfloat16(driver, plugin_dir, host, train_models,
+                                                                              tmp_path, name):
+    # matmul_precision medium rounds both sides of the forward matmuls and of dx to bf16 (weight
+    # gradients stay exact). The reference is torch autograd in float32 on the checkpoint's
+    # values; the peer, autograd of the model in bfloat16. Every parameter's gradient must be
+    # nearer the reference than the peer's worst, and, where the kernel says it rounds, off
+    # highest's (the bf16 path ran).
+    model = load_reference_model(train_models[name])
+    ids, targets = token_batch(model.config.vocab_size, seed=3)
+    run_driver(driver, plugin_dir, train_models[name], tmp_path / "medium", ids, targets, steps=0, grads=True,
+               matmul_precision="medium")
+    run_driver(driver, plugin_dir, train_models[name], tmp_path / "highest", ids, targets, steps=0, grads=True)
+    medium = load_file(tmp_path / "medium" / "grads" / "model.safetensors")
+    highest = load_file(tmp_path / "highest" / "grads" / "model.safetensors")
+    model.zero_grad()
+    torch_loss(model, ids, targets).backward()
+    ref = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+    peer_model = load_reference_model(train_models[name]).to(torch.bfloat16)
+    torch_loss(peer_model, ids, targets).backward()
+    peer = {n: p.grad.float().numpy() for n, p in peer_model.named_parameters()}
+    err_medium = {n: rel_err(medium[n], ref[n]) for n in ref}
+    err_peer = {n: rel_err(peer[n], ref[n]) for n in ref}
+    worst_m, worst_p = max(err_medium, key=err_medium.get), max(err_peer, key=err_peer.get)
+    rounded = host.bf16_gemm("f32")
+    print(f"{name}: worst gradient error vs f32 autograd: llmopt medium {err_medium[worst_m]:.3g} ({worst_m}, "
+          f"{'bf16 GEMM' if rounded else 'computed as highest'}), torch bfloat16 {err_peer[worst_p]:.3g} ({worst_p})")
+    assert err_medium[worst_m] < err_peer[worst_p], (worst_m, err_medium[worst_m], worst_p, err_peer[worst_p])
+    off = max(float(np.abs(medium[n] - highest[n]).max()) for n in ref)
+    if rounded:
+        assert off > 0, "medium gave highest's gradients: the bf16 GEMM did not run"
+    else:
+        assert off == 0
+
+
 @pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "llama_bias"])
 def test_ten_adamw_steps_end_at_torch_adamw_weights(driver, plugin_dir, train_models, tmp_path, name):
     model = load_reference_model(train_models[name])

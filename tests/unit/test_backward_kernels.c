@@ -172,7 +172,7 @@ static void matmul_backward_matches_finite_differences_in_both_layouts(void **st
         llmopt_tensor *W = layout == LLMOPT_W_OUT_IN ? trand(2, N, K, 1, -1, 1) : trand(2, K, N, 1, -1, 1);
         llmopt_tensor *dy = trand(2, M, N, 1, -1, 1), *dx = tnew(LLMOPT_DTYPE_F32, 2, M, K, 1);
         llmopt_tensor *dW = tnew(LLMOPT_DTYPE_F32, 2, W->shape[0], W->shape[1], 1), *db = tnew(LLMOPT_DTYPE_F32, 1, N, 1, 1);
-        llmopt_op_matmul_backward p = {sizeof p, layout, 0, dW, db};
+        llmopt_op_matmul_backward p = {sizeof p, layout, 0, dW, db, LLMOPT_MATMUL_HIGHEST};
         assert_int_equal(run(cpu_ref_matmul_backward, dx, &p, 3, x, W, dy), 0);
         llmopt_op_matmul fp = {sizeof fp, layout, 0, LLMOPT_MATMUL_HIGHEST};
         fd_case c = {fwd_plain, {x, W, b}, 3, &fp, cpu_ref_matmul, dy};
@@ -311,8 +311,8 @@ static void matmul_backward_fast_matches_reference_on_awkward_sizes(void **state
                 llmopt_tensor *dx0 = trand(2, M, K, 1, -1, 1), *dx1 = tclone(dx0);
                 llmopt_tensor *dw0 = trand(2, W->shape[0], W->shape[1], 1, -1, 1), *dw1 = tclone(dw0);
                 llmopt_tensor *db0 = trand(1, N, 1, 1, -1, 1), *db1 = tclone(db0);
-                llmopt_op_matmul_backward p0 = {sizeof p0, layout, 1, f32 ? dw0 : NULL, db0};
-                llmopt_op_matmul_backward p1 = {sizeof p1, layout, 1, f32 ? dw1 : NULL, db1};
+                llmopt_op_matmul_backward p0 = {sizeof p0, layout, 1, f32 ? dw0 : NULL, db0, LLMOPT_MATMUL_HIGHEST};
+                llmopt_op_matmul_backward p1 = {sizeof p1, layout, 1, f32 ? dw1 : NULL, db1, LLMOPT_MATMUL_HIGHEST};
                 assert_int_equal(run(cpu_ref_matmul_backward, dx0, &p0, 3, x, W, dy), 0);
                 assert_int_equal(run(kernel(LLMOPT_OP_MATMUL_BACKWARD, dtypes[di]), dx1, &p1, 3, x, W, dy), 0);
                 assert_close(dx1, dx0, "matmul_backward dx (accumulated)");
@@ -322,17 +322,70 @@ static void matmul_backward_fast_matches_reference_on_awkward_sizes(void **state
             }
 }
 
+/* At matmul_precision medium, where the kernel says dx runs through the AVX-512 BF16 GEMM: dx
+ * within the f32 summation bound of dy and W rounded to bf16 (and well outside it for the
+ * unrounded products), dW and db exactly highest's. Elsewhere all of it equals highest. */
+static double bf16_of(double v) { return (double)cpu_bf16_to_f32(cpu_f32_to_bf16((float)v)); }
+
+static void matmul_backward_dx_at_medium_precision_rounds_to_bf16(void **state) {
+    (void)state;
+    static const int64_t sizes[][3] = {{2, 7, 33}, {13, 300, 65}, {30, 64, 513}};
+    const kernel_rec *k = registry_find_kernel(g_reg, LLMOPT_OP_MATMUL_BACKWARD, LLMOPT_DEVICE_CPU, LLMOPT_DTYPE_F32);
+    assert_non_null(k);
+    const int rounded = strstr(k->desc.summary, "BF16 GEMM") != NULL;
+    double worst_exact = 0;
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (int layout = 0; layout < 2; layout++)
+            for (int acc = 0; acc < 2; acc++) {
+                const int64_t M = sizes[s][0], K = sizes[s][1], N = sizes[s][2];
+                llmopt_tensor *x = trand(2, M, K, 1, -1, 1), *dy = trand(2, M, N, 1, -1, 1);
+                llmopt_tensor *W = layout == LLMOPT_W_OUT_IN ? trand(2, N, K, 1, -1, 1) : trand(2, K, N, 1, -1, 1);
+                llmopt_tensor *dx0 = trand(2, M, K, 1, -1, 1), *dx1 = tclone(dx0), *start = tclone(dx0);
+                llmopt_tensor *dw0 = trand(2, W->shape[0], W->shape[1], 1, -1, 1), *dw1 = tclone(dw0);
+                llmopt_tensor *db0 = trand(1, N, 1, 1, -1, 1), *db1 = tclone(db0);
+                llmopt_op_matmul_backward ph = {sizeof ph, layout, acc, dw0, db0, LLMOPT_MATMUL_HIGHEST};
+                llmopt_op_matmul_backward pm = {sizeof pm, layout, acc, dw1, db1, LLMOPT_MATMUL_MEDIUM};
+                assert_int_equal(run(k->desc.fn, dx0, &ph, 3, x, W, dy), 0);
+                assert_int_equal(run(k->desc.fn, dx1, &pm, 3, x, W, dy), 0);
+                assert_memory_equal(dw1->data, dw0->data, dw0->nbytes);
+                assert_memory_equal(db1->data, db0->data, db0->nbytes);
+                if (!rounded) {
+                    assert_memory_equal(dx1->data, dx0->data, dx0->nbytes);
+                } else {
+                    for (int64_t m = 0; m < M; m++)
+                        for (int64_t kk = 0; kk < K; kk++) {
+                            double want = acc ? F(start)[m * K + kk] : 0, exact = want, mag = fabs(want);
+                            for (int64_t n = 0; n < N; n++) {
+                                const double w = F(W)[layout == LLMOPT_W_OUT_IN ? n * K + kk : kk * N + n];
+                                const double g = F(dy)[m * N + n];
+                                want += bf16_of(g) * bf16_of(w), exact += g * w, mag += fabs(bf16_of(g) * bf16_of(w));
+                            }
+                            const double bound = (double)(N + 8) * ldexp(mag, -24) + 1e-30, got = F(dx1)[m * K + kk];
+                            if (fabs(got - want) > bound)
+                                fail_msg("dx[%lld,%lld] at medium (M=%lld K=%lld N=%lld layout %d acc %d) is %.9g, "
+                                         "bf16 products give %.9g (bound %.3g)", (long long)m, (long long)kk, (long long)M,
+                                         (long long)K, (long long)N, layout, acc, got, want, bound);
+                            worst_exact = fmax(worst_exact, fabs(got - exact) / bound);
+                        }
+                }
+                tfree(x), tfree(dy), tfree(W), tfree(dx0), tfree(dx1), tfree(start);
+                tfree(dw0), tfree(dw1), tfree(db0), tfree(db1);
+            }
+    if (rounded && !(worst_exact > 10)) fail_msg("unrounded products within %.3g of the bound", worst_exact);
+    print_message("matmul_backward dx at medium: %s\n", rounded ? "AVX-512 BF16 GEMM" : "computed as highest");
+}
+
 static void matmul_backward_refuses_dw_of_half_weights_and_empty_calls(void **state) {
     (void)state;
     llmopt_tensor *x = trand(2, 2, 3, 1, -1, 1), *dy = trand(2, 2, 4, 1, -1, 1), *W = tnew(LLMOPT_DTYPE_F16, 2, 4, 3, 1);
     llmopt_tensor *dx = tnew(LLMOPT_DTYPE_F32, 2, 2, 3, 1), *dw = tnew(LLMOPT_DTYPE_F32, 2, 4, 3, 1);
-    llmopt_op_matmul_backward p = {sizeof p, LLMOPT_W_OUT_IN, 0, dw, NULL};
+    llmopt_op_matmul_backward p = {sizeof p, LLMOPT_W_OUT_IN, 0, dw, NULL, LLMOPT_MATMUL_HIGHEST};
     llmopt_kernel_fn fns[] = {cpu_ref_matmul_backward, kernel(LLMOPT_OP_MATMUL_BACKWARD, LLMOPT_DTYPE_F16)};
     for (int i = 0; i < 2; i++) {
         assert_int_equal(run(fns[i], dx, &p, 3, x, W, dy), LLMOPT_EINVAL);
         llmopt_tensor none = *dx;
         none.data = NULL;
-        llmopt_op_matmul_backward q = {sizeof q, LLMOPT_W_OUT_IN, 0, NULL, NULL};
+        llmopt_op_matmul_backward q = {sizeof q, LLMOPT_W_OUT_IN, 0, NULL, NULL, LLMOPT_MATMUL_HIGHEST};
         assert_int_equal(run(fns[i], &none, &q, 3, x, W, dy), LLMOPT_EINVAL);
     }
     tfree(x), tfree(dy), tfree(W), tfree(dx), tfree(dw);
@@ -508,6 +561,7 @@ int main(void) {
         cmocka_unit_test(embedding_backward_adds_rows_of_repeated_ids),
         cmocka_unit_test(cross_entropy_backward_matches_finite_differences_and_zeroes_ignored_rows),
         cmocka_unit_test(matmul_backward_fast_matches_reference_on_awkward_sizes),
+        cmocka_unit_test(matmul_backward_dx_at_medium_precision_rounds_to_bf16),
         cmocka_unit_test(matmul_backward_refuses_dw_of_half_weights_and_empty_calls),
         cmocka_unit_test(row_and_elementwise_backwards_fast_match_reference),
         cmocka_unit_test(rope_and_attention_backwards_fast_match_reference),

@@ -150,8 +150,8 @@ static void check_backward(int dt, int64_t M, int64_t N, int64_t K, int accumula
     llmopt_tensor *db_want = with_db ? rt_tensor_new(LLMOPT_DTYPE_F32, 2, (int64_t[]){1, N}) : NULL;
     memcpy(dx_want->data, dx->data, dx->nbytes);
     if (db) memcpy(db_want->data, db->data, db->nbytes);
-    llmopt_op_matmul_backward pq = {sizeof pq, LLMOPT_W_OUT_IN, accumulate, NULL, db};
-    llmopt_op_matmul_backward pf = {sizeof pf, LLMOPT_W_OUT_IN, accumulate, NULL, db_want};
+    llmopt_op_matmul_backward pq = {sizeof pq, LLMOPT_W_OUT_IN, accumulate, NULL, db, LLMOPT_MATMUL_HIGHEST};
+    llmopt_op_matmul_backward pf = {sizeof pf, LLMOPT_W_OUT_IN, accumulate, NULL, db_want, LLMOPT_MATMUL_HIGHEST};
     const llmopt_tensor *inq[3] = {x, q, dy}, *inf[3] = {x, wd, dy};
     assert_int_equal(ffn(inf, 3, dx_want, &pf), 0);
     assert_int_equal(qfn(inq, 3, dx, &pq), 0);
@@ -195,7 +195,7 @@ static void quantized_backward_refuses_a_weight_gradient_and_bad_shapes(void **s
     llmopt_tensor *w = trand(8, 128), *wd = NULL, *q = quantize(w, LLMOPT_DTYPE_NF4, &wd);
     llmopt_tensor *x = trand(2, 128), *dy = trand(2, 8), *dx = trand(2, 128), *dw = trand(8, 128);
     const llmopt_tensor *in[3] = {x, q, dy};
-    llmopt_op_matmul_backward p = {sizeof p, LLMOPT_W_OUT_IN, 0, NULL, NULL};
+    llmopt_op_matmul_backward p = {sizeof p, LLMOPT_W_OUT_IN, 0, NULL, NULL, LLMOPT_MATMUL_HIGHEST};
     assert_int_equal(fn(in, 3, dx, &p), 0);
     p.dw = dw; /* a frozen quantized W has no gradient */
     assert_int_equal(fn(in, 3, dx, &p), LLMOPT_EINVAL);

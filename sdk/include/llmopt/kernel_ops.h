@@ -36,6 +36,9 @@ typedef struct llmopt_op_matmul {
 } llmopt_op_matmul;
 /** The size of llmopt_op_matmul before `precision`: kernels accept params of at least this size. */
 #define LLMOPT_OP_MATMUL_V0_SIZE 12u
+LLMOPT_PIN(llmopt_op_matmul, w_layout, 4);
+LLMOPT_PIN(llmopt_op_matmul, accumulate, 8);
+LLMOPT_PIN(llmopt_op_matmul, precision, LLMOPT_OP_MATMUL_V0_SIZE);
 
 /** embedding: out[T,C] = table[ids[t], :]. in[0] table [V,C] of the key dtype; in[1] ids [T] i32.
  *  An id outside [0,V) is an LLMOPT_EINVAL. No params. */
@@ -118,7 +121,14 @@ typedef struct llmopt_op_matmul_backward {
     int32_t accumulate_dx;
     struct llmopt_tensor *dw;    /**< [N,K] or [K,N] like W, f32, accumulated; NULL: skip */
     struct llmopt_tensor *db;    /**< [N] f32, accumulated; NULL: skip */
+    int32_t precision;           /**< llmopt_matmul_precision of dx (dW and db stay exact); a
+                                      caller whose struct_size ends before it gets HIGHEST */
 } llmopt_op_matmul_backward;
+/** The size of llmopt_op_matmul_backward before `precision` (LP64). */
+#define LLMOPT_OP_MATMUL_BACKWARD_V0_SIZE 32u
+LLMOPT_PIN(llmopt_op_matmul_backward, dw, 16);
+LLMOPT_PIN(llmopt_op_matmul_backward, db, 24);
+LLMOPT_PIN(llmopt_op_matmul_backward, precision, LLMOPT_OP_MATMUL_BACKWARD_V0_SIZE);
 
 /** layernorm_backward / rmsnorm_backward: in[0] x [M,C]; in[1] gamma [C]; in[2] dy [M,C];
  *  out dx [M,C] (overwritten); dgamma (and dbeta for layernorm) accumulated. Statistics are
