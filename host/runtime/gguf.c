@@ -604,7 +604,8 @@ typedef struct ld {
     const char *path;
     const gguf_file *f;
     const uint8_t *base;
-    const char *arch;  /* "llama" or "gpt2" */
+    const char *arch;  /* "llama", "qwen2" or "gpt2" */
+    int llama;         /* llama or qwen2: Llama's blocks and names */
     llmopt_error *err;
 } ld;
 
@@ -646,10 +647,10 @@ static int cfg_uint(ld *l, json_t *cfg, const char *suffix, const char *name, in
 static int build_config(ld *l, json_t *cfg, int tied, int64_t vocab, uint64_t *n_layer, uint64_t *n_head, uint64_t *n_kv) {
     uint64_t C = 0, ctx, ff, kl = 0;
     double eps = 0;
-    int rc, is_llama = strcmp(l->arch, "llama") == 0;
+    int rc, is_llama = l->llama, qwen2 = strcmp(l->arch, "qwen2") == 0;
     json_object_set_new(cfg, "model_type", json_string(l->arch));
     json_t *archs = json_array();
-    json_array_append_new(archs, json_string(is_llama ? "LlamaForCausalLM" : "GPT2LMHeadModel"));
+    json_array_append_new(archs, json_string(qwen2 ? "Qwen2ForCausalLM" : is_llama ? "LlamaForCausalLM" : "GPT2LMHeadModel"));
     json_object_set_new(cfg, "architectures", archs);
     json_object_set_new(cfg, "vocab_size", json_integer(vocab));
     json_object_set_new(cfg, "tie_word_embeddings", json_boolean(tied));
@@ -672,24 +673,30 @@ static int build_config(ld *l, json_t *cfg, int tied, int64_t vocab, uint64_t *n
     if ((rc = cfg_uint(l, cfg, "attention.head_count_kv", "num_key_value_heads", 0, *n_head, n_kv))) return rc;
     if ((rc = key_uint(l, "attention.key_length", &kl)) < 0) return rc;
     uint64_t D = rc == 0 ? kl : C / *n_head, rot = D;
+    if (qwen2 && D * *n_head != C) /* transformers' Qwen2 takes its head size from hidden / heads */
+        return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: key 'qwen2.attention.key_length' is %llu, not hidden / heads "
+                         "(%llu), which a Qwen2 model cannot express", l->path, (unsigned long long)D,
+                         (unsigned long long)(C / *n_head));
     json_object_set_new(cfg, "head_dim", json_integer((json_int_t)D));
     if ((rc = key_uint(l, "rope.dimension_count", &rot)) < 0) return rc;
     if (rot != D)
-        return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: key 'llama.rope.dimension_count' is %llu, not the head size %llu "
-                         "(partial rotary embeddings are not supported)", l->path, (unsigned long long)rot, (unsigned long long)D);
+        return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: key '%s.rope.dimension_count' is %llu, not the head size %llu "
+                         "(partial rotary embeddings are not supported)", l->path, l->arch, (unsigned long long)rot,
+                         (unsigned long long)D);
     if ((rc = key_float(l, "attention.layer_norm_rms_epsilon", &eps)) < 0) return rc;
     json_object_set_new(cfg, "rms_norm_eps", json_real(rc == 1 ? 1e-5 : eps));
     double theta = 10000.0, factor = 1.0;
     if ((rc = key_float(l, "rope.freq_base", &theta)) < 0) return rc;
     json_object_set_new(cfg, "rope_theta", json_real(theta));
     json_object_set_new(cfg, "hidden_act", json_string("silu"));
-    long st = gguf_find_key(l->f, "llama.rope.scaling.type");
+    char sk[64];
+    snprintf(sk, sizeof sk, "%s.rope.scaling.type", l->arch);
+    long st = gguf_find_key(l->f, sk);
     const char *type = st >= 0 ? gguf_get_str(l->f, (size_t)st, NULL) : NULL;
-    if (st >= 0 && !type) return error_set(l->err, LLMOPT_EFORMAT, "%s: key 'llama.rope.scaling.type' must be a string", l->path);
+    if (st >= 0 && !type) return error_set(l->err, LLMOPT_EFORMAT, "%s: key '%s' must be a string", l->path, sk);
     if ((rc = key_float(l, type ? "rope.scaling.factor" : "rope.scale_linear", &factor)) < 0) return rc;
     if (type && strcmp(type, "none") != 0 && strcmp(type, "linear") != 0)
-        return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: key 'llama.rope.scaling.type' is '%s' (none or linear are supported)",
-                         l->path, type);
+        return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: key '%s' is '%s' (none or linear are supported)", l->path, sk, type);
     if ((!type || strcmp(type, "linear") == 0) && rc == 0 && factor != 1.0) {
         if (!(factor > 0)) return error_set(l->err, LLMOPT_EFORMAT, "%s: the rope scaling factor must be positive", l->path);
         json_t *rs = json_object();
@@ -982,8 +989,8 @@ static int rebuild_tokenizer(ld *l, llmopt_model *m, json_t *cfg) {
         (rc = tok_id(l, "tokenizer.ggml.unknown_token_id", n, &unk)))
         return rc;
     const char *pre = ipre >= 0 ? gguf_get_str(l->f, (size_t)ipre, NULL) : "default";
-    int llama3 = strcmp(pre, "llama-bpe") == 0 || strcmp(pre, "llama3") == 0;
-    if (!spm && !llama3 && strcmp(pre, "gpt-2") != 0 && strcmp(pre, "default") != 0)
+    int llama3 = strcmp(pre, "llama-bpe") == 0 || strcmp(pre, "llama3") == 0, qwen2 = strcmp(pre, "qwen2") == 0;
+    if (!spm && !llama3 && !qwen2 && strcmp(pre, "gpt-2") != 0 && strcmp(pre, "default") != 0)
         log_msg(LLMOPT_LOG_WARN, "%s: tokenizer.ggml.pre '%s' is read as GPT-2's pre-tokenizer, an approximation", l->path, pre);
     int add_bos = tok_bool(l, "tokenizer.ggml.add_bos_token", spm), add_eos = tok_bool(l, "tokenizer.ggml.add_eos_token", 0);
     int add_space = tok_bool(l, "tokenizer.ggml.add_space_prefix", 1);
@@ -1079,9 +1086,9 @@ static int rebuild_tokenizer(ld *l, llmopt_model *m, json_t *cfg) {
         json_object_set_new(root, "decoder", dec);
     } else {
         json_object_set_new(root, "normalizer", json_null());
-        if (llama3) {
+        if (llama3 || qwen2) {
             json_t *seq = typed("Sequence"), *ps = json_array(), *split = typed("Split");
-            json_object_set_new(split, "pattern", str_obj("Regex", TOK_LLAMA3_REGEX));
+            json_object_set_new(split, "pattern", str_obj("Regex", qwen2 ? TOK_QWEN2_REGEX : TOK_LLAMA3_REGEX));
             json_object_set_new(split, "behavior", json_string("Isolated"));
             json_object_set_new(split, "invert", json_false());
             json_array_append_new(ps, split);
@@ -1182,7 +1189,7 @@ static int transformed(ld *l, const gguf_tensor_info *ti, const uint8_t *src, si
 
 static int load_tensor(ld *l, llmopt_model *m, rt_mapping *map, const gguf_tensor_info *ti, int n_layer, int64_t n_head,
                        int64_t n_kv) {
-    int llama = strcmp(l->arch, "llama") == 0, layer;
+    int llama = l->llama, layer;
     const name_map *nm = lookup_gguf(llama, ti->name, &layer);
     if (!nm)
         return error_set(l->err, LLMOPT_EUNSUPPORTED, "%s: tensor '%s' has no counterpart in a Hugging Face %s model", l->path,
@@ -1208,6 +1215,8 @@ static int load_tensor(ld *l, llmopt_model *m, rt_mapping *map, const gguf_tenso
     int xform = nm->xform == X_TRANSPOSE && rt_dtype_traits(gt->dtype < 0 ? LLMOPT_DTYPE_F32 : gt->dtype)->is_quantized
                     ? X_NONE
                     : nm->xform;
+    if ((xform == X_PERMUTE_Q || xform == X_PERMUTE_K) && strcmp(l->arch, "qwen2") == 0)
+        xform = X_NONE; /* llama.cpp runs qwen2's rope on halves (NeoX), as transformers: no permute */
     if (kquant) {  /* f32 values, then the float layout's transforms */
         llmopt_tensor *f = rt_tensor_new(LLMOPT_DTYPE_F32, ndim, shape);
         if (!f) return error_set(l->err, LLMOPT_ENOMEM, "%s: tensor '%s': out of memory", l->path, ti->name);
@@ -1252,12 +1261,14 @@ static int load_mapping(const char *path, rt_mapping *map, llmopt_model **out, l
         rt_mapping_unref(map);
         return rc;
     }
-    ld l = {path, f, map->base, NULL, err};
+    ld l = {path, f, map->base, NULL, 0, err};
     long ia = gguf_find_key(f, "general.architecture");
     l.arch = ia >= 0 ? gguf_get_str(f, (size_t)ia, NULL) : NULL;
     if (!l.arch) rc = error_set(err, LLMOPT_EFORMAT, "%s: key 'general.architecture' is missing or not a string", path);
-    else if (strcmp(l.arch, "llama") != 0 && strcmp(l.arch, "gpt2") != 0)
-        rc = error_set(err, LLMOPT_EUNSUPPORTED, "%s: general.architecture '%s' is not supported (llama, gpt2)", path, l.arch);
+    else if (strcmp(l.arch, "llama") != 0 && strcmp(l.arch, "qwen2") != 0 && strcmp(l.arch, "gpt2") != 0)
+        rc = error_set(err, LLMOPT_EUNSUPPORTED, "%s: general.architecture '%s' is not supported (llama, qwen2, gpt2)", path,
+                       l.arch);
+    l.llama = !rc && strcmp(l.arch, "gpt2") != 0;
     long emb = rc ? -1 : gguf_find_tensor(f, "token_embd.weight"), head = rc ? -1 : gguf_find_tensor(f, "output.weight");
     if (!rc && (emb < 0 || gguf_tensor(f, (size_t)emb)->n_dims != 2))
         rc = error_set(err, LLMOPT_EFORMAT, "%s: tensor 'token_embd.weight' is missing or not 2-dimensional", path);
@@ -1436,6 +1447,7 @@ static const char *gpt2_pre(json_t *root) {
     json_t *pre = json_object_get(root, "pre_tokenizer"), *split = find_typed(pre, "Split");
     const char *rx = split ? json_string_value(json_object_get(json_object_get(split, "pattern"), "Regex")) : NULL;
     if (rx && strcmp(rx, TOK_LLAMA3_REGEX) == 0) return "llama-bpe"; /* Llama 3's Split regex */
+    if (rx && strcmp(rx, TOK_QWEN2_REGEX) == 0) return "qwen2";      /* Qwen2's: digits one at a time */
     json_t *bl = find_typed(pre, "ByteLevel");
     if (!split && bl && !json_is_false(json_object_get(bl, "use_regex"))) return "gpt-2";
     return "default";
@@ -1610,8 +1622,8 @@ typedef struct wt {
     size_t offset;     /* in the data section */
 } wt;
 
-static int plan_tensor(const arch_config *c, const llmopt_model *m, const name_map *nm, int layer, wt *p, size_t *np,
-                       llmopt_error *err) {
+static int plan_tensor(const arch_config *c, const llmopt_model *m, const name_map *nm, int layer, int permute, wt *p,
+                       size_t *np, llmopt_error *err) {
     wt *w = &p[*np];
     memset(w, 0, sizeof *w);
     arch_tensor_name(c, m, layer, nm->hf, w->hf, sizeof w->hf);
@@ -1627,7 +1639,7 @@ static int plan_tensor(const arch_config *c, const llmopt_model *m, const name_m
         return error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s': only CPU tensors can be written", w->hf);
     if (t->ndim < 1) return error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s': a scalar has no GGUF layout here", w->hf);
     w->type = (uint32_t)type;
-    w->xform = nm->xform;
+    w->xform = !permute && (nm->xform == X_PERMUTE_Q || nm->xform == X_PERMUTE_K) ? X_NONE : nm->xform;
     w->n_head = nm->xform == X_PERMUTE_K ? c->n_kv_head : c->n_head;
     w->n_dims = (uint32_t)t->ndim;
     for (int d = 0; d < GGUF_MAX_DIMS; d++) w->ne[d] = 1;
@@ -1647,8 +1659,10 @@ static int plan_tensor(const arch_config *c, const llmopt_model *m, const name_m
 }
 
 /* Every tensor of the model, in llama.cpp's names (GPT-2's tied lm_head written out as
- * output.weight, as convert_hf_to_gguf.py does). */
-static int plan_tensors(const arch_config *c, const llmopt_model *m, wt **out, size_t *np, llmopt_error *err) {
+ * output.weight, as convert_hf_to_gguf.py does); permute: Llama's q/k rows in llama.cpp's rope
+ * order (not qwen2's, which llama.cpp rotates by halves as transformers does). */
+static int plan_tensors(const arch_config *c, const llmopt_model *m, int permute, wt **out, size_t *np,
+                        llmopt_error *err) {
     int llama = c->family == ARCH_LLAMA;
     const name_map *g = llama ? llama_global : gpt2_global, *ly = llama ? llama_layer : gpt2_layer;
     size_t ng = llama ? N_OF(llama_global) : N_OF(gpt2_global), nl = llama ? N_OF(llama_layer) : N_OF(gpt2_layer);
@@ -1657,21 +1671,22 @@ static int plan_tensors(const arch_config *c, const llmopt_model *m, wt **out, s
     *np = 0;
     if (!p) return error_set(err, LLMOPT_ENOMEM, "out of memory");
     int rc = 0;
-    for (size_t i = 0; !rc && i < ng; i++) rc = plan_tensor(c, m, &g[i], -1, p, np, err);
+    for (size_t i = 0; !rc && i < ng; i++) rc = plan_tensor(c, m, &g[i], -1, permute, p, np, err);
     if (!rc && !llama && c->tied && !rt_model_get(m, "lm_head.weight")) {
         p[*np] = p[0];  /* token_embd.weight is planned first */
         snprintf(p[*np].name, sizeof p[*np].name, "output.weight");
         (*np)++;
     }
     for (int l = 0; !rc && l < c->n_layer; l++)
-        for (size_t i = 0; !rc && i < nl; i++) rc = plan_tensor(c, m, &ly[i], l, p, np, err);
+        for (size_t i = 0; !rc && i < nl; i++) rc = plan_tensor(c, m, &ly[i], l, permute, p, np, err);
     for (size_t i = 0; !rc && i < rt_model_n_tensors(m); i++) {
         const char *name = rt_model_tensor_name(m, i);
         size_t k = 0, ln = strlen(name);
         while (k < *np && strcmp(p[k].hf, name) != 0) k++;
         int mask = ln > 10 && (strcmp(name + ln - 10, ".attn.bias") == 0 || (ln > 17 && strcmp(name + ln - 17, ".attn.masked_bias") == 0));
         if (k == *np && !(mask && !llama))  /* GPT-2's causal-mask buffers are not weights */
-            rc = error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s' has no GGUF name in a %s model", name, llama ? "llama" : "gpt2");
+            rc = error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s' has no GGUF name in a %s model", name,
+                           llama ? permute ? "llama" : "qwen2" : "gpt2");
     }
     return rc;
 }
@@ -1785,16 +1800,17 @@ int gguf_write(const llmopt_model *m, const char *path, llmopt_error *err) {
         return rc;
     }
     const char *type = rt_model_cfg_get_str(m, "model_type");
-    if (type && strcmp(type, "qwen2") == 0)
-        return error_set(err, LLMOPT_EUNSUPPORTED, "%s: GGUF export of model_type qwen2 is not supported (gpt2, llama)", path);
+    const int qwen2 = type && strcmp(type, "qwen2") == 0;
+    if (qwen2 && c.rope_n_freq) /* llama.cpp's qwen2 reads no rope_freqs.weight */
+        return error_set(err, LLMOPT_EUNSUPPORTED, "%s: a qwen2 model with llama3 rope scaling has no GGUF form", path);
     if (c.attn_unscaled || c.attn_scale_by_layer) /* llama.cpp would run it with 1/sqrt(head_dim) */
         return error_set(err, LLMOPT_EUNSUPPORTED, "%s: GGUF has no key for GPT-2's %s, so llama.cpp would run "
                          "this model with another attention scale", path,
                          c.attn_scale_by_layer ? "scale_attn_by_inverse_layer_idx" : "scale_attn_weights false");
     wt *p = NULL;
     size_t np = 0;
-    wr w = {.arch = c.family == ARCH_LLAMA ? "llama" : "gpt2"};
-    rc = plan_tensors(&c, m, &p, &np, err);
+    wr w = {.arch = qwen2 ? "qwen2" : c.family == ARCH_LLAMA ? "llama" : "gpt2"};
+    rc = plan_tensors(&c, m, !qwen2, &p, &np, err);
     llmopt_tensor *freqs = NULL;
     if (!rc && c.rope_n_freq) rc = plan_rope_freqs(&c, p, &np, &freqs, err);
     int quantized = 0;

@@ -354,8 +354,33 @@ def _train_llama3_style(lines):
     return tok, config
 
 
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+def _train_qwen2_style(lines):
+    """Qwen2's layout: Llama 3's with digits split one at a time, merges applied (no
+    ignore_merges), no bos, <|endoftext|> as eos (Qwen2's base models). Qwen2's own NFC
+    normalizer is left out: the KJV text is NFC already, and llmopt reads no NFC normalizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "eos_token": "<|endoftext|>",
+              "model_max_length": 32768}
+    return tok, config
+
+
 TOKENIZER_SPECS = {"byte_level_bpe": _train_byte_level, "llama_bpe": _train_llama_style,
-                   "llama3_bpe": _train_llama3_style}
+                   "llama3_bpe": _train_llama3_style, "qwen2_bpe": _train_qwen2_style}
 
 
 @pytest.fixture(scope="session")
@@ -390,6 +415,12 @@ MODEL_WITH_TOKENIZER_SPECS = {
     "llama3_llama_bpe": (
         "LlamaForCausalLM", lambda: _llama_config(vocab_size=TOKENIZER_VOCAB, rope_scaling=LLAMA3_SCALING), 7,
         "llama3_bpe",
+    ),
+    # Qwen2.5 0.5B's kind: q/k/v biases, rope_theta 1e6, tied, Qwen2's kind of tokenizer
+    "qwen2_qwen2_bpe": (
+        "Qwen2ForCausalLM",
+        lambda: _llama_config("Qwen2Config", vocab_size=TOKENIZER_VOCAB, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                              tie_word_embeddings=True), 8, "qwen2_bpe",
     ),
 }
 

@@ -20,10 +20,8 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
 LOGITS_ATOL = 1e-4
-# GPT-2's attention-scale options have no GGUF key, and GGUF's qwen2 is not written yet: gguf_write
-# refuses those models
-NO_GGUF = {"gpt2_scaled_by_layer": "scale_attn_by_inverse_layer_idx", "gpt2_unscaled_attn": "scale_attn_weights false",
-           "qwen2": "model_type qwen2"}
+# GPT-2's attention-scale options have no GGUF key: gguf_write refuses those models
+NO_GGUF = {"gpt2_scaled_by_layer": "scale_attn_by_inverse_layer_idx", "gpt2_unscaled_attn": "scale_attn_weights false"}
 GGUF_MODELS = [n for n in MODEL_SPECS if n not in NO_GGUF]
 IDS = np.random.default_rng(0).integers(0, 300, size=48).tolist()
 
@@ -95,19 +93,27 @@ def gguf_names(cfg):
                 out[f"blk.{b}.{k}.bias"] = (f"transformer.h.{b}.{v}.bias", same)
         return out
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    # qwen2: llama.cpp rotates halves as transformers does, so q/k rows are not permuted; q/k/v
+    # always have biases, o never
+    qwen2 = cfg["model_type"] == "qwen2"
+    if qwen2:
+        permute_q = permute_k = same
+    else:
+        permute_q, permute_k = (lambda w: permute(w, nh)), (lambda w: permute(w, nkv))
     out = {"token_embd.weight": ("model.embed_tokens.weight", same),
            "output_norm.weight": ("model.norm.weight", same)}
     if is_llama3(cfg):
         out["rope_freqs.weight"] = (None, lambda _: llama3_rope_factors(cfg))
     if not cfg.get("tie_word_embeddings"):
         out["output.weight"] = ("lm_head.weight", same)
-    per = {"attn_norm": ("input_layernorm", same), "attn_q": ("self_attn.q_proj", lambda w: permute(w, nh)),
-           "attn_k": ("self_attn.k_proj", lambda w: permute(w, nkv)), "attn_v": ("self_attn.v_proj", same),
+    per = {"attn_norm": ("input_layernorm", same), "attn_q": ("self_attn.q_proj", permute_q),
+           "attn_k": ("self_attn.k_proj", permute_k), "attn_v": ("self_attn.v_proj", same),
            "attn_output": ("self_attn.o_proj", same), "ffn_norm": ("post_attention_layernorm", same),
            "ffn_gate": ("mlp.gate_proj", same), "ffn_up": ("mlp.up_proj", same), "ffn_down": ("mlp.down_proj", same)}
     # attention_bias / mlp_bias: the converter permutes the q and k biases as their weights' rows
     biased = {"attn_q", "attn_k", "attn_v", "attn_output"} if cfg.get("attention_bias") else set()
     biased |= {"ffn_gate", "ffn_up", "ffn_down"} if cfg.get("mlp_bias") else set()
+    biased |= {"attn_q", "attn_k", "attn_v"} if qwen2 else set()
     for b in range(cfg["num_hidden_layers"]):
         for k, (v, f) in per.items():
             out[f"blk.{b}.{k}.weight"] = (f"model.layers.{b}.{v}.weight", f)
@@ -149,13 +155,13 @@ def test_gguf_reader_reads_our_metadata(models, convert, tmp_path, name):
                 "attention.head_count_kv": cfg["num_key_value_heads"],
                 "feed_forward_length": cfg["intermediate_size"], "context_length": cfg["max_position_embeddings"],
                 "rope.dimension_count": head_dim, "vocab_size": cfg["vocab_size"]}
-        assert field(r, "llama.rope.freq_base") == pytest.approx(cfg["rope_theta"])
-        assert field(r, "llama.attention.layer_norm_rms_epsilon") == pytest.approx(cfg["rms_norm_eps"])
+        assert field(r, f"{arch}.rope.freq_base") == pytest.approx(cfg["rope_theta"])
+        assert field(r, f"{arch}.attention.layer_norm_rms_epsilon") == pytest.approx(cfg["rms_norm_eps"])
         if cfg.get("rope_scaling") and not is_llama3(cfg):  # llama3: the rope_freqs.weight tensor instead
-            assert field(r, "llama.rope.scaling.type") == "linear"
-            assert field(r, "llama.rope.scaling.factor") == pytest.approx(cfg["rope_scaling"]["factor"])
+            assert field(r, f"{arch}.rope.scaling.type") == "linear"
+            assert field(r, f"{arch}.rope.scaling.factor") == pytest.approx(cfg["rope_scaling"]["factor"])
         else:
-            assert r.get_field("llama.rope.scaling.type") is None
+            assert r.get_field(f"{arch}.rope.scaling.type") is None
     for k, v in want.items():
         assert field(r, f"{arch}.{k}") == v, k
 
@@ -299,7 +305,10 @@ def test_quantized_gpt2_conv1d_weights_run_as_gguf_stores_them(host, models, tmp
 
 # ---- tokenizers ----
 
-@pytest.mark.parametrize("name", ["gpt2_byte_level", "llama_llama_bpe"])
+GGUF_PRE = {"gpt2_byte_level": "gpt-2", "llama3_llama_bpe": "llama-bpe", "qwen2_qwen2_bpe": "qwen2"}
+
+
+@pytest.mark.parametrize("name", ["gpt2_byte_level", "llama_llama_bpe", "llama3_llama_bpe", "qwen2_qwen2_bpe"])
 def test_gguf_carries_the_tokenizer(models_with_tokenizer, convert, tmp_path, name):
     d = models_with_tokenizer[name]
     tj = json.loads((d / "tokenizer.json").read_text())
@@ -313,7 +322,9 @@ def test_gguf_carries_the_tokenizer(models_with_tokenizer, convert, tmp_path, na
     merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
     assert field(r, "tokenizer.ggml.merges") == merges
     types = field(r, "tokenizer.ggml.token_type")
-    assert types[vocab["<|endoftext|>" if not spm else "<s>"]] == 3  # CONTROL
+    control = {"gpt2_byte_level": "<|endoftext|>", "llama_llama_bpe": "<s>", "llama3_llama_bpe": "<|begin_of_text|>",
+               "qwen2_qwen2_bpe": "<|endoftext|>"}[name]
+    assert types[vocab[control]] == 3  # CONTROL
     if spm:
         assert types[vocab["<0x41>"]] == 6  # BYTE
         assert types[vocab["<unk>"]] == 2   # UNKNOWN
@@ -321,10 +332,10 @@ def test_gguf_carries_the_tokenizer(models_with_tokenizer, convert, tmp_path, na
         assert field(r, "tokenizer.ggml.add_bos_token") is True
         assert len(field(r, "tokenizer.ggml.scores")) == len(tokens)
     else:
-        assert field(r, "tokenizer.ggml.pre") == "gpt-2"
+        assert field(r, "tokenizer.ggml.pre") == GGUF_PRE[name]
 
 
-@pytest.mark.parametrize("name", ["gpt2_byte_level", "llama_llama_bpe"])
+@pytest.mark.parametrize("name", ["gpt2_byte_level", "llama_llama_bpe", "llama3_llama_bpe", "qwen2_qwen2_bpe"])
 def test_generate_from_gguf_matches_the_directory(host, models_with_tokenizer, convert, tmp_path, name):
     host.require_command("generate")
     d = models_with_tokenizer[name]
@@ -341,7 +352,7 @@ def test_generate_from_gguf_matches_the_directory(host, models_with_tokenizer, c
 # ---- llama-cpp-python (optional: tests/interop/requirements-llama-cpp.txt) ----
 
 # llama.cpp needs a vocabulary; llama3_llama_bpe's rope scaling reaches it as rope_freqs.weight
-@pytest.mark.parametrize("name", ["llama_llama_bpe", "llama3_llama_bpe"])
+@pytest.mark.parametrize("name", ["llama_llama_bpe", "llama3_llama_bpe", "qwen2_qwen2_bpe"])
 def test_llama_cpp_python_logits_match_transformers(models_with_tokenizer, convert, tmp_path, name):
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed (optional: pip install -r "
