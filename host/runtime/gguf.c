@@ -1085,7 +1085,8 @@ static int rebuild_tokenizer(ld *l, llmopt_model *m, json_t *cfg) {
         json_object_set_new(root, "post_processor", bos_s || eos_s ? template_processing(bos_s, bos, eos_s, eos) : json_null());
         json_object_set_new(root, "decoder", dec);
     } else {
-        json_object_set_new(root, "normalizer", json_null());
+        /* Qwen2's tokenizer.json (and transformers' GGUF conversion of it) normalizes to NFC */
+        json_object_set_new(root, "normalizer", qwen2 ? typed("NFC") : json_null());
         if (llama3 || qwen2) {
             json_t *seq = typed("Sequence"), *ps = json_array(), *split = typed("Split");
             json_object_set_new(split, "pattern", str_obj("Regex", qwen2 ? TOK_QWEN2_REGEX : TOK_LLAMA3_REGEX));

@@ -3,13 +3,14 @@
  * post-process; decoding runs the decoder chain over the tokens' strings.
  *
  * Supported: model BPE (merges in both forms, unk_token, fuse_unk, byte_fallback, ignore_merges,
- * continuing_subword_prefix, end_of_word_suffix); normalizers Prepend, Replace (String), Sequence;
+ * continuing_subword_prefix, end_of_word_suffix); normalizers Prepend, Replace (String), NFC, NFD,
+ * Sequence;
  * pre-tokenizers ByteLevel (GPT-2 regex written out by hand), Split with Llama 3's or Qwen2's regex
  * (written out by hand too), Metaspace, Sequence; decoders
  * ByteLevel, Metaspace, Replace (String), ByteFallback, Fuse, Strip, BPEDecoder, Sequence;
  * post-processors TemplateProcessing (single), Roberta/BertProcessing, ByteLevel, Sequence.
  * Not supported (refused at load): other models (Unigram, WordPiece, WordLevel), BPE dropout,
- * Unicode normalization forms, Digits/Whitespace/... pre-tokenizers, other Split patterns. */
+ * NFKC/NFKD and the other normalizers, Digits/Whitespace/... pre-tokenizers, other Split patterns. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -511,6 +512,13 @@ static int normalize(const tok_tokenizer *t, const char *s, size_t n, tok_buf *o
         tmp.n = 0;
         if (nm->kind == TOK_NORM_PREPEND) {
             if (tok_buf_add(&tmp, nm->a, strlen(nm->a)) != 0 || tok_buf_add(&tmp, out->p, out->n) != 0) goto oom;
+        } else if (nm->kind == TOK_NORM_NFC || nm->kind == TOK_NORM_NFD) {
+            char *u;
+            size_t un;
+            if (uni_normalize(out->p, out->n, nm->kind == TOK_NORM_NFC, &u, &un) != 0) goto oom;
+            int rc = tok_buf_add(&tmp, u, un);
+            free(u);
+            if (rc != 0) goto oom;
         } else {
             size_t np = strlen(nm->a), nc = strlen(nm->b);
             for (size_t i = 0; i < out->n;) {

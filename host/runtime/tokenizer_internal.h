@@ -60,10 +60,10 @@ size_t tok_gpt2_next(const unsigned char *s, size_t n, size_t i);
  * else 256, 257, ... in byte order (so every code point is below 324). */
 uint32_t tok_byte_cp(unsigned b);
 
-enum { TOK_NORM_PREPEND, TOK_NORM_REPLACE };
+enum { TOK_NORM_PREPEND, TOK_NORM_REPLACE, TOK_NORM_NFC, TOK_NORM_NFD };
 typedef struct tok_normalizer {
     int kind;
-    char *a, *b; /* prepend: a; replace: pattern a, content b */
+    char *a, *b; /* prepend: a; replace: pattern a, content b; NFC, NFD: neither */
 } tok_normalizer;
 
 enum { TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER };

@@ -460,18 +460,20 @@ static int add_norm(load_ctx *c, json_t *n, const char *field) {
         snprintf(sub, sizeof sub, "%.200s.content", field);
         if ((rc = get_str(c, n, "content", sub, &b)) != 0) return rc;
         if (!b) return fail(c, LLMOPT_EFORMAT, sub, "missing");
+    } else if (strcmp(type, "NFC") == 0 || strcmp(type, "NFD") == 0) {
+        nm.kind = type[2] == 'C' ? TOK_NORM_NFC : TOK_NORM_NFD;
     } else {
         snprintf(sub, sizeof sub, "%.200s.type", field);
         return fail(c, LLMOPT_EUNSUPPORTED, sub,
-                    "normalizer '%s' is not supported (supported: Sequence, Prepend, Replace)", type);
+                    "normalizer '%s' is not supported (supported: Sequence, Prepend, Replace, NFC, NFD)", type);
     }
     tok_normalizer *grown = realloc(t->norms, (t->n_norms + 1) * sizeof *grown);
     if (!grown) return error_set(c->err, LLMOPT_ENOMEM, "out of memory");
     t->norms = grown;
-    nm.a = dupn(a, strlen(a));
+    nm.a = a ? dupn(a, strlen(a)) : NULL;
     nm.b = b ? dupn(b, strlen(b)) : NULL;
     t->norms[t->n_norms++] = nm;
-    if (!nm.a || (b && !nm.b)) return error_set(c->err, LLMOPT_ENOMEM, "out of memory");
+    if ((a && !nm.a) || (b && !nm.b)) return error_set(c->err, LLMOPT_ENOMEM, "out of memory");
     return 0;
 }
 

@@ -1,5 +1,6 @@
 /* UTF-8 and the few Unicode properties the tokenizers need: letters (L*), numbers (N*) and
- * White_Space, for the GPT-2 pre-tokenizer regex. Tables: unicode_tables.c (generated). */
+ * White_Space, for the GPT-2 pre-tokenizer regex, and the canonical normalization forms NFC and
+ * NFD (Qwen2's tokenizer.json normalizes to NFC). Tables: unicode_tables.c (generated). */
 #ifndef HOST_RUNTIME_UNICODE_H
 #define HOST_RUNTIME_UNICODE_H
 
@@ -16,6 +17,24 @@ extern const uni_range uni_letter_ranges[];
 extern const size_t uni_letter_ranges_len;
 extern const uni_range uni_number_ranges[];
 extern const size_t uni_number_ranges_len;
+
+typedef struct uni_ccc_range {
+    uint32_t lo, hi; /* inclusive, every code point of one non-zero canonical combining class */
+    uint32_t ccc;
+} uni_ccc_range;
+typedef struct uni_pair_map {
+    uint32_t a, b, c;
+} uni_pair_map;
+/* Non-zero canonical combining classes, sorted. */
+extern const uni_ccc_range uni_ccc_ranges[];
+extern const size_t uni_ccc_ranges_len;
+/* Canonical decompositions, one level: a (code point) -> b c (c 0 for a singleton); sorted by
+ * a; Hangul syllables are algorithmic and not listed. */
+extern const uni_pair_map uni_decomp[];
+extern const size_t uni_decomp_len;
+/* Primary composites: a b -> c, sorted by (a, b); Hangul not listed. */
+extern const uni_pair_map uni_comp[];
+extern const size_t uni_comp_len;
 
 int uni_is_letter(uint32_t cp);
 int uni_is_number(uint32_t cp);
@@ -34,5 +53,14 @@ size_t uni_encode(uint32_t cp, char *out);
 char *uni_sanitize(const char *s, size_t n, size_t *out_len);
 /* 1 if s[0..n) is well-formed UTF-8. */
 int uni_valid(const unsigned char *s, size_t n);
+
+/* The canonical combining class of cp (0 for starters). */
+unsigned uni_ccc(uint32_t cp);
+/* Normalization form D (compose 0) or C (compose 1) of s[0..n), Unicode's algorithm (UAX #15):
+ * full canonical decomposition, canonical ordering, and for NFC canonical composition. A byte
+ * that is not well-formed UTF-8 passes through unchanged and acts as a starter nothing composes
+ * with (byte-level tokenizers take any bytes). *out gets a malloc'd copy, NUL-terminated, and
+ * *out_len its length; returns 0, or -1 when out of memory (*out NULL). */
+int uni_normalize(const char *s, size_t n, int compose, char **out, size_t *out_len);
 
 #endif

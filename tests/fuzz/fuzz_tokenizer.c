@@ -11,6 +11,7 @@
 static const char *const texts[] = {
     "Hello, world!", " the  quick\tbrown fox\n\n", "<s>[INST] hi [/INST]</s><|endoftext|>",
     "h\xc3\xa9llo \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x99\x82", "bad \xff\xfe\xc3 utf-8 \xed\xa0\x80", "",
+    "cafe\xcc\x81 \xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8 a\xcc\x82\xcc\xa3 \xcc\x81\xff\xcc\x81", /* for NFC, NFD */
 };
 
 static void round_trip(const tok_tokenizer *t, const char *text, size_t len) {

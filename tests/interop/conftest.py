@@ -359,11 +359,12 @@ QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 def _train_qwen2_style(lines):
     """Qwen2's layout: Llama 3's with digits split one at a time, merges applied (no
-    ignore_merges), no bos, <|endoftext|> as eos (Qwen2's base models). Qwen2's own NFC
-    normalizer is left out: the KJV text is NFC already, and llmopt reads no NFC normalizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    ignore_merges), no bos, <|endoftext|> as eos (Qwen2's base models), and Qwen2's NFC
+    normalizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),

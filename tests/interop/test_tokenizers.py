@@ -9,6 +9,7 @@ Interface under test (llmopt-host help tokenize):
 import functools
 import json
 import shutil
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,11 @@ ADVERSARIAL = {
     "hebrew_rtl_marks": "\u200fבְּרֵאשִׁית בָּרָא\u200e end",
     "combining_marks": "e\u0301 a\u0300\u0316 Z\u0351\u0308\u034c\u0364\u036b\u0309 n\u0303o\u0308",
     "decomposed_vs_precomposed": "caf\u00e9 cafe\u0301 \u212b \u00c5 A\u030a",
+    # for Qwen2's NFC: conjoining jamo (L V T, and an LV syllable + T), marks out of canonical
+    # order, composition exclusions and singletons, a leading non-starter, blocked marks
+    "hangul_jamo": "\u1100\u1161\u11a8 \u1112\u1161\u11ab\u1100\u1173\u11af \uac00\u11a8 \u1100\u1161 \u11a8",
+    "mark_reordering": "a\u0302\u0323 q\u0307\u0323 \u1e0b\u0323 \u0958\u2126\u212a\u0344 \u0301lead x\u0315\u0300\u05ae\u0300 a\u0301\u0301",
+    "vietnamese_nfd": unicodedata.normalize("NFD", "Ti\u1ebfng Vi\u1ec7t c\u00f3 d\u1ea5u, \u0111\u01b0\u1ee3c kh\u00f4ng?"),
     "control_chars": "a\x00b\x01c\x07d\x1be\x7ff\x85g\u2028h\u2029i",
     "tabs_crs": "col1\tcol2\t\tcol3\r\nline2\rline3\n\n\n\tindented\r\n",
     "whitespace_runs": "a" + " " * 50 + "b" + "\t " * 20 + "c\n" + "\n" * 30 + "   d   ",
@@ -219,9 +225,10 @@ def _byte_level_decoder(tok_json):
     return decode
 
 
+@pytest.mark.parametrize("name", ["byte_level_bpe", "qwen2_bpe"])  # qwen2_bpe: through NFC
 @pytest.mark.parametrize("case", list(INVALID_UTF8))
-def test_invalid_utf8_byte_level_round_trips_bytes(tokenize, tokenizers, case, tmp_path):
-    d = tokenizers["byte_level_bpe"]
+def test_invalid_utf8_byte_level_round_trips_bytes(tokenize, tokenizers, case, name, tmp_path):
+    d = tokenizers[name]
     decode = _byte_level_decoder(json.loads((d / "tokenizer.json").read_text()))
     ids = our_encode(tokenize, d, INVALID_UTF8[case], tmp_path)
     assert decode(ids) == INVALID_UTF8[case]

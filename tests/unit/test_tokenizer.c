@@ -536,6 +536,58 @@ static void test_error_unknown_pipeline_types(void **state) {
     expect_load_error_json(j, LLMOPT_EUNSUPPORTED, "post_processor.type", "'Mystery'");
 }
 
+/* NFC and NFD against values from the Unicode standard's data (checked with Python's
+ * unicodedata when written): composition, singletons, exclusions, Hangul, reordering, blocking,
+ * and ill-formed bytes passing through. */
+static void expect_norm(const char *in, int compose, const char *want) {
+    char *out = NULL;
+    size_t n = 0;
+    assert_int_equal(uni_normalize(in, strlen(in), compose, &out, &n), 0);
+    assert_int_equal(n, strlen(want));
+    assert_string_equal(out, want);
+    free(out);
+}
+
+static void test_unicode_normalization(void **state) {
+    (void)state;
+    static const char *const cases[][3] = { /* input, NFC, NFD */
+        {"plain ascii", "plain ascii", "plain ascii"},
+        {"e\xCC\x81", "\xC3\xA9", "e\xCC\x81"},                      /* e + acute <-> U+00E9 */
+        {"caf\xC3\xA9", "caf\xC3\xA9", "cafe\xCC\x81"},
+        {"\xE2\x84\xAB", "\xC3\x85", "A\xCC\x8A"},                    /* ANGSTROM SIGN, a singleton */
+        {"\xE2\x84\xA6", "\xCE\xA9", "\xCE\xA9"},                     /* OHM SIGN -> OMEGA */
+        {"\xED\x95\x9C", "\xED\x95\x9C", "\xE1\x84\x92\xE1\x85\xA1\xE1\x86\xAB"}, /* Hangul LVT */
+        {"\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8", "\xEA\xB0\x81", "\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8"},
+        {"a\xCC\x82\xCC\xA3", "\xE1\xBA\xAD", "a\xCC\xA3\xCC\x82"},   /* reordered 230/220, then composed */
+        {"a\xCC\x81\xCC\x81", "\xC3\xA1\xCC\x81", "a\xCC\x81\xCC\x81"}, /* the second acute stays */
+        {"\xCC\x81" "e", "\xCC\x81" "e", "\xCC\x81" "e"},             /* a leading non-starter */
+        {"\xE0\xA5\x98", "\xE0\xA4\x95\xE0\xA4\xBC", "\xE0\xA4\x95\xE0\xA4\xBC"}, /* an exclusion */
+        {"e\xFF\xCC\x81", "e\xFF\xCC\x81", "e\xFF\xCC\x81"},         /* a raw byte blocks composing */
+        {"\xC3\xA9\xC3", "\xC3\xA9\xC3", "e\xCC\x81\xC3"},            /* a truncated sequence */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        expect_norm(cases[i][0], 1, cases[i][1]);
+        expect_norm(cases[i][0], 0, cases[i][2]);
+    }
+    assert_int_equal(uni_ccc(0x301), 230);
+    assert_int_equal(uni_ccc(0x323), 220);
+    assert_int_equal(uni_ccc('a'), 0);
+}
+
+/* A tokenizer whose normalizer is NFC encodes a decomposed text as its composed form. */
+static void test_nfc_normalizer(void **state) {
+    (void)state;
+    char *dir;
+    json_t *j = bl_tokenizer(0, 0);
+    json_object_set_new(j, "normalizer", json_pack("{s:s}", "type", "NFC"));
+    tok_tokenizer *t = load_json(j, &dir);
+    const int32_t want[] = {'c', 'a', 'f', 0xC3, 0xA9}; /* the two bytes of U+00E9 */
+    expect_ids(t, "cafe\xCC\x81", 6, 1, want, 5);
+    expect_ids(t, "caf\xC3\xA9", 5, 1, want, 5);
+    tok_free(t);
+    remove_dir(dir);
+}
+
 static void test_error_dropout_refused(void **state) {
     (void)state;
     json_t *j = bl_tokenizer(0, 0);
@@ -581,6 +633,8 @@ int main(void) {
         cmocka_unit_test(test_error_duplicated_id),
         cmocka_unit_test(test_error_unknown_pipeline_types),
         cmocka_unit_test(test_error_dropout_refused),
+        cmocka_unit_test(test_unicode_normalization),
+        cmocka_unit_test(test_nfc_normalizer),
         cmocka_unit_test(test_error_missing_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
