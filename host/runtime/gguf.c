@@ -990,7 +990,8 @@ static int rebuild_tokenizer(ld *l, llmopt_model *m, json_t *cfg) {
         return rc;
     const char *pre = ipre >= 0 ? gguf_get_str(l->f, (size_t)ipre, NULL) : "default";
     int llama3 = strcmp(pre, "llama-bpe") == 0 || strcmp(pre, "llama3") == 0, qwen2 = strcmp(pre, "qwen2") == 0;
-    if (!spm && !llama3 && !qwen2 && strcmp(pre, "gpt-2") != 0 && strcmp(pre, "default") != 0)
+    int smollm = strcmp(pre, "smollm") == 0 || strcmp(pre, "starcoder") == 0; /* \p{N} alone, then GPT-2's */
+    if (!spm && !llama3 && !qwen2 && !smollm && strcmp(pre, "gpt-2") != 0 && strcmp(pre, "default") != 0)
         log_msg(LLMOPT_LOG_WARN, "%s: tokenizer.ggml.pre '%s' is read as GPT-2's pre-tokenizer, an approximation", l->path, pre);
     int add_bos = tok_bool(l, "tokenizer.ggml.add_bos_token", spm), add_eos = tok_bool(l, "tokenizer.ggml.add_eos_token", 0);
     int add_space = tok_bool(l, "tokenizer.ggml.add_space_prefix", 1);
@@ -1094,6 +1095,13 @@ static int rebuild_tokenizer(ld *l, llmopt_model *m, json_t *cfg) {
             json_object_set_new(split, "invert", json_false());
             json_array_append_new(ps, split);
             json_array_append_new(ps, byte_level(0, 0));
+            json_object_set_new(seq, "pretokenizers", ps);
+            json_object_set_new(root, "pre_tokenizer", seq);
+        } else if (smollm) {
+            json_t *seq = typed("Sequence"), *ps = json_array(), *digits = typed("Digits");
+            json_object_set_new(digits, "individual_digits", json_true());
+            json_array_append_new(ps, digits);
+            json_array_append_new(ps, byte_level(1, 0));
             json_object_set_new(seq, "pretokenizers", ps);
             json_object_set_new(root, "pre_tokenizer", seq);
         } else {
@@ -1449,8 +1457,11 @@ static const char *gpt2_pre(json_t *root) {
     const char *rx = split ? json_string_value(json_object_get(json_object_get(split, "pattern"), "Regex")) : NULL;
     if (rx && strcmp(rx, TOK_LLAMA3_REGEX) == 0) return "llama-bpe"; /* Llama 3's Split regex */
     if (rx && strcmp(rx, TOK_QWEN2_REGEX) == 0) return "qwen2";      /* Qwen2's: digits one at a time */
-    json_t *bl = find_typed(pre, "ByteLevel");
-    if (!split && bl && !json_is_false(json_object_get(bl, "use_regex"))) return "gpt-2";
+    json_t *bl = find_typed(pre, "ByteLevel"), *digits = find_typed(pre, "Digits");
+    int regex = bl && !json_is_false(json_object_get(bl, "use_regex"));
+    /* SmolLM's (and StarCoder's): each digit alone, then GPT-2's regex: llama.cpp's "smollm" */
+    if (!split && regex && digits && json_is_true(json_object_get(digits, "individual_digits"))) return "smollm";
+    if (!split && !digits && regex) return "gpt-2";
     return "default";
 }
 

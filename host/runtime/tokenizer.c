@@ -6,11 +6,12 @@
  * continuing_subword_prefix, end_of_word_suffix); normalizers Prepend, Replace (String), NFC, NFD,
  * Sequence;
  * pre-tokenizers ByteLevel (GPT-2 regex written out by hand), Split with Llama 3's or Qwen2's regex
- * (written out by hand too), Metaspace, Sequence; decoders
+ * (written out by hand too), Digits (SmolLM's and StarCoder's), Metaspace, Sequence; decoders
  * ByteLevel, Metaspace, Replace (String), ByteFallback, Fuse, Strip, BPEDecoder, Sequence;
  * post-processors TemplateProcessing (single), Roberta/BertProcessing, ByteLevel, Sequence.
  * Not supported (refused at load): other models (Unigram, WordPiece, WordLevel), BPE dropout,
- * NFKC/NFKD and the other normalizers, Digits/Whitespace/... pre-tokenizers, other Split patterns. */
+ * NFKC/NFKD and the other normalizers, Whitespace/Punctuation/... pre-tokenizers, other Split
+ * patterns. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -361,6 +362,30 @@ static int pre_split(enc_ctx *c, const tok_pretok *p, const char *s, size_t n, s
     return 0;
 }
 
+/* Digits: numbers (\p{N}, what Rust's char::is_numeric tests) isolated from the text around
+ * them, each one alone (individual_digits) or in runs. */
+static int pre_digits(const tok_pretok *p, const char *s, size_t n, strs *out) {
+    const unsigned char *u = (const unsigned char *)s;
+    size_t start = 0;
+    int in_run = 0; /* the open piece is a run of numbers */
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t l = uni_decode(u + i, n - i, &cp);
+        int num = uni_is_number(cp); /* an ill-formed byte decodes as U+FFFD, no number */
+        if (num && (p->individual || !in_run)) {
+            if (i > start && strs_push(out, s + start, i - start) != 0) return LLMOPT_ENOMEM;
+            start = i;
+        } else if (!num && in_run) {
+            if (strs_push(out, s + start, i - start) != 0) return LLMOPT_ENOMEM;
+            start = i;
+        }
+        in_run = num;
+        i += l;
+    }
+    if (n > start && strs_push(out, s + start, n - start) != 0) return LLMOPT_ENOMEM;
+    return 0;
+}
+
 static int push_mapped(const tok_tokenizer *t, strs *out, const unsigned char *s, size_t n) {
     if (strs_push(out, "", 0) != 0) return LLMOPT_ENOMEM;
     for (size_t i = 0; i < n; i++)
@@ -437,6 +462,7 @@ static int encode_words(enc_ctx *c, const char *s, size_t n, int at_start) {
             if (in->s[i].len == 0) continue;
             int rc = p->kind == TOK_PRE_BYTELEVEL ? pre_bytelevel(c, p, STR_AT(in, i), in->s[i].len, out)
                      : p->kind == TOK_PRE_SPLIT   ? pre_split(c, p, STR_AT(in, i), in->s[i].len, out)
+                     : p->kind == TOK_PRE_DIGITS  ? pre_digits(p, STR_AT(in, i), in->s[i].len, out)
                                                   : pre_metaspace(c, p, STR_AT(in, i), in->s[i].len, at_start && i == 0, out);
             if (rc != 0) return rc;
         }

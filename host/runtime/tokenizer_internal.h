@@ -80,13 +80,14 @@ enum { TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER };
  * Qwen2's. As tok_gpt2_next, a match starts at every i. */
 size_t tok_llama3_next(const unsigned char *s, size_t n, size_t i, int digits);
 
-enum { TOK_PRE_BYTELEVEL, TOK_PRE_METASPACE, TOK_PRE_SPLIT };
+enum { TOK_PRE_BYTELEVEL, TOK_PRE_METASPACE, TOK_PRE_SPLIT, TOK_PRE_DIGITS };
 typedef struct tok_pretok {
     int kind;
     int add_prefix_space, use_regex; /* ByteLevel */
     char *replacement;               /* Metaspace */
     int prepend_scheme, split;
     int digits;                      /* Split: tok_llama3_next's */
+    int individual;                  /* Digits: each digit its own piece (else runs of them) */
 } tok_pretok;
 
 enum {

@@ -573,10 +573,13 @@ static int add_pretok(load_ctx *c, json_t *p, const char *field) {
         snprintf(sub, sizeof sub, "%.200s", field);
         if (!beh || strcmp(beh, "Isolated") != 0 || json_is_true(json_object_get(p, "invert")))
             return fail(c, LLMOPT_EUNSUPPORTED, sub, "Split must have behavior \"Isolated\" and invert false");
+    } else if (strcmp(type, "Digits") == 0) { /* SmolLM's and StarCoder's, before ByteLevel */
+        pt.kind = TOK_PRE_DIGITS;
+        if ((rc = get_bool(c, p, "individual_digits", field, 0, &pt.individual)) != 0) return rc;
     } else {
         snprintf(sub, sizeof sub, "%.200s.type", field);
         return fail(c, LLMOPT_EUNSUPPORTED, sub,
-                    "pre-tokenizer '%s' is not supported (supported: ByteLevel, Metaspace, Split, Sequence)", type);
+                    "pre-tokenizer '%s' is not supported (supported: ByteLevel, Metaspace, Split, Digits, Sequence)", type);
     }
     tok_pretok *grown = realloc(t->pres, (t->n_pres + 1) * sizeof *grown);
     if (!grown) {

@@ -380,8 +380,29 @@ def _train_qwen2_style(lines):
     return tok, config
 
 
+def _train_smollm_style(lines):
+    """SmolLM2's (and StarCoder's) layout: GPT-2's byte-level BPE behind a Digits pre-tokenizer
+    that isolates every digit; <|endoftext|> first, as bos and eos; no bos added."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+    config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+              "unk_token": "<|endoftext|>", "add_prefix_space": False, "model_max_length": 8192}
+    return tok, config
+
+
 TOKENIZER_SPECS = {"byte_level_bpe": _train_byte_level, "llama_bpe": _train_llama_style,
-                   "llama3_bpe": _train_llama3_style, "qwen2_bpe": _train_qwen2_style}
+                   "llama3_bpe": _train_llama3_style, "qwen2_bpe": _train_qwen2_style,
+                   "smollm_bpe": _train_smollm_style}
 
 
 @pytest.fixture(scope="session")
@@ -422,6 +443,11 @@ MODEL_WITH_TOKENIZER_SPECS = {
         "Qwen2ForCausalLM",
         lambda: _llama_config("Qwen2Config", vocab_size=TOKENIZER_VOCAB, rope_theta=1000000.0, rms_norm_eps=1e-6,
                               tie_word_embeddings=True), 8, "qwen2_bpe",
+    ),
+    # SmolLM2's kind: a tied Llama with SmolLM's tokenizer (digits one at a time)
+    "smollm_smollm_bpe": (
+        "LlamaForCausalLM", lambda: _llama_config(vocab_size=TOKENIZER_VOCAB, tie_word_embeddings=True), 9,
+        "smollm_bpe",
     ),
 }
 

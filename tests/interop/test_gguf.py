@@ -305,10 +305,12 @@ def test_quantized_gpt2_conv1d_weights_run_as_gguf_stores_them(host, models, tmp
 
 # ---- tokenizers ----
 
-GGUF_PRE = {"gpt2_byte_level": "gpt-2", "llama3_llama_bpe": "llama-bpe", "qwen2_qwen2_bpe": "qwen2"}
+GGUF_PRE = {"gpt2_byte_level": "gpt-2", "llama3_llama_bpe": "llama-bpe", "qwen2_qwen2_bpe": "qwen2",
+            "smollm_smollm_bpe": "smollm"}
 
 
-@pytest.mark.parametrize("name", ["gpt2_byte_level", "llama_llama_bpe", "llama3_llama_bpe", "qwen2_qwen2_bpe"])
+@pytest.mark.parametrize("name", ["gpt2_byte_level", "llama_llama_bpe", "llama3_llama_bpe", "qwen2_qwen2_bpe",
+                                  "smollm_smollm_bpe"])
 def test_gguf_carries_the_tokenizer(models_with_tokenizer, convert, tmp_path, name):
     d = models_with_tokenizer[name]
     tj = json.loads((d / "tokenizer.json").read_text())
@@ -323,7 +325,7 @@ def test_gguf_carries_the_tokenizer(models_with_tokenizer, convert, tmp_path, na
     assert field(r, "tokenizer.ggml.merges") == merges
     types = field(r, "tokenizer.ggml.token_type")
     control = {"gpt2_byte_level": "<|endoftext|>", "llama_llama_bpe": "<s>", "llama3_llama_bpe": "<|begin_of_text|>",
-               "qwen2_qwen2_bpe": "<|endoftext|>"}[name]
+               "qwen2_qwen2_bpe": "<|endoftext|>", "smollm_smollm_bpe": "<|endoftext|>"}[name]
     assert types[vocab[control]] == 3  # CONTROL
     if spm:
         assert types[vocab["<0x41>"]] == 6  # BYTE
@@ -335,7 +337,8 @@ def test_gguf_carries_the_tokenizer(models_with_tokenizer, convert, tmp_path, na
         assert field(r, "tokenizer.ggml.pre") == GGUF_PRE[name]
 
 
-@pytest.mark.parametrize("name", ["gpt2_byte_level", "llama_llama_bpe", "llama3_llama_bpe", "qwen2_qwen2_bpe"])
+@pytest.mark.parametrize("name", ["gpt2_byte_level", "llama_llama_bpe", "llama3_llama_bpe", "qwen2_qwen2_bpe",
+                                  "smollm_smollm_bpe"])
 def test_generate_from_gguf_matches_the_directory(host, models_with_tokenizer, convert, tmp_path, name):
     host.require_command("generate")
     d = models_with_tokenizer[name]
@@ -352,7 +355,7 @@ def test_generate_from_gguf_matches_the_directory(host, models_with_tokenizer, c
 # ---- llama-cpp-python (optional: tests/interop/requirements-llama-cpp.txt) ----
 
 # llama.cpp needs a vocabulary; llama3_llama_bpe's rope scaling reaches it as rope_freqs.weight
-@pytest.mark.parametrize("name", ["llama_llama_bpe", "llama3_llama_bpe", "qwen2_qwen2_bpe"])
+@pytest.mark.parametrize("name", ["llama_llama_bpe", "llama3_llama_bpe", "qwen2_qwen2_bpe", "smollm_smollm_bpe"])
 def test_llama_cpp_python_logits_match_transformers(models_with_tokenizer, convert, tmp_path, name):
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python is not installed (optional: pip install -r "
@@ -366,6 +369,53 @@ def test_llama_cpp_python_logits_match_transformers(models_with_tokenizer, conve
     with torch.no_grad():
         ref = load_reference_model(models_with_tokenizer[name])(torch.tensor([IDS])).logits[0].numpy()
     assert np.abs(got - ref).max() <= LOGITS_ATOL
+
+
+# text llama.cpp's pre-tokenizers and tokenizers' agree on (no NFC-changed marks: llama.cpp does not
+# normalize): verses with references and numbers, contractions, runs of spaces and newlines
+LLAMA_CPP_TEXT = ("Ge1:1 In the beginning God created the heaven and the earth.\n"
+                  "Ex12:40 Now the sojourning ... was four hundred and thirty years (430), in 1611 or 2024!\n"
+                  "I'm sure they'll say it's fine;   don't you think?\n\n\n  12345678 3.14159 x1y22z333 caf\u00e9")
+
+
+@pytest.mark.parametrize("name", ["gpt2_byte_level", "llama3_llama_bpe", "qwen2_qwen2_bpe", "smollm_smollm_bpe"])
+def test_llama_cpp_python_tokenizes_our_gguf_as_tokenizers_does(models_with_tokenizer, convert, tmp_path, name):
+    """The vocabulary, merges and tokenizer.ggml.pre we write make llama.cpp cut and merge the
+    text as the checkpoint's own tokenizer.json does (a wrong pre, e.g. gpt-2 for SmolLM's,
+    merges digits that tokenizers keeps apart)."""
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (optional: pip install -r "
+        "tests/interop/requirements-llama-cpp.txt; it builds llama.cpp from source)")
+    from tokenizers import Tokenizer
+
+    # Where the pre-tokenizer isolates digits (Qwen2's, SmolLM's), two merges across digits in
+    # place of the last two learned ones, "1 2" and "Ġ 1", must never apply; a GGUF whose pre
+    # lets digits form one word (gpt-2's) would apply them
+    src = models_with_tokenizer[name]
+    d = tmp_path / "model"
+    d.mkdir()
+    for f in src.iterdir():
+        if f.name != "tokenizer.json" or name not in ("qwen2_qwen2_bpe", "smollm_smollm_bpe"):
+            (d / f.name).symlink_to(f)
+    if not (d / "tokenizer.json").exists():
+        _add_merges_across_digits(src / "tokenizer.json", d / "tokenizer.json")
+    llm = llama_cpp.Llama(model_path=str(convert(d, tmp_path / "m.gguf")), vocab_only=True, verbose=False)
+    got = llm.tokenize(LLAMA_CPP_TEXT.encode(), add_bos=False, special=False)
+    want = Tokenizer.from_file(str(d / "tokenizer.json")).encode(LLAMA_CPP_TEXT, add_special_tokens=False).ids
+    assert got == want
+
+
+def _add_merges_across_digits(src, dst):
+    tj = json.loads(src.read_text())
+    vocab, merges = tj["model"]["vocab"], tj["model"]["merges"]
+    as_pair = (lambda m: m) if isinstance(merges[0], list) else (lambda m: " ".join(m))
+    by_id = {i: t for t, i in vocab.items()}
+    top = max(vocab.values())
+    for new_id, (a, b) in zip((top - 1, top), (("1", "2"), ("\u0120", "1"))):
+        del vocab[by_id[new_id]]
+        vocab[a + b] = new_id
+    merges[-2:] = [as_pair([a, b]) for a, b in (("1", "2"), ("\u0120", "1"))]
+    dst.write_text(json.dumps(tj, ensure_ascii=False))
 
 
 @pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])

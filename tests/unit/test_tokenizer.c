@@ -574,6 +574,44 @@ static void test_unicode_normalization(void **state) {
     assert_int_equal(uni_ccc('a'), 0);
 }
 
+/* Digits (SmolLM's and StarCoder's pre-tokenizer, before ByteLevel): with individual_digits a
+ * merge of two digits never applies; without it a run of digits stays one word. */
+static json_t *digits_tokenizer(int digits, int individual) {
+    json_t *j = bl_tokenizer(0, 0), *model = json_object_get(j, "model");
+    json_object_set_new(json_object_get(model, "vocab"), "12", json_integer(ID_EOT + 1));
+    json_array_append_new(json_object_get(model, "merges"), json_pack("[ss]", "1", "2"));
+    json_t *bl = json_deep_copy(json_object_get(j, "pre_tokenizer"));
+    if (digits)
+        json_object_set_new(j, "pre_tokenizer", json_pack("{s:s,s:[{s:s,s:b},o]}", "type", "Sequence", "pretokenizers",
+                                                          "type", "Digits", "individual_digits", individual, bl));
+    else
+        json_decref(bl);
+    return j;
+}
+
+static void test_digits_pre_tokenizer(void **state) {
+    (void)state;
+    char *d1, *d2, *d3;
+    tok_tokenizer *plain = load_json(digits_tokenizer(0, 0), &d1), *ind = load_json(digits_tokenizer(1, 1), &d2),
+                  *runs = load_json(digits_tokenizer(1, 0), &d3);
+    expect_ids(plain, "x12", 3, 1, (int32_t[]){'x', ID_EOT + 1}, 2);
+    expect_ids(ind, "x12", 3, 1, (int32_t[]){'x', '1', '2'}, 3);
+    expect_ids(runs, "x12", 3, 1, (int32_t[]){'x', ID_EOT + 1}, 2);
+    /* a digit splits a word ("ab" merges, "a" "b" across the 1 do not) and a run of them ends */
+    expect_ids(ind, "ab1ab", 5, 1, (int32_t[]){ID_AB, '1', ID_AB}, 3);
+    expect_ids(runs, "a12b", 4, 1, (int32_t[]){'a', ID_EOT + 1, 'b'}, 3);
+    /* a non-ASCII number (U+0663 ARABIC-INDIC DIGIT THREE) is one too, an ill-formed byte is not */
+    expect_ids(ind, "a\xD9\xA3" "b\xFF" "1", 6, 1, (int32_t[]){'a', 0xD9, 0xA3, 'b', 0xFF, '1'}, 6);
+    const char *mixed = "In 1611 the 2nd; \xD9\xA3\xD9\xA4 x9y";
+    expect_roundtrip(ind, mixed, strlen(mixed));
+    tok_free(plain);
+    tok_free(ind);
+    tok_free(runs);
+    remove_dir(d1);
+    remove_dir(d2);
+    remove_dir(d3);
+}
+
 /* A tokenizer whose normalizer is NFC encodes a decomposed text as its composed form. */
 static void test_nfc_normalizer(void **state) {
     (void)state;
@@ -635,6 +673,7 @@ int main(void) {
         cmocka_unit_test(test_error_dropout_refused),
         cmocka_unit_test(test_unicode_normalization),
         cmocka_unit_test(test_nfc_normalizer),
+        cmocka_unit_test(test_digits_pre_tokenizer),
         cmocka_unit_test(test_error_missing_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
