@@ -7,7 +7,8 @@
  * rows of BG_KCP pairs per chunk of K, zero past K. W is taken in panels of BG_NR = 32 columns
  * of out (two 16-lane vectors); per chunk of K a panel is packed into [pair][32 lanes] u32
  * (BG_KCP x 128 bytes, 16 KB: it stays in L1 while every row of x passes it), from either layout
- * and from f32, f16 or bf16. A micro-kernel multiplies BG_MR rows of x (broadcast pairs) with
+ * and from f32, f16, bf16 or NF4 (decoded by a 16-lane table permute, the product rounded as
+ * any f32 weight). A micro-kernel multiplies BG_MR rows of x (broadcast pairs) with
  * the panel: 2 x BG_MR f32 accumulators, which start from out (or bias, or zero) and go back to
  * it after each chunk. Panels are split over the host's threads. */
 #include "cpu.h"
@@ -49,6 +50,44 @@ BG_INLINE __m512i bg_pairs_f32(const float *src, int n) {
 BG_INLINE __m512 bg_f16x16(const uint16_t *src, int n) {
     const __mmask16 m = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src));
+}
+
+/* NF4 (llmopt/tensor.h): a block of 64 values of a row is an f32 absmax and 32 bytes, byte j
+ * holding element 2j in its high nibble and 2j + 1 in its low one. */
+static const float bg_nf4_codes[16] = LLMOPT_NF4_CODES;
+
+/* The block's 16 values (code * absmax, as cpu_nf4_row_to_f32 computes them) in one vector. */
+BG_INLINE __m512 bg_nf4_table(const uint8_t *blk) {
+    float amax;
+    memcpy(&amax, blk, 4);
+    return _mm512_mul_ps(_mm512_loadu_ps(bg_nf4_codes), _mm512_set1_ps(amax));
+}
+
+/* Elements c..c+31 (c % 32 == 0) of NF4 row r as 16 bf16 pairs: the pair of byte j is its high
+ * nibble's value and its low nibble's. */
+BG_INLINE __m512i bg_nf4_pairs(const cpu_bgemm *g, int64_t r, int64_t c) {
+    const uint8_t *blk = (const uint8_t *)g->w + (size_t)r * g->row_bytes + (size_t)(c / 64) * (4 + 32);
+    const __m512 tab = bg_nf4_table(blk);
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 4 + (c % 64) / 2)));
+    const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), tab);
+    const __m512 lo = _mm512_permutexvar_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)), tab);
+    const __m512i h = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+    const __m512i l = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+    return _mm512_or_si512(h, _mm512_slli_epi32(l, 16));
+}
+
+/* Elements c..c+15 (c % 16 == 0) of NF4 row r, n of them (zero past n), as bf16 in the low halves
+ * of 32-bit lanes: byte j's two nibbles go to lanes 2j (high) and 2j + 1 (low). */
+BG_INLINE __m512i bg_nf4_row16_lo(const cpu_bgemm *g, int64_t r, int64_t c, int n) {
+    if (n <= 0) return _mm512_setzero_si512();
+    const uint8_t *blk = (const uint8_t *)g->w + (size_t)r * g->row_bytes + (size_t)(c / 64) * (4 + 32);
+    const __m512 tab = bg_nf4_table(blk);
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)(blk + 4 + (c % 64) / 2)), dup));
+    const __m512i shift = _mm512_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
+    const __m512i code = _mm512_and_si512(_mm512_srlv_epi32(b, shift), _mm512_set1_epi32(15));
+    const __mmask16 m = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+    return _mm512_maskz_cvtepu16_epi32(m, (__m256i)_mm512_cvtneps_pbh(_mm512_permutexvar_ps(code, tab)));
 }
 
 /* n values (n <= 32) of a row of W, of dtype wt, as 16 bf16 pairs (zero past n). */
@@ -124,8 +163,14 @@ BG_TARGET static void bg_pack_w(const cpu_bgemm *g, int64_t n0, int cols, int64_
             const int64_t k = k0 + 2 * p;
             for (int h = 0; h < BG_NR; h += 16) {
                 const int n = cols - h > 16 ? 16 : cols - h > 0 ? cols - h : 0;
-                const __m512i a = bg_row16_lo(g->w, g->wt, k * g->N + n0 + h, n);
-                const __m512i b = k + 1 < K ? bg_row16_lo(g->w, g->wt, (k + 1) * g->N + n0 + h, n) : _mm512_setzero_si512();
+                __m512i a, b = _mm512_setzero_si512();
+                if (g->wt == LLMOPT_DTYPE_NF4) {
+                    a = bg_nf4_row16_lo(g, k, n0 + h, n);
+                    if (k + 1 < K) b = bg_nf4_row16_lo(g, k + 1, n0 + h, n);
+                } else {
+                    a = bg_row16_lo(g->w, g->wt, k * g->N + n0 + h, n);
+                    if (k + 1 < K) b = bg_row16_lo(g->w, g->wt, (k + 1) * g->N + n0 + h, n);
+                }
                 _mm512_store_si512((void *)(wp + p * BG_NR + h), _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
             }
         }
@@ -139,10 +184,19 @@ BG_TARGET static void bg_pack_w(const cpu_bgemm *g, int64_t n0, int cols, int64_
             const int n = K - k < 32 ? (int)(K - k) : 32;
             const int64_t es = g->wt == LLMOPT_DTYPE_F32 ? 4 : 2;
             __m512i r[16];
-            for (int i = 0; i < 16; i++) {
-                if (h + i < cols && k + 32 * BG_PF < K)
-                    _mm_prefetch((const char *)g->w + ((n0 + h + i) * K + k + 32 * BG_PF) * es, _MM_HINT_T0);
-                r[i] = h + i < cols ? bg_row_pairs(g->w, g->wt, (n0 + h + i) * K + k, n) : _mm512_setzero_si512();
+            if (g->wt == LLMOPT_DTYPE_NF4) { /* K % 64 == 0: n is 32 */
+                for (int i = 0; i < 16; i++) {
+                    if (h + i < cols && k + 64 * BG_PF < K)
+                        _mm_prefetch((const char *)g->w + (size_t)(n0 + h + i) * g->row_bytes +
+                                         (size_t)((k + 64 * BG_PF) / 64) * (4 + 32), _MM_HINT_T0);
+                    r[i] = h + i < cols ? bg_nf4_pairs(g, n0 + h + i, k) : _mm512_setzero_si512();
+                }
+            } else {
+                for (int i = 0; i < 16; i++) {
+                    if (h + i < cols && k + 32 * BG_PF < K)
+                        _mm_prefetch((const char *)g->w + ((n0 + h + i) * K + k + 32 * BG_PF) * es, _MM_HINT_T0);
+                    r[i] = h + i < cols ? bg_row_pairs(g->w, g->wt, (n0 + h + i) * K + k, n) : _mm512_setzero_si512();
+                }
             }
             bg_transpose16(r);
             for (int i = 0; i < 16; i++) _mm512_store_si512((void *)(wp + (p + i) * BG_NR + h), r[i]);

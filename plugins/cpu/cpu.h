@@ -109,13 +109,16 @@ float cpu_sq_dev_sum(const float *x, int64_t n, float mean);
 float cpu_row_max(const float *x, int64_t n);
 int cpu_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 /* bf16_gemm.c: out[M, N] (+)= x · W (+ bias) with x and W rounded to bf16 and f32 sums
- * (LLMOPT_MATMUL_MEDIUM), W of either layout in f32, f16 or bf16; AVX-512 BF16 only. */
+ * (LLMOPT_MATMUL_MEDIUM), W of either layout in f32, f16 or bf16, or NF4 (QLoRA's frozen base:
+ * rows of row_bytes, a row's length a multiple of 64; as OUT_IN W [N, K], or read the other way
+ * as IN_OUT for dx = dy · W); AVX-512 BF16 only. */
 typedef struct cpu_bgemm {
     const float *x, *bias;
     const void *w;
     int wt, layout, accumulate;
     float *out;
     int64_t M, N, K;
+    size_t row_bytes; /* NF4 only: bytes a stored row of W */
 } cpu_bgemm;
 /* 0, LLMOPT_ENOMEM, or LLMOPT_EUNSUPPORTED where not built for x86 */
 int cpu_bf16_gemm(const cpu_bgemm *g);

@@ -2,8 +2,10 @@
  * Rows decode through the scaled 16-value table, with AVX2 lane permutes on the SIMD paths.
  * NF4 codes index a table, so there is no integer dot as for the affine types: decode (M <= 4)
  * dequantizes each row of W once and dots it with every row of x; prefill dequantizes tiles of
- * 64 rows of W to f32 and multiplies them with OpenBLAS sgemm, as quant_kernels.c does. Rows of
- * W are split over the host's threads. The reference kernels are plain loops on one thread. */
+ * 64 rows of W to f32 and multiplies them with OpenBLAS sgemm, as quant_kernels.c does, or at
+ * matmul_precision medium (on AVX-512 BF16) goes to bf16_gemm.c, which decodes the blocks as it
+ * packs them. Rows of W are split over the host's threads. The reference kernels are plain loops
+ * on one thread. */
 #include "nf4.h"
 
 #include <cblas.h>
@@ -191,6 +193,13 @@ int cpu_nf4_matmul(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out,
     nf4_job j = {.x = in[0]->data, .bias = d.has_bias ? in[2]->data : NULL, .w = in[1]->data, .row_bytes = row_bytes,
                  .out = out->data, .d = d};
     atomic_init(&j.failed, 0);
+    if (d.precision == LLMOPT_MATMUL_MEDIUM && d.M > NF4_MAX_DOT_M && cpu_use_bf16_gemm) {
+        /* the AVX-512 BF16 GEMM decodes W's blocks as it packs them: no f32 tiles */
+        const cpu_bgemm g = {.x = j.x, .bias = j.bias, .w = j.w, .wt = LLMOPT_DTYPE_NF4, .layout = LLMOPT_W_OUT_IN,
+                             .accumulate = d.accumulate, .out = j.out, .M = d.M, .N = d.N, .K = d.K,
+                             .row_bytes = row_bytes};
+        return cpu_bf16_gemm(&g);
+    }
     if (d.M <= NF4_MAX_DOT_M) cpu_api->parallel_for(d.N, 32768 / (d.K * d.M) + 1, dot_rows, &j);
     else cpu_api->parallel_for(d.N, NF4_TILE_N / 2, sgemm_rows, &j);
     return atomic_load(&j.failed) ? LLMOPT_ENOMEM : 0;
@@ -267,15 +276,19 @@ int cpu_register_nf4(llmopt_registrar *reg, int use_ref) {
         {.struct_size = sizeof k[0], .device = LLMOPT_DEVICE_CPU, .op = LLMOPT_OP_MATMUL, .dtype = LLMOPT_DTYPE_NF4,
          .fn = use_ref ? cpu_ref_nf4_matmul : cpu_nf4_matmul,
          .summary = use_ref ? "reference loops, one thread"
-                            : g_avx2 ? "NF4 rows to f32 (AVX2 table lookups) + dot for M<=4, else tiles + OpenBLAS sgemm"
-                                     : "NF4 rows to f32 + dot for M<=4, else NF4 tiles to f32 + OpenBLAS sgemm"},
+                   : cpu_use_bf16_gemm ? "NF4 rows to f32 (AVX2 table lookups) + dot for M<=4, else tiles + OpenBLAS "
+                                         "sgemm; matmul_precision medium, M>4: AVX-512 BF16 GEMM"
+                   : g_avx2 ? "NF4 rows to f32 (AVX2 table lookups) + dot for M<=4, else tiles + OpenBLAS sgemm"
+                            : "NF4 rows to f32 + dot for M<=4, else NF4 tiles to f32 + OpenBLAS sgemm"},
         {.struct_size = sizeof k[1], .device = LLMOPT_DEVICE_CPU, .op = LLMOPT_OP_EMBEDDING, .dtype = LLMOPT_DTYPE_NF4,
          .fn = use_ref ? cpu_ref_nf4_embedding : cpu_nf4_embedding,
          .summary = use_ref ? "reference loops, one thread" : "NF4 rows to f32 on host threads"},
         {.struct_size = sizeof k[2], .device = LLMOPT_DEVICE_CPU, .op = LLMOPT_OP_MATMUL_BACKWARD,
          .dtype = LLMOPT_DTYPE_NF4, .fn = use_ref ? cpu_ref_qmatmul_backward : cpu_qmatmul_backward,
          .summary = use_ref ? "dx only (frozen W), reference loops"
-                            : "dx only (frozen W): dequantized column blocks of W + OpenBLAS sgemm"},
+                   : cpu_use_bf16_gemm ? "dx only (frozen W): dequantized column blocks of W + OpenBLAS sgemm; "
+                                         "matmul_precision medium, M>=2: AVX-512 BF16 GEMM"
+                                       : "dx only (frozen W): dequantized column blocks of W + OpenBLAS sgemm"},
     };
     for (int i = 0; i < 3; i++) {
         int rc = reg->add_kernel(reg, &k[i]);

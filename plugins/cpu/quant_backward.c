@@ -3,7 +3,8 @@
  * gradients flow through the dequantized frozen weight into the adapters; W itself gets none).
  * Fast path: dx is split into column blocks (whole quantization blocks of W) over the host's
  * threads; each dequantizes its columns of W a tile of rows at a time and multiplies with
- * OpenBLAS sgemm, so every element of dx has one writer and a fixed summation order. */
+ * OpenBLAS sgemm, so every element of dx has one writer and a fixed summation order. NF4 at
+ * matmul_precision medium (AVX-512 BF16) goes to bf16_gemm.c instead. */
 #include "nf4.h"
 #include "backward.h"
 
@@ -34,7 +35,7 @@ static int check(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *
         ((const llmopt_op_matmul_backward *)params)->struct_size < LLMOPT_OP_MATMUL_BACKWARD_V0_SIZE)
         return LLMOPT_EINVAL;
     const llmopt_op_matmul_backward *p = params;
-    /* checked, then computed one way: dequantized tiles and f32 sgemm */
+    /* checked; computed by dequantized tiles and f32 sgemm, but for NF4 at medium */
     d->precision = p->struct_size >= sizeof *p ? p->precision : LLMOPT_MATMUL_HIGHEST;
     if (d->precision != LLMOPT_MATMUL_HIGHEST && d->precision != LLMOPT_MATMUL_MEDIUM) return LLMOPT_EINVAL;
     const llmopt_tensor *x = in[0], *w = in[1], *dy = in[2];
@@ -121,6 +122,13 @@ int cpu_qmatmul_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor
     const llmopt_op_matmul_backward *mb = p;
     if (mb->db) bias_grad(in[2]->data, d.M, d.N, mb->db->data);
     if (!want_dx) return 0;
+    if (in[1]->dtype == LLMOPT_DTYPE_NF4 && d.precision == LLMOPT_MATMUL_MEDIUM && d.M >= 2 && cpu_use_bf16_gemm) {
+        /* dx = dy · W: the forward of dy through W [N, K] read as [in, out] (IN_OUT) */
+        const cpu_bgemm g = {.x = in[2]->data, .w = in[1]->data, .wt = LLMOPT_DTYPE_NF4, .layout = LLMOPT_W_IN_OUT,
+                             .accumulate = d.accumulate, .out = out->data, .M = d.M, .N = d.K, .K = d.N,
+                             .row_bytes = row_bytes};
+        return cpu_bf16_gemm(&g);
+    }
     const int64_t bs = cpu_api->dtype_traits(in[1]->dtype)->block_size;
     qbw_job j = {.dy = in[2]->data, .w = in[1]->data, .wt = in[1]->dtype, .row_bytes = row_bytes, .dx = out->data, .d = d,
                  .cols = (QBW_COLS + bs - 1) / bs * bs};

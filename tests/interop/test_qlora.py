@@ -148,11 +148,15 @@ def test_rtn_nf4_checkpoint_is_the_papers_quantization_and_reloads_bit_exact(
 
 
 CASES = {
-    # name: (model, quantize.rtn params, finetune.qlora base params, LoRA targets)
-    "gpt2_nf4": ("gpt2_byte_level", "format: nf4", "base_format: nf4", ["c_attn", "c_proj", "c_fc"]),
+    # name: (model, quantize.rtn params, finetune.qlora base params, LoRA targets, matmul_precision)
+    "gpt2_nf4": ("gpt2_byte_level", "format: nf4", "base_format: nf4", ["c_attn", "c_proj", "c_fc"], "highest"),
     # the tiny Llama's MLP is 176 wide: groups of 16 divide it, NF4's 64 does not
     "llama_gq4": ("llama_llama_bpe", "format: gq, bits: 4, group_size: 16, sym: true",
-                  "base_format: gq4, group_size: 16", ["q_proj", "v_proj", "down_proj"]),
+                  "base_format: gq4, group_size: 16", ["q_proj", "v_proj", "down_proj"], "highest"),
+    # medium: the NF4 base's forward and dx through the bf16 GEMM (on AVX-512 BF16); the adapter
+    # it trains must still load in PEFT and match our merged checkpoint
+    "gpt2_nf4_medium": ("gpt2_byte_level", "format: nf4", "base_format: nf4", ["c_attn", "c_proj", "c_fc"],
+                        "medium"),
 }
 
 
@@ -161,7 +165,7 @@ def test_qlora_lowers_the_loss_and_its_adapter_on_our_dequantized_base_matches_i
         host, models_with_tokenizer, kjv_file, tmp_path, case):
     from peft import PeftModel
 
-    model_name, rtn, base, targets = CASES[case]
+    model_name, rtn, base, targets, precision = CASES[case]
     base_dir = models_with_tokenizer[model_name]
     model_type = json.loads((base_dir / "config.json").read_text())["model_type"]
     lora = f"rank: 4, alpha: 8, targets: [{', '.join(targets)}], seq_len: 32, batch: 4, lr: 0.02, seed: 3"
@@ -175,6 +179,7 @@ def test_qlora_lowers_the_loss_and_its_adapter_on_our_dequantized_base_matches_i
          "{id: before, uses: eval.perplexity, inputs: {model: q}, with: {data: train, window: 32}}",
          "{id: after, uses: eval.perplexity, inputs: {model: ql}, with: {data: train, window: 32}}"],
         outputs=["q", "ql", "qb"], name="qlora")
+    cfg.write_text(cfg.read_text() + f"matmul_precision: {precision}\n")
     out = tmp_path / "run"
     _, report = run(host, cfg, out)
     m = stage_metrics(report, f"qlora {case}")

@@ -189,6 +189,115 @@ static void quantized_backward_dx_matches_the_f32_backward_on_the_dequantized_we
     check_backward(LLMOPT_DTYPE_NF4, 64, 130, 768, 0, 1);
 }
 
+/* matmul_precision medium through NF4: where the kernel says it has the AVX-512 BF16 GEMM (M > 4
+ * forward, M >= 2 dx), x (or dy) and the dequantized W are rounded to bf16 (nearest, ties to
+ * even) and the products summed in f32: within (terms + 8) f32 roundings of the bf16-rounded
+ * double sum, and far outside that bound of the unrounded one (so the check can fail).
+ * Elsewhere medium gives exactly what highest gives. */
+static double bf16_of(double v) {
+    float f = (float)v;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static int says_bf16_gemm(const char *op) {
+    const kernel_rec *k = registry_find_kernel(g_reg, op, LLMOPT_DEVICE_CPU, LLMOPT_DTYPE_NF4);
+    return k && strstr(k->desc.summary, "BF16 GEMM") != NULL;
+}
+
+/* out (M x N, row stride N) against a[m][k] · b[n][k] rounded to bf16, plus add; returns the
+ * worst error of the unrounded products over the bound. */
+static double check_rounded(const char *what, const float *got, const float *a, const float *b, const float *add,
+                            int64_t M, int64_t N, int64_t K) {
+    double worst_exact = 0;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double rounded = 0, exact = 0, mag = 0;
+            for (int64_t k = 0; k < K; k++) {
+                rounded += bf16_of(a[m * K + k]) * bf16_of(b[n * K + k]);
+                exact += (double)a[m * K + k] * b[n * K + k];
+                mag += fabs(bf16_of(a[m * K + k]) * bf16_of(b[n * K + k]));
+            }
+            const double extra = add ? add[m * N + n] : 0.0, bound = (double)(K + 8) * ldexp(mag + fabs(extra), -24) + 1e-30;
+            const double v = got[m * N + n];
+            if (fabs(v - (rounded + extra)) > bound)
+                fail_msg("%s: [%lld,%lld] is %.9g, bf16 products give %.9g (bound %.3g)", what, (long long)m, (long long)n,
+                         v, rounded + extra, bound);
+            const double ee = fabs(v - (exact + extra)) / bound;
+            worst_exact = ee > worst_exact ? ee : worst_exact;
+        }
+    return worst_exact;
+}
+
+static void nf4_at_medium_precision_rounds_x_and_w_to_bf16(void **state) {
+    (void)state;
+    const int fwd_gemm = says_bf16_gemm(LLMOPT_OP_MATMUL), bwd_gemm = says_bf16_gemm(LLMOPT_OP_MATMUL_BACKWARD);
+    llmopt_kernel_fn fwd = kernel(LLMOPT_OP_MATMUL, LLMOPT_DTYPE_NF4), bwd = kernel(LLMOPT_OP_MATMUL_BACKWARD, LLMOPT_DTYPE_NF4);
+    /* M crosses the 12-row micro-kernel, N the 32-column panels, K the 256-value chunks */
+    static const int64_t sizes[][3] = {{5, 37, 192}, {13, 130, 320}, {30, 33, 768}, {2, 64, 64}};
+    double worst_fwd = 0, worst_bwd = 0;
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        const int64_t M = sizes[s][0], N = sizes[s][1], K = sizes[s][2];
+        for (int variant = 0; variant < 4; variant++) {
+            const int with_bias = variant & 1, acc = variant >> 1;
+            llmopt_tensor *w = trand(N, K), *x = trand(M, K), *bias = with_bias ? trand(1, N) : NULL, *out = trand(M, N);
+            llmopt_tensor *wd = NULL, *q = quantize(w, LLMOPT_DTYPE_NF4, &wd), *high = trand(M, N);
+            memcpy(high->data, out->data, out->nbytes);
+            float *add = malloc((size_t)(M * N) * sizeof *add);
+            assert_non_null(add);
+            for (int64_t i = 0; i < M * N; i++)
+                add[i] = (with_bias ? ((float *)bias->data)[i % N] : 0.0f) + (acc ? ((float *)out->data)[i] : 0.0f);
+            llmopt_op_matmul pm = {sizeof pm, LLMOPT_W_OUT_IN, acc, LLMOPT_MATMUL_MEDIUM};
+            llmopt_op_matmul ph = {sizeof ph, LLMOPT_W_OUT_IN, acc, LLMOPT_MATMUL_HIGHEST};
+            const llmopt_tensor *in[3] = {x, q, bias};
+            assert_int_equal(fwd(in, bias ? 3 : 2, out, &pm), 0);
+            assert_int_equal(fwd(in, bias ? 3 : 2, high, &ph), 0);
+            char what[128];
+            snprintf(what, sizeof what, "nf4 medium matmul M=%lld N=%lld K=%lld bias %d acc %d", (long long)M,
+                     (long long)N, (long long)K, with_bias, acc);
+            if (fwd_gemm && M > 4) {
+                double e = check_rounded(what, out->data, x->data, wd->data, add, M, N, K);
+                worst_fwd = e > worst_fwd ? e : worst_fwd;
+            } else {
+                assert_memory_equal(out->data, high->data, out->nbytes);
+            }
+            /* dx = dy · W: the same rounding, W read along its columns */
+            llmopt_tensor *dy = trand(M, N), *dx = trand(M, K), *dxh = trand(M, K);
+            memcpy(dxh->data, dx->data, dx->nbytes);
+            float *addx = malloc((size_t)(M * K) * sizeof *addx), *wt = malloc((size_t)(N * K) * sizeof *wt);
+            assert_non_null(addx);
+            assert_non_null(wt);
+            for (int64_t i = 0; i < M * K; i++) addx[i] = acc ? ((float *)dx->data)[i] : 0.0f;
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t k = 0; k < K; k++) wt[k * N + n] = ((float *)wd->data)[n * K + k];
+            llmopt_op_matmul_backward bm = {sizeof bm, LLMOPT_W_OUT_IN, acc, NULL, NULL, LLMOPT_MATMUL_MEDIUM};
+            llmopt_op_matmul_backward bh = {sizeof bh, LLMOPT_W_OUT_IN, acc, NULL, NULL, LLMOPT_MATMUL_HIGHEST};
+            const llmopt_tensor *bin[3] = {x, q, dy};
+            assert_int_equal(bwd(bin, 3, dx, &bm), 0);
+            assert_int_equal(bwd(bin, 3, dxh, &bh), 0);
+            snprintf(what, sizeof what, "nf4 medium dx M=%lld N=%lld K=%lld acc %d", (long long)M, (long long)N,
+                     (long long)K, acc);
+            if (bwd_gemm) {
+                double e = check_rounded(what, dx->data, dy->data, wt, addx, M, K, N);
+                worst_bwd = e > worst_bwd ? e : worst_bwd;
+            } else {
+                assert_memory_equal(dx->data, dxh->data, dx->nbytes);
+            }
+            free(add), free(addx), free(wt);
+            rt_tensor_unref(w), rt_tensor_unref(x), rt_tensor_unref(bias), rt_tensor_unref(out), rt_tensor_unref(high);
+            rt_tensor_unref(q), rt_tensor_unref(wd), rt_tensor_unref(dy), rt_tensor_unref(dx), rt_tensor_unref(dxh);
+        }
+    }
+    if (fwd_gemm && !(worst_fwd > 10)) fail_msg("forward: unrounded products within %.3g of the bound", worst_fwd);
+    if (bwd_gemm && !(worst_bwd > 10)) fail_msg("dx: unrounded products within %.3g of the bound", worst_bwd);
+    print_message("nf4 at medium: forward %s, dx %s (unrounded products %.2g / %.2g of the bound)\n",
+                  fwd_gemm ? "AVX-512 BF16 GEMM" : "as highest", bwd_gemm ? "AVX-512 BF16 GEMM" : "as highest", worst_fwd,
+                  worst_bwd);
+}
+
 static void quantized_backward_refuses_a_weight_gradient_and_bad_shapes(void **state) {
     (void)state;
     llmopt_kernel_fn fn = kernel(LLMOPT_OP_MATMUL_BACKWARD, LLMOPT_DTYPE_NF4);
@@ -248,6 +357,7 @@ int main(void) {
         cmocka_unit_test(quantized_backward_dx_matches_the_f32_backward_on_the_dequantized_weights),
         cmocka_unit_test(quantized_backward_refuses_a_weight_gradient_and_bad_shapes),
         cmocka_unit_test(nf4_matmul_refuses_in_out_layout_and_bad_shapes),
+        cmocka_unit_test(nf4_at_medium_precision_rounds_x_and_w_to_bf16),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
