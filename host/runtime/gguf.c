@@ -843,6 +843,15 @@ static json_t *byte_level(int use_regex, int add_prefix_space) {
     return o;
 }
 
+/* A Sequence pre-tokenizer of a then b (taking both). */
+static json_t *pretok_pair(json_t *a, json_t *b) {
+    json_t *seq = typed("Sequence"), *ps = json_array();
+    json_array_append_new(ps, a);
+    json_array_append_new(ps, b);
+    json_object_set_new(seq, "pretokenizers", ps);
+    return seq;
+}
+
 static json_t *replace(const char *from, const char *to) {
     json_t *o = typed("Replace");
     json_object_set_new(o, "pattern", str_obj("String", from));
@@ -1089,21 +1098,15 @@ static int rebuild_tokenizer(ld *l, llmopt_model *m, json_t *cfg) {
         /* Qwen2's tokenizer.json (and transformers' GGUF conversion of it) normalizes to NFC */
         json_object_set_new(root, "normalizer", qwen2 ? typed("NFC") : json_null());
         if (llama3 || qwen2) {
-            json_t *seq = typed("Sequence"), *ps = json_array(), *split = typed("Split");
+            json_t *split = typed("Split");
             json_object_set_new(split, "pattern", str_obj("Regex", qwen2 ? TOK_QWEN2_REGEX : TOK_LLAMA3_REGEX));
             json_object_set_new(split, "behavior", json_string("Isolated"));
             json_object_set_new(split, "invert", json_false());
-            json_array_append_new(ps, split);
-            json_array_append_new(ps, byte_level(0, 0));
-            json_object_set_new(seq, "pretokenizers", ps);
-            json_object_set_new(root, "pre_tokenizer", seq);
+            json_object_set_new(root, "pre_tokenizer", pretok_pair(split, byte_level(0, 0)));
         } else if (smollm) {
-            json_t *seq = typed("Sequence"), *ps = json_array(), *digits = typed("Digits");
+            json_t *digits = typed("Digits");
             json_object_set_new(digits, "individual_digits", json_true());
-            json_array_append_new(ps, digits);
-            json_array_append_new(ps, byte_level(1, 0));
-            json_object_set_new(seq, "pretokenizers", ps);
-            json_object_set_new(root, "pre_tokenizer", seq);
+            json_object_set_new(root, "pre_tokenizer", pretok_pair(digits, byte_level(1, 0)));
         } else {
             json_object_set_new(root, "pre_tokenizer", byte_level(1, 0));
         }

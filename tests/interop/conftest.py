@@ -263,18 +263,23 @@ def kjv_text(kjv_file):
 TOKENIZER_VOCAB = 2000
 
 
+def _train_byte_level_bpe(tok, lines, specials):
+    """Trains tok's BPE over the byte-level alphabet, the special tokens first."""
+    from tokenizers import pre_tokenizers, trainers
+
+    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+
+
 def _train_byte_level(lines):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)  # as GPT-2's tokenizer.json
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB, special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    tok.train_from_iterator(lines, trainer)
+    _train_byte_level_bpe(tok, lines, ["<|endoftext|>"])
     config = {
         "tokenizer_class": "GPT2TokenizerFast", "bos_token": "<|endoftext|>",
         "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
@@ -330,7 +335,7 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 def _train_llama3_style(lines):
     """Llama 3's layout: byte-level BPE whose words come from a Split with tiktoken's regex (then
     ByteLevel without its own regex), ignore_merges, <|begin_of_text|> added by the template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
     tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -339,9 +344,7 @@ def _train_llama3_style(lines):
     ])
     tok.decoder = decoders.ByteLevel()
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
-    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(lines, trainer)
+    _train_byte_level_bpe(tok, lines, specials)
     tok.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
         processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
@@ -361,7 +364,7 @@ def _train_qwen2_style(lines):
     """Qwen2's layout: Llama 3's with digits split one at a time, merges applied (no
     ignore_merges), no bos, <|endoftext|> as eos (Qwen2's base models), and Qwen2's NFC
     normalizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -371,9 +374,7 @@ def _train_qwen2_style(lines):
     ])
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(lines, trainer)
+    _train_byte_level_bpe(tok, lines, specials)
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "eos_token": "<|endoftext|>",
               "model_max_length": 32768}
@@ -383,7 +384,7 @@ def _train_qwen2_style(lines):
 def _train_smollm_style(lines):
     """SmolLM2's (and StarCoder's) layout: GPT-2's byte-level BPE behind a Digits pre-tokenizer
     that isolates every digit; <|endoftext|> first, as bos and eos; no bos added."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -392,9 +393,7 @@ def _train_smollm_style(lines):
     ])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(lines, trainer)
+    _train_byte_level_bpe(tok, lines, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
               "unk_token": "<|endoftext|>", "add_prefix_space": False, "model_max_length": 8192}
     return tok, config
