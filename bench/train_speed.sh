@@ -6,7 +6,8 @@
 #   bench/train_speed.sh BUILD_DIR [THREADS]
 #
 # Environment: REPEATS (3: separate processes per cell, best tokens/s, largest peak RSS),
-#   CASES ("gpt2-full kjv-full kjv-lora gpt2-lora llama-full llama-lora"), GPT2_DIR (default
+#   CASES ("gpt2-full kjv-full kjv-lora gpt2-lora llama-full llama-lora"; also gpt2-qlora,
+#   kjv-qlora, llama-qlora: finetune.qlora on an NF4 base, llmopt alone), GPT2_DIR (default
 #   build-bench/gpt2-124m, made with bench/torch_speed.py make when missing), LLAMA_DIR (default
 #   build-bench/llama-125m, bench/torch_speed.py make-llama: 12 layers, 768 wide, GQA 12/4 heads,
 #   SwiGLU 2048, 32000 ids, untied; LoRA on q_proj and v_proj, PEFT's Llama default),
@@ -88,7 +89,7 @@ rss_mib() { sed -n 's/.*Maximum resident set size (kbytes): //p' "$1" | awk '{pr
 run_llmopt() { # case model mode B T steps -> key=value lines, one set per repeat
     local c="$1" model="$2" mode="$3" B="$4" T="$5" steps="$6" r
     local extra=""
-    [ "$mode" = lora ] && extra=", rank: 8, alpha: 16, targets: [${targets//,/, }]"
+    [ "$mode" = lora ] || [ "$mode" = qlora ] && extra=", rank: 8, alpha: 16, targets: [${targets//,/, }]"
     cat >"$res/$c.yaml" <<EOF
 name: train-bench-$c
 model: $model
@@ -143,6 +144,9 @@ for c in $cases; do
     [[ "$c" == llama-* ]] && targets=q_proj,v_proj
     echo "$c B=$B T=$T steps=$steps mode=$mode" >>"$res/cases.txt"
     run_llmopt "$c" "$model" "$mode" "$B" "$T" "$steps"
+    # QLoRA: no torch peer here (bitsandbytes' 4-bit layers are CUDA kernels); compare with the
+    # same case's lora row
+    [ "$mode" = qlora ] && continue
     for py in $TORCH_PYS; do run_torch "$c" "$py" "$model" "$mode" "$B" "$T" "$steps"; done
 done
 echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '_')" >>"$res/machine.txt"
