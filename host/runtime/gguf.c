@@ -1000,7 +1000,9 @@ static int rebuild_tokenizer(ld *l, llmopt_model *m, json_t *cfg) {
     const char *pre = ipre >= 0 ? gguf_get_str(l->f, (size_t)ipre, NULL) : "default";
     int llama3 = strcmp(pre, "llama-bpe") == 0 || strcmp(pre, "llama3") == 0, qwen2 = strcmp(pre, "qwen2") == 0;
     int smollm = strcmp(pre, "smollm") == 0 || strcmp(pre, "starcoder") == 0; /* \p{N} alone, then GPT-2's */
-    if (!spm && !llama3 && !qwen2 && !smollm && strcmp(pre, "gpt-2") != 0 && strcmp(pre, "default") != 0)
+    int tekken = strcmp(pre, "tekken") == 0, o200k = strcmp(pre, "gpt-4o") == 0 || strcmp(pre, "llama4") == 0;
+    if (!spm && !llama3 && !qwen2 && !smollm && !tekken && !o200k && strcmp(pre, "gpt-2") != 0 &&
+        strcmp(pre, "default") != 0)
         log_msg(LLMOPT_LOG_WARN, "%s: tokenizer.ggml.pre '%s' is read as GPT-2's pre-tokenizer, an approximation", l->path, pre);
     int add_bos = tok_bool(l, "tokenizer.ggml.add_bos_token", spm), add_eos = tok_bool(l, "tokenizer.ggml.add_eos_token", 0);
     int add_space = tok_bool(l, "tokenizer.ggml.add_space_prefix", 1);
@@ -1060,7 +1062,7 @@ static int rebuild_tokenizer(ld *l, llmopt_model *m, json_t *cfg) {
     json_object_set_new(model, "end_of_word_suffix", json_null());
     json_object_set_new(model, "fuse_unk", json_boolean(spm));
     json_object_set_new(model, "byte_fallback", json_boolean(spm));
-    json_object_set_new(model, "ignore_merges", json_boolean(llama3));
+    json_object_set_new(model, "ignore_merges", json_boolean(llama3 || tekken)); /* as llama.cpp reads them */
     json_object_set_new(model, "vocab", vocab);
     json_object_set_new(model, "merges", merges);
 
@@ -1097,9 +1099,12 @@ static int rebuild_tokenizer(ld *l, llmopt_model *m, json_t *cfg) {
     } else {
         /* Qwen2's tokenizer.json (and transformers' GGUF conversion of it) normalizes to NFC */
         json_object_set_new(root, "normalizer", qwen2 ? typed("NFC") : json_null());
-        if (llama3 || qwen2) {
+        if (llama3 || qwen2 || tekken || o200k) {
             json_t *split = typed("Split");
-            json_object_set_new(split, "pattern", str_obj("Regex", qwen2 ? TOK_QWEN2_REGEX : TOK_LLAMA3_REGEX));
+            json_object_set_new(split, "pattern", str_obj("Regex", qwen2    ? TOK_QWEN2_REGEX
+                                                                   : tekken ? TOK_TEKKEN_REGEX
+                                                                   : o200k  ? TOK_O200K_REGEX
+                                                                            : TOK_LLAMA3_REGEX));
             json_object_set_new(split, "behavior", json_string("Isolated"));
             json_object_set_new(split, "invert", json_false());
             json_object_set_new(root, "pre_tokenizer", pretok_pair(split, byte_level(0, 0)));
@@ -1460,6 +1465,8 @@ static const char *gpt2_pre(json_t *root) {
     const char *rx = split ? json_string_value(json_object_get(json_object_get(split, "pattern"), "Regex")) : NULL;
     if (rx && strcmp(rx, TOK_LLAMA3_REGEX) == 0) return "llama-bpe"; /* Llama 3's Split regex */
     if (rx && strcmp(rx, TOK_QWEN2_REGEX) == 0) return "qwen2";      /* Qwen2's: digits one at a time */
+    if (rx && strcmp(rx, TOK_TEKKEN_REGEX) == 0) return "tekken";    /* Mistral NeMo's */
+    if (rx && strcmp(rx, TOK_O200K_REGEX) == 0) return "gpt-4o";     /* GPT-4o's o200k */
     json_t *bl = find_typed(pre, "ByteLevel"), *digits = find_typed(pre, "Digits");
     int regex = bl && !json_is_false(json_object_get(bl, "use_regex"));
     /* SmolLM's (and StarCoder's): each digit alone, then GPT-2's regex: llama.cpp's "smollm" */

@@ -5,8 +5,9 @@
  * Supported: model BPE (merges in both forms, unk_token, fuse_unk, byte_fallback, ignore_merges,
  * continuing_subword_prefix, end_of_word_suffix); normalizers Prepend, Replace (String), NFC, NFD,
  * Sequence;
- * pre-tokenizers ByteLevel (GPT-2 regex written out by hand), Split with Llama 3's or Qwen2's regex
- * (written out by hand too), Digits (SmolLM's and StarCoder's), Metaspace, Sequence; decoders
+ * pre-tokenizers ByteLevel (GPT-2 regex written out by hand), Split with Llama 3's, Qwen2's,
+ * Mistral's (tekken) or GPT-4o's (o200k) regex (written out by hand too), Digits (SmolLM's and
+ * StarCoder's), Metaspace, Sequence; decoders
  * ByteLevel, Metaspace, Replace (String), ByteFallback, Fuse, Strip, BPEDecoder, Sequence;
  * post-processors TemplateProcessing (single), Roberta/BertProcessing, ByteLevel, Sequence.
  * Not supported (refused at load): other models (Unigram, WordPiece, WordLevel), BPE dropout,
@@ -308,38 +309,23 @@ static int ascii_lower(unsigned char c) { return c >= 'A' && c <= 'Z' ? c + 32 :
  *   \s*[\r\n]+                   a whitespace run up to and with its last CR or LF
  *   \s+(?!\S)|\s+               a whitespace run, less its last character when a non-space
  *                               follows and it is longer than one */
-size_t tok_llama3_next(const unsigned char *s, size_t n, size_t i, int digits) {
-    if (s[i] == '\'' && i + 1 < n) {
-        int a = ascii_lower(s[i + 1]), b = i + 2 < n ? ascii_lower(s[i + 2]) : 0;
-        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
-        if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
-        if (s[i + 1] == 0xC5 && i + 2 < n && s[i + 2] == 0xBF) return i + 3; /* 'ſ */
-    }
-    uint32_t cp, cp2 = 0;
-    size_t l = uni_decode(s + i, n - i, &cp);
-    int cls = char_class(cp), crlf = cp == '\r' || cp == '\n';
-    if (cls == CL_LETTER) return class_run(s, n, i, CL_LETTER);
-    int cls2 = -1;
-    if (i + l < n) {
-        uni_decode(s + i + l, n - i - l, &cp2);
-        cls2 = char_class(cp2);
-    }
-    if (cls != CL_NUMBER && !crlf && cls2 == CL_LETTER) return class_run(s, n, i + l, CL_LETTER);
-    if (cls == CL_NUMBER) {
-        size_t j = i;
-        for (int k = 0; k < digits && j < n; k++) {
-            size_t lj = uni_decode(s + j, n - j, &cp);
-            if (char_class(cp) != CL_NUMBER) break;
-            j += lj;
-        }
-        return j;
-    }
-    if (cls == CL_OTHER || (cp == ' ' && cls2 == CL_OTHER)) {
-        size_t j = class_run(s, n, cls == CL_OTHER ? i : i + l, CL_OTHER);
-        while (j < n && (s[j] == '\r' || s[j] == '\n')) j++;
-        return j;
-    }
-    size_t e, last = i, last_crlf = n;
+/* The length of (?i:'s|'t|'re|'ve|'m|'ll|'d) at s[i], 0 if none: case-insensitive, and U+017F
+ * (long s) folds to s. */
+static size_t contraction_len(const unsigned char *s, size_t n, size_t i) {
+    if (i + 1 >= n || s[i] != '\'') return 0;
+    int a = ascii_lower(s[i + 1]), b = i + 2 < n ? ascii_lower(s[i + 2]) : 0;
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
+    if (s[i + 1] == 0xC5 && i + 2 < n && s[i + 2] == 0xBF) return 3; /* 'ſ */
+    return 0;
+}
+
+/* \s*[\r\n]+|\s+(?!\S)|\s+ at s[i], a whitespace character: the run up to and with its last CR
+ * or LF; else the run, less its last character when a non-space follows and it is longer than
+ * one. */
+static size_t space_run_end(const unsigned char *s, size_t n, size_t i) {
+    uint32_t cp;
+    size_t e, l, last = i, last_crlf = n;
     for (e = i; e < n; e += l) {
         l = uni_decode(s + e, n - e, &cp);
         if (!uni_is_space(cp)) break;
@@ -351,11 +337,101 @@ size_t tok_llama3_next(const unsigned char *s, size_t n, size_t i, int digits) {
     return e;
 }
 
+/* Up to `digits` numbers from s[j]. */
+static size_t number_run(const unsigned char *s, size_t n, size_t j, int digits) {
+    uint32_t cp;
+    for (int k = 0; k < digits && j < n; k++) {
+        size_t lj = uni_decode(s + j, n - j, &cp);
+        if (char_class(cp) != CL_NUMBER) break;
+        j += lj;
+    }
+    return j;
+}
+
+size_t tok_llama3_next(const unsigned char *s, size_t n, size_t i, int digits) {
+    size_t c = contraction_len(s, n, i);
+    if (c) return i + c;
+    uint32_t cp, cp2 = 0;
+    size_t l = uni_decode(s + i, n - i, &cp);
+    int cls = char_class(cp), crlf = cp == '\r' || cp == '\n';
+    if (cls == CL_LETTER) return class_run(s, n, i, CL_LETTER);
+    int cls2 = -1;
+    if (i + l < n) {
+        uni_decode(s + i + l, n - i - l, &cp2);
+        cls2 = char_class(cp2);
+    }
+    if (cls != CL_NUMBER && !crlf && cls2 == CL_LETTER) return class_run(s, n, i + l, CL_LETTER);
+    if (cls == CL_NUMBER) return number_run(s, n, i, digits);
+    if (cls == CL_OTHER || (cp == ' ' && cls2 == CL_OTHER)) {
+        size_t j = class_run(s, n, cls == CL_OTHER ? i : i + l, CL_OTHER);
+        while (j < n && (s[j] == '\r' || s[j] == '\n')) j++;
+        return j;
+    }
+    return space_run_end(s, n, i);
+}
+
+/* The two word classes of the case-aware patterns: A = [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] (upper
+ * case first), B = [\p{Ll}\p{Lm}\p{Lo}\p{M}] (lower case after). */
+static int in_a(uint32_t cp) { return (uni_is_letter(cp) && !uni_is_lower(cp)) || uni_is_mark(cp); }
+static int in_b(uint32_t cp) { return (uni_is_letter(cp) && !uni_is_upper(cp)) || uni_is_mark(cp); }
+
+/* A*B+ from s[j] as backtracking settles it, 0 if it cannot match: greedy A*, then B+ at the first
+ * place from the right that can start it: after the A run if a B follows, else the run's last
+ * character that is also a B (Lm, Lo, M), which then ends the match. alt2: A+B* instead. */
+static size_t cased_word(const unsigned char *s, size_t n, size_t j, int alt2) {
+    uint32_t cp;
+    size_t e = j, last_ab = 0, l; /* last_ab: the end of the run's last A that is also a B */
+    for (; e < n; e += l) {
+        l = uni_decode(s + e, n - e, &cp);
+        if (!in_a(cp)) break;
+        if (in_b(cp)) last_ab = e + l;
+    }
+    if (alt2 && e == j) return 0; /* A+ needs one */
+    size_t b = e;
+    for (; b < n; b += l) {
+        l = uni_decode(s + b, n - b, &cp);
+        if (!in_b(cp)) break;
+    }
+    return b > e || alt2 ? b : last_ab;
+}
+
+/* tok_cased_next (tokenizer_internal.h): the alternatives in order, each as the regex's
+ * backtracking settles it:
+ *   [^\r\n\p{L}\p{N}]?A*B+ (?i:'s|...)?   an optional character other than CR, LF, a letter or
+ *                                        a number (first with it, then without), then a word
+ *   [^\r\n\p{L}\p{N}]?A+B* (?i:'s|...)?   the same, a word of A first
+ *   \p{N} or \p{N}{1,3}                    up to `digits` numbers
+ *    ?[^\s\p{L}\p{N}]+[\r\n/]*             an optional U+0020, the rest, then CRs, LFs and slashes
+ *   \s*[\r\n]+|\s+(?!\S)|\s+              as Llama 3's (space_run_end) */
+size_t tok_cased_next(const unsigned char *s, size_t n, size_t i, int contractions, int digits) {
+    uint32_t cp;
+    size_t l = uni_decode(s + i, n - i, &cp);
+    const int cls = char_class(cp), prefix = cp != '\r' && cp != '\n' && cls != CL_LETTER && cls != CL_NUMBER;
+    size_t e = 0;
+    for (int alt2 = 0; alt2 < 2 && !e; alt2++) {
+        if (prefix && i + l < n) e = cased_word(s, n, i + l, alt2);
+        if (!e) e = cased_word(s, n, i, alt2);
+    }
+    if (e) return contractions ? e + contraction_len(s, n, e) : e;
+    if (cls == CL_NUMBER) return number_run(s, n, i, digits);
+    size_t j = i;
+    int other = cls == CL_OTHER;
+    if (!other && cp == ' ' && i + 1 < n) {
+        uint32_t cp2;
+        uni_decode(s + i + 1, n - i - 1, &cp2);
+        if (char_class(cp2) == CL_OTHER) other = 1, j = i + 1;
+    }
+    if (!other) return space_run_end(s, n, i);
+    j = class_run(s, n, j, CL_OTHER);
+    while (j < n && (s[j] == '\r' || s[j] == '\n' || s[j] == '/')) j++;
+    return j;
+}
+
 static int pre_split(enc_ctx *c, const tok_pretok *p, const char *s, size_t n, strs *out) {
     (void)c;
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
-        size_t e = tok_llama3_next(u, n, i, p->digits);
+        size_t e = p->cased ? tok_cased_next(u, n, i, p->contractions, p->digits) : tok_llama3_next(u, n, i, p->digits);
         if (strs_push(out, s + i, e - i) != 0) return LLMOPT_ENOMEM;
         i = e;
     }

@@ -79,6 +79,21 @@ enum { TOK_PREPEND_ALWAYS, TOK_PREPEND_FIRST, TOK_PREPEND_NEVER };
 /* The end of the match of that pattern starting at s[i] (i < n), digits 3 for Llama 3's, 1 for
  * Qwen2's. As tok_gpt2_next, a match starts at every i. */
 size_t tok_llama3_next(const unsigned char *s, size_t n, size_t i, int digits);
+/* The case-aware Split regexes: Mistral's tekken (Mistral NeMo and later) and GPT-4o's o200k,
+ * which has contractions after words and numbers in threes. */
+#define TOK_TEKKEN_REGEX                                                                                      \
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|"                   \
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|"                   \
+    "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+#define TOK_O200K_REGEX                                                                                       \
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"                    \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"                                                                          \
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*"                    \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"                                                                          \
+    "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+/* The end of the match of a case-aware pattern at s[i] (i < n): contractions 1 and digits 3 for
+ * o200k's, 0 and 1 for tekken's. A match starts at every i. */
+size_t tok_cased_next(const unsigned char *s, size_t n, size_t i, int contractions, int digits);
 
 enum { TOK_PRE_BYTELEVEL, TOK_PRE_METASPACE, TOK_PRE_SPLIT, TOK_PRE_DIGITS };
 typedef struct tok_pretok {
@@ -86,7 +101,8 @@ typedef struct tok_pretok {
     int add_prefix_space, use_regex; /* ByteLevel */
     char *replacement;               /* Metaspace */
     int prepend_scheme, split;
-    int digits;                      /* Split: tok_llama3_next's */
+    int digits;                      /* Split: tok_llama3_next's or tok_cased_next's */
+    int cased, contractions;         /* Split: tok_cased_next (tekken, o200k) */
     int individual;                  /* Digits: each digit its own piece (else runs of them) */
 } tok_pretok;
 

@@ -565,10 +565,13 @@ static int add_pretok(load_ctx *c, json_t *p, const char *field) {
         json_t *pat = json_object_get(p, "pattern");
         const char *rx = json_string_value(json_object_get(pat, "Regex")), *beh = json_string_value(json_object_get(p, "behavior"));
         snprintf(sub, sizeof sub, "%.200s.pattern", field);
-        if (!rx) return fail(c, LLMOPT_EUNSUPPORTED, sub, "a Split pattern must be a {\"Regex\": ...} (of Llama 3 or Qwen2)");
+        if (!rx) return fail(c, LLMOPT_EUNSUPPORTED, sub, "a Split pattern must be a {\"Regex\": ...} (of Llama 3, Qwen2, tekken or o200k)");
         if (strcmp(rx, TOK_LLAMA3_REGEX) == 0) pt.digits = 3;
         else if (strcmp(rx, TOK_QWEN2_REGEX) == 0) pt.digits = 1;
-        else return fail(c, LLMOPT_EUNSUPPORTED, sub, "Split regex '%.80s%s' is not supported (Llama 3's and Qwen2's are)",
+        else if (strcmp(rx, TOK_TEKKEN_REGEX) == 0) pt.cased = 1, pt.digits = 1;
+        else if (strcmp(rx, TOK_O200K_REGEX) == 0) pt.cased = 1, pt.contractions = 1, pt.digits = 3;
+        else return fail(c, LLMOPT_EUNSUPPORTED, sub,
+                         "Split regex '%.80s%s' is not supported (Llama 3's, Qwen2's, Mistral's tekken and GPT-4o's are)",
                          rx, strlen(rx) > 80 ? "..." : "");
         snprintf(sub, sizeof sub, "%.200s", field);
         if (!beh || strcmp(beh, "Isolated") != 0 || json_is_true(json_object_get(p, "invert")))

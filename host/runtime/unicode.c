@@ -26,6 +26,18 @@ int uni_is_number(uint32_t cp) {
     return in_ranges(uni_number_ranges, uni_number_ranges_len, cp);
 }
 
+int uni_is_lower(uint32_t cp) {
+    if (cp < 0x80) return cp >= 'a' && cp <= 'z';
+    return in_ranges(uni_lower_ranges, uni_lower_ranges_len, cp);
+}
+
+int uni_is_upper(uint32_t cp) {
+    if (cp < 0x80) return cp >= 'A' && cp <= 'Z';
+    return in_ranges(uni_upper_ranges, uni_upper_ranges_len, cp);
+}
+
+int uni_is_mark(uint32_t cp) { return cp >= 0x300 && in_ranges(uni_mark_ranges, uni_mark_ranges_len, cp); }
+
 int uni_is_space(uint32_t cp) {
     if (cp < 0x80) return cp == ' ' || (cp >= 0x09 && cp <= 0x0D);
     switch (cp) {

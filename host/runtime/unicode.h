@@ -17,6 +17,13 @@ extern const uni_range uni_letter_ranges[];
 extern const size_t uni_letter_ranges_len;
 extern const uni_range uni_number_ranges[];
 extern const size_t uni_number_ranges_len;
+/* Ll; Lu and Lt; M* (Mn, Mc, Me) */
+extern const uni_range uni_lower_ranges[];
+extern const size_t uni_lower_ranges_len;
+extern const uni_range uni_upper_ranges[];
+extern const size_t uni_upper_ranges_len;
+extern const uni_range uni_mark_ranges[];
+extern const size_t uni_mark_ranges_len;
 
 typedef struct uni_ccc_range {
     uint32_t lo, hi; /* inclusive, every code point of one non-zero canonical combining class */
@@ -38,6 +45,9 @@ extern const size_t uni_comp_len;
 
 int uni_is_letter(uint32_t cp);
 int uni_is_number(uint32_t cp);
+int uni_is_lower(uint32_t cp); /* Ll */
+int uni_is_upper(uint32_t cp); /* Lu or Lt */
+int uni_is_mark(uint32_t cp);  /* M* */
 /* The White_Space property (what Rust's char::is_whitespace and the regex \s test). */
 int uni_is_space(uint32_t cp);
 

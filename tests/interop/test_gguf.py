@@ -405,6 +405,45 @@ def test_llama_cpp_python_tokenizes_our_gguf_as_tokenizers_does(models_with_toke
     assert got == want
 
 
+@pytest.mark.parametrize("pattern,pre", [("tekken", "tekken"), ("o200k", "gpt-4o")])
+def test_case_aware_split_goes_to_gguf_as_llama_cpp_names_it(host, models_with_tokenizer, convert, tmp_path, pattern,
+                                                             pre):
+    """Mistral's tekken and GPT-4o's o200k Split regexes: written as llama.cpp's pre-tokenizer
+    names, read back into the same regex (generation from the GGUF equals the directory's, on a
+    prompt whose cuts differ from Llama 3's), and llama.cpp cuts text without marks as tokenizers
+    does (its tekken regex is a rewrite that treats marks its own way)."""
+    from conftest import LLAMA3_SPLIT, O200K_SPLIT, TEKKEN_SPLIT
+    from tokenizers import Tokenizer
+
+    src = models_with_tokenizer["llama3_llama_bpe"]
+    d = tmp_path / "model"
+    d.mkdir()
+    for f in src.iterdir():
+        if f.name != "tokenizer.json":
+            (d / f.name).symlink_to(f)
+    tj = json.loads((src / "tokenizer.json").read_text())
+    split = tj["pre_tokenizer"]["pretokenizers"][0]
+    assert split["pattern"]["Regex"] == LLAMA3_SPLIT
+    split["pattern"]["Regex"] = TEKKEN_SPLIT if pattern == "tekken" else O200K_SPLIT
+    (d / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    path = convert(d, tmp_path / "m.gguf")
+    assert field(gguf.GGUFReader(path), "tokenizer.ggml.pre") == pre
+    prompt = "IN THE Beginning GodCreated the HEAVEN'S and 1611 earths"
+    args = ["-p", prompt, "--max-tokens", 8, "--greedy", "--print-ids"]
+    p = host.run("generate", path, *args, check=False)
+    if b"has no tokenizer.json" in p.stderr:
+        pytest.skip("generate reads tokenizer.json from a directory, not the model's side files (host/cli/cmd_model.c)")
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    assert json.loads(p.stdout)["ids"] == json.loads(host.run("generate", d, *args).stdout)["ids"]
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (optional: pip install -r "
+        "tests/interop/requirements-llama-cpp.txt; it builds llama.cpp from source)")
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    text = prompt + " HELLO World iPhone McDonald CamelCaseWORDS ABCdef aBC path/to/file\n/ x//\r\n//b"
+    want = Tokenizer.from_file(str(d / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == want
+
+
 def _add_merges_across_digits(src, dst):
     tj = json.loads(src.read_text())
     vocab, merges = tj["model"]["vocab"], tj["model"]["merges"]

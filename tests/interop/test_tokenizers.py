@@ -50,6 +50,11 @@ ADVERSARIAL = {
     "digit_runs_and_newlines": "1 12 123 1234 12345 \u0663\u0664\u0665\u0666 x1y22z333 \n \n\n \r\n\t\n  \n  a\t\tb \t!",
     "punct_before_letters": "(hello) [world]! ,comma .dot ;x 'quote \"dq\" \u00bfqu\u00e9? \u00a1s\u00ed! \tlead\n\nword",
     "mixed_scripts": "Hello мир κόσμε 世界 עולם दुनिया 🌍 done",
+    # the case-aware Splits (tekken, o200k): upper then lower runs, all caps, titlecase (U+01C5),
+    # modifier letters (Lm), marks inside and before words, contractions after words, slashes
+    "letter_case_runs": "HELLO World iPhone McDonald's CamelCaseWORDS ABCdef aBC \u01c5ungla \u01c4X "
+                        "\u02b0ab A\u02b0B \u03a3\u038a\u03a3\u03a5\u03a6\u039f\u03a3 E\u0301COLE e\u0301cole "
+                        "!\u0301x THEY'RE they'LL Don'T x'd path/to/file\n/ a//\r\n//b \u0301\u0301 .\u0301",
     "punctuation_runs": "?!?!...---,,,;;;:::'''\"\"\"((()))[[[]]]{{{}}}",
     "long_word": "Mahershalalhashbaz" * 20,
     "private_use_and_astral": "\ue000\U000f0000 \U0001d400\U0001d401 \U00020000",
@@ -143,17 +148,18 @@ def test_encode_adversarial_matches_tokenizers(tokenize, tokenizers, name, case,
     assert_same_ids(got, ref.encode(text).ids, ref, repr(text))
 
 
-@pytest.mark.parametrize("pattern", ["llama3", "qwen2"])
+@pytest.mark.parametrize("pattern", ["llama3", "qwen2", "tekken", "o200k"])
 def test_split_pre_tokenizer_cuts_where_tokenizers_does(tokenize, tokenizers, kjv_text, pattern, tmp_path):
-    """Llama 3's (and Qwen2's) Split regex, written out by hand, against tokenizers' own regex
-    engine: a vocabulary of the byte alphabet plus every piece tokenizers cuts the adversarial
-    strings and a KJV passage into, with ignore_merges, gives each of those pieces one id, so
-    the ids show every cut; a piece cut elsewhere falls apart into bytes."""
+    """Llama 3's (and Qwen2's, Mistral's tekken, GPT-4o's o200k) Split regex, written out by
+    hand, against tokenizers' own regex engine: a vocabulary of the byte alphabet plus every
+    piece tokenizers cuts the adversarial strings and a KJV passage into, with ignore_merges,
+    gives each of those pieces one id, so the ids show every cut; a piece cut elsewhere falls
+    apart into bytes."""
     from tokenizers import Regex, pre_tokenizers
 
-    from conftest import LLAMA3_SPLIT
+    from conftest import LLAMA3_SPLIT, O200K_SPLIT, QWEN2_SPLIT, TEKKEN_SPLIT
 
-    rx = LLAMA3_SPLIT if pattern == "llama3" else LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+    rx = {"llama3": LLAMA3_SPLIT, "qwen2": QWEN2_SPLIT, "tekken": TEKKEN_SPLIT, "o200k": O200K_SPLIT}[pattern]
     j = json.loads((tokenizers["llama3_bpe"] / "tokenizer.json").read_text())
     j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {"Regex": rx}
     pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(rx), behavior="isolated", invert=False),

@@ -612,6 +612,39 @@ static void test_digits_pre_tokenizer(void **state) {
     remove_dir(d3);
 }
 
+/* The case-aware Split patterns (Mistral's tekken, GPT-4o's o200k), cut by hand from their
+ * regexes: "|" marks each match's end. The interop tests hold them to tokenizers' own regex. */
+static void expect_cuts(int contractions, int digits, const char *text, const char *want) {
+    char got[256];
+    size_t k = 0, n = strlen(text);
+    for (size_t i = 0; i < n;) {
+        size_t e = tok_cased_next((const unsigned char *)text, n, i, contractions, digits);
+        assert_true(e > i && e <= n);
+        if (k) got[k++] = '|';
+        memcpy(got + k, text + i, e - i);
+        k += e - i;
+        i = e;
+    }
+    got[k] = '\0';
+    assert_string_equal(got, want);
+}
+
+static void test_case_aware_split_patterns(void **state) {
+    (void)state;
+    /* tekken: contractions 0, one digit at a time */
+    expect_cuts(0, 1, "CamelCaseWORDS aBC ABCdef", "Camel|Case|WORDS| a|BC| ABCdef");
+    expect_cuts(0, 1, "path/to/file\n/x a//\r\n//b", "path|/to|/file|\n|/x| a|//\r\n//|b");
+    expect_cuts(0, 1, "they'LL 1611", "they|'LL| |1|6|1|1");
+    /* o200k: contractions after words (any case), numbers in threes */
+    expect_cuts(1, 3, "they'LL THEY'RE 12345", "they'LL| THEY'RE| |123|45");
+    /* a mark belongs to both word classes: it ends an upper run (as U+02B0, Lm, does); after a
+     * space and punctuation it is "the rest", as the punctuation */
+    expect_cuts(0, 1, "E\xCC\x81" "COLE A\xCA\xB0" "B !\xCC\x81x", "E\xCC\x81|COLE| A\xCA\xB0|B| !\xCC\x81|x");
+    expect_cuts(0, 1, "!\xCC\x81x", "!\xCC\x81x"); /* at the punctuation itself: prefix, then the word */
+    /* whitespace as Llama 3's: the run less its last space before a word, newlines kept */
+    expect_cuts(0, 1, "a   b\n\n c", "a|  | b|\n\n| c");
+}
+
 /* A tokenizer whose normalizer is NFC encodes a decomposed text as its composed form. */
 static void test_nfc_normalizer(void **state) {
     (void)state;
@@ -674,6 +707,7 @@ int main(void) {
         cmocka_unit_test(test_unicode_normalization),
         cmocka_unit_test(test_nfc_normalizer),
         cmocka_unit_test(test_digits_pre_tokenizer),
+        cmocka_unit_test(test_case_aware_split_patterns),
         cmocka_unit_test(test_error_missing_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
