@@ -578,7 +578,8 @@ static int add_pretok(load_ctx *c, json_t *p, const char *field) {
             return fail(c, LLMOPT_EUNSUPPORTED, sub, "Split must have behavior \"Isolated\" and invert false");
     } else if (strcmp(type, "Digits") == 0) { /* SmolLM's and StarCoder's, before ByteLevel */
         pt.kind = TOK_PRE_DIGITS;
-        if ((rc = get_bool(c, p, "individual_digits", field, 0, &pt.individual)) != 0) return rc;
+        snprintf(sub, sizeof sub, "%.200s.individual_digits", field);
+        if ((rc = get_bool(c, p, "individual_digits", sub, 0, &pt.individual)) != 0) return rc;
     } else {
         snprintf(sub, sizeof sub, "%.200s.type", field);
         return fail(c, LLMOPT_EUNSUPPORTED, sub,

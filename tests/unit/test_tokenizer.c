@@ -517,6 +517,20 @@ static void test_error_unknown_pipeline_types(void **state) {
     json_object_set_new(j, "pre_tokenizer", json_pack("{s:s,s:{s:s},s:s}", "type", "Split", "pattern", "Regex", "\\d+",
                                                       "behavior", "Isolated"));
     expect_load_error_json(j, LLMOPT_EUNSUPPORTED, "pre_tokenizer.pattern", "Split regex '\\d+' is not supported");
+    /* tekken's regex one character off (no '/' in the tail) is another regex: refused */
+    char near[sizeof TOK_TEKKEN_REGEX];
+    memcpy(near, TOK_TEKKEN_REGEX, sizeof near);
+    char *slash = strstr(near, "\\n/]*");
+    assert_non_null(slash);
+    memmove(slash + 2, slash + 3, strlen(slash + 3) + 1);
+    j = bl_tokenizer(0, 0);
+    json_object_set_new(j, "pre_tokenizer", json_pack("{s:s,s:{s:s},s:s}", "type", "Split", "pattern", "Regex", near,
+                                                      "behavior", "Isolated"));
+    expect_load_error_json(j, LLMOPT_EUNSUPPORTED, "pre_tokenizer.pattern", "is not supported");
+    /* Digits' flag must be a boolean, named in the error */
+    j = bl_tokenizer(0, 0);
+    json_object_set_new(j, "pre_tokenizer", json_pack("{s:s,s:s}", "type", "Digits", "individual_digits", "yes"));
+    expect_load_error_json(j, LLMOPT_EFORMAT, "pre_tokenizer.individual_digits", "expected true or false");
     j = bl_tokenizer(0, 0);
     json_object_set_new(j, "pre_tokenizer", json_pack("{s:s,s:{s:s},s:s}", "type", "Split", "pattern", "String", " ",
                                                       "behavior", "Isolated"));
