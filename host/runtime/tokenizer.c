@@ -615,6 +615,7 @@ static int normalize(const tok_tokenizer *t, const char *s, size_t n, tok_buf *o
         if (nm->kind == TOK_NORM_PREPEND) {
             if (tok_buf_add(&tmp, nm->a, strlen(nm->a)) != 0 || tok_buf_add(&tmp, out->p, out->n) != 0) goto oom;
         } else if (nm->kind == TOK_NORM_NFC || nm->kind == TOK_NORM_NFD) {
+            if (uni_normalized_quick(out->p, out->n, nm->kind == TOK_NORM_NFC)) continue; /* out stays */
             char *u;
             size_t un;
             if (uni_normalize(out->p, out->n, nm->kind == TOK_NORM_NFC, &u, &un) != 0) goto oom;

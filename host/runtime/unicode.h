@@ -72,5 +72,8 @@ unsigned uni_ccc(uint32_t cp);
  * with (byte-level tokenizers take any bytes). *out gets a malloc'd copy, NUL-terminated, and
  * *out_len its length; returns 0, or -1 when out of memory (*out NULL). */
 int uni_normalize(const char *s, size_t n, int compose, char **out, size_t *out_len);
+/* 1 when a quick check shows s[0..n) already in that form (no lead byte that could start a
+ * character normalization changes), 0 when it may not be. */
+int uni_normalized_quick(const char *s, size_t n, int compose);
 
 #endif

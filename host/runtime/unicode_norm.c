@@ -126,15 +126,21 @@ static size_t compose(uint32_t *p, size_t n) {
     return out;
 }
 
+int uni_normalized_quick(const char *str, size_t n, int compose) {
+    const unsigned char *s = (const unsigned char *)str;
+    /* below U+0300 nothing composes or reorders, below U+00C0 nothing decomposes: lead bytes under
+     * 0xCC (NFC) or 0xC3 (NFD) leave the text as it is */
+    const unsigned limit = compose ? 0xCC : 0xC3;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] >= limit) return 0;
+    return 1;
+}
+
 int uni_normalize(const char *str, size_t n, int compose_too, char **out, size_t *out_len) {
     const unsigned char *s = (const unsigned char *)str;
     *out = NULL;
-    /* below U+0300 nothing composes or reorders, below U+00C0 nothing decomposes: lead bytes under
-     * 0xCC (NFC) or 0xC3 (NFD) leave the text as it is */
-    unsigned limit = compose_too ? 0xCC : 0xC3;
-    size_t i = 0;
-    while (i < n && s[i] < limit) i++;
-    if (i == n) {
+    size_t i;
+    if (uni_normalized_quick(str, n, compose_too)) {
         char *copy = malloc(n + 1);
         if (!copy) return -1;
         memcpy(copy, s, n);

@@ -56,6 +56,11 @@ BG_INLINE __m512 bg_f16x16(const uint16_t *src, int n) {
  * holding element 2j in its high nibble and 2j + 1 in its low one. */
 static const float bg_nf4_codes[16] = LLMOPT_NF4_CODES;
 
+/* The block of NF4 row r that holds element c. */
+BG_INLINE const uint8_t *bg_nf4_block(const cpu_bgemm *g, int64_t r, int64_t c) {
+    return (const uint8_t *)g->w + (size_t)r * g->row_bytes + (size_t)(c / LLMOPT_NF4_BLOCK) * (4 + LLMOPT_NF4_BLOCK / 2);
+}
+
 /* The block's 16 values (code * absmax, as cpu_nf4_row_to_f32 computes them) in one vector. */
 BG_INLINE __m512 bg_nf4_table(const uint8_t *blk) {
     float amax;
@@ -66,7 +71,7 @@ BG_INLINE __m512 bg_nf4_table(const uint8_t *blk) {
 /* Elements c..c+31 (c % 32 == 0) of NF4 row r as 16 bf16 pairs: the pair of byte j is its high
  * nibble's value and its low nibble's. */
 BG_INLINE __m512i bg_nf4_pairs(const cpu_bgemm *g, int64_t r, int64_t c) {
-    const uint8_t *blk = (const uint8_t *)g->w + (size_t)r * g->row_bytes + (size_t)(c / 64) * (4 + 32);
+    const uint8_t *blk = bg_nf4_block(g, r, c);
     const __m512 tab = bg_nf4_table(blk);
     const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 4 + (c % 64) / 2)));
     const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), tab);
@@ -80,7 +85,7 @@ BG_INLINE __m512i bg_nf4_pairs(const cpu_bgemm *g, int64_t r, int64_t c) {
  * of 32-bit lanes: byte j's two nibbles go to lanes 2j (high) and 2j + 1 (low). */
 BG_INLINE __m512i bg_nf4_row16_lo(const cpu_bgemm *g, int64_t r, int64_t c, int n) {
     if (n <= 0) return _mm512_setzero_si512();
-    const uint8_t *blk = (const uint8_t *)g->w + (size_t)r * g->row_bytes + (size_t)(c / 64) * (4 + 32);
+    const uint8_t *blk = bg_nf4_block(g, r, c);
     const __m512 tab = bg_nf4_table(blk);
     const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     const __m512i b = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)(blk + 4 + (c % 64) / 2)), dup));
@@ -187,8 +192,7 @@ BG_TARGET static void bg_pack_w(const cpu_bgemm *g, int64_t n0, int cols, int64_
             if (g->wt == LLMOPT_DTYPE_NF4) { /* K % 64 == 0: n is 32 */
                 for (int i = 0; i < 16; i++) {
                     if (h + i < cols && k + 64 * BG_PF < K)
-                        _mm_prefetch((const char *)g->w + (size_t)(n0 + h + i) * g->row_bytes +
-                                         (size_t)((k + 64 * BG_PF) / 64) * (4 + 32), _MM_HINT_T0);
+                        _mm_prefetch((const char *)bg_nf4_block(g, n0 + h + i, k + 64 * BG_PF), _MM_HINT_T0);
                     r[i] = h + i < cols ? bg_nf4_pairs(g, n0 + h + i, k) : _mm512_setzero_si512();
                 }
             } else {
