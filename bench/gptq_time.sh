@@ -38,7 +38,9 @@ stages:
      with: {bits: ${BITS:-4}, group_size: ${GROUP:-128}, sym: false, n_samples: ${N_SAMPLES:-128}, seq_len: ${SEQ_LEN:-512}}}
 YAML
 export OPENBLAS_NUM_THREADS=1 # the cpu plugin runs OpenBLAS inside host threads
-echo "cpu=$(lscpu | sed -n 's/^Model name: *//p') cpus=$(nproc) threads=$threads git=$(git -C "$root" rev-parse --short HEAD)"
+. "$root/scripts/blas-core.sh"
+blas_core_export "$build" bench
+echo "cpu=$(lscpu | sed -n 's/^Model name: *//p') cpus=$(nproc) threads=$threads openblas_core=${OPENBLAS_CORETYPE:-openblas_default} git=$(git -C "$root" rev-parse --short HEAD)"
 /usr/bin/time -v -o "$tmp/time" "$host" --plugins "$build/plugins" --threads "$threads" run "$tmp/gptq.yaml" \
     --out "$tmp/run" --jobs 1 >&2
 python3 - "$tmp/time" "$tmp/run/report.json" <<'PY'

@@ -31,7 +31,8 @@ echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ) cpu=$(lscpu | sed -n 's/^Model name: *
 
 export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 . "$root/scripts/blas-core.sh"
-blas_core_export "$build"
+blas_core_export "$build" bench
+echo "openblas_core=${OPENBLAS_CORETYPE:-openblas_default}" >>"$res/machine.txt"
 log "read bandwidth"
 "$bin/membw" --threads "$threads" | tee "$res/membw.txt" >&2
 log "llmopt, $threads threads"

@@ -32,7 +32,8 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 export OPENBLAS_NUM_THREADS=1 # the cpu plugin runs OpenBLAS single-threaded inside host threads
 . "$root/scripts/blas-core.sh"
-blas_core_export "$build"
+blas_core_export "$build" bench
+echo "openblas_core=${OPENBLAS_CORETYPE:-openblas_default}" >&2
 speed="uses: eval.speed, with: {repeats: 3, decode_tokens: 128}"
 export ROUNDS="${ROUNDS:-3}"; rounds="$ROUNDS" # every model timed once a round, rounds in turn: drift of the machine hits all rows alike
 head="uses: quantize.rtn, with: {format: q8_0, include: ['*wte*'], exclude: []}"

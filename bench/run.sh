@@ -71,7 +71,8 @@ psi0="$(cpu_some)" t_start="$(date +%s)"
 # 5. measurements (threads: OpenBLAS/OpenMP pinned so nothing oversubscribes the cores)
 export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 . "$root/scripts/blas-core.sh"
-blas_core_export "$build"
+blas_core_export "$build" bench
+echo "openblas_core=${OPENBLAS_CORETYPE:-openblas_default} cpu_family_model=$(lscpu | sed -n 's/^CPU family: *//p').$(lscpu | sed -n 's/^Model: *//p')" >>"$res/machine.txt"
 log "read bandwidth"
 "$bin/membw" --threads "1,$threads" | tee "$res/membw.txt" >&2
 log "OpenBLAS sgemm"

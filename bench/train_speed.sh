@@ -81,7 +81,8 @@ fi
 
 export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 . "$root/scripts/blas-core.sh"
-blas_core_export "$build"
+blas_core_export "$build" bench
+echo "openblas_core=${OPENBLAS_CORETYPE:-openblas_default}" >>"$res/machine.txt"
 
 # max RSS (MiB) from a /usr/bin/time -v file
 rss_mib() { sed -n 's/.*Maximum resident set size (kbytes): //p' "$1" | awk '{printf "%.1f", $1 / 1024}'; }
@@ -164,7 +165,7 @@ def kv(path):
 mach = {k: v[0] for k, v in kv(os.path.join(res, "machine.txt")).items()}
 print(f"{mach['date']}, git {mach['git']}, {mach['cpu'].replace('_', ' ')}, {mach['cpus']} cpus, "
       f"{mach['threads']} threads, matmul precision {mach.get('precision', 'highest')} (torch: "
-      f"{'autocast bfloat16' if mach.get('precision') == 'medium' else 'fp32'}), best of {mach['repeats']} processes; load average "
+      f"{'autocast bfloat16' if mach.get('precision') == 'medium' else 'fp32'}), best of {mach['repeats']} processes, OpenBLAS {mach.get('openblas_core', '?')} kernels; load average "
       f"{mach['load_before'].replace('_', ' ')} before, {mach.get('load_after', '?').replace('_', ' ')} after")
 print()
 print("| case | B x T, timed steps | trainer | tokens/s | tokens per CPU-s | peak RSS MiB | llmopt tok/s / this | llmopt RSS / this |")

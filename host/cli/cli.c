@@ -9,6 +9,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "../plugin/blas_env.h"
 #include "../plugin/loader.h"
 #include "../runtime/runtime.h"
 #include "../runtime/threadpool.h"
@@ -70,6 +71,13 @@ int cli_load_plugins(const cli_opts *o, registry **out) {
     free(fallback);
     *out = reg;
     return rc == 0 ? 0 : EXIT_PLUGIN; /* the loader already logged the reason */
+}
+
+void cli_blas_hint(void) {
+    static int done;
+    char msg[256];
+    if (!done && blas_env_weaker_than_cpu(msg, sizeof msg)) log_msg(LLMOPT_LOG_INFO, "%s", msg);
+    done = 1;
 }
 
 /* Commands that parse options of their own: the rest of their arguments reach them in o.args. */

@@ -23,6 +23,9 @@ int cli_help(const char *topic);
 /* Loads plugins from --plugins, LLMOPT_PLUGIN_PATH or the defaults. Returns 0, or EXIT_PLUGIN
  * after printing why (the registry is still usable). */
 int cli_load_plugins(const cli_opts *o, registry **out);
+/* Logs (info) that an inherited OPENBLAS_CORETYPE keeps OpenBLAS off this CPU's AVX-512, once a
+ * process; called where compute starts, after a config or model was accepted (an error stays one line). */
+void cli_blas_hint(void);
 
 int cmd_run(const cli_opts *o);
 int cmd_validate(const cli_opts *o);

@@ -22,6 +22,7 @@ int cmd_plugins(const cli_opts *o) {
         else
             printf("  %-8s %s\n           %s\n", plugin_state_str(p->state), p->path, p->reason ? p->reason : "");
     }
+    cli_blas_hint();
     printf("\nstages (%zu):\n", reg->n_stages);
     for (size_t i = 0; i < reg->n_stages; i++)
         printf("  %-24s %s  [%s]\n", reg->stages[i]->desc.name, reg->stages[i]->desc.summary,

@@ -58,6 +58,7 @@ static int open_model(const cli_opts *o, const char *dir, int device, int precis
         return EXIT_CONFIG;
     }
     tf_model_set_matmul_precision(*tm, precision);
+    cli_blas_hint();
     return 0;
 }
 

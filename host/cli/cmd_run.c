@@ -162,6 +162,7 @@ int cmd_run(const cli_opts *o) {
     }
     log_msg(LLMOPT_LOG_INFO, "run '%s': %zu stages, up to %d at a time, writing to %s", p->name, p->n_stages,
             o->jobs, run_dir);
+    cli_blas_hint();
     run_options opt = {.run_dir = run_dir, .jobs = o->jobs, .tty = isatty(STDERR_FILENO), .reg = reg};
     run_result r;
     int srv = sched_run(p, &opt, &r, &err);

@@ -1,7 +1,18 @@
 /* OPENBLAS_CORETYPE from the CPU's features (blas_env.h). */
 #include "blas_env.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+static int cpu_has_avx512_set(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512cd");
+}
+#endif
 
 int blas_env_prepare(const char **value) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -10,9 +21,7 @@ int blas_env_prepare(const char **value) {
     __builtin_cpu_init();
     if (!__builtin_cpu_is("intel")) return 0;
     const char *core = NULL;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512cd"))
+    if (cpu_has_avx512_set())
         core = "SkylakeX";
     else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         core = "Haswell";
@@ -21,6 +30,27 @@ int blas_env_prepare(const char **value) {
     return 1;
 #else
     (void)value;
+    return 0;
+#endif
+}
+
+int blas_env_weaker_than_cpu(char *msg, size_t n) {
+#if defined(__x86_64__) || defined(__i386__)
+    const char *set = getenv("OPENBLAS_CORETYPE");
+    if (!set || !*set || !cpu_has_avx512_set()) return 0;
+    /* OpenBLAS 0.3.21's x86-64 core names with AVX-512 kernels; any other name is narrower */
+    static const char *const wide[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
+    for (size_t i = 0; i < sizeof wide / sizeof wide[0]; i++)
+        if (strcasecmp(set, wide[i]) == 0) return 0;
+    if (msg && n)
+        snprintf(msg, n,
+                 "OPENBLAS_CORETYPE=%s from the environment keeps OpenBLAS off AVX-512 on this AVX-512 CPU; "
+                 "sgemm (prompts, training) may run at half its rate: unset it, or set SkylakeX",
+                 set);
+    return 1;
+#else
+    (void)msg;
+    (void)n;
     return 0;
 #endif
 }

@@ -269,6 +269,33 @@ static void blas_coretype_the_user_set_is_kept(void **state) {
     else unsetenv("OPENBLAS_CORETYPE");
 }
 
+/* A narrower OPENBLAS_CORETYPE than the CPU can run is kept but named, with what to do. */
+static void blas_coretype_narrower_than_the_cpu_is_named(void **state) {
+    (void)state;
+    const char *saved = getenv("OPENBLAS_CORETYPE");
+    char keep[64] = "", msg[256] = "";
+    if (saved) snprintf(keep, sizeof keep, "%s", saved);
+    int avx512 = 0;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512cd");
+#endif
+    assert_int_equal(setenv("OPENBLAS_CORETYPE", "Haswell", 1), 0);
+    assert_int_equal(blas_env_weaker_than_cpu(msg, sizeof msg), avx512);
+    if (avx512) {
+        assert_non_null(strstr(msg, "OPENBLAS_CORETYPE=Haswell"));
+        assert_non_null(strstr(msg, "unset it"));
+    }
+    assert_string_equal(getenv("OPENBLAS_CORETYPE"), "Haswell"); /* kept */
+    assert_int_equal(setenv("OPENBLAS_CORETYPE", "skylakex", 1), 0); /* OpenBLAS reads it case-blind */
+    assert_int_equal(blas_env_weaker_than_cpu(msg, sizeof msg), 0);
+    assert_int_equal(unsetenv("OPENBLAS_CORETYPE"), 0);
+    assert_int_equal(blas_env_weaker_than_cpu(msg, sizeof msg), 0);
+    if (saved) setenv("OPENBLAS_CORETYPE", keep, 1);
+}
+
 static void check_desc_reads_nothing_beyond_avail(void **state) {
     (void)state;
     llmopt_plugin_desc d = {.struct_size = sizeof d, .abi_major = LLMOPT_ABI_MAJOR,
@@ -308,6 +335,7 @@ int main(void) {
         cmocka_unit_test(missing_dir_is_an_error_after_the_other_dirs_load),
         cmocka_unit_test(regular_file_given_as_dir_is_not_found),
         cmocka_unit_test(blas_coretype_the_user_set_is_kept),
+        cmocka_unit_test(blas_coretype_narrower_than_the_cpu_is_named),
         cmocka_unit_test(check_desc_reads_nothing_beyond_avail),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
