@@ -58,7 +58,6 @@ static int open_model(const cli_opts *o, const char *dir, int device, int precis
         return EXIT_CONFIG;
     }
     tf_model_set_matmul_precision(*tm, precision);
-    cli_blas_hint();
     return 0;
 }
 
@@ -336,6 +335,7 @@ int cmd_generate(const cli_opts *o) {
         fprintf(stderr, "llmopt-host: %s\n", err.msg);
         rc = EXIT_CONFIG;
     }
+    if (!rc) cli_blas_hint();
     stream st = {.tok = tok, .stop = stops, .n_stop = n_stop, .print_text = !print_ids, .prompt = ids, .n_prompt = n};
     if (!rc && tok) stream_begin(&st, (size_t)p.max_tokens);
     if (!rc && prompt && !print_ids) fputs(prompt, stdout);
