@@ -38,10 +38,16 @@ int blas_env_weaker_than_cpu(char *msg, size_t n) {
 #if defined(__x86_64__) || defined(__i386__)
     const char *set = getenv("OPENBLAS_CORETYPE");
     if (!set || !*set || !cpu_has_avx512_set()) return 0;
-    /* OpenBLAS 0.3.21's x86-64 core names with AVX-512 kernels; any other name is narrower */
-    static const char *const wide[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
-    for (size_t i = 0; i < sizeof wide / sizeof wide[0]; i++)
-        if (strcasecmp(set, wide[i]) == 0) return 0;
+    /* OpenBLAS 0.3.21's x86 core names (its dynamic.c) whose kernels stop short of AVX-512; a
+     * name it does not know it ignores (it detects the CPU as if unset), so that gets no hint */
+    static const char *const narrow[] = {"Katmai",     "Coppermine", "Northwood", "Prescott",  "Banias",
+                                         "Atom",       "Core2",      "Penryn",    "Dunnington", "Nehalem",
+                                         "Athlon",     "Opteron",    "OpteronSSE3", "Barcelona", "Nano",
+                                         "SandyBridge", "Bobcat",    "Bulldozer", "Piledriver", "Haswell",
+                                         "Steamroller", "Excavator", "Zen"};
+    int known = 0;
+    for (size_t i = 0; i < sizeof narrow / sizeof narrow[0]; i++) known |= strcasecmp(set, narrow[i]) == 0;
+    if (!known) return 0;
     if (msg && n)
         snprintf(msg, n,
                  "OPENBLAS_CORETYPE=%s from the environment keeps OpenBLAS off AVX-512 on this AVX-512 CPU; "

@@ -15,7 +15,8 @@ int blas_env_prepare(const char **value);
  * names AVX2-or-older kernels on a CPU with the AVX-512 set SkylakeX's kernels need. It is kept
  * (the user's choice), but on a CPU with full-width AVX-512 units it halves sgemm: Haswell's
  * kernels ran at 236 GFLOP/s on two cores of an AMD Zen 5 where SkylakeX's ran at 440-482
- * (bench/sgemm_peak.c). Returns 1 and writes a one-line hint into msg (n bytes) when that is so;
- * 0 otherwise. */
+ * (bench/sgemm_peak.c). Only OpenBLAS's own core names count: it ignores others and detects
+ * the CPU as if the variable were unset. Returns 1 and writes a one-line hint into msg (n bytes)
+ * when that is so; 0 otherwise. */
 int blas_env_weaker_than_cpu(char *msg, size_t n);
 #endif

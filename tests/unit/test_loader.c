@@ -289,7 +289,11 @@ static void blas_coretype_narrower_than_the_cpu_is_named(void **state) {
         assert_non_null(strstr(msg, "unset it"));
     }
     assert_string_equal(getenv("OPENBLAS_CORETYPE"), "Haswell"); /* kept */
-    assert_int_equal(setenv("OPENBLAS_CORETYPE", "skylakex", 1), 0); /* OpenBLAS reads it case-blind */
+    assert_int_equal(setenv("OPENBLAS_CORETYPE", "zen", 1), 0); /* OpenBLAS reads it case-blind */
+    assert_int_equal(blas_env_weaker_than_cpu(msg, sizeof msg), avx512);
+    assert_int_equal(setenv("OPENBLAS_CORETYPE", "skylakex", 1), 0);
+    assert_int_equal(blas_env_weaker_than_cpu(msg, sizeof msg), 0);
+    assert_int_equal(setenv("OPENBLAS_CORETYPE", "Foo", 1), 0); /* a name OpenBLAS ignores */
     assert_int_equal(blas_env_weaker_than_cpu(msg, sizeof msg), 0);
     assert_int_equal(unsetenv("OPENBLAS_CORETYPE"), 0);
     assert_int_equal(blas_env_weaker_than_cpu(msg, sizeof msg), 0);
