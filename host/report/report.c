@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../runtime/threadpool.h"
 #include "../runtime/unicode.h"
 #include "../util/fs.h"
 
@@ -98,12 +99,17 @@ int report_write(const pipeline *p, const run_options *opt, const run_result *r,
     json_object_set_new(root, "status", json_string(status));
     json_object_set_new(root, "updated_at", json_string(when));
     json_object_set_new(root, "wall_s", json_real(r->wall_s));
+    json_object_set_new(root, "threads", json_integer(tp_threads()));
+    const char *core = getenv("OPENBLAS_CORETYPE"); /* the user's, or the one the loader set */
+    json_object_set_new(root, "openblas_coretype", core && *core ? json_string(core) : json_null());
     json_t *plugins = json_array();
     for (size_t i = 0; opt->reg && i < opt->reg->n_plugins; i++) {
         const plugin_rec *pl = opt->reg->plugins[i];
         if (pl->state != PLUGIN_LOADED) continue;
-        json_array_append_new(plugins, json_pack("{s:s, s:s, s:s}", "id", pl->desc.id, "version",
-                                                 pl->desc.version, "path", pl->path));
+        /* the summary says what a kernel plugin detected (the cpu plugin: its SIMD path and
+         * OpenBLAS's kernels), which the run's speed depends on */
+        json_array_append_new(plugins, json_pack("{s:s, s:s, s:s, s:s?}", "id", pl->desc.id, "version",
+                                                 pl->desc.version, "path", pl->path, "summary", pl->desc.summary));
     }
     json_object_set_new(root, "plugins", plugins);
     json_t *stages = json_array();

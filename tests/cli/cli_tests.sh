@@ -26,6 +26,7 @@ test_run_chain_writes_report_config_and_outputs() {
     [ "$(json run1/report.json '[s["status"] for s in d["stages"]]')" = "['ok', 'ok', 'ok']" ] || fail "stage statuses"
     [ "$(json run1/report.json 'd["stages"][0]["plugin"]["id"]')" = clitest ] || fail "plugin id"
     [ "$(json run1/report.json 'd["llmopt"]["version"]')" != "" ] || fail "host version"
+    [ "$(json run1/report.json 'd["threads"] >= 1 and len(d["plugins"]) > 0 and all("summary" in p for p in d["plugins"]) and "openblas_coretype" in d')" = True ] || fail "threads, plugin summaries, OPENBLAS_CORETYPE"
     # total = t0 + 3*t1 + t2 + t3 over 8 elements of 1.0 (the default) each: (1+3+1+1)*8
     [ "$(json run1/report.json '[m["value"] for m in d["stages"][2]["metrics"] if m["name"]=="sum"][0]')" = 48.0 ] || fail "sum metric"
     [ "$(json run1/report.json '[m["value"] for m in d["stages"][2]["metrics"] if m["name"]=="other_tensors"][0]')" = 4.0 ] || fail "second input"
