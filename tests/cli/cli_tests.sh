@@ -183,7 +183,7 @@ test_validate_prints_run_order() {
 test_help_teaches_commands_and_exit_codes() {
     run_host --help
     expect_rc 0
-    for w in run validate plugins describe init "exit codes" LLMOPT_PLUGIN_PATH "--set"; do expect_out "$w"; done
+    for w in run validate plugins describe init "exit codes" LLMOPT_PLUGIN_PATH "--set" environment OPENBLAS_CORETYPE LLMOPT_CPU_FORCE; do expect_out "$w"; done
     run_host run --help
     expect_rc 0
     expect_out "--jobs"
