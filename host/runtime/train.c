@@ -471,6 +471,16 @@ static int64_t ce_rows(const tr_trainer *t) {
     return n < t->BT ? n : t->BT;
 }
 
+/* Rows of logits in memory at once (tr_options.lm_rows): the option, else about 32 MB of them,
+ * at least 16, spread evenly over the blocks the batch needs. */
+static int64_t lm_rows(const tr_trainer *t) {
+    int64_t n = t->o.lm_rows;
+    if (n <= 0) n = ((int64_t)8 << 20) / t->c.vocab > 16 ? ((int64_t)8 << 20) / t->c.vocab : 16;
+    if (n >= t->BT) return t->BT;
+    const int64_t blocks = (t->BT + n - 1) / n;
+    return (t->BT + blocks - 1) / blocks;
+}
+
 void tr_free_buffers(tr_trainer *t) {
     tr_acts *a = &t->a;
     free(a->x), free(a->xmid), free(a->h1), free(a->h2), free(a->q), free(a->k), free(a->v), free(a->att);
@@ -499,7 +509,7 @@ static int alloc_buffers(tr_trainer *t, llmopt_error *err) {
     a->q = malloc(L * BT * Q * 4), a->k = malloc(L * BT * KV * 4), a->v = malloc(L * BT * KV * 4);
     a->att = malloc(L * BT * Q * 4), a->ffa = malloc(L * BT * F * 4), a->ffo = malloc(L * BT * F * 4);
     a->ffb = c->family == ARCH_LLAMA ? malloc(L * BT * F * 4) : NULL;
-    a->hf = malloc(BT * C * 4), a->logits = malloc(BT * V * 4), a->losses = malloc(BT * 4);
+    a->hf = malloc(BT * C * 4), a->logits = malloc((size_t)lm_rows(t) * V * 4), a->losses = malloc(BT * 4);
     t->dx = malloc(BT * C * 4), t->dtmp = malloc(BT * C * 4), t->dh = malloc(BT * C * 4);
     t->datt = malloc(BT * Q * 4), t->dq = malloc(BT * Q * 4), t->dk = malloc(BT * KV * 4), t->dv = malloc(BT * KV * 4);
     t->qkv = malloc(BT * (Q + 2 * KV) * 4), t->dqkv = malloc(BT * (Q + 2 * KV) * 4);
@@ -762,8 +772,9 @@ static int check_tokens(const tr_trainer *t, const int32_t *inputs, const int32_
     return 0;
 }
 
-/* The forward over [B, T] inputs: every saved activation, the logits and (unless training with
- * cross_entropy_fused, where the backward takes them) the per-row losses. */
+/* The forward over [B, T] inputs: every saved activation up to the final norm's output, and
+ * (evaluating; training leaves the LM head to the backward) the per-row losses, lm_rows rows of
+ * logits at a time. */
 static int forward(tr_trainer *t, const int32_t *inputs, const int32_t *targets, int train, llmopt_error *err) {
     const arch_config *c = &t->c;
     tr_acts *a = &t->a;
@@ -782,14 +793,20 @@ static int forward(tr_trainer *t, const int32_t *inputs, const int32_t *targets,
     }
     for (int l = 0; l < c->n_layer; l++)
         if ((rc = attention_fwd(t, l, train, err)) || (rc = mlp_fwd(t, l, train, err))) return rc;
-    if ((rc = norm_fwd(t, LAYER(a->x, c->n_layer, C), &t->norm_w, &t->norm_b, a->hf, err)) ||
-        (rc = mm(t, a->hf, BT, t->lm_head.t, NULL, LLMOPT_W_OUT_IN, a->logits, 0, err)))
-        return rc;
-    if (train && t->ce_fused) return 0; /* the backward takes the losses with their gradient */
-    llmopt_tensor tl = f32_view(a->logits, 2, BT, V, 1), tt = i32_view(targets, BT), to = f32_view(a->losses, 1, BT, 1, 1);
-    const llmopt_tensor *cin[2] = {&tl, &tt};
+    if ((rc = norm_fwd(t, LAYER(a->x, c->n_layer, C), &t->norm_w, &t->norm_b, a->hf, err))) return rc;
+    if (train) return 0; /* the backward computes the logits, their losses and gradient */
+    /* the losses, lm_rows rows of logits at a time */
     llmopt_op_cross_entropy p = {sizeof p, -100};
-    return call(t, LLMOPT_OP_CROSS_ENTROPY, F32, cin, 2, &to, &p, err);
+    for (int64_t r0 = 0, n = lm_rows(t); r0 < BT; r0 += n) {
+        if (n > BT - r0) n = BT - r0;
+        llmopt_tensor tl = f32_view(a->logits, 2, n, V, 1), tt = i32_view(targets + r0, n);
+        llmopt_tensor to = f32_view(a->losses + r0, 1, n, 1, 1);
+        const llmopt_tensor *cin[2] = {&tl, &tt};
+        if ((rc = mm(t, a->hf + r0 * C, n, t->lm_head.t, NULL, LLMOPT_W_OUT_IN, a->logits, 0, err)) ||
+            (rc = call(t, LLMOPT_OP_CROSS_ENTROPY, F32, cin, 2, &to, &p, err)))
+            return rc;
+    }
+    return 0;
 }
 
 /* The summed loss and target count of the batch's per-row losses. */
@@ -882,32 +899,42 @@ static int backward(tr_trainer *t, const int32_t *inputs, const int32_t *targets
     tr_acts *a = &t->a;
     int64_t C = c->n_embd, BT = t->BT, V = c->vocab;
     int rc;
-    /* d(summed loss)/dlogits, the mean over targets taken at the step, over the logits, which
-     * nothing reads again (no [BT, V] buffer of its own: 98 MB on GPT-2 at 4 x 128). Fused with
-     * the losses when the plugin has cross_entropy_fused (one pass over the logits instead of
-     * two), else cross_entropy_backward, whose out is apart from its input, a block of rows at a
-     * time into dlogits and copied back. */
-    if (t->ce_fused) {
-        llmopt_tensor tl = f32_view(a->logits, 2, BT, V, 1), tt = i32_view(targets, BT);
-        llmopt_tensor to = f32_view(a->losses, 1, BT, 1, 1);
-        const llmopt_tensor *cin[2] = {&tl, &tt};
-        llmopt_op_cross_entropy_fused fp = {sizeof fp, -100, 1.0f, &to};
-        if ((rc = call(t, LLMOPT_OP_CROSS_ENTROPY_FUSED, F32, cin, 2, &tl, &fp, err))) return rc;
-    } else {
-        llmopt_op_cross_entropy_backward cp = {sizeof cp, -100, 1.0f};
-        for (int64_t r0 = 0, n = ce_rows(t); r0 < BT; r0 += n) {
-            if (n > BT - r0) n = BT - r0;
-            llmopt_tensor tl = f32_view(a->logits + r0 * V, 2, n, V, 1), tt = i32_view(targets + r0, n);
-            llmopt_tensor td = f32_view(t->dlogits, 2, n, V, 1);
+    /* The LM head a block of lm_rows rows at a time: its logits, then d(summed loss)/dlogits
+     * over them (the mean over targets is taken at the step), then through the head into dh and
+     * the head's weight gradient, before the next block. Fused with the losses when the plugin
+     * has cross_entropy_fused (one pass over the logits instead of two), else
+     * cross_entropy_backward, whose out is apart from its input, ce_rows rows at a time into
+     * dlogits and copied back. */
+    for (int64_t r0 = 0, n = lm_rows(t); r0 < BT; r0 += n) {
+        if (n > BT - r0) n = BT - r0;
+        if ((rc = mm(t, a->hf + r0 * C, n, t->lm_head.t, NULL, LLMOPT_W_OUT_IN, a->logits, 0, err))) return rc;
+        if (t->ce_fused) {
+            llmopt_tensor tl = f32_view(a->logits, 2, n, V, 1), tt = i32_view(targets + r0, n);
+            llmopt_tensor to = f32_view(a->losses + r0, 1, n, 1, 1);
             const llmopt_tensor *cin[2] = {&tl, &tt};
-            if ((rc = call(t, LLMOPT_OP_CROSS_ENTROPY_BACKWARD, F32, cin, 2, &td, &cp, err))) return rc;
-            memcpy(a->logits + r0 * V, t->dlogits, (size_t)(n * V) * sizeof(float));
+            llmopt_op_cross_entropy_fused fp = {sizeof fp, -100, 1.0f, &to};
+            if ((rc = call(t, LLMOPT_OP_CROSS_ENTROPY_FUSED, F32, cin, 2, &tl, &fp, err))) return rc;
+        } else {
+            llmopt_tensor tl = f32_view(a->logits, 2, n, V, 1), tt = i32_view(targets + r0, n);
+            llmopt_tensor to = f32_view(a->losses + r0, 1, n, 1, 1);
+            const llmopt_tensor *lin[2] = {&tl, &tt};
+            llmopt_op_cross_entropy lp = {sizeof lp, -100};
+            if ((rc = call(t, LLMOPT_OP_CROSS_ENTROPY, F32, lin, 2, &to, &lp, err))) return rc;
+            llmopt_op_cross_entropy_backward cp = {sizeof cp, -100, 1.0f};
+            for (int64_t s0 = 0, m = ce_rows(t); s0 < n; s0 += m) {
+                if (m > n - s0) m = n - s0;
+                llmopt_tensor tl = f32_view(a->logits + s0 * V, 2, m, V, 1), tt = i32_view(targets + r0 + s0, m);
+                llmopt_tensor td = f32_view(t->dlogits, 2, m, V, 1);
+                const llmopt_tensor *cin[2] = {&tl, &tt};
+                if ((rc = call(t, LLMOPT_OP_CROSS_ENTROPY_BACKWARD, F32, cin, 2, &td, &cp, err))) return rc;
+                memcpy(a->logits + s0 * V, t->dlogits, (size_t)(m * V) * sizeof(float));
+            }
         }
+        if ((rc = mm_backward(t, a->hf + r0 * C, n, t->lm_head.t, LLMOPT_W_OUT_IN, a->logits, t->dh + r0 * C, 0,
+                              t->lm_head.p ? t->lm_head.p->g : NULL, NULL, err)))
+            return rc;
     }
-    if ((rc = mm_backward(t, a->hf, BT, t->lm_head.t, LLMOPT_W_OUT_IN, a->logits, t->dh, 0,
-                          t->lm_head.p ? t->lm_head.p->g : NULL, NULL, err)) ||
-        (rc = norm_bwd(t, LAYER(a->x, c->n_layer, C), &t->norm_w, &t->norm_b, t->dh, t->dx, err)))
-        return rc;
+    if ((rc = norm_bwd(t, LAYER(a->x, c->n_layer, C), &t->norm_w, &t->norm_b, t->dh, t->dx, err))) return rc;
     for (int l = c->n_layer - 1; l >= 0 && l >= t->grad_floor; l--)
         if ((rc = mlp_bwd(t, l, err)) || (rc = attention_bwd(t, l, err))) return rc;
     llmopt_tensor tdx = f32_view(t->dx, 2, BT, C, 1);

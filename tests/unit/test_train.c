@@ -209,6 +209,47 @@ static void blocked_cross_entropy_and_an_export_mid_run_change_no_weight(void **
     }
 }
 
+/* The LM head in blocks of 5 rows (crossing the sequence edge; the last block one row, which
+ * takes the kernel's M = 1 path) against all 16 at once, fused and unfused cross-entropy: the
+ * losses and every parameter's gradient agree, to the rounding of sums taken in another order
+ * (the logits' by the matmul's path for the block's M, the head's weight gradient a block at a
+ * time). A block at the wrong rows is off by the loss itself. */
+static void lm_head_in_row_blocks_changes_no_loss(void **state) {
+    (void)state;
+    for (int w = 0; w < 2; w++)
+        for (int unfused = 0; unfused < 2; unfused++) {
+            llmopt_model *m = model(w);
+            tr_options o = opts(B), blocked = opts(B);
+            o.lm_rows = B * T, blocked.lm_rows = 5;
+            o.unfused_ce = blocked.unfused_ce = unfused;
+            tr_trainer *a = trainer(m, &o), *b = trainer(m, &blocked);
+            int32_t in[B * T], tg[B * T];
+            for (int s = 0; s < 3; s++) {
+                batch((uint64_t)s + 23, B, in, tg);
+                const double la = fb(a, in, tg), lb = fb(b, in, tg);
+                assert_true(fabs(la - lb) <= 1e-6 * fabs(la));
+                /* the gradients, every parameter's (the head's and, through dh, the rest) */
+                double worst = 0, most = 0;
+                for (size_t i = 0; i < tr_n_params(a); i++) {
+                    const llmopt_tensor *x = tr_param_grad(a, i), *y = tr_param_grad(b, i);
+                    const float *p = x->data, *q = y->data;
+                    for (int64_t k = 0; k < rt_tensor_numel(x); k++) {
+                        if (fabs(p[k] - q[k]) > worst) worst = fabs(p[k] - q[k]);
+                        if (fabs(p[k]) > most) most = fabs(p[k]);
+                    }
+                }
+                assert_true(most > 0);
+                assert_true(worst <= 1e-5 * most);
+                /* the same weights into the next step: copy a's into b */
+                step(a, 1e-2f), step(b, 1e-2f);
+                for (size_t i = 0; i < tr_n_params(a); i++)
+                    memcpy(tr_param_value(b, i)->data, tr_param_value(a, i)->data, tr_param_value(a, i)->nbytes);
+            }
+            tr_free(a), tr_free(b);
+            rt_model_unref(m);
+        }
+}
+
 /* Training only the top layer (without and with its norms) stops the backward there: the
  * gradients it computes are bitwise those of training every tensor. */
 static void training_only_the_top_layer_gives_its_gradients_of_training_all(void **state) {
@@ -508,6 +549,7 @@ int main(void) {
         cmocka_unit_test(two_micro_batches_accumulate_to_the_gradient_of_one_batch_of_both),
         cmocka_unit_test(same_seed_gives_identical_weights_after_five_steps),
         cmocka_unit_test(blocked_cross_entropy_and_an_export_mid_run_change_no_weight),
+        cmocka_unit_test(lm_head_in_row_blocks_changes_no_loss),
         cmocka_unit_test(training_only_the_top_layer_gives_its_gradients_of_training_all),
         cmocka_unit_test(lora_starts_at_the_base_loss_and_trains_only_adapters),
         cmocka_unit_test(merged_model_forward_equals_the_lora_forward),
