@@ -772,13 +772,27 @@ static int check_tokens(const tr_trainer *t, const int32_t *inputs, const int32_
     return 0;
 }
 
+/* The LM head over rows [r0, r0 + n) of the final norm's output (n <= lm_rows) into a->logits,
+ * and with losses set their cross-entropy losses into a->losses + r0. */
+static int head_block(tr_trainer *t, int64_t r0, int64_t n, const int32_t *targets, int losses, llmopt_error *err) {
+    tr_acts *a = &t->a;
+    const int64_t C = t->c.n_embd, V = t->c.vocab;
+    int rc = mm(t, a->hf + r0 * C, n, t->lm_head.t, NULL, LLMOPT_W_OUT_IN, a->logits, 0, err);
+    if (rc || !losses) return rc;
+    llmopt_tensor tl = f32_view(a->logits, 2, n, V, 1), tt = i32_view(targets + r0, n);
+    llmopt_tensor to = f32_view(a->losses + r0, 1, n, 1, 1);
+    const llmopt_tensor *cin[2] = {&tl, &tt};
+    llmopt_op_cross_entropy p = {sizeof p, -100};
+    return call(t, LLMOPT_OP_CROSS_ENTROPY, F32, cin, 2, &to, &p, err);
+}
+
 /* The forward over [B, T] inputs: every saved activation up to the final norm's output, and
  * (evaluating; training leaves the LM head to the backward) the per-row losses, lm_rows rows of
  * logits at a time. */
 static int forward(tr_trainer *t, const int32_t *inputs, const int32_t *targets, int train, llmopt_error *err) {
     const arch_config *c = &t->c;
     tr_acts *a = &t->a;
-    int64_t C = c->n_embd, BT = t->BT, V = c->vocab;
+    int64_t C = c->n_embd, BT = t->BT;
     int rc = check_tokens(t, inputs, targets, err);
     if (rc || (rc = alloc_buffers(t, err))) return rc;
     llmopt_tensor ti = i32_view(inputs, BT), tx = f32_view(a->x, 2, BT, C, 1);
@@ -796,15 +810,9 @@ static int forward(tr_trainer *t, const int32_t *inputs, const int32_t *targets,
     if ((rc = norm_fwd(t, LAYER(a->x, c->n_layer, C), &t->norm_w, &t->norm_b, a->hf, err))) return rc;
     if (train) return 0; /* the backward computes the logits, their losses and gradient */
     /* the losses, lm_rows rows of logits at a time */
-    llmopt_op_cross_entropy p = {sizeof p, -100};
     for (int64_t r0 = 0, n = lm_rows(t); r0 < BT; r0 += n) {
         if (n > BT - r0) n = BT - r0;
-        llmopt_tensor tl = f32_view(a->logits, 2, n, V, 1), tt = i32_view(targets + r0, n);
-        llmopt_tensor to = f32_view(a->losses + r0, 1, n, 1, 1);
-        const llmopt_tensor *cin[2] = {&tl, &tt};
-        if ((rc = mm(t, a->hf + r0 * C, n, t->lm_head.t, NULL, LLMOPT_W_OUT_IN, a->logits, 0, err)) ||
-            (rc = call(t, LLMOPT_OP_CROSS_ENTROPY, F32, cin, 2, &to, &p, err)))
-            return rc;
+        if ((rc = head_block(t, r0, n, targets, 1, err))) return rc;
     }
     return 0;
 }
@@ -907,7 +915,7 @@ static int backward(tr_trainer *t, const int32_t *inputs, const int32_t *targets
      * dlogits and copied back. */
     for (int64_t r0 = 0, n = lm_rows(t); r0 < BT; r0 += n) {
         if (n > BT - r0) n = BT - r0;
-        if ((rc = mm(t, a->hf + r0 * C, n, t->lm_head.t, NULL, LLMOPT_W_OUT_IN, a->logits, 0, err))) return rc;
+        if ((rc = head_block(t, r0, n, targets, !t->ce_fused, err))) return rc;
         if (t->ce_fused) {
             llmopt_tensor tl = f32_view(a->logits, 2, n, V, 1), tt = i32_view(targets + r0, n);
             llmopt_tensor to = f32_view(a->losses + r0, 1, n, 1, 1);
@@ -915,11 +923,6 @@ static int backward(tr_trainer *t, const int32_t *inputs, const int32_t *targets
             llmopt_op_cross_entropy_fused fp = {sizeof fp, -100, 1.0f, &to};
             if ((rc = call(t, LLMOPT_OP_CROSS_ENTROPY_FUSED, F32, cin, 2, &tl, &fp, err))) return rc;
         } else {
-            llmopt_tensor tl = f32_view(a->logits, 2, n, V, 1), tt = i32_view(targets + r0, n);
-            llmopt_tensor to = f32_view(a->losses + r0, 1, n, 1, 1);
-            const llmopt_tensor *lin[2] = {&tl, &tt};
-            llmopt_op_cross_entropy lp = {sizeof lp, -100};
-            if ((rc = call(t, LLMOPT_OP_CROSS_ENTROPY, F32, lin, 2, &to, &lp, err))) return rc;
             llmopt_op_cross_entropy_backward cp = {sizeof cp, -100, 1.0f};
             for (int64_t s0 = 0, m = ce_rows(t); s0 < n; s0 += m) {
                 if (m > n - s0) m = n - s0;
