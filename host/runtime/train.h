@@ -40,7 +40,8 @@ typedef struct tr_options {
     /* rows of the LM head's logits at a time (0: about 32 MB of them, at least 16): the logits
      * of a batch are never all in memory, as a [B*T, vocab] buffer would be (823 MB for GPT-2
      * at 8 x 512, 2.1 GB for Llama 3 at 4 x 1024); each block's loss gradient goes through the
-     * head before the next block is computed. The losses do not depend on it; the head's weight
+     * head before the next block is computed. Losses and gradients depend on it only by
+     * rounding: a block's row count picks the matmul's path for its logits, and the head's weight
      * gradient is summed a block at a time (tests set a small one) */
     int lm_rows;
     /* llmopt_matmul_precision of the forward matmuls and of dx through the weights (MEDIUM: the
