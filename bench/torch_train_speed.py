@@ -3,7 +3,7 @@
 
   torch_train_speed.py MODEL_DIR [--mode full|lora] [--batch 4] [--seq 128] [--steps 5] [--warmup 1]
                        [--threads 2] [--rank 8] [--alpha 16] [--targets c_attn] [--vocab-ids 4096]
-                       [--autocast-bf16]
+                       [--autocast-bf16] [--gradient-checkpointing]
 
 The training step llmopt's finetune.full / finetune.lora takes, written the way a PyTorch user
 writes it: AutoModelForCausalLM.from_pretrained(MODEL_DIR, float32) (GPT-2 or Llama), model.train()
@@ -21,6 +21,10 @@ the optimizer.
 --autocast-bf16 runs the forward and the loss under torch.autocast("cpu", dtype=torch.bfloat16), the
 mixed precision PyTorch offers on CPUs (matmuls in bf16, weights and optimizer f32): the peer of
 llmopt's matmul_precision medium.
+
+--gradient-checkpointing calls transformers' model.gradient_checkpointing_enable() (non-reentrant
+torch.utils.checkpoint at each decoder layer, so a frozen base with LoRA still gets its gradients):
+the peer of finetune's gradient_checkpointing: true.
 
 --warmup steps run first and are not timed; then --steps steps are timed as one interval.
 Inputs are a fixed xorshift sequence of ids below --vocab-ids (the ids do not change the work).
@@ -85,6 +89,7 @@ def main():
     p.add_argument("--targets", default="c_attn")
     p.add_argument("--vocab-ids", type=int, default=4096)
     p.add_argument("--autocast-bf16", action="store_true")
+    p.add_argument("--gradient-checkpointing", action="store_true")
     a = p.parse_args()
 
     import torch
@@ -99,6 +104,8 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32, **no_dropout)
     if a.mode == "lora":
         add_lora(model, set(a.targets.split(",")), a.rank, a.alpha)
+    if a.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
@@ -114,6 +121,7 @@ def main():
     print(f"model_type={kind}")
     print(f"mode={a.mode} batch={B} seq={T} steps={a.steps} warmup={a.warmup}")
     print(f"autocast_bf16={int(a.autocast_bf16)}")
+    print(f"gradient_checkpointing={int(a.gradient_checkpointing)}")
     print(f"trainable_params={sum(q.numel() for q in params)}")
     sys.stdout.flush()
 

@@ -15,7 +15,9 @@
 #   KJV_B/KJV_T/KJV_STEPS (8/128/20), TORCH_PYS (python interpreters; default the interop venv's
 #   Debian torch 1.13 and, if it imports, build-bench/torch2-venv's PyPI torch), PRECISION
 #   (highest: fp32 on both sides; medium: llmopt's matmul_precision medium against torch under
-#   autocast to bfloat16, torch_train_speed.py --autocast-bf16).
+#   autocast to bfloat16, torch_train_speed.py --autocast-bf16), GRADIENT_CHECKPOINTING (0; 1:
+#   finetune's gradient_checkpointing: true against transformers' gradient_checkpointing_enable(),
+#   torch_train_speed.py --gradient-checkpointing).
 # Results (key=value files and table.md) go to BUILD_DIR/train-bench/<date-time>/.
 set -eu
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -24,6 +26,8 @@ threads="${2:-2}"
 reps="${REPEATS:-3}"
 cases="${CASES:-gpt2-full kjv-full kjv-lora gpt2-lora llama-full llama-lora}"
 precision="${PRECISION:-highest}"
+gc="${GRADIENT_CHECKPOINTING:-0}"
+case "$gc" in 0) gc_flag="" gc_yaml="" ;; 1) gc_flag="--gradient-checkpointing" gc_yaml=", gradient_checkpointing: true" ;; *) echo "GRADIENT_CHECKPOINTING: 0 or 1" >&2; exit 2 ;; esac
 case "$precision" in highest) autocast="" ;; medium) autocast="--autocast-bf16" ;; *) echo "PRECISION: highest or medium" >&2; exit 2 ;; esac
 host="$build/host/llmopt-host"
 res="$build/train-bench/$(date -u +%Y%m%d-%H%M%S)"
@@ -75,6 +79,7 @@ fi
     echo "threads=$threads"
     echo "repeats=$reps"
     echo "precision=$precision"
+    echo "gradient_checkpointing=$gc"
     echo "llmopt_version=$("$host" --version | head -1 | tr ' ' '_')"
     echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '_')"
 } >"$res/machine.txt"
@@ -100,7 +105,7 @@ data:
   train: {path: $root/data/kjv.txt, split: "0:10%"}
 stages:
   - {id: train, uses: finetune.$mode, with: {batch: $B, seq_len: $T, steps: $((steps + 1)), lr: 1.0e-4,
-     schedule: constant, warmup: 0, grad_clip: 1.0, weight_decay: 0.01$extra}}
+     schedule: constant, warmup: 0, grad_clip: 1.0, weight_decay: 0.01$gc_yaml$extra}}
 EOF
     for r in $(seq 1 "$reps"); do
         log "$c: llmopt run $r"
@@ -127,7 +132,7 @@ run_torch() { # case py model mode B T steps
     for r in $(seq 1 "$reps"); do
         log "$c: torch $tag run $r"
         /usr/bin/time -v -o "$res/$c-torch.time" "$py" "$root/bench/torch_train_speed.py" "$model" --mode "$mode" \
-            --batch "$B" --seq "$T" --steps "$steps" --warmup 1 --threads "$threads" --targets "$targets" $autocast 2>/dev/null |
+            --batch "$B" --seq "$T" --steps "$steps" --warmup 1 --threads "$threads" --targets "$targets" $autocast $gc_flag 2>/dev/null |
             grep -v '^peak_rss_mib='
         echo "peak_rss_mib=$(rss_mib "$res/$c-torch.time")"
     done >"$res/$c-torch-$tag.txt"
@@ -165,7 +170,8 @@ def kv(path):
 mach = {k: v[0] for k, v in kv(os.path.join(res, "machine.txt")).items()}
 print(f"{mach['date']}, git {mach['git']}, {mach['cpu'].replace('_', ' ')}, {mach['cpus']} cpus, "
       f"{mach['threads']} threads, matmul precision {mach.get('precision', 'highest')} (torch: "
-      f"{'autocast bfloat16' if mach.get('precision') == 'medium' else 'fp32'}), best of {mach['repeats']} processes, OpenBLAS {mach.get('openblas_core', '?')} kernels; load average "
+      f"{'autocast bfloat16' if mach.get('precision') == 'medium' else 'fp32'}), "
+      f"{'gradient checkpointing on both sides, ' if mach.get('gradient_checkpointing') == '1' else ''}best of {mach['repeats']} processes, OpenBLAS {mach.get('openblas_core', '?')} kernels; load average "
       f"{mach['load_before'].replace('_', ' ')} before, {mach.get('load_after', '?').replace('_', ' ')} after")
 print()
 print("| case | B x T, timed steps | trainer | tokens/s | tokens per CPU-s | peak RSS MiB | llmopt tok/s / this | llmopt RSS / this |")

@@ -48,6 +48,7 @@ static llmopt_trainer *api_trainer_new(llmopt_stage_ctx *ctx, const llmopt_model
     t.lora_targets = o->lora_targets, t.n_lora_targets = o->n_lora_targets;
     t.beta1 = o->beta1, t.beta2 = o->beta2, t.eps = o->eps, t.weight_decay = o->weight_decay;
     t.seed = o->seed;
+    if (o->struct_size >= offsetof(llmopt_train_options, recompute) + sizeof o->recompute) t.recompute = o->recompute;
     if (ctx && ctx->p) t.matmul_precision = ctx->p->matmul_precision;
     llmopt_trainer *h = calloc(1, sizeof *h);
     if (!h) {
@@ -93,6 +94,7 @@ static int api_trainer_step(llmopt_stage_ctx *ctx, llmopt_trainer *t, float lr, 
 }
 
 static void api_trainer_zero_grad(llmopt_trainer *t) { tr_zero_grad(t->t); }
+static void api_trainer_finish(llmopt_trainer *t) { tr_finish(t->t); }
 static int api_trainer_steps(const llmopt_trainer *t) { return tr_steps(t->t); }
 
 static int api_trainer_export(llmopt_stage_ctx *ctx, llmopt_trainer *t, int merge_lora, llmopt_model **out) {
@@ -164,6 +166,7 @@ void train_api_fill(llmopt_host_api *api) {
     api->trainer_lora_export = api_trainer_lora_export;
     api->trainer_save_state = api_trainer_save_state;
     api->trainer_load_state = api_trainer_load_state;
+    api->trainer_finish = api_trainer_finish;
     api->model_save = api_model_save;
     api->tensors_save = api_tensors_save;
     api->model_set_file = rt_model_set_file;

@@ -504,7 +504,9 @@ static int alloc_buffers(tr_trainer *t, llmopt_error *err) {
     size_t V = (size_t)c->vocab, maxin = F > Q ? F : Q, r = (size_t)t->o.lora_rank;
     maxin = maxin > C ? maxin : C;
     tr_acts *a = &t->a;
-    a->x = malloc((L + 1) * BT * C * 4), a->xmid = malloc(L * BT * C * 4);
+    a->x = malloc((L + 1) * BT * C * 4);
+    if (t->o.recompute) L = 1; /* the rest for the layer at hand */
+    a->xmid = malloc(L * BT * C * 4);
     a->h1 = malloc(L * BT * C * 4), a->h2 = malloc(L * BT * C * 4);
     a->q = malloc(L * BT * Q * 4), a->k = malloc(L * BT * KV * 4), a->v = malloc(L * BT * KV * 4);
     a->att = malloc(L * BT * Q * 4), a->ffa = malloc(L * BT * F * 4), a->ffo = malloc(L * BT * F * 4);
@@ -676,9 +678,26 @@ const llmopt_tensor *tr_param_value(const tr_trainer *t, size_t i) { return i < 
 const llmopt_tensor *tr_param_grad(const tr_trainer *t, size_t i) { return i < t->n_params ? t->params[i]->g : NULL; }
 int tr_steps(const tr_trainer *t) { return t->step; }
 
+int tr_refuse_finished(const char *what, llmopt_error *err) {
+    return error_set(err, LLMOPT_EINVAL, "%s: training is finished (its gradients and AdamW moments are freed)", what);
+}
+
+void tr_finish(tr_trainer *t) {
+    for (size_t i = 0; i < t->n_params; i++) {
+        tr_param *p = t->params[i];
+        rt_tensor_unref(p->g), rt_tensor_unref(p->m), rt_tensor_unref(p->v);
+        p->g = p->m = p->v = NULL;
+    }
+    tr_free_buffers(t);
+    t->acc_targets = 0;
+    t->finished = 1;
+}
+
 /* ---- forward ---- */
 
 #define LAYER(buf, l, width) ((buf) + (size_t)(l) * (size_t)t->BT * (size_t)(width))
+/* a layer's activations other than its input x: one set for every layer with recompute */
+#define ACT(buf, l, width) LAYER(buf, t->o.recompute ? 0 : (l), width)
 
 /* GPT-2's fused c_attn rows [q | k | v] split into q, k, v (join: back into the rows), rows
  * over the host's threads: one thread's copy left the others waiting (~4% of a kjv-tiny step). */
@@ -708,8 +727,8 @@ static int attention_fwd(tr_trainer *t, int l, int train, llmopt_error *err) {
     tr_layer *L = &t->layers[l];
     tr_acts *a = &t->a;
     int64_t C = c->n_embd, D = c->head_dim, Hq = c->n_head, Hkv = c->n_kv_head, Q = Hq * D, KV = Hkv * D;
-    float *x = LAYER(a->x, l, C), *h1 = LAYER(a->h1, l, C), *q = LAYER(a->q, l, Q), *k = LAYER(a->k, l, KV);
-    float *v = LAYER(a->v, l, KV), *att = LAYER(a->att, l, Q), *xmid = LAYER(a->xmid, l, C);
+    float *x = LAYER(a->x, l, C), *h1 = ACT(a->h1, l, C), *q = ACT(a->q, l, Q), *k = ACT(a->k, l, KV);
+    float *v = ACT(a->v, l, KV), *att = ACT(a->att, l, Q), *xmid = ACT(a->xmid, l, C);
     int rc;
     if ((rc = norm_fwd(t, x, &L->ln1_w, &L->ln1_b, h1, err))) return rc;
     if (c->family == ARCH_GPT2) {
@@ -733,12 +752,14 @@ static int attention_fwd(tr_trainer *t, int l, int train, llmopt_error *err) {
     return linear_fwd(t, &L->o, att, xmid, 1, train, err);
 }
 
-static int mlp_fwd(tr_trainer *t, int l, int train, llmopt_error *err) {
+/* down 0 (recomputing for the backward): stops at the down projection's input, which is all the
+ * backward reads; the layer's output x[l + 1] is already saved. */
+static int mlp_fwd(tr_trainer *t, int l, int train, int down, llmopt_error *err) {
     const arch_config *c = &t->c;
     tr_layer *L = &t->layers[l];
     tr_acts *a = &t->a;
     int64_t C = c->n_embd, F = c->n_ff;
-    float *xmid = LAYER(a->xmid, l, C), *h2 = LAYER(a->h2, l, C), *ffa = LAYER(a->ffa, l, F), *ffo = LAYER(a->ffo, l, F);
+    float *xmid = ACT(a->xmid, l, C), *h2 = ACT(a->h2, l, C), *ffa = ACT(a->ffa, l, F), *ffo = ACT(a->ffo, l, F);
     float *xout = LAYER(a->x, l + 1, C);
     int rc;
     if ((rc = norm_fwd(t, xmid, &L->ln2_w, &L->ln2_b, h2, err))) return rc;
@@ -749,13 +770,14 @@ static int mlp_fwd(tr_trainer *t, int l, int train, llmopt_error *err) {
             (rc = call(t, c->act == ACT_GELU_ERF ? LLMOPT_OP_GELU_ERF : LLMOPT_OP_GELU, F32, in, 1, &to, NULL, err)))
             return rc;
     } else {
-        float *ffb = LAYER(a->ffb, l, F);
+        float *ffb = ACT(a->ffb, l, F);
         llmopt_tensor tb = f32_view(ffb, 2, t->BT, F, 1);
         const llmopt_tensor *in[2] = {&ta, &tb};
         if ((rc = linear_fwd(t, &L->gate, h2, ffa, 0, train, err)) || (rc = linear_fwd(t, &L->up, h2, ffb, 0, train, err)) ||
             (rc = call(t, LLMOPT_OP_SWIGLU, F32, in, 2, &to, NULL, err)))
             return rc;
     }
+    if (!down) return 0;
     memcpy(xout, xmid, (size_t)t->BT * (size_t)C * 4);
     return linear_fwd(t, &L->down, ffo, xout, 1, train, err);
 }
@@ -806,7 +828,7 @@ static int forward(tr_trainer *t, const int32_t *inputs, const int32_t *targets,
             return rc;
     }
     for (int l = 0; l < c->n_layer; l++)
-        if ((rc = attention_fwd(t, l, train, err)) || (rc = mlp_fwd(t, l, train, err))) return rc;
+        if ((rc = attention_fwd(t, l, train, err)) || (rc = mlp_fwd(t, l, train, 1, err))) return rc;
     if ((rc = norm_fwd(t, LAYER(a->x, c->n_layer, C), &t->norm_w, &t->norm_b, a->hf, err))) return rc;
     if (train) return 0; /* the backward computes the logits, their losses and gradient */
     /* the losses, lm_rows rows of logits at a time */
@@ -841,8 +863,8 @@ static int attention_bwd(tr_trainer *t, int l, llmopt_error *err) {
     tr_layer *L = &t->layers[l];
     tr_acts *a = &t->a;
     int64_t C = c->n_embd, D = c->head_dim, Hq = c->n_head, Hkv = c->n_kv_head, Q = Hq * D, KV = Hkv * D;
-    float *x = LAYER(a->x, l, C), *h1 = LAYER(a->h1, l, C), *q = LAYER(a->q, l, Q), *k = LAYER(a->k, l, KV);
-    float *v = LAYER(a->v, l, KV), *att = LAYER(a->att, l, Q);
+    float *x = LAYER(a->x, l, C), *h1 = ACT(a->h1, l, C), *q = ACT(a->q, l, Q), *k = ACT(a->k, l, KV);
+    float *v = ACT(a->v, l, KV), *att = ACT(a->att, l, Q);
     int rc;
     /* x_mid = x + att Wo: datt = dx Woᵀ; dx passes through the residual unchanged */
     if ((rc = linear_bwd(t, &L->o, att, t->dx, t->datt, 0, err))) return rc;
@@ -878,7 +900,7 @@ static int mlp_bwd(tr_trainer *t, int l, llmopt_error *err) {
     tr_layer *L = &t->layers[l];
     tr_acts *a = &t->a;
     int64_t C = c->n_embd, F = c->n_ff;
-    float *xmid = LAYER(a->xmid, l, C), *h2 = LAYER(a->h2, l, C), *ffa = LAYER(a->ffa, l, F), *ffo = LAYER(a->ffo, l, F);
+    float *xmid = ACT(a->xmid, l, C), *h2 = ACT(a->h2, l, C), *ffa = ACT(a->ffa, l, F), *ffo = ACT(a->ffo, l, F);
     int rc;
     if ((rc = linear_bwd(t, &L->down, ffo, t->dx, t->dffo, 0, err))) return rc;
     llmopt_tensor ta = f32_view(ffa, 2, t->BT, F, 1), tdo = f32_view(t->dffo, 2, t->BT, F, 1);
@@ -889,7 +911,7 @@ static int mlp_bwd(tr_trainer *t, int l, llmopt_error *err) {
         if ((rc = call(t, op, F32, in, 2, &tda, NULL, err)) || (rc = linear_bwd(t, &L->up, h2, t->dffa, t->dh, 0, err)))
             return rc;
     } else {
-        llmopt_tensor tb = f32_view(LAYER(a->ffb, l, F), 2, t->BT, F, 1), tdb = f32_view(t->dffb, 2, t->BT, F, 1);
+        llmopt_tensor tb = f32_view(ACT(a->ffb, l, F), 2, t->BT, F, 1), tdb = f32_view(t->dffb, 2, t->BT, F, 1);
         const llmopt_tensor *in[3] = {&ta, &tb, &tdo};
         llmopt_op_swiglu_backward p = {sizeof p, &tdb};
         if ((rc = call(t, LLMOPT_OP_SWIGLU_BACKWARD, F32, in, 3, &tda, &p, err)) ||
@@ -938,8 +960,12 @@ static int backward(tr_trainer *t, const int32_t *inputs, const int32_t *targets
             return rc;
     }
     if ((rc = norm_bwd(t, LAYER(a->x, c->n_layer, C), &t->norm_w, &t->norm_b, t->dh, t->dx, err))) return rc;
-    for (int l = c->n_layer - 1; l >= 0 && l >= t->grad_floor; l--)
+    for (int l = c->n_layer - 1; l >= 0 && l >= t->grad_floor; l--) {
+        /* recompute: the layer's activations again from its saved input, the same kernels on
+         * the same inputs (and the same dropout masks: the stream moves on after the backward) */
+        if (t->o.recompute && ((rc = attention_fwd(t, l, 1, err)) || (rc = mlp_fwd(t, l, 1, 0, err)))) return rc;
         if ((rc = mlp_bwd(t, l, err)) || (rc = attention_bwd(t, l, err))) return rc;
+    }
     llmopt_tensor tdx = f32_view(t->dx, 2, BT, C, 1);
     if (t->tok_emb.p) {
         llmopt_tensor ti = i32_view(inputs, BT);
@@ -956,6 +982,7 @@ static int backward(tr_trainer *t, const int32_t *inputs, const int32_t *targets
 
 int tr_forward_backward(tr_trainer *t, const int32_t *inputs, const int32_t *targets, double *loss_sum,
                         size_t *n_targets, llmopt_error *err) {
+    if (t->finished) return tr_refuse_finished("forward_backward", err);
     int rc = forward(t, inputs, targets, 1, err);
     if (!rc) rc = backward(t, inputs, targets, err);
     if (!rc) loss_sum_of(t, targets, loss_sum, n_targets);
@@ -1011,6 +1038,7 @@ static int grad_sq_sum(const tr_trainer *t, double *sq) {
 }
 
 int tr_step(tr_trainer *t, float lr, float clip, float *grad_norm, llmopt_error *err) {
+    if (t->finished) return tr_refuse_finished("step", err);
     if (t->acc_targets == 0)
         return error_set(err, LLMOPT_EINVAL, "no targets accumulated since the last step (run tr_forward_backward with "
                          "targets that are not all -100)");
@@ -1038,6 +1066,7 @@ int tr_step(tr_trainer *t, float lr, float clip, float *grad_norm, llmopt_error 
 }
 
 void tr_zero_grad(tr_trainer *t) {
-    for (size_t i = 0; i < t->n_params; i++) memset(t->params[i]->g->data, 0, t->params[i]->g->nbytes);
+    for (size_t i = 0; i < t->n_params && !t->finished; i++) memset(t->params[i]->g->data, 0, t->params[i]->g->nbytes);
     t->acc_targets = 0;
 }
+

@@ -47,6 +47,12 @@ typedef struct tr_options {
     /* llmopt_matmul_precision of the forward matmuls and of dx through the weights (MEDIUM: the
      * kernel may round both sides to bf16); weight gradients are exact either way. HIGHEST by default. */
     int matmul_precision;
+    /* 1: keep only each layer's input from the forward and run the layer's forward again in the
+     * backward, just before its gradients (activation checkpointing at layer boundaries, what
+     * transformers calls gradient checkpointing). The saved activations shrink from about
+     * (4 C + 3 Q/KV widths + 2-3 F) x B*T floats per layer to C per layer plus one layer's set,
+     * for about a third more forward work in the layers. Losses and gradients are the same bits. */
+    int recompute;
 } tr_options;
 
 /* Defaults: batch 1, seq 128, full fine-tuning of every floating-point tensor, lora_alpha 16,
@@ -89,9 +95,15 @@ int tr_step(tr_trainer *t, float lr, float clip, float *grad_norm, llmopt_error 
 void tr_zero_grad(tr_trainer *t);
 /* Optimizer steps taken. */
 int tr_steps(const tr_trainer *t);
+/* Training is over: frees the gradients, the AdamW moments and the batch's buffers (for full
+ * fine-tuning three times the trained weights' f32 size), and lets tr_export hand the f32
+ * masters of f32 tensors to the exported model instead of copying them. tr_eval, tr_export and
+ * tr_lora_export still work; tr_forward_backward, tr_step, tr_save_state and tr_load_state fail
+ * saying the training is finished; tr_param_grad is NULL. */
+void tr_finish(tr_trainer *t);
 
 /* A new model with the trained weights: full fine-tuning replaces the trained tensors (others
- * stay shared with the input); LoRA with merge adds (alpha/r) B A into the targets, without
+ * stay shared with the input; after tr_finish an f32 tensor is the master itself); LoRA with merge adds (alpha/r) B A into the targets, without
  * merge the base is returned unchanged (save the adapters with tr_lora_export). It first frees
  * the batch's activations (tr_free_buffers), so the copy does not come on top of them. */
 int tr_export(tr_trainer *t, int merge_lora, llmopt_model **out, llmopt_error *err);

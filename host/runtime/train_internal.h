@@ -42,7 +42,8 @@ typedef struct tr_layer {
     tr_linear qkv, q, k, v, o, up, gate, down;   /* qkv: GPT-2 c_attn; q, k, v: Llama */
 } tr_layer;
 
-/* Activations saved by the forward for the backward, per layer l. */
+/* Activations saved by the forward for the backward, per layer l; with tr_options.recompute,
+ * x for every layer and the rest for one layer at a time (the one the backward is in). */
 typedef struct tr_acts {
     float *x;      /* [(L+1)][BT,C] residual stream entering layer l; x[L] leaves the last */
     float *xmid;   /* [L][BT,C] after the attention residual */
@@ -87,7 +88,11 @@ struct tr_trainer {
     int step;                      /* optimizer steps taken */
     uint64_t micro;                /* micro-batches run with dropout: the dropout stream's counter */
     size_t acc_targets;            /* targets accumulated since the last step */
+    int finished;                  /* tr_finish: no gradients or moments any more */
 };
+
+/* LLMOPT_EINVAL saying training is finished, for what needs gradients or moments. */
+int tr_refuse_finished(const char *what, llmopt_error *err);
 
 /* n f32 values into a float tensor's storage of its dtype (round to nearest even). */
 void tr_from_f32(llmopt_tensor *t, const float *src, int64_t n);

@@ -92,8 +92,16 @@ int tr_export(tr_trainer *t, int merge_lora, llmopt_model **out, llmopt_error *e
     if (!nm) return error_set(err, LLMOPT_ENOMEM, "out of memory");
     int rc = 0;
     if (t->o.lora_rank == 0) {
-        for (size_t i = 0; !rc && i < t->n_params; i++)
-            rc = set_new(nm, t->params[i]->name, t->params[i]->src, t->params[i]->w->data, err);
+        for (size_t i = 0; !rc && i < t->n_params; i++) {
+            const tr_param *p = t->params[i];
+            /* finished, nothing writes the master again: an f32 one is the exported tensor */
+            if (t->finished && p->src->dtype == F32) {
+                if ((rc = rt_model_set(nm, p->name, p->w)) != 0)
+                    rc = error_set(err, rc, "cannot set '%s' in the exported model", p->name);
+            } else {
+                rc = set_new(nm, p->name, p->src, p->w->data, err);
+            }
+        }
     } else if (merge_lora) {
         for (size_t i = 0; !rc && i < t->n_linears; i++)
             if (t->linears[i]->lora) rc = merge_one(t, t->linears[i], nm, err);
@@ -189,6 +197,7 @@ static int wrap_into(llmopt_model *sm, const char *prefix, const char *name, con
 }
 
 int tr_save_state(const tr_trainer *t, const char *dir, llmopt_error *err) {
+    if (t->finished) return tr_refuse_finished("save_state", err);
     json_t *js = state_json(t);
     char *text = js ? json_dumps(js, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     json_decref(js);
@@ -269,6 +278,7 @@ static const rt_safetensors_entry *entry(const rt_safetensors_entry *es, size_t 
 }
 
 int tr_load_state(tr_trainer *t, const char *dir, llmopt_error *err) {
+    if (t->finished) return tr_refuse_finished("load_state", err);
     char path[4096], spath[4096];
     snprintf(path, sizeof path, "%s/train_state.json", dir);
     snprintf(spath, sizeof spath, "%s/train_state.safetensors", dir);

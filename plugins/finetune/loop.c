@@ -307,6 +307,7 @@ int ft_train(llmopt_stage_ctx *ctx, const ft_job *job, llmopt_trainer **out) {
     o.trainable = job->trainable, o.n_trainable = job->n_trainable;
     o.lora_rank = job->lora_rank, o.lora_alpha = job->lora_alpha, o.lora_dropout = job->lora_dropout;
     o.lora_targets = job->lora_targets, o.n_lora_targets = job->n_lora_targets;
+    o.recompute = A->param_bool(ctx, "gradient_checkpointing");
     llmopt_trainer *t = A->trainer_new(ctx, m, &o);
     ft_order order = {0};
     char *ckdir = NULL;
@@ -409,6 +410,9 @@ int ft_train(llmopt_stage_ctx *ctx, const ft_job *job, llmopt_trainer **out) {
             break;
         }
     }
+    /* no more steps: the gradients and moments go before the final evaluation and the export
+     * (whose copy of the weights would otherwise come on top of them: the run's peak) */
+    if (!rc) A->trainer_finish(t);
     if (!rc && eval.n) {
         rc = evaluate(ctx, t, &eval, B, eval_batches, &val);
         if (!rc) {

@@ -170,8 +170,8 @@ def test_full_finetune_lowers_the_loss_and_validates(host, models_with_tokenizer
 # (c) resume after SIGKILL
 
 
-def _resume_config(tmp_path, base_dir, kjv_file, name, ckdir, resume=""):
-    extra = f", resume_from: {resume}" if resume else ""
+def _resume_config(tmp_path, base_dir, kjv_file, name, ckdir, resume="", extra=""):
+    extra = (f", resume_from: {resume}" if resume else "") + extra
     return write_config(
         tmp_path, base_dir, {"train": (kjv_file, "0:1500")},
         [f"{{id: ft, uses: finetune.full, with: {{steps: 200, seq_len: 32, batch: 2, accum: 2, lr: 0.001, "
@@ -198,7 +198,9 @@ def test_resume_after_sigkill_ends_bitwise_equal(host, models_with_tokenizer, kj
     done = sorted(int(p.name.split("-")[1]) for p in ck.glob("checkpoint-*"))
     assert done and done[-1] < 200, done
 
-    cfg = _resume_config(tmp_path, base_dir, kjv_file, "resumed", tmp_path / "ck-resumed", resume=ck)
+    # resumed with gradient checkpointing (what a run out of memory would do): the same bits
+    cfg = _resume_config(tmp_path, base_dir, kjv_file, "resumed", tmp_path / "ck-resumed", resume=ck,
+                         extra=", gradient_checkpointing: true")
     _, report = run(host, cfg, tmp_path / "resumed")
     assert metrics(report, "ft")["steps"] == 200
     got = load_file(tmp_path / "resumed" / "ft" / "model" / "model.safetensors")

@@ -81,6 +81,26 @@ def test_gradients_of_every_parameter_match_torch_autograd(driver, plugin_dir, t
     assert errs[worst] < GRAD_RTOL, f"{worst}: ||ours - torch|| / ||torch|| = {errs[worst]:.3g}"
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+def test_gradient_checkpointing_gives_torch_autograd_gradients_and_the_same_bits(driver, plugin_dir, train_models,
+                                                                                 tmp_path, name):
+    # recompute: each layer's activations again in the backward from its saved input
+    model = load_reference_model(train_models[name])
+    ids, targets = token_batch(model.config.vocab_size, seed=5)
+    run_driver(driver, plugin_dir, train_models[name], tmp_path / "saved", ids, targets, steps=0, grads=True)
+    run_driver(driver, plugin_dir, train_models[name], tmp_path / "recomputed", ids, targets, steps=0, grads=True,
+               recompute=1)
+    saved = load_file(tmp_path / "saved" / "grads" / "model.safetensors")
+    ours = load_file(tmp_path / "recomputed" / "grads" / "model.safetensors")
+    model.zero_grad()
+    torch_loss(model, ids, targets).backward()
+    params = dict(model.named_parameters())
+    assert set(ours) == set(params)
+    for n, p in params.items():
+        assert rel_err(ours[n], p.grad.numpy()) < GRAD_RTOL, n
+        assert np.array_equal(ours[n], saved[n]), f"{n}: recomputing changed the gradient"
+
+
 @pytest.mark.parametrize("name", ["gpt2_bfloat16", "llama_gqa_bfloat16"])
 def test_medium_precision_gradients_are_closer_to_f32_than_torch_in_bfloat16(driver, plugin_dir, host, train_models,
                                                                               tmp_path, name):

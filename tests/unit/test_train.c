@@ -209,6 +209,60 @@ static void blocked_cross_entropy_and_an_export_mid_run_change_no_weight(void **
     }
 }
 
+/* tr_finish after three steps: the export (the f32 masters themselves) equals the one taken
+ * before it, tr_eval still gives the same loss, the exported weights outlive the trainer, and
+ * whatever needs the gradients or moments is refused saying why. LoRA: the merged export is the
+ * same too. */
+static void finishing_frees_the_optimizer_and_exports_the_same_weights(void **state) {
+    (void)state;
+    for (int w = 0; w < 2; w++)
+        for (int lora = 0; lora < 2; lora++) {
+            llmopt_model *m = model(w);
+            tr_options o = opts(B);
+            const char *targets[] = {w == 0 ? "c_attn" : "q_proj"};
+            if (lora) o.lora_rank = 2, o.lora_targets = targets, o.n_lora_targets = 1;
+            tr_trainer *t = trainer(m, &o);
+            int32_t in[B * T], tg[B * T];
+            for (int s = 0; s < 3; s++) {
+                batch((uint64_t)s + 5, B, in, tg);
+                fb(t, in, tg), step(t, 1e-2f);
+            }
+            llmopt_error err = {0};
+            llmopt_model *before = NULL, *after = NULL;
+            assert_int_equal(tr_export(t, 1, &before, &err), 0);
+            const double loss = eval(t, in, tg);
+            tr_finish(t);
+            assert_null(tr_param_grad(t, 0));
+            assert_true(eval(t, in, tg) == loss);
+            assert_int_equal(tr_export(t, 1, &after, &err), 0);
+            double l;
+            size_t n;
+            assert_int_equal(tr_forward_backward(t, in, tg, &l, &n, &err), LLMOPT_EINVAL);
+            assert_non_null(strstr(err.msg, "training is finished"));
+            float norm;
+            assert_int_equal(tr_step(t, 1e-2f, 1.0f, &norm, &err), LLMOPT_EINVAL);
+            char dir[] = "/tmp/llmopt-finish-XXXXXX";
+            assert_non_null(mkdtemp(dir));
+            err.msg[0] = 0;
+            assert_int_equal(tr_save_state(t, dir, &err), LLMOPT_EINVAL);
+            assert_non_null(strstr(err.msg, "save_state: training is finished"));
+            rmdir(dir);
+            tr_zero_grad(t); /* a no-op, not a crash */
+            for (size_t i = 0; !lora && i < tr_n_params(t); i++) /* shared, not copied */
+                assert_ptr_equal(rt_model_get(after, tr_param_name(t, i)), tr_param_value(t, i));
+            tr_free(t);
+            for (size_t i = 0; i < rt_model_n_tensors(before); i++) {
+                const char *name = rt_model_tensor_name(before, i);
+                const llmopt_tensor *x = rt_model_get(before, name), *y = rt_model_get(after, name);
+                assert_non_null(y);
+                assert_int_equal(x->nbytes, y->nbytes);
+                assert_memory_equal(x->data, y->data, x->nbytes);
+            }
+            rt_model_unref(before), rt_model_unref(after);
+            rt_model_unref(m);
+        }
+}
+
 /* The LM head in blocks of 5 rows (crossing the sequence edge; the last block one row, which
  * takes the kernel's M = 1 path) against all 16 at once, fused and unfused cross-entropy: the
  * losses and every parameter's gradient agree, to the rounding of sums taken in another order
@@ -245,6 +299,42 @@ static void lm_head_in_row_blocks_changes_no_loss(void **state) {
                 for (size_t i = 0; i < tr_n_params(a); i++)
                     memcpy(tr_param_value(b, i)->data, tr_param_value(a, i)->data, tr_param_value(a, i)->nbytes);
             }
+            tr_free(a), tr_free(b);
+            rt_model_unref(m);
+        }
+}
+
+/* Recomputing each layer's activations in the backward (tr_options.recompute) against saving
+ * them all: the same kernels on the same inputs, so the losses, every gradient and the weights
+ * after three AdamW steps are the same bits, full fine-tuning and LoRA with dropout on a
+ * projection of every kind (the masks drawn again must be the forward's). A recompute that read
+ * another layer's activations, or skipped what the backward reads, would not be. */
+static void recomputing_activations_in_the_backward_changes_no_bit(void **state) {
+    (void)state;
+    for (int w = 0; w < 2; w++)
+        for (int lora = 0; lora < 2; lora++) {
+            llmopt_model *m = model(w);
+            tr_options o = opts(B);
+            const char *targets[] = {w == 0 ? "c_attn" : "q_proj", w == 0 ? "c_proj" : "down_proj", "up_proj", "o_proj"};
+            if (lora) o.lora_rank = 2, o.lora_dropout = 0.25f, o.lora_targets = targets, o.n_lora_targets = w ? 4 : 2;
+            tr_options r = o;
+            r.recompute = 1;
+            tr_trainer *a = trainer(m, &o), *b = trainer(m, &r);
+            int32_t in[B * T], tg[B * T];
+            for (int s = 0; s < 3; s++) {
+                batch((uint64_t)s + 41, B, in, tg);
+                assert_true(fb(a, in, tg) == fb(b, in, tg));
+                assert_true(tr_n_params(a) == tr_n_params(b) && tr_n_params(a) > 0);
+                for (size_t i = 0; i < tr_n_params(a); i++) {
+                    const llmopt_tensor *x = tr_param_grad(a, i), *y = tr_param_grad(b, i);
+                    if (memcmp(x->data, y->data, x->nbytes) != 0)
+                        fail_msg("%s%s: gradient of %s differs", model_name[w], lora ? " lora" : "", tr_param_name(a, i));
+                }
+                step(a, 1e-2f), step(b, 1e-2f);
+            }
+            assert_true(eval(a, in, tg) == eval(b, in, tg));
+            for (size_t i = 0; i < tr_n_params(a); i++)
+                assert_memory_equal(tr_param_value(a, i)->data, tr_param_value(b, i)->data, tr_param_value(a, i)->nbytes);
             tr_free(a), tr_free(b);
             rt_model_unref(m);
         }
@@ -550,6 +640,8 @@ int main(void) {
         cmocka_unit_test(same_seed_gives_identical_weights_after_five_steps),
         cmocka_unit_test(blocked_cross_entropy_and_an_export_mid_run_change_no_weight),
         cmocka_unit_test(lm_head_in_row_blocks_changes_no_loss),
+        cmocka_unit_test(recomputing_activations_in_the_backward_changes_no_bit),
+        cmocka_unit_test(finishing_frees_the_optimizer_and_exports_the_same_weights),
         cmocka_unit_test(training_only_the_top_layer_gives_its_gradients_of_training_all),
         cmocka_unit_test(lora_starts_at_the_base_loss_and_trains_only_adapters),
         cmocka_unit_test(merged_model_forward_equals_the_lora_forward),

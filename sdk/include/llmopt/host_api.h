@@ -55,12 +55,18 @@ typedef struct llmopt_train_options {
     float lora_dropout;                 /**< on the adapter's input, as PEFT */
     float beta1, beta2, eps, weight_decay; /**< AdamW (decoupled weight decay) */
     uint64_t seed;                      /**< adapter init and dropout */
+    /** Appended in ABI 1.0 before its release (the host reads it when struct_size covers it):
+     *  1 keeps only each layer's input from the forward and runs the layer again in the
+     *  backward (activation checkpointing, transformers' gradient_checkpointing): far fewer
+     *  saved activations for about a third more forward work; the same losses and gradients. */
+    int32_t recompute;
 } llmopt_train_options;
 LLMOPT_PIN(llmopt_train_options, batch, 4);
 LLMOPT_PIN(llmopt_train_options, trainable, 16);
 LLMOPT_PIN(llmopt_train_options, lora_targets, 32);
 LLMOPT_PIN(llmopt_train_options, lora_alpha, 48);
 LLMOPT_PIN(llmopt_train_options, seed, 72);
+LLMOPT_PIN(llmopt_train_options, recompute, 80);
 
 struct llmopt_host_api {
     uint32_t struct_size;
@@ -366,6 +372,14 @@ struct llmopt_host_api {
      *  ("quantization_config"). */
     int (*model_cfg_set_json)(llmopt_model *m, const char *key, const char *json);
     char *(*model_cfg_get_json)(const llmopt_model *m, const char *key);
+
+    /* ---- training, continued ---- */
+    /** Training is over: frees the trainer's gradients, AdamW moments and batch buffers (for
+     *  full fine-tuning three times the trained weights' f32 size) before the export, whose f32
+     *  tensors are then the trainer's masters themselves rather than copies. trainer_eval,
+     *  trainer_export and trainer_lora_export still work; forward_backward, step, save_state and
+     *  load_state fail saying the training is finished. */
+    void (*trainer_finish)(llmopt_trainer *t);
 };
 LLMOPT_PIN(llmopt_host_api, abi_major, 4);
 LLMOPT_PIN(llmopt_host_api, host_version, 8);
