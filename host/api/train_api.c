@@ -31,6 +31,7 @@ static void api_train_options_default(llmopt_train_options *o) {
     o->lora_alpha = d.lora_alpha, o->lora_dropout = d.lora_dropout;
     o->beta1 = d.beta1, o->beta2 = d.beta2, o->eps = d.eps, o->weight_decay = d.weight_decay;
     o->seed = d.seed;
+    o->optimizer_bits = 32;
 }
 
 static llmopt_trainer *api_trainer_new(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_train_options *o) {
@@ -49,6 +50,8 @@ static llmopt_trainer *api_trainer_new(llmopt_stage_ctx *ctx, const llmopt_model
     t.beta1 = o->beta1, t.beta2 = o->beta2, t.eps = o->eps, t.weight_decay = o->weight_decay;
     t.seed = o->seed;
     if (o->struct_size >= offsetof(llmopt_train_options, recompute) + sizeof o->recompute) t.recompute = o->recompute;
+    if (o->struct_size >= offsetof(llmopt_train_options, optimizer_bits) + sizeof o->optimizer_bits)
+        t.optimizer_bits = o->optimizer_bits;
     if (ctx && ctx->p) t.matmul_precision = ctx->p->matmul_precision;
     llmopt_trainer *h = calloc(1, sizeof *h);
     if (!h) {

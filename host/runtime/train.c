@@ -286,16 +286,26 @@ static void param_free(tr_param *p) {
     if (!p) return;
     free(p->name);
     rt_tensor_unref(p->w), rt_tensor_unref(p->g), rt_tensor_unref(p->m), rt_tensor_unref(p->v);
+    rt_tensor_unref(p->m_absmax), rt_tensor_unref(p->v_absmax);
     free(p);
 }
 
-static tr_param *param_new(const char *name, int ndim, const int64_t *shape) {
+/* moments in 8 bits (optimizer_bits 8) for tensors of at least TR_MIN_8BIT values */
+static tr_param *param_new(const tr_trainer *t, const char *name, int ndim, const int64_t *shape) {
     tr_param *p = calloc(1, sizeof *p);
     if (!p) return NULL;
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    int q8 = t->o.optimizer_bits == 8 && n >= (t->o.min_8bit > 0 ? t->o.min_8bit : TR_MIN_8BIT), ok = 1;
     p->name = strdup(name);
     p->w = rt_tensor_new(F32, ndim, shape), p->g = rt_tensor_new(F32, ndim, shape);
-    p->m = rt_tensor_new(F32, ndim, shape), p->v = rt_tensor_new(F32, ndim, shape);
-    if (!p->name || !p->w || !p->g || !p->m || !p->v) {
+    p->m = rt_tensor_new(q8 ? LLMOPT_DTYPE_U8 : F32, ndim, shape), p->v = rt_tensor_new(q8 ? LLMOPT_DTYPE_U8 : F32, ndim, shape);
+    if (q8) {
+        int64_t blocks = (n + LLMOPT_ADAMW8_BLOCK - 1) / LLMOPT_ADAMW8_BLOCK;
+        p->m_absmax = rt_tensor_new(F32, 1, &blocks), p->v_absmax = rt_tensor_new(F32, 1, &blocks);
+        ok = p->m_absmax && p->v_absmax;
+    }
+    if (!p->name || !p->w || !p->g || !p->m || !p->v || !ok) {
         param_free(p);
         return NULL;
     }
@@ -342,7 +352,7 @@ static int make_full_params(tr_trainer *t, tr_w **slots, size_t n_slots, llmopt_
                     return error_set(err, LLMOPT_EUNSUPPORTED, "tensor '%s' is %s: quantized weights cannot be trained "
                                      "(train LoRA adapters on them instead)", name, rt_dtype_traits(src->dtype)->name);
                 }
-                if (!(p = param_new(name, src->ndim, src->shape))) return error_set(err, LLMOPT_ENOMEM, "out of memory");
+                if (!(p = param_new(t, name, src->ndim, src->shape))) return error_set(err, LLMOPT_ENOMEM, "out of memory");
                 p->src = src;
                 rt_tensor_read_f32(src, p->w->data);
                 rt_tensor_evict(src); /* the trainer reads its copy from now on */
@@ -388,10 +398,10 @@ static int make_lora(tr_trainer *t, llmopt_error *err) {
         char name[256];
         snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", module);
         int rc = 0;
-        if (!(lo->A = param_new(name, 2, (int64_t[]){r, L->in})) || (rc = add_param(t, lo->A, err)))
+        if (!(lo->A = param_new(t, name, 2, (int64_t[]){r, L->in})) || (rc = add_param(t, lo->A, err)))
             return lo->A ? rc : error_set(err, LLMOPT_ENOMEM, "out of memory");
         snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", module);
-        if (!(lo->B = param_new(name, 2, (int64_t[]){L->out, r})) || (rc = add_param(t, lo->B, err)))
+        if (!(lo->B = param_new(t, name, 2, (int64_t[]){L->out, r})) || (rc = add_param(t, lo->B, err)))
             return lo->B ? rc : error_set(err, LLMOPT_ENOMEM, "out of memory");
         /* A as PEFT: kaiming_uniform_(a = sqrt 5), i.e. U(-1/sqrt(in), 1/sqrt(in)); B = 0 */
         float bound = 1.0f / sqrtf((float)L->in), *a = lo->A->w->data;
@@ -449,6 +459,8 @@ void tr_options_default(tr_options *o) {
 
 static int check_options(const tr_options *o, const arch_config *c, llmopt_error *err) {
     if (o->batch < 1 || o->seq < 1) return error_set(err, LLMOPT_EINVAL, "batch (%d) and seq (%d) must be positive", o->batch, o->seq);
+    if (o->optimizer_bits != 0 && o->optimizer_bits != 32 && o->optimizer_bits != 8)
+        return error_set(err, LLMOPT_EINVAL, "optimizer_bits must be 32 or 8, not %d", o->optimizer_bits);
     if (o->seq > c->n_ctx)
         return error_set(err, LLMOPT_EINVAL, "seq %d exceeds the model's context of %d positions", o->seq, c->n_ctx);
     if ((int64_t)o->batch * o->seq > INT32_MAX / 4) return error_set(err, LLMOPT_EINVAL, "batch x seq is too large");
@@ -686,7 +698,8 @@ void tr_finish(tr_trainer *t) {
     for (size_t i = 0; i < t->n_params; i++) {
         tr_param *p = t->params[i];
         rt_tensor_unref(p->g), rt_tensor_unref(p->m), rt_tensor_unref(p->v);
-        p->g = p->m = p->v = NULL;
+        rt_tensor_unref(p->m_absmax), rt_tensor_unref(p->v_absmax);
+        p->g = p->m = p->v = p->m_absmax = p->v_absmax = NULL;
     }
     tr_free_buffers(t);
     t->acc_targets = 0;
@@ -1056,9 +1069,16 @@ int tr_step(tr_trainer *t, float lr, float clip, float *grad_norm, llmopt_error 
     for (size_t i = 0; i < t->n_params; i++) {
         tr_param *p = t->params[i];
         const llmopt_tensor *in[1] = {p->g};
-        llmopt_op_adamw a = {sizeof a, lr, t->o.beta1, t->o.beta2, t->o.eps, t->o.weight_decay, (float)scale, t->step,
-                             p->m, p->v};
-        if ((rc = call(t, LLMOPT_OP_ADAMW, F32, in, 1, p->w, &a, err))) return rc;
+        if (p->m_absmax) {
+            llmopt_op_adamw_8bit a = {sizeof a, lr, t->o.beta1, t->o.beta2, t->o.eps, t->o.weight_decay, (float)scale,
+                                      t->step, p->m, p->v, p->m_absmax, p->v_absmax};
+            rc = call(t, LLMOPT_OP_ADAMW_8BIT, F32, in, 1, p->w, &a, err);
+        } else {
+            llmopt_op_adamw a = {sizeof a, lr, t->o.beta1, t->o.beta2, t->o.eps, t->o.weight_decay, (float)scale, t->step,
+                                 p->m, p->v};
+            rc = call(t, LLMOPT_OP_ADAMW, F32, in, 1, p->w, &a, err);
+        }
+        if (rc) return rc;
         memset(p->g->data, 0, p->g->nbytes);
     }
     t->acc_targets = 0;

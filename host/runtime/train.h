@@ -53,7 +53,15 @@ typedef struct tr_options {
      * (4 C + 3 Q/KV widths + 2-3 F) x B*T floats per layer to C per layer plus one layer's set,
      * for about a third more forward work in the layers. Losses and gradients are the same bits. */
     int recompute;
+    /* 32 (0 reads as 32): f32 AdamW moments. 8: the moments of every parameter of at least
+     * TR_MIN_8BIT values in 8 bits, block-wise (the adamw_8bit op; bitsandbytes' AdamW8bit, whose
+     * min_8bit_size is the same): 2 bytes a value instead of 8, for moments rounded to 256 levels
+     * of each 256-value block's range. Smaller tensors (biases, norms) keep f32 moments. */
+    int optimizer_bits;
+    int min_8bit;                   /* 0: TR_MIN_8BIT (tests of tiny models set 1) */
 } tr_options;
+
+#define TR_MIN_8BIT 4096
 
 /* Defaults: batch 1, seq 128, full fine-tuning of every floating-point tensor, lora_alpha 16,
  * no dropout, AdamW betas (0.9, 0.999), eps 1e-8, weight decay 0.01 (torch.optim.AdamW's). */
@@ -111,7 +119,8 @@ int tr_export(tr_trainer *t, int merge_lora, llmopt_model **out, llmopt_error *e
  * [r, in], "...lora_B.weight" [out, r]) in a new model (no architecture config). */
 int tr_lora_export(tr_trainer *t, llmopt_model **out, llmopt_error *err);
 
-/* Checkpoints: trainable weights, AdamW moments, step and RNG state, written atomically into
+/* Checkpoints: trainable weights, AdamW moments (as the trainer holds them: 8-bit codes and
+ * block absmax with optimizer_bits 8), step and RNG state, written atomically into
  * dir (a checkpoint of another model or other options is refused on load, saying why).
  * Gradients accumulated since the last step are not saved; loading drops them. Batch and seq
  * may differ on resume; every other option must match. */

@@ -10,7 +10,8 @@
 /* A trainable tensor: f32 master weights, gradient (of the summed loss) and AdamW moments. */
 typedef struct tr_param {
     char *name;                    /* checkpoint name, or the PEFT name of an adapter */
-    llmopt_tensor *w, *g, *m, *v;  /* f32, the shape of the source */
+    llmopt_tensor *w, *g, *m, *v;  /* f32, the shape of the source; m, v u8 codes when 8-bit */
+    llmopt_tensor *m_absmax, *v_absmax; /* 8-bit moments: f32 [blocks] (adamw_8bit); else NULL */
     const llmopt_tensor *src;      /* the model's tensor it was copied from; NULL for adapters */
 } tr_param;
 

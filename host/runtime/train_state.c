@@ -166,6 +166,8 @@ static json_t *str_list(const char *const *s, size_t n) {
     return a;
 }
 
+static const char *optimizer_name(const tr_trainer *t) { return t->o.optimizer_bits == 8 ? "adamw_8bit" : "adamw"; }
+
 static json_t *state_json(const tr_trainer *t) {
     const arch_config *c = &t->c;
     char fp[32], seed[32];
@@ -173,7 +175,7 @@ static json_t *state_json(const tr_trainer *t) {
     snprintf(seed, sizeof seed, "%016llx", (unsigned long long)t->o.seed);
     json_t *params = json_array();
     for (size_t i = 0; i < t->n_params; i++) json_array_append_new(params, json_string(t->params[i]->name));
-    return json_pack("{s:s, s:i, s:i, s:I, s:{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s}, "
+    json_t *js = json_pack("{s:s, s:i, s:i, s:I, s:{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s}, "
                      "s:{s:o, s:i, s:f, s:f, s:o, s:f, s:f, s:f, s:f, s:s}, s:o}",
                      "format", "llmopt-train-state", "version", 1, "step", t->step, "micro_batches", (json_int_t)t->micro,
                      "model", "model_type", c->family == ARCH_GPT2 ? "gpt2" : "llama", "n_layer", c->n_layer, "n_embd",
@@ -184,6 +186,10 @@ static json_t *state_json(const tr_trainer *t) {
                      str_list(t->o.lora_targets, t->o.n_lora_targets), "beta1", (double)t->o.beta1, "beta2",
                      (double)t->o.beta2, "eps", (double)t->o.eps, "weight_decay", (double)t->o.weight_decay, "seed", seed,
                      "params", params);
+    /* only 8-bit trainers write it: checkpoints from before the option read as f32 moments */
+    if (js && t->o.optimizer_bits == 8)
+        json_object_set_new(json_object_get(js, "options"), "optimizer", json_string(optimizer_name(t)));
+    return js;
 }
 
 static int wrap_into(llmopt_model *sm, const char *prefix, const char *name, const llmopt_tensor *src, llmopt_error *err) {
@@ -211,7 +217,10 @@ int tr_save_state(const tr_trainer *t, const char *dir, llmopt_error *err) {
         const tr_param *p = t->params[i];
         if ((rc = wrap_into(sm, "param", p->name, p->w, err)) || (rc = wrap_into(sm, "adam_m", p->name, p->m, err)))
             break;
-        rc = wrap_into(sm, "adam_v", p->name, p->v, err);
+        if ((rc = wrap_into(sm, "adam_v", p->name, p->v, err))) break;
+        if (p->m_absmax && ((rc = wrap_into(sm, "adam_m_absmax", p->name, p->m_absmax, err)) ||
+                            (rc = wrap_into(sm, "adam_v_absmax", p->name, p->v_absmax, err))))
+            break;
     }
     /* rt_model_save writes model.safetensors and config.json (each via a temporary name) into a
      * private directory; they are renamed into place as the checkpoint's two files */
@@ -294,6 +303,15 @@ int tr_load_state(tr_trainer *t, const char *dir, llmopt_error *err) {
         json_decref(js);
         return error_set(err, LLMOPT_EFORMAT, "%s: not an llmopt training state%s%s", path, js ? "" : ": ", js ? "" : jerr.text);
     }
+    /* the optimizer first: its moments' form decides which tensors the checkpoint holds */
+    const char *saved_opt = json_string_value(json_object_get(json_object_get(js, "options"), "optimizer"));
+    if (strcmp(saved_opt ? saved_opt : "adamw", optimizer_name(t)) != 0) {
+        rc = error_set(err, LLMOPT_EINVAL, "%s was saved with optimizer %s; this trainer uses %s (the moments are "
+                       "kept in another form: resume with the same optimizer)", dir, saved_opt ? saved_opt : "adamw",
+                       optimizer_name(t));
+        json_decref(js);
+        return rc;
+    }
     if ((rc = compare(t, js, dir, err))) {
         json_decref(js);
         return rc;
@@ -317,18 +335,21 @@ int tr_load_state(tr_trainer *t, const char *dir, llmopt_error *err) {
     if (fstep != step)
         rc = error_set(err, LLMOPT_EFORMAT, "%s: step %lld, but train_state.json says %lld (files of two different saves?)",
                        spath, (long long)fstep, (long long)step);
-    const char *prefixes[] = {"param", "adam_m", "adam_v"};
-    for (size_t i = 0; !rc && i < t->n_params; i++)
-        for (int k = 0; !rc && k < 3; k++) {
-            const rt_safetensors_entry *e = entry(es, n, prefixes[k], t->params[i]->name);
-            if (!e || e->dtype != F32 || e->nbytes != t->params[i]->w->nbytes)
-                rc = error_set(err, LLMOPT_EFORMAT, "%s: '%s/%s' is missing or not f32 of the trainer's shape", spath,
-                               prefixes[k], t->params[i]->name);
-        }
+    const char *prefixes[] = {"param", "adam_m", "adam_v", "adam_m_absmax", "adam_v_absmax"};
     for (size_t i = 0; !rc && i < t->n_params; i++) {
         tr_param *p = t->params[i];
-        llmopt_tensor *dst[3] = {p->w, p->m, p->v};
-        for (int k = 0; k < 3; k++) {
+        llmopt_tensor *dst[5] = {p->w, p->m, p->v, p->m_absmax, p->v_absmax};
+        for (int k = 0; !rc && k < (p->m_absmax ? 5 : 3); k++) {
+            const rt_safetensors_entry *e = entry(es, n, prefixes[k], p->name);
+            if (!e || e->dtype != dst[k]->dtype || e->nbytes != dst[k]->nbytes)
+                rc = error_set(err, LLMOPT_EFORMAT, "%s: '%s/%s' is missing or not %s of the trainer's shape", spath,
+                               prefixes[k], p->name, rt_dtype_traits(dst[k]->dtype)->name);
+        }
+    }
+    for (size_t i = 0; !rc && i < t->n_params; i++) {
+        tr_param *p = t->params[i];
+        llmopt_tensor *dst[5] = {p->w, p->m, p->v, p->m_absmax, p->v_absmax};
+        for (int k = 0; k < (p->m_absmax ? 5 : 3); k++) {
             const rt_safetensors_entry *e = entry(es, n, prefixes[k], p->name);
             memcpy(dst[k]->data, buf + e->offset, e->nbytes);
         }

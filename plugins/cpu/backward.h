@@ -30,6 +30,32 @@ int cpu_check_cross_entropy_fused(const llmopt_tensor *const *in, int n_in, cons
                                   const void *params, cpu_rows *d);
 int cpu_check_adamw(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, const void *params,
                     int64_t *n);
+int cpu_check_adamw_8bit(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, const void *params,
+                         int64_t *n);
+
+/* adamw8.c: one adamw_8bit call, checked, as blocks of LLMOPT_ADAMW8_BLOCK values that
+ * cpu_adamw8_blocks updates (fast: each byte found through a table, else by binary search; the
+ * same bytes) */
+typedef struct cpu_adamw8_maps {
+    float code[2][256]; /* [0] signed (m), [1] unsigned (v) */
+    float mid[2][255];  /* (code[k] + code[k+1]) / 2 */
+} cpu_adamw8_maps;
+typedef struct cpu_adamw8_job {
+    const float *grad;
+    float *param;
+    uint8_t *m, *v;
+    float *m_absmax, *v_absmax;
+    int64_t n, blocks;
+    float b1, b2, eps, decay, step_size, bc2_sqrt, grad_scale;
+    const cpu_adamw8_maps *maps;
+    int fast;  /* 1: the two functions below, else adamw8.c's loops and a binary search */
+    void (*adamw)(const cpu_adamw_k *k, const float *grad, float *param, float *m, float *v, int64_t n);
+    void (*codes)(const int32_t *base, const float *thr, uint32_t cells, const float *x, uint8_t *out, int64_t n);
+    cpu_adamw8_maps local;
+} cpu_adamw8_job;
+int cpu_adamw8_job_init(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p, int fast,
+                        cpu_adamw8_job *j);
+void cpu_adamw8_blocks(void *arg, int64_t b0, int64_t b1);
 
 /* ---- backward_ref.c: plain loops, one thread ---- */
 int cpu_ref_matmul_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
@@ -45,6 +71,8 @@ int cpu_ref_embedding_backward(const llmopt_tensor *const *in, int n_in, llmopt_
 int cpu_ref_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_ref_cross_entropy_fused(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_ref_adamw(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+/* adamw8.c: adamw_8bit, one thread and a binary search per value */
+int cpu_ref_adamw_8bit(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 
 /* The local derivatives the reference and the fast kernels share (one definition of the math). */
 float cpu_gelu_grad(float x);      /* d/dx of the tanh-approximated gelu */
@@ -65,6 +93,8 @@ int cpu_embedding_backward(const llmopt_tensor *const *in, int n_in, llmopt_tens
 int cpu_cross_entropy_backward(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_cross_entropy_fused(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 int cpu_adamw(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
+/* adamw_8bit: cpu_adamw8_blocks on host threads */
+int cpu_adamw_8bit(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p);
 
 /* Registers every backward op and adamw for LLMOPT_DEVICE_CPU (f32; matmul_backward also for
  * f16/bf16 weights, dx only): the reference loops when use_ref, else the fast kernels. */

@@ -541,6 +541,16 @@ int cpu_adamw(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, cons
     return 0;
 }
 
+int cpu_adamw_8bit(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
+    cpu_adamw8_job *j = malloc(sizeof *j); /* its maps are 2 KB: off the stack of a pool thread's caller */
+    if (!j) return LLMOPT_ENOMEM;
+    int rc = cpu_adamw8_job_init(in, n_in, out, p, 1, j);
+    j->adamw = cpu_isa->adamw, j->codes = cpu_isa->a8_codes;
+    if (!rc) cpu_api->parallel_for(j->blocks, 64, cpu_adamw8_blocks, j);
+    free(j);
+    return rc;
+}
+
 /* ---- registration ---- */
 
 typedef struct bw_entry { const char *op; int dtype; llmopt_kernel_fn fast, ref; const char *how; } bw_entry;
@@ -572,6 +582,8 @@ static const bw_entry bw_ops[] = {
     {LLMOPT_OP_CROSS_ENTROPY_FUSED, LLMOPT_DTYPE_F32, cpu_cross_entropy_fused, cpu_ref_cross_entropy_fused,
      "rows on host threads, in place"},
     {LLMOPT_OP_ADAMW, LLMOPT_DTYPE_F32, cpu_adamw, cpu_ref_adamw, "ranges on host threads"},
+    {LLMOPT_OP_ADAMW_8BIT, LLMOPT_DTYPE_F32, cpu_adamw_8bit, cpu_ref_adamw_8bit,
+     "256-value blocks on host threads, a table on the float bits for each value's byte"},
 };
 
 #define N_BW (sizeof bw_ops / sizeof bw_ops[0])

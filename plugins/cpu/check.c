@@ -11,6 +11,7 @@ static int64_t elem_size(int dtype) {
     switch (dtype) {
     case LLMOPT_DTYPE_F32: case LLMOPT_DTYPE_I32: return 4;
     case LLMOPT_DTYPE_F16: case LLMOPT_DTYPE_BF16: return 2;
+    case LLMOPT_DTYPE_U8: case LLMOPT_DTYPE_I8: return 1;
     default: return 0;
     }
 }
@@ -370,6 +371,31 @@ int cpu_check_adamw(const llmopt_tensor *const *in, int n_in, const llmopt_tenso
     if (!p->m || !p->v || !grad_out_ok(p->m, *n, in, n_in, out) || !grad_out_ok(p->v, *n, in, n_in, out) ||
         overlaps(p->m, p->v))
         return LLMOPT_EINVAL;
+    if (p->step < 1 || !(p->beta1 >= 0.0f && p->beta1 < 1.0f) || !(p->beta2 >= 0.0f && p->beta2 < 1.0f) ||
+        !(p->eps >= 0.0f) || !isfinite(p->lr) || !isfinite(p->weight_decay) || !isfinite(p->grad_scale) ||
+        !isfinite(p->eps))
+        return LLMOPT_EINVAL;
+    return 0;
+}
+
+int cpu_check_adamw_8bit(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, const void *params,
+                         int64_t *n) {
+    if (!in || n_in != 1 || !PARAMS_OK(params, llmopt_op_adamw_8bit)) return LLMOPT_EINVAL;
+    const llmopt_op_adamw_8bit *p = params;
+    if (!tensor_ok(in[0], LLMOPT_DTYPE_F32) || !tensor_ok(out, LLMOPT_DTYPE_F32) || numel(out) != numel(in[0]) ||
+        overlaps(out, in[0]))
+        return LLMOPT_EINVAL;
+    *n = numel(out);
+    int64_t blocks = (*n + LLMOPT_ADAMW8_BLOCK - 1) / LLMOPT_ADAMW8_BLOCK;
+    const llmopt_tensor *st[4] = {p->m, p->v, p->m_absmax, p->v_absmax};
+    for (int i = 0; i < 4; i++) {
+        if (!(i < 2 ? tensor_ok(st[i], LLMOPT_DTYPE_U8) && numel(st[i]) == *n
+                    : tensor_ok(st[i], LLMOPT_DTYPE_F32) && numel(st[i]) == blocks))
+            return LLMOPT_EINVAL;
+        if (overlaps(st[i], in[0]) || overlaps(st[i], out)) return LLMOPT_EINVAL;
+        for (int k = 0; k < i; k++)
+            if (overlaps(st[i], st[k])) return LLMOPT_EINVAL;
+    }
     if (p->step < 1 || !(p->beta1 >= 0.0f && p->beta1 < 1.0f) || !(p->beta2 >= 0.0f && p->beta2 < 1.0f) ||
         !(p->eps >= 0.0f) || !isfinite(p->lr) || !isfinite(p->weight_decay) || !isfinite(p->grad_scale) ||
         !isfinite(p->eps))

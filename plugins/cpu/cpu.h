@@ -81,6 +81,9 @@ typedef struct cpu_simd {
      * y[i] += sum over r < rows (<= 4) of a[r] * w[r*ldw + i] */
     float (*dot_half)(const float *a, const uint16_t *b, int64_t n, int bf16);
     void (*axpy_half)(float *y, const float *a, const uint16_t *w, int64_t ldw, int rows, int64_t n, int bf16);
+    /* adamw_8bit's bytes (adamw8.c): out[i] = base[c] + (thr[c] <= x[i]), c the top 17 bits of
+     * x[i] with the magnitude's part capped at cells - 1 (base and thr: 0x10000 + cells entries) */
+    void (*a8_codes)(const int32_t *base, const float *thr, uint32_t cells, const float *x, uint8_t *out, int64_t n);
 } cpu_simd;
 
 extern const cpu_simd cpu_simd_generic;   /* fast.c */

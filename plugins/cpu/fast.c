@@ -65,9 +65,20 @@ static void generic_axpy_half(float *y, const float *a, const uint16_t *w, int64
         for (int64_t i = 0; i < n; i++) y[i] += a[r] * half_f32(w[r * ldw + i], bf16);
 }
 
+static void generic_a8_codes(const int32_t *base, const float *thr, uint32_t cells, const float *x, uint8_t *out,
+                             int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], sizeof bits);
+        uint32_t c = bits >> 15, mag = c & 0xffffu;
+        c = (c & 0x10000u) | (mag < cells ? mag : cells - 1);
+        out[i] = (uint8_t)(base[c] + (thr[c] <= x[i]));
+    }
+}
+
 const cpu_simd cpu_simd_generic = {"generic", generic_dot, generic_axpy, generic_f16_to_f32,
                                    generic_bf16_to_f32, generic_vexp, generic_adamw, generic_dot_half,
-                                   generic_axpy_half};
+                                   generic_axpy_half, generic_a8_codes};
 
 /* Rows per parallel_for chunk so a chunk holds about 16K elements of work. */
 static int64_t row_grain(int64_t cols) { return cols >= 16384 ? 1 : 16384 / cols; }

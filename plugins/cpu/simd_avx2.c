@@ -155,10 +155,37 @@ AVX2 static void avx2_adamw(const cpu_adamw_k *k, const float *grad, float *para
 #undef ADAMW_STEP
 }
 
+/* cpu_simd.a8_codes, 8 values a vector: two gathers a vector, independent of each other */
+AVX2 static void avx2_a8_codes(const int32_t *base, const float *thr, uint32_t cells, const float *x, uint8_t *out,
+                               int64_t n) {
+    const __m256i sign = _mm256_set1_epi32(0x10000), magm = _mm256_set1_epi32(0xffff), cap = _mm256_set1_epi32((int)cells - 1);
+    const __m256i pack = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + i);
+        const __m256i c = _mm256_srli_epi32(_mm256_castps_si256(xv), 15);
+        const __m256i idx = _mm256_or_si256(_mm256_and_si256(c, sign), _mm256_min_epu32(_mm256_and_si256(c, magm), cap));
+        __m256i g = _mm256_i32gather_epi32(base, idx, 4);
+        const __m256 t = _mm256_i32gather_ps(thr, idx, 4);
+        g = _mm256_sub_epi32(g, _mm256_castps_si256(_mm256_cmp_ps(t, xv, _CMP_LE_OQ))); /* true is -1 */
+        const __m256i b = _mm256_shuffle_epi8(g, pack); /* each lane's low byte, 4 in each 128-bit half */
+        const uint32_t lo = (uint32_t)_mm256_extract_epi32(b, 0), hi = (uint32_t)_mm256_extract_epi32(b, 4);
+        memcpy(out + i, &lo, 4), memcpy(out + i + 4, &hi, 4);
+    }
+    for (; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], sizeof bits);
+        uint32_t c = bits >> 15, mag = c & 0xffffu;
+        c = (c & 0x10000u) | (mag < cells ? mag : cells - 1);
+        out[i] = (uint8_t)(base[c] + (thr[c] <= x[i]));
+    }
+}
+
 const cpu_simd cpu_simd_avx2 = {"avx2", avx2_dot, avx2_axpy, avx2_f16_to_f32, avx2_bf16_to_f32, avx2_vexp, avx2_adamw,
-                                avx2_dot_half, avx2_axpy_half};
+                                avx2_dot_half, avx2_axpy_half, avx2_a8_codes};
 
 #else
 /* Not x86: never selected (plugin.c detects nothing), defined so the table links. */
-const cpu_simd cpu_simd_avx2 = {"avx2", NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+const cpu_simd cpu_simd_avx2 = {"avx2", NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 #endif

@@ -158,10 +158,27 @@ AVX512 static void avx512_adamw(const cpu_adamw_k *k, const float *grad, float *
 #undef ADAMW_STEP
 }
 
+/* cpu_simd.a8_codes, 16 values a vector: two gathers a vector, independent of each other */
+AVX512 static void avx512_a8_codes(const int32_t *base, const float *thr, uint32_t cells, const float *x, uint8_t *out,
+                                   int64_t n) {
+    const __m512i sign = _mm512_set1_epi32(0x10000), magm = _mm512_set1_epi32(0xffff), cap = _mm512_set1_epi32((int)cells - 1);
+    const __m512i one = _mm512_set1_epi32(1);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        const __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
+        const __m512i c = _mm512_srli_epi32(_mm512_castps_si512(xv), 15);
+        const __m512i idx = _mm512_or_si512(_mm512_and_si512(c, sign), _mm512_min_epu32(_mm512_and_si512(c, magm), cap));
+        __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, idx, base, 4);
+        const __m512 t = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, thr, 4);
+        g = _mm512_mask_add_epi32(g, _mm512_cmp_ps_mask(t, xv, _CMP_LE_OQ), g, one);
+        _mm512_mask_cvtepi32_storeu_epi8(out + i, k, g);
+    }
+}
+
 const cpu_simd cpu_simd_avx512 = {"avx512", avx512_dot, avx512_axpy, avx512_f16_to_f32, avx512_bf16_to_f32,
-                                  avx512_vexp, avx512_adamw, avx512_dot_half, avx512_axpy_half};
+                                  avx512_vexp, avx512_adamw, avx512_dot_half, avx512_axpy_half, avx512_a8_codes};
 
 #else
 /* Not x86: never selected (plugin.c detects nothing), defined so the table links. */
-const cpu_simd cpu_simd_avx512 = {"avx512", NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+const cpu_simd cpu_simd_avx512 = {"avx512", NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 #endif

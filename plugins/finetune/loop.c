@@ -308,6 +308,8 @@ int ft_train(llmopt_stage_ctx *ctx, const ft_job *job, llmopt_trainer **out) {
     o.lora_rank = job->lora_rank, o.lora_alpha = job->lora_alpha, o.lora_dropout = job->lora_dropout;
     o.lora_targets = job->lora_targets, o.n_lora_targets = job->n_lora_targets;
     o.recompute = A->param_bool(ctx, "gradient_checkpointing");
+    const char *opt = A->param_str(ctx, "optimizer");
+    o.optimizer_bits = opt && strcmp(opt, "adamw_8bit") == 0 ? 8 : 32;
     llmopt_trainer *t = A->trainer_new(ctx, m, &o);
     ft_order order = {0};
     char *ckdir = NULL;

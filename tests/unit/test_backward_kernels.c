@@ -33,7 +33,9 @@ static registry *g_reg;
 
 /* ---- tensors ---- */
 
-static size_t esize(int dtype) { return dtype == LLMOPT_DTYPE_F16 || dtype == LLMOPT_DTYPE_BF16 ? 2 : 4; }
+static size_t esize(int dtype) {
+    return dtype == LLMOPT_DTYPE_U8 ? 1 : dtype == LLMOPT_DTYPE_F16 || dtype == LLMOPT_DTYPE_BF16 ? 2 : 4;
+}
 
 static llmopt_tensor *tnew(int dtype, int ndim, int64_t a, int64_t b, int64_t c) {
     llmopt_tensor *t = calloc(1, sizeof *t);
@@ -551,6 +553,150 @@ static void adamw_fast_matches_reference(void **state) {
     tfree(g), tfree(p0), tfree(p1), tfree(m0), tfree(m1), tfree(v0), tfree(v1);
 }
 
+/* ---- AdamW with 8-bit moments ---- */
+
+static void adamw8_maps_are_the_dynamic_maps_of_bitsandbytes(void **state) {
+    (void)state;
+    float sm[256], um[256];
+    llmopt_adamw8_map(1, sm), llmopt_adamw8_map(0, um);
+    for (int k = 1; k < 256; k++) assert_true(sm[k - 1] < sm[k] && um[k - 1] < um[k]);
+    /* signed: 127 negative values, 0, 127 positive ones, 1; unsigned: 0, 254 positive, 1 */
+    assert_true(sm[126] < 0.0f && sm[127] == 0.0f && sm[255] == 1.0f && um[0] == 0.0f && um[255] == 1.0f);
+    for (int k = 0; k < 127; k++) assert_true(sm[k] == -sm[254 - k]);
+    /* decade 0 (x 1e-6): the midpoint of {0.1, 1} (signed), of {0.1, 0.55, 1} (unsigned) */
+    assert_float_equal(sm[128], 0.55e-6, 1e-13);
+    assert_float_equal(um[1], 0.325e-6, 1e-13), assert_float_equal(um[2], 0.775e-6, 1e-13);
+    /* decade 6: 64 (signed) and 128 (unsigned) midpoints of steps of 0.9/64 and 0.9/128 from 0.1 */
+    assert_float_equal(sm[254], 1.0 - 0.45 / 64, 1e-7), assert_float_equal(sm[191], 0.1 + 0.45 / 64, 1e-8);
+    assert_float_equal(um[254], 1.0 - 0.45 / 128, 1e-7), assert_float_equal(um[127], 0.1 + 0.45 / 128, 1e-8);
+}
+
+typedef struct a8_state {
+    llmopt_tensor *p, *m, *v, *am, *av;
+} a8_state;
+
+static a8_state a8_new(int64_t n) {
+    int64_t blocks = (n + LLMOPT_ADAMW8_BLOCK - 1) / LLMOPT_ADAMW8_BLOCK;
+    a8_state s = {trand(1, n, 1, 1, -1, 1), tnew(LLMOPT_DTYPE_U8, 1, n, 1, 1), tnew(LLMOPT_DTYPE_U8, 1, n, 1, 1),
+                  tnew(LLMOPT_DTYPE_F32, 1, blocks, 1, 1), tnew(LLMOPT_DTYPE_F32, 1, blocks, 1, 1)};
+    return s;
+}
+
+static void a8_free(a8_state *s) { tfree(s->p), tfree(s->m), tfree(s->v), tfree(s->am), tfree(s->av); }
+
+static int a8_step(llmopt_kernel_fn fn, a8_state *s, const llmopt_tensor *g, int step) {
+    llmopt_op_adamw_8bit a = {sizeof a, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.5f, step, s->m, s->v, s->am, s->av};
+    return fn((const llmopt_tensor *const[]){g}, 1, s->p, &a);
+}
+
+static void adamw_8bit_fast_gives_the_reference_bytes(void **state) {
+    (void)state;
+    int64_t n = 100003; /* a short last block */
+    a8_state r = a8_new(n), f = a8_new(n);
+    memcpy(f.p->data, r.p->data, r.p->nbytes);
+    llmopt_kernel_fn fast = kernel(LLMOPT_OP_ADAMW_8BIT, LLMOPT_DTYPE_F32);
+    for (int step = 1; step <= 5; step++) {
+        /* gradients over eight decades, so that every part of the maps is used */
+        llmopt_tensor *g = trand(1, n, 1, 1, -1, 1);
+        for (int64_t i = 0; i < n; i++) F(g)[i] *= powf(10.0f, -(float)(i % 8));
+        assert_int_equal(a8_step(cpu_ref_adamw_8bit, &r, g, step), 0);
+        assert_int_equal(a8_step(fast, &f, g, step), 0);
+        tfree(g);
+        const llmopt_tensor *pairs[5][2] = {{r.p, f.p}, {r.m, f.m}, {r.v, f.v}, {r.am, f.am}, {r.av, f.av}};
+        const char *what[5] = {"param", "m codes", "v codes", "m absmax", "v absmax"};
+        for (int k = 0; k < 5; k++)
+            if (memcmp(pairs[k][0]->data, pairs[k][1]->data, pairs[k][0]->nbytes) != 0)
+                fail_msg("step %d: %s differ between the fast and the reference kernel", step, what[k]);
+    }
+    a8_free(&r), a8_free(&f);
+}
+
+/* One step from zero moments: each block's absmax is its largest |moment|, each byte the map
+ * entry nearest to moment / absmax, and the parameter moves as f32 AdamW moves it (the update
+ * uses the moments before they are stored). */
+static void adamw_8bit_stores_each_moment_as_its_nearest_map_entry(void **state) {
+    (void)state;
+    int64_t n = 4096 + 77;
+    a8_state s = a8_new(n);
+    llmopt_tensor *p32 = tclone(s.p), *m32 = tnew(LLMOPT_DTYPE_F32, 1, n, 1, 1), *v32 = tnew(LLMOPT_DTYPE_F32, 1, n, 1, 1);
+    llmopt_tensor *g = trand(1, n, 1, 1, -1, 1);
+    for (int64_t i = 0; i < n; i++) F(g)[i] *= powf(10.0f, -(float)(i % 7));
+    assert_int_equal(a8_step(kernel(LLMOPT_OP_ADAMW_8BIT, LLMOPT_DTYPE_F32), &s, g, 1), 0);
+    llmopt_op_adamw a = {sizeof a, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.5f, 1, m32, v32};
+    assert_int_equal(cpu_ref_adamw((const llmopt_tensor *const[]){g}, 1, p32, &a), 0);
+    if (memcmp(p32->data, s.p->data, p32->nbytes) != 0) fail_msg("the first step moved the parameter unlike adamw");
+    float maps[2][256];
+    llmopt_adamw8_map(1, maps[0]), llmopt_adamw8_map(0, maps[1]);
+    const uint8_t *codes[2] = {s.m->data, s.v->data};
+    const llmopt_tensor *want[2] = {m32, v32}, *absmax[2] = {s.am, s.av};
+    for (int w = 0; w < 2; w++)
+        for (int64_t b = 0; b * LLMOPT_ADAMW8_BLOCK < n; b++) {
+            int64_t i0 = b * LLMOPT_ADAMW8_BLOCK, i1 = i0 + LLMOPT_ADAMW8_BLOCK < n ? i0 + LLMOPT_ADAMW8_BLOCK : n;
+            float mx = 0.0f;
+            for (int64_t i = i0; i < i1; i++) mx = fmaxf(mx, fabsf(F(want[w])[i]));
+            if (F(absmax[w])[b] != mx) fail_msg("%s block %lld: absmax %g, largest |moment| %g", w ? "v" : "m", (long long)b,
+                                                (double)F(absmax[w])[b], (double)mx);
+            for (int64_t i = i0; i < i1; i++) {
+                float x = F(want[w])[i] / mx, got = fabsf(maps[w][codes[w][i]] - x);
+                for (int k = 0; k < 256; k++)
+                    if (fabsf(maps[w][k] - x) < got)
+                        fail_msg("%s[%lld] = %g of absmax: byte %d (%g), but %d (%g) is nearer", w ? "v" : "m",
+                                 (long long)i, (double)x, codes[w][i], (double)maps[w][codes[w][i]], k, (double)maps[w][k]);
+            }
+        }
+    tfree(p32), tfree(m32), tfree(v32), tfree(g);
+    a8_free(&s);
+}
+
+/* Many steps: the 8-bit moments keep the parameters near f32 AdamW's path. */
+static void adamw_8bit_follows_f32_adamw_over_fifty_steps(void **state) {
+    (void)state;
+    int64_t n = 8192;
+    a8_state s = a8_new(n);
+    llmopt_tensor *p0 = tclone(s.p), *p32 = tclone(s.p), *m32 = tnew(LLMOPT_DTYPE_F32, 1, n, 1, 1),
+                  *v32 = tnew(LLMOPT_DTYPE_F32, 1, n, 1, 1), *dir = trand(1, n, 1, 1, -1, 1);
+    for (int step = 1; step <= 50; step++) {
+        /* a steady direction plus noise, as gradients are */
+        llmopt_tensor *g = trand(1, n, 1, 1, -1, 1);
+        for (int64_t i = 0; i < n; i++) F(g)[i] = F(dir)[i] + 0.5f * F(g)[i];
+        assert_int_equal(a8_step(kernel(LLMOPT_OP_ADAMW_8BIT, LLMOPT_DTYPE_F32), &s, g, step), 0);
+        llmopt_op_adamw a = {sizeof a, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.5f, step, m32, v32};
+        assert_int_equal(cpu_ref_adamw((const llmopt_tensor *const[]){g}, 1, p32, &a), 0);
+        tfree(g);
+    }
+    double moved = 0, off = 0;
+    for (int64_t i = 0; i < n; i++) {
+        moved += fabs((double)F(p32)[i] - F(p0)[i]);
+        off += fabs((double)F(s.p)[i] - F(p32)[i]);
+    }
+    print_message("adamw_8bit: mean |p - p_f32| is %.3g%% of f32 AdamW's mean move\n", 100.0 * off / moved);
+    assert_true(moved > n * 0.02);      /* about 50 steps of lr 1e-3 */
+    assert_true(off < 0.02 * moved);
+    tfree(p0), tfree(p32), tfree(m32), tfree(v32), tfree(dir);
+    a8_free(&s);
+}
+
+static void adamw_8bit_refuses_state_of_the_wrong_size_or_type(void **state) {
+    (void)state;
+    int64_t n = 600; /* three blocks */
+    a8_state s = a8_new(n);
+    llmopt_tensor *g = trand(1, n, 1, 1, -1, 1), *two = tnew(LLMOPT_DTYPE_F32, 1, 2, 1, 1),
+                  *f32m = tnew(LLMOPT_DTYPE_F32, 1, n, 1, 1);
+    llmopt_kernel_fn fns[] = {cpu_ref_adamw_8bit, kernel(LLMOPT_OP_ADAMW_8BIT, LLMOPT_DTYPE_F32)};
+    for (int i = 0; i < 2; i++) {
+        llmopt_op_adamw_8bit a = {sizeof a, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, 1, s.m, s.v, two, s.av};
+        assert_int_equal(fns[i]((const llmopt_tensor *const[]){g}, 1, s.p, &a), LLMOPT_EINVAL);
+        a.m_absmax = s.am, a.m = f32m;
+        assert_int_equal(fns[i]((const llmopt_tensor *const[]){g}, 1, s.p, &a), LLMOPT_EINVAL);
+        a.m = s.m, a.v = s.m;
+        assert_int_equal(fns[i]((const llmopt_tensor *const[]){g}, 1, s.p, &a), LLMOPT_EINVAL);
+        a.v = s.v;
+        assert_int_equal(fns[i]((const llmopt_tensor *const[]){g}, 1, s.p, &a), 0);
+    }
+    tfree(g), tfree(two), tfree(f32m);
+    a8_free(&s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(matmul_backward_matches_finite_differences_in_both_layouts),
@@ -567,6 +713,11 @@ int main(void) {
         cmocka_unit_test(rope_and_attention_backwards_fast_match_reference),
         cmocka_unit_test(adamw_step_matches_hand_computed_values),
         cmocka_unit_test(adamw_fast_matches_reference),
+        cmocka_unit_test(adamw8_maps_are_the_dynamic_maps_of_bitsandbytes),
+        cmocka_unit_test(adamw_8bit_fast_gives_the_reference_bytes),
+        cmocka_unit_test(adamw_8bit_stores_each_moment_as_its_nearest_map_entry),
+        cmocka_unit_test(adamw_8bit_follows_f32_adamw_over_fifty_steps),
+        cmocka_unit_test(adamw_8bit_refuses_state_of_the_wrong_size_or_type),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -558,11 +558,12 @@ static void unmatched_trainable_pattern_or_lora_target_is_an_error_naming_it(voi
 
 static void resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run(void **state) {
     (void)state;
-    for (int w = 0; w < 2; w++) {
-        llmopt_model *m = model(w);
+    for (int w = 0; w < 4; w++) { /* gpt2 full, llama LoRA; then both with 8-bit moments */
+        llmopt_model *m = model(w % 2);
         tr_options o = opts(B);
         const char *targets[] = {"*"};
-        if (w == 1) o.lora_rank = 2, o.lora_dropout = 0.1f, o.lora_targets = targets, o.n_lora_targets = 1;
+        if (w % 2 == 1) o.lora_rank = 2, o.lora_dropout = 0.1f, o.lora_targets = targets, o.n_lora_targets = 1;
+        if (w >= 2) o.optimizer_bits = 8, o.min_8bit = 1;
         tr_trainer *a = trainer(m, &o), *b = trainer(m, &o);
         char *dir = make_test_dir("train-state");
         int32_t in[B * T], tg[B * T];
@@ -583,7 +584,8 @@ static void resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run
         for (size_t i = 0; i < tr_n_params(a); i++) {
             const llmopt_tensor *x = tr_param_value(a, i), *y = tr_param_value(b, i);
             if (memcmp(x->data, y->data, x->nbytes) != 0)
-                fail_msg("%s: %s differs after resuming", model_name[w], tr_param_name(a, i));
+                fail_msg("%s%s: %s differs after resuming", model_name[w % 2], w >= 2 ? " (8-bit moments)" : "",
+                         tr_param_name(a, i));
         }
         tr_free(a), tr_free(b);
         remove_dir(dir);
@@ -611,6 +613,52 @@ static void a_checkpoint_of_another_model_is_refused_saying_what_differs(void **
     tr_free(t), tr_free(u), tr_free(v), tr_free(x);
     remove_dir(dir);
     rt_model_unref(m), rt_model_unref(same_shape), rt_model_unref(deeper);
+}
+
+/* optimizer_bits 8: the moments of every tensor (min_8bit 1 here; 4096 values by default) in 8
+ * bits. Ten steps end near the f32 moments' losses, and a checkpoint of one form is refused by
+ * a trainer of the other, saying so. */
+static void eight_bit_moments_train_as_f32_ones_do_and_checkpoints_keep_their_form(void **state) {
+    (void)state;
+    for (int w = 0; w < 2; w++) {
+        llmopt_model *m = model(w);
+        tr_options o32 = opts(B), o8 = opts(B);
+        o8.optimizer_bits = 8, o8.min_8bit = 1;
+        tr_trainer *a = trainer(m, &o32), *b = trainer(m, &o8);
+        int32_t in[B * T], tg[B * T];
+        double la = 0, lb = 0, l0 = 0;
+        for (int s = 0; s < 10; s++) {
+            batch((uint64_t)s % 3, B, in, tg);
+            if (s == 0) l0 = eval(a, in, tg);
+            fb(a, in, tg), step(a, 1e-2f);
+            fb(b, in, tg), step(b, 1e-2f);
+        }
+        batch(0, B, in, tg);
+        la = eval(a, in, tg), lb = eval(b, in, tg);
+        print_message("%s: loss %.4f at the start, after ten steps %.4f (f32 moments) and %.4f (8-bit)\n",
+                      model_name[w], l0, la, lb);
+        assert_true(la < l0 - 0.1);
+        assert_true(fabs(lb - la) < 0.02 * (l0 - la));
+        int differ = 0; /* the moments were rounded: the weights are near, not equal */
+        for (size_t i = 0; i < tr_n_params(a) && !differ; i++)
+            differ = memcmp(tr_param_value(a, i)->data, tr_param_value(b, i)->data, tr_param_value(a, i)->nbytes) != 0;
+        assert_true(differ);
+        /* the form of the moments is part of a checkpoint */
+        char *dir = make_test_dir("train-state-8bit");
+        llmopt_error err = {0};
+        assert_int_equal(tr_save_state(b, dir, &err), 0);
+        assert_int_equal(tr_load_state(a, dir, &err), LLMOPT_EINVAL);
+        if (!strstr(err.msg, "saved with optimizer adamw_8bit; this trainer uses adamw")) fail_msg("message '%s'", err.msg);
+        assert_int_equal(tr_save_state(a, dir, &err), 0);
+        assert_int_equal(tr_load_state(b, dir, &err), LLMOPT_EINVAL);
+        if (!strstr(err.msg, "saved with optimizer adamw; this trainer uses adamw_8bit")) fail_msg("message '%s'", err.msg);
+        remove_dir(dir);
+        tr_options bad = opts(B);
+        bad.optimizer_bits = 16;
+        expect_new_error(m, &bad, "optimizer_bits must be 32 or 8, not 16");
+        tr_free(a), tr_free(b);
+        rt_model_unref(m);
+    }
 }
 
 static void bad_targets_are_refused_before_any_work(void **state) {
@@ -649,6 +697,7 @@ int main(void) {
         cmocka_unit_test(resuming_from_a_checkpoint_gives_the_weights_of_an_uninterrupted_run),
         cmocka_unit_test(a_checkpoint_of_another_model_is_refused_saying_what_differs),
         cmocka_unit_test(bad_targets_are_refused_before_any_work),
+        cmocka_unit_test(eight_bit_moments_train_as_f32_ones_do_and_checkpoints_keep_their_form),
         cmocka_unit_test(lora_over_a_quantized_base_trains_as_over_its_dequantized_weights),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

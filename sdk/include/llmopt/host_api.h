@@ -60,6 +60,10 @@ typedef struct llmopt_train_options {
      *  backward (activation checkpointing, transformers' gradient_checkpointing): far fewer
      *  saved activations for about a third more forward work; the same losses and gradients. */
     int32_t recompute;
+    /** Appended in ABI 1.0 before its release, as recompute: 32 (or 0) keeps AdamW's moments in
+     *  f32; 8 keeps those of tensors of 4096 values or more in 8 bits, block-wise (the adamw_8bit
+     *  op, bitsandbytes' AdamW8bit): 2 bytes a value instead of 8, moments rounded to 8 bits. */
+    int32_t optimizer_bits;
 } llmopt_train_options;
 LLMOPT_PIN(llmopt_train_options, batch, 4);
 LLMOPT_PIN(llmopt_train_options, trainable, 16);
@@ -67,6 +71,7 @@ LLMOPT_PIN(llmopt_train_options, lora_targets, 32);
 LLMOPT_PIN(llmopt_train_options, lora_alpha, 48);
 LLMOPT_PIN(llmopt_train_options, seed, 72);
 LLMOPT_PIN(llmopt_train_options, recompute, 80);
+LLMOPT_PIN(llmopt_train_options, optimizer_bits, 84);
 
 struct llmopt_host_api {
     uint32_t struct_size;

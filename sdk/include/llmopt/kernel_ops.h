@@ -209,6 +209,57 @@ typedef struct llmopt_op_adamw {
     struct llmopt_tensor *v;  /**< second moment [n] f32 */
 } llmopt_op_adamw;
 
+/** adamw_8bit: the AdamW step of adamw with both moments held in 8 bits, block-wise (Dettmers et
+ *  al. 2022, "8-bit Optimizers via Block-wise Quantization"; bitsandbytes' AdamW8bit): the
+ *  parameter's n values are blocks of LLMOPT_ADAMW8_BLOCK (the last may be shorter), each with
+ *  its own absmax. A moment is code[c] * absmax[block] with c its byte: m through the signed
+ *  dynamic map, v through the unsigned one (llmopt_adamw8_map). One step, per block: both moments
+ *  are dequantized, updated and applied in f32 exactly as adamw does; then each block's new
+ *  absmax is the largest |value|, and each value is stored as the byte of the map entry nearest
+ *  to value / absmax (the count of midpoints (map[k] + map[k+1]) / 2 at or below it; absmax 0
+ *  stores the byte of 0). in[0] grad [n] f32; out param [n] f32 (updated in place). */
+#define LLMOPT_OP_ADAMW_8BIT "adamw_8bit"
+#define LLMOPT_ADAMW8_BLOCK 256
+typedef struct llmopt_op_adamw_8bit {
+    uint32_t struct_size;
+    float lr, beta1, beta2, eps, weight_decay;
+    float grad_scale;               /**< as adamw */
+    int32_t step;                   /**< 1-based */
+    struct llmopt_tensor *m;        /**< first moment codes [n] u8, signed map */
+    struct llmopt_tensor *v;        /**< second moment codes [n] u8, unsigned map */
+    struct llmopt_tensor *m_absmax; /**< [ceil(n / LLMOPT_ADAMW8_BLOCK)] f32 */
+    struct llmopt_tensor *v_absmax; /**< [ceil(n / LLMOPT_ADAMW8_BLOCK)] f32 */
+} llmopt_op_adamw_8bit;
+LLMOPT_PIN(llmopt_op_adamw_8bit, step, 28);
+LLMOPT_PIN(llmopt_op_adamw_8bit, m, 32);
+
+/** The dynamic maps of adamw_8bit (bitsandbytes' create_dynamic_map), 256 values ascending:
+ *  0, 1, and for each decade i = 0..6 the midpoints of E linearly spaced points from 0.1 to 1
+ *  (both ends included), times 10^(i-6): E = 2^i + 1 and each midpoint with both signs for the
+ *  signed map, E = 2^(i+1) + 1 and positive for the unsigned one. Each value is computed in
+ *  double and rounded to f32 once. Writes 256 floats to out. */
+static inline void llmopt_adamw8_map(int is_signed, float *out) {
+    double v[256];
+    int n = 0;
+    for (int i = 0; i < 7; i++) {
+        int e = is_signed ? (1 << i) + 1 : (1 << (i + 1)) + 1;
+        double scale = 1.0;
+        for (int k = i; k < 6; k++) scale /= 10.0;
+        for (int j = 0; j + 1 < e; j++) {
+            double lo = 0.1 + 0.9 * j / (e - 1), hi = 0.1 + 0.9 * (j + 1) / (e - 1);
+            v[n++] = scale * (lo + hi) / 2.0;
+            if (is_signed) v[n++] = -scale * (lo + hi) / 2.0;
+        }
+    }
+    v[n++] = 0.0, v[n++] = 1.0;
+    for (int i = 1; i < n; i++) /* insertion sort: 256 values, once */
+        for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1], v[j - 1] = t;
+        }
+    for (int i = 0; i < 256; i++) out[i] = (float)v[i];
+}
+
 #ifdef __cplusplus
 }
 #endif
