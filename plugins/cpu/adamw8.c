@@ -127,6 +127,8 @@ void cpu_adamw8_blocks(void *arg, int64_t b0, int64_t b1) {
         } else
             for (int64_t i = 0; i < len; i++)
                 mc[i] = code_search(j->maps->mid[0], nm[i]), vc[i] = code_search(j->maps->mid[1], nv[i]);
+        /* a v above 0 never becomes 0 (kernel_ops.h) */
+        for (int64_t i = 0; i < len; i++) vc[i] = (uint8_t)(vc[i] + (vc[i] == 0 && nv[i] > 0.0f));
     }
 }
 

@@ -217,7 +217,10 @@ typedef struct llmopt_op_adamw {
  *  are dequantized, updated and applied in f32 exactly as adamw does; then each block's new
  *  absmax is the largest |value|, and each value is stored as the byte of the map entry nearest
  *  to value / absmax (the count of midpoints (map[k] + map[k+1]) / 2 at or below it; absmax 0
- *  stores the byte of 0). in[0] grad [n] f32; out param [n] f32 (updated in place). */
+ *  stores the byte of 0), except that a v above 0 is stored as byte 1 at least: a v rounded to
+ *  0 under an m that is not would make the next step m / eps (1e4 times the f32 step, seen with
+ *  gradients four decades apart in one block). in[0] grad [n] f32; out param [n] f32 (updated
+ *  in place). */
 #define LLMOPT_OP_ADAMW_8BIT "adamw_8bit"
 #define LLMOPT_ADAMW8_BLOCK 256
 typedef struct llmopt_op_adamw_8bit {
