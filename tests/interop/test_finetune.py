@@ -179,14 +179,16 @@ def _resume_config(tmp_path, base_dir, kjv_file, name, ckdir, resume="", extra="
         outputs=["ft"], name=name)
 
 
-def test_resume_after_sigkill_ends_bitwise_equal(host, models_with_tokenizer, kjv_file, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw_8bit"])
+def test_resume_after_sigkill_ends_bitwise_equal(host, models_with_tokenizer, kjv_file, tmp_path, optimizer):
     base_dir = models_with_tokenizer["gpt2_byte_level"]
-    cfg = _resume_config(tmp_path, base_dir, kjv_file, "straight", tmp_path / "ck-straight")
+    opt = f", optimizer: {optimizer}"
+    cfg = _resume_config(tmp_path, base_dir, kjv_file, "straight", tmp_path / "ck-straight", extra=opt)
     run(host, cfg, tmp_path / "straight")
     want = load_file(tmp_path / "straight" / "ft" / "model" / "model.safetensors")
 
     ck = tmp_path / "ck-killed"
-    cfg = _resume_config(tmp_path, base_dir, kjv_file, "killed", ck)
+    cfg = _resume_config(tmp_path, base_dir, kjv_file, "killed", ck, extra=opt)
     proc = subprocess.Popen([str(host.exe), "--plugins", str(host.plugins), "-q", "run", str(cfg), "--out",
                              str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -197,10 +199,15 @@ def test_resume_after_sigkill_ends_bitwise_equal(host, models_with_tokenizer, kj
     proc.wait()
     done = sorted(int(p.name.split("-")[1]) for p in ck.glob("checkpoint-*"))
     assert done and done[-1] < 200, done
+    state = load_file(ck / f"checkpoint-{done[-1]}" / "train_state.safetensors")
+    moments = {v.dtype for k, v in state.items() if k.startswith("adam_m/")}
+    # 8-bit: the moments of tensors of 4096 values or more are bytes, the small ones stay f32
+    assert moments == ({np.dtype(np.uint8), np.dtype(np.float32)} if optimizer == "adamw_8bit"
+                       else {np.dtype(np.float32)}), moments
 
     # resumed with gradient checkpointing (what a run out of memory would do): the same bits
     cfg = _resume_config(tmp_path, base_dir, kjv_file, "resumed", tmp_path / "ck-resumed", resume=ck,
-                         extra=", gradient_checkpointing: true")
+                         extra=", gradient_checkpointing: true" + opt)
     _, report = run(host, cfg, tmp_path / "resumed")
     assert metrics(report, "ft")["steps"] == 200
     got = load_file(tmp_path / "resumed" / "ft" / "model" / "model.safetensors")

@@ -3,7 +3,8 @@
  *    "steps": N, "lr": F, "clip": F, "weight_decay": F, "betas": [F, F], "eps": F, "seed": N,
  *    "threads": N, "lora": {"rank": N, "alpha": F, "dropout": F, "targets": [names]} (optional),
  *    "grads": true|false, "accum": N (optional, default 1), "matmul_precision": "highest"|"medium",
- *    "recompute": 0|1 (optional, tr_options.recompute)}
+ *    "recompute": 0|1 (optional, tr_options.recompute),
+ *    "optimizer_bits": 32|8, "min_8bit": N (optional, tr_options' 8-bit AdamW moments)}
  * runs N optimizer steps on the batch (accum micro-batches of consecutive sequences, one
  * gradient step over all of them), then, when "grads", one more forward/backward, and writes
  * <out>/params/model.safetensors (the trainable tensors after the steps),
@@ -101,6 +102,8 @@ int main(int argc, char **argv) {
     o.eps = (float)num(job, "eps", 1e-8);
     o.seed = (uint64_t)num(job, "seed", 0);
     o.recompute = (int)num(job, "recompute", 0);
+    o.optimizer_bits = (int)num(job, "optimizer_bits", 32);
+    o.min_8bit = (int)num(job, "min_8bit", 0);
     const char *prec = json_string_value(json_object_get(job, "matmul_precision"));
     o.matmul_precision = prec && strcmp(prec, "medium") == 0 ? LLMOPT_MATMUL_MEDIUM : LLMOPT_MATMUL_HIGHEST;
     json_t *betas = json_object_get(job, "betas");
