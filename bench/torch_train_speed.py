@@ -3,7 +3,7 @@
 
   torch_train_speed.py MODEL_DIR [--mode full|lora] [--batch 4] [--seq 128] [--steps 5] [--warmup 1]
                        [--threads 2] [--rank 8] [--alpha 16] [--targets c_attn] [--vocab-ids 4096]
-                       [--autocast-bf16] [--gradient-checkpointing]
+                       [--autocast-bf16] [--gradient-checkpointing] [--optimizer adamw|adamw_8bit]
 
 The training step llmopt's finetune.full / finetune.lora takes, written the way a PyTorch user
 writes it: AutoModelForCausalLM.from_pretrained(MODEL_DIR, float32) (GPT-2 or Llama), model.train()
@@ -25,6 +25,10 @@ llmopt's matmul_precision medium.
 --gradient-checkpointing calls transformers' model.gradient_checkpointing_enable() (non-reentrant
 torch.utils.checkpoint at each decoder layer, so a frozen base with LoRA still gets its gradients):
 the peer of finetune's gradient_checkpointing: true.
+
+--optimizer adamw_8bit steps with bitsandbytes.optim.AdamW8bit (the same hyperparameters;
+block-wise 8-bit moments, f32 ones for tensors under 4096 values): the peer of finetune's
+optimizer: adamw_8bit. It needs bitsandbytes (bench/requirements-torch2.txt pins it).
 
 --warmup steps run first and are not timed; then --steps steps are timed as one interval.
 Inputs are a fixed xorshift sequence of ids below --vocab-ids (the ids do not change the work).
@@ -90,6 +94,7 @@ def main():
     p.add_argument("--vocab-ids", type=int, default=4096)
     p.add_argument("--autocast-bf16", action="store_true")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--optimizer", choices=["adamw", "adamw_8bit"], default="adamw")
     a = p.parse_args()
 
     import torch
@@ -108,7 +113,16 @@ def main():
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    if a.optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes
+        except ImportError as e:
+            sys.exit(f"--optimizer adamw_8bit needs bitsandbytes: {e}")
+        opt = bitsandbytes.optim.AdamW8bit(params, lr=a.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+        print(f"bitsandbytes_version={bitsandbytes.__version__}")
+    else:
+        opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    print(f"optimizer={a.optimizer}")
     B, T = a.batch, a.seq
     ids = torch.tensor(xorshift_ids(B * (T + 1) * (a.warmup + a.steps), min(a.vocab_ids, model.config.vocab_size)))
     ids = ids.view(a.warmup + a.steps, B, T + 1)

@@ -17,7 +17,8 @@
 #   (highest: fp32 on both sides; medium: llmopt's matmul_precision medium against torch under
 #   autocast to bfloat16, torch_train_speed.py --autocast-bf16), GRADIENT_CHECKPOINTING (0; 1:
 #   finetune's gradient_checkpointing: true against transformers' gradient_checkpointing_enable(),
-#   torch_train_speed.py --gradient-checkpointing).
+#   torch_train_speed.py --gradient-checkpointing), OPTIMIZER (adamw; adamw_8bit: finetune's
+#   optimizer: adamw_8bit against bitsandbytes' AdamW8bit, on the interpreters that import it).
 # Results (key=value files and table.md) go to BUILD_DIR/train-bench/<date-time>/.
 set -eu
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -28,6 +29,8 @@ cases="${CASES:-gpt2-full kjv-full kjv-lora gpt2-lora llama-full llama-lora}"
 precision="${PRECISION:-highest}"
 gc="${GRADIENT_CHECKPOINTING:-0}"
 case "$gc" in 0) gc_flag="" gc_yaml="" ;; 1) gc_flag="--gradient-checkpointing" gc_yaml=", gradient_checkpointing: true" ;; *) echo "GRADIENT_CHECKPOINTING: 0 or 1" >&2; exit 2 ;; esac
+optimizer="${OPTIMIZER:-adamw}"
+case "$optimizer" in adamw) opt_yaml="" ;; adamw_8bit) opt_yaml=", optimizer: adamw_8bit" ;; *) echo "OPTIMIZER: adamw or adamw_8bit" >&2; exit 2 ;; esac
 case "$precision" in highest) autocast="" ;; medium) autocast="--autocast-bf16" ;; *) echo "PRECISION: highest or medium" >&2; exit 2 ;; esac
 host="$build/host/llmopt-host"
 res="$build/train-bench/$(date -u +%Y%m%d-%H%M%S)"
@@ -43,6 +46,13 @@ if [ -z "${TORCH_PYS:-}" ]; then
     for t2 in "$root/build-bench/torch2-venv/bin/python" /work/main/build-bench/torch2-venv/bin/python; do
         if [ -x "$t2" ] && "$t2" -c 'import torch' 2>/dev/null; then TORCH_PYS="$TORCH_PYS $t2"; break; fi
     done
+fi
+if [ "$optimizer" = adamw_8bit ]; then # only the interpreters with bitsandbytes have the peer
+    keep=""
+    for py in $TORCH_PYS; do
+        if "$py" -c 'import bitsandbytes' >/dev/null 2>&1; then keep="$keep $py"; else echo "no bitsandbytes in $py: left out" >&2; fi
+    done
+    TORCH_PYS="$keep"
 fi
 
 # GPT-2 124M with random weights (bench/torch_speed.py make), given kjv-tiny's tokenizer so
@@ -80,6 +90,7 @@ fi
     echo "repeats=$reps"
     echo "precision=$precision"
     echo "gradient_checkpointing=$gc"
+    echo "optimizer=$optimizer"
     echo "llmopt_version=$("$host" --version | head -1 | tr ' ' '_')"
     echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '_')"
 } >"$res/machine.txt"
@@ -105,7 +116,7 @@ data:
   train: {path: $root/data/kjv.txt, split: "0:10%"}
 stages:
   - {id: train, uses: finetune.$mode, with: {batch: $B, seq_len: $T, steps: $((steps + 1)), lr: 1.0e-4,
-     schedule: constant, warmup: 0, grad_clip: 1.0, weight_decay: 0.01$gc_yaml$extra}}
+     schedule: constant, warmup: 0, grad_clip: 1.0, weight_decay: 0.01$gc_yaml$opt_yaml$extra}}
 EOF
     for r in $(seq 1 "$reps"); do
         log "$c: llmopt run $r"
@@ -132,7 +143,7 @@ run_torch() { # case py model mode B T steps
     for r in $(seq 1 "$reps"); do
         log "$c: torch $tag run $r"
         /usr/bin/time -v -o "$res/$c-torch.time" "$py" "$root/bench/torch_train_speed.py" "$model" --mode "$mode" \
-            --batch "$B" --seq "$T" --steps "$steps" --warmup 1 --threads "$threads" --targets "$targets" $autocast $gc_flag 2>/dev/null |
+            --batch "$B" --seq "$T" --steps "$steps" --warmup 1 --threads "$threads" --targets "$targets" $autocast $gc_flag --optimizer "$optimizer" 2>/dev/null |
             grep -v '^peak_rss_mib='
         echo "peak_rss_mib=$(rss_mib "$res/$c-torch.time")"
     done >"$res/$c-torch-$tag.txt"
@@ -171,7 +182,8 @@ mach = {k: v[0] for k, v in kv(os.path.join(res, "machine.txt")).items()}
 print(f"{mach['date']}, git {mach['git']}, {mach['cpu'].replace('_', ' ')}, {mach['cpus']} cpus, "
       f"{mach['threads']} threads, matmul precision {mach.get('precision', 'highest')} (torch: "
       f"{'autocast bfloat16' if mach.get('precision') == 'medium' else 'fp32'}), "
-      f"{'gradient checkpointing on both sides, ' if mach.get('gradient_checkpointing') == '1' else ''}best of {mach['repeats']} processes, OpenBLAS {mach.get('openblas_core', '?')} kernels; load average "
+      f"{'gradient checkpointing on both sides, ' if mach.get('gradient_checkpointing') == '1' else ''}"
+      f"{'8-bit AdamW (llmopt adamw_8bit, torch bitsandbytes AdamW8bit), ' if mach.get('optimizer') == 'adamw_8bit' else ''}best of {mach['repeats']} processes, OpenBLAS {mach.get('openblas_core', '?')} kernels; load average "
       f"{mach['load_before'].replace('_', ' ')} before, {mach.get('load_after', '?').replace('_', ' ')} after")
 print()
 print("| case | B x T, timed steps | trainer | tokens/s | tokens per CPU-s | peak RSS MiB | llmopt tok/s / this | llmopt RSS / this |")

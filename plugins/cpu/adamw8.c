@@ -46,6 +46,7 @@ static cpu_adamw8_maps g_maps;
 static int32_t g_base[2][NEG + CELLS]; /* [signed, unsigned][the top 17 bits of x] */
 static float g_thr[2][NEG + CELLS];
 static int g_search_only;
+static cpu_a8_tables g_tables;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static float bits_f32(uint32_t b) {
@@ -65,7 +66,9 @@ static void tables_make(void) {
             g_base[s][NEG + c] = gn - 1, g_thr[s][NEG + c] = gn > 0 ? mid[gn - 1] : -INFINITY;
             if (code_search(mid, hi) > gp + 1 || code_search(mid, -hi) + 1 < gn) g_search_only = 1;
         }
+        g_tables.code[s] = g_maps.code[s], g_tables.base[s] = g_base[s], g_tables.thr[s] = g_thr[s];
     }
+    g_tables.cells = CELLS;
 }
 
 /* ---- the update ---- */
@@ -113,6 +116,10 @@ void cpu_adamw8_blocks(void *arg, int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; b++) {
         int64_t i0 = b * BLOCK, len = j->n - i0 < BLOCK ? j->n - i0 : BLOCK;
         uint8_t *mc = j->m + i0, *vc = j->v + i0;
+        if (fast && j->block) {
+            j->block(&k, &g_tables, j->grad + i0, j->param + i0, mc, vc, j->m_absmax + b, j->v_absmax + b, len);
+            continue;
+        }
         float am = j->m_absmax[b], av = j->v_absmax[b], mmax, vmax;
         for (int64_t i = 0; i < len; i++) nm[i] = sm[mc[i]] * am, nv[i] = um[vc[i]] * av;
         if (j->fast) j->adamw(&k, j->grad + i0, j->param + i0, nm, nv, len);

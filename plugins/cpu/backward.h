@@ -51,6 +51,8 @@ typedef struct cpu_adamw8_job {
     int fast;  /* 1: the two functions below, else adamw8.c's loops and a binary search */
     void (*adamw)(const cpu_adamw_k *k, const float *grad, float *param, float *m, float *v, int64_t n);
     void (*codes)(const int32_t *base, const float *thr, uint32_t cells, const float *x, uint8_t *out, int64_t n);
+    void (*block)(const cpu_adamw_k *k, const cpu_a8_tables *t, const float *grad, float *param, uint8_t *mc,
+                  uint8_t *vc, float *m_absmax, float *v_absmax, int64_t len); /* NULL: the two above */
     cpu_adamw8_maps local;
 } cpu_adamw8_job;
 int cpu_adamw8_job_init(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p, int fast,

@@ -64,6 +64,14 @@ typedef struct cpu_adamw_k {
     float b1, b2, eps, decay, step_size, bc2_sqrt, grad_scale;
 } cpu_adamw_k;
 
+/* adamw_8bit's tables (adamw8.c): both dynamic maps, and the lookup of cpu_simd.a8_codes */
+typedef struct cpu_a8_tables {
+    const float *code[2];     /* [0] signed map (m), [1] unsigned (v): 256 values */
+    const int32_t *base[2];
+    const float *thr[2];
+    uint32_t cells;
+} cpu_a8_tables;
+
 typedef struct cpu_simd {
     const char *name;                                              /* "generic", "avx2", "avx512" */
     float (*dot)(const float *a, const float *b, int64_t n);       /* sum a[i]*b[i] */
@@ -84,6 +92,10 @@ typedef struct cpu_simd {
     /* adamw_8bit's bytes (adamw8.c): out[i] = base[c] + (thr[c] <= x[i]), c the top 17 bits of
      * x[i] with the magnitude's part capped at cells - 1 (base and thr: 0x10000 + cells entries) */
     void (*a8_codes)(const int32_t *base, const float *thr, uint32_t cells, const float *x, uint8_t *out, int64_t n);
+    /* one block (len <= 256 values) of adamw_8bit whole, as adamw8.c's loops compute it:
+     * dequantize, adamw's update, the new absmax, the bytes; NULL where only those loops are */
+    void (*a8_block)(const cpu_adamw_k *k, const cpu_a8_tables *t, const float *grad, float *param, uint8_t *mc,
+                     uint8_t *vc, float *m_absmax, float *v_absmax, int64_t len);
 } cpu_simd;
 
 extern const cpu_simd cpu_simd_generic;   /* fast.c */

@@ -78,7 +78,7 @@ static void generic_a8_codes(const int32_t *base, const float *thr, uint32_t cel
 
 const cpu_simd cpu_simd_generic = {"generic", generic_dot, generic_axpy, generic_f16_to_f32,
                                    generic_bf16_to_f32, generic_vexp, generic_adamw, generic_dot_half,
-                                   generic_axpy_half, generic_a8_codes};
+                                   generic_axpy_half, generic_a8_codes, NULL};
 
 /* Rows per parallel_for chunk so a chunk holds about 16K elements of work. */
 static int64_t row_grain(int64_t cols) { return cols >= 16384 ? 1 : 16384 / cols; }

@@ -183,9 +183,9 @@ AVX2 static void avx2_a8_codes(const int32_t *base, const float *thr, uint32_t c
 }
 
 const cpu_simd cpu_simd_avx2 = {"avx2", avx2_dot, avx2_axpy, avx2_f16_to_f32, avx2_bf16_to_f32, avx2_vexp, avx2_adamw,
-                                avx2_dot_half, avx2_axpy_half, avx2_a8_codes};
+                                avx2_dot_half, avx2_axpy_half, avx2_a8_codes, NULL};
 
 #else
 /* Not x86: never selected (plugin.c detects nothing), defined so the table links. */
-const cpu_simd cpu_simd_avx2 = {"avx2", NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+const cpu_simd cpu_simd_avx2 = {"avx2", NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 #endif

@@ -5,6 +5,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include <string.h>
 
 #define AVX512 __attribute__((target("avx512f")))
 
@@ -155,7 +156,6 @@ AVX512 static void avx512_adamw(const cpu_adamw_k *k, const float *grad, float *
         _mm512_mask_storeu_ps(v + i, msk, vv);
         _mm512_mask_storeu_ps(param + i, msk, pv);
     }
-#undef ADAMW_STEP
 }
 
 /* cpu_simd.a8_codes, 16 values a vector: two gathers a vector, independent of each other */
@@ -175,10 +175,58 @@ AVX512 static void avx512_a8_codes(const int32_t *base, const float *thr, uint32
     }
 }
 
+/* cpu_simd.a8_block: the block in registers and one 256-value buffer a moment */
+AVX512 static void avx512_a8_block(const cpu_adamw_k *k, const cpu_a8_tables *t, const float *grad, float *param,
+                                   uint8_t *mc, uint8_t *vc, float *m_absmax, float *v_absmax, int64_t len) {
+    const __m512 gs = _mm512_set1_ps(k->grad_scale), b1 = _mm512_set1_ps(k->b1), c1 = _mm512_set1_ps(1.0f - k->b1);
+    const __m512 b2 = _mm512_set1_ps(k->b2), c2 = _mm512_set1_ps(1.0f - k->b2), decay = _mm512_set1_ps(k->decay);
+    const __m512 step = _mm512_set1_ps(k->step_size), bc2 = _mm512_set1_ps(k->bc2_sqrt), eps = _mm512_set1_ps(k->eps);
+    const __m512 am = _mm512_set1_ps(*m_absmax), av = _mm512_set1_ps(*v_absmax);
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    float nm[256], nv[256];
+    __m512 mx = _mm512_setzero_ps(), vx = _mm512_setzero_ps(), mv, vv, pv;
+    for (int64_t i = 0; i < len; i += 16) {
+        const __mmask16 msk = len - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - i)) - 1u);
+        __m128i cb = _mm_setzero_si128(), vb = _mm_setzero_si128(); /* 16 bytes, zeros past len (SSE2 loads: AVX-512F has no byte masks) */
+        if (msk == 0xffff) cb = _mm_loadu_si128((const __m128i *)(mc + i)), vb = _mm_loadu_si128((const __m128i *)(vc + i));
+        else memcpy(&cb, mc + i, (size_t)(len - i)), memcpy(&vb, vc + i, (size_t)(len - i));
+        const __m512i ci = _mm512_cvtepu8_epi32(cb), cv = _mm512_cvtepu8_epi32(vb);
+        const __m512 m0 = _mm512_mul_ps(_mm512_i32gather_ps(ci, t->code[0], 4), am);
+        const __m512 v0 = _mm512_mul_ps(_mm512_i32gather_ps(cv, t->code[1], 4), av);
+        ADAMW_STEP(_mm512_maskz_loadu_ps(msk, grad + i), _mm512_maskz_loadu_ps(msk, param + i), m0, v0);
+        _mm512_mask_storeu_ps(param + i, msk, pv);
+        _mm512_storeu_ps(nm + i, mv), _mm512_storeu_ps(nv + i, vv);
+        /* lanes past len hold the update of zeros: keep them out of the maxima */
+        mx = _mm512_mask_max_ps(mx, msk, mx, _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(mv), absm)));
+        vx = _mm512_mask_max_ps(vx, msk, vx, vv);
+    }
+    const float mmax = _mm512_reduce_max_ps(mx), vmax = _mm512_reduce_max_ps(vx);
+    *m_absmax = mmax, *v_absmax = vmax;
+    const __m512 dm = _mm512_set1_ps(mmax > 0.0f ? mmax : 1.0f), dv = _mm512_set1_ps(vmax > 0.0f ? vmax : 1.0f);
+    const __m512i sign = _mm512_set1_epi32(0x10000), magm = _mm512_set1_epi32(0xffff),
+                  cap = _mm512_set1_epi32((int)t->cells - 1), one = _mm512_set1_epi32(1), zero = _mm512_setzero_si512();
+    for (int64_t i = 0; i < len; i += 16) {
+        const __mmask16 msk = len - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - i)) - 1u);
+        for (int s = 0; s < 2; s++) {
+            const __m512 x = _mm512_div_ps(_mm512_loadu_ps((s ? nv : nm) + i), s ? dv : dm);
+            const __m512i c = _mm512_srli_epi32(_mm512_castps_si512(x), 15);
+            const __m512i idx = _mm512_or_si512(_mm512_and_si512(c, sign), _mm512_min_epu32(_mm512_and_si512(c, magm), cap));
+            __m512i g = _mm512_mask_i32gather_epi32(zero, msk, idx, t->base[s], 4);
+            const __m512 th = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), msk, idx, t->thr[s], 4);
+            g = _mm512_mask_add_epi32(g, _mm512_cmp_ps_mask(th, x, _CMP_LE_OQ), g, one);
+            if (s) /* a v above 0 never becomes 0 */
+                g = _mm512_mask_add_epi32(g, _mm512_cmpeq_epi32_mask(g, zero) & _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), g, one);
+            _mm512_mask_cvtepi32_storeu_epi8((s ? vc : mc) + i, msk, g);
+        }
+    }
+}
+#undef ADAMW_STEP
+
 const cpu_simd cpu_simd_avx512 = {"avx512", avx512_dot, avx512_axpy, avx512_f16_to_f32, avx512_bf16_to_f32,
-                                  avx512_vexp, avx512_adamw, avx512_dot_half, avx512_axpy_half, avx512_a8_codes};
+                                  avx512_vexp, avx512_adamw, avx512_dot_half, avx512_axpy_half, avx512_a8_codes,
+                                  avx512_a8_block};
 
 #else
 /* Not x86: never selected (plugin.c detects nothing), defined so the table links. */
-const cpu_simd cpu_simd_avx512 = {"avx512", NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+const cpu_simd cpu_simd_avx512 = {"avx512", NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 #endif
