@@ -360,6 +360,12 @@ int cpu_check_cross_entropy_fused(const llmopt_tensor *const *in, int n_in, cons
     return 0;
 }
 
+/* adamw's and adamw_8bit's step and hyperparameters */
+static int adamw_hyper_ok(int32_t step, float lr, float b1, float b2, float eps, float wd, float gs) {
+    return step >= 1 && b1 >= 0.0f && b1 < 1.0f && b2 >= 0.0f && b2 < 1.0f && eps >= 0.0f && isfinite(eps) &&
+           isfinite(lr) && isfinite(wd) && isfinite(gs);
+}
+
 int cpu_check_adamw(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, const void *params,
                     int64_t *n) {
     if (!in || n_in != 1 || !PARAMS_OK(params, llmopt_op_adamw)) return LLMOPT_EINVAL;
@@ -371,11 +377,7 @@ int cpu_check_adamw(const llmopt_tensor *const *in, int n_in, const llmopt_tenso
     if (!p->m || !p->v || !grad_out_ok(p->m, *n, in, n_in, out) || !grad_out_ok(p->v, *n, in, n_in, out) ||
         overlaps(p->m, p->v))
         return LLMOPT_EINVAL;
-    if (p->step < 1 || !(p->beta1 >= 0.0f && p->beta1 < 1.0f) || !(p->beta2 >= 0.0f && p->beta2 < 1.0f) ||
-        !(p->eps >= 0.0f) || !isfinite(p->lr) || !isfinite(p->weight_decay) || !isfinite(p->grad_scale) ||
-        !isfinite(p->eps))
-        return LLMOPT_EINVAL;
-    return 0;
+    return adamw_hyper_ok(p->step, p->lr, p->beta1, p->beta2, p->eps, p->weight_decay, p->grad_scale) ? 0 : LLMOPT_EINVAL;
 }
 
 int cpu_check_adamw_8bit(const llmopt_tensor *const *in, int n_in, const llmopt_tensor *out, const void *params,
@@ -396,9 +398,5 @@ int cpu_check_adamw_8bit(const llmopt_tensor *const *in, int n_in, const llmopt_
         for (int k = 0; k < i; k++)
             if (overlaps(st[i], st[k])) return LLMOPT_EINVAL;
     }
-    if (p->step < 1 || !(p->beta1 >= 0.0f && p->beta1 < 1.0f) || !(p->beta2 >= 0.0f && p->beta2 < 1.0f) ||
-        !(p->eps >= 0.0f) || !isfinite(p->lr) || !isfinite(p->weight_decay) || !isfinite(p->grad_scale) ||
-        !isfinite(p->eps))
-        return LLMOPT_EINVAL;
-    return 0;
+    return adamw_hyper_ok(p->step, p->lr, p->beta1, p->beta2, p->eps, p->weight_decay, p->grad_scale) ? 0 : LLMOPT_EINVAL;
 }

@@ -179,14 +179,7 @@ def test_ten_adamw_8bit_steps_stay_near_torch_adamw(driver, plugin_dir, train_mo
     res = run_driver(driver, plugin_dir, train_models[name], tmp_path, ids, targets, steps=10, lr=1e-3,
                      weight_decay=0.01, betas=[0.9, 0.999], eps=1e-8, clip=0, grads=False, optimizer_bits=8,
                      min_8bit=1)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
-    losses = []
-    for _ in range(10):
-        opt.zero_grad()
-        loss = torch_loss(model, ids, targets)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses, _ = torch_adamw_run(model, ids, targets, 10, 1e-3, 0)
     np.testing.assert_allclose(res["losses"], losses, rtol=1e-3)
     ours = load_file(tmp_path / "params" / "model.safetensors")
     errs = {}
