@@ -1,8 +1,10 @@
 /* adamw_8bit (llmopt/kernel_ops.h): AdamW with block-wise 8-bit moments (Dettmers et al. 2022).
  * The reference and the fast kernel share the update of a block (adamw's operations in its
  * order, on the dequantized moments) and differ only in how a value finds its map entry: a
- * binary search over the midpoints in the reference, a table on the value's float bits and a
- * step or two along the midpoints in the fast one. Both give the same byte, hence the same bits. */
+ * binary search over the midpoints in the reference, a table on the value's float bits and one
+ * comparison in the fast one (cpu_simd.a8_codes, or on AVX-512 the whole block in one pass,
+ * cpu_simd.a8_block). Both give the same byte, hence the same bits. update() is generic_adamw's
+ * loop again (fast.c), here so that the reference links without the fast kernels. */
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
