@@ -542,12 +542,10 @@ int cpu_adamw(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, cons
 }
 
 int cpu_adamw_8bit(const llmopt_tensor *const *in, int n_in, llmopt_tensor *out, const void *p) {
-    cpu_adamw8_job *j = malloc(sizeof *j); /* its maps are 2 KB: off the stack of a pool thread's caller */
-    if (!j) return LLMOPT_ENOMEM;
-    int rc = cpu_adamw8_job_init(in, n_in, out, p, 1, j);
-    j->adamw = cpu_isa->adamw, j->codes = cpu_isa->a8_codes, j->block = cpu_isa->a8_block;
-    if (!rc) cpu_api->parallel_for(j->blocks, 64, cpu_adamw8_blocks, j);
-    free(j);
+    cpu_adamw8_job j;
+    int rc = cpu_adamw8_job_init(in, n_in, out, p, 1, &j);
+    j.adamw = cpu_isa->adamw, j.codes = cpu_isa->a8_codes, j.block = cpu_isa->a8_block;
+    if (!rc) cpu_api->parallel_for(j.blocks, 64, cpu_adamw8_blocks, &j);
     return rc;
 }
 

@@ -173,13 +173,7 @@ AVX2 static void avx2_a8_codes(const int32_t *base, const float *thr, uint32_t c
         const uint32_t lo = (uint32_t)_mm256_extract_epi32(b, 0), hi = (uint32_t)_mm256_extract_epi32(b, 4);
         memcpy(out + i, &lo, 4), memcpy(out + i + 4, &hi, 4);
     }
-    for (; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &x[i], sizeof bits);
-        uint32_t c = bits >> 15, mag = c & 0xffffu;
-        c = (c & 0x10000u) | (mag < cells ? mag : cells - 1);
-        out[i] = (uint8_t)(base[c] + (thr[c] <= x[i]));
-    }
+    if (i < n) cpu_simd_generic.a8_codes(base, thr, cells, x + i, out + i, n - i);
 }
 
 const cpu_simd cpu_simd_avx2 = {"avx2", avx2_dot, avx2_axpy, avx2_f16_to_f32, avx2_bf16_to_f32, avx2_vexp, avx2_adamw,
