@@ -68,6 +68,7 @@ typedef struct x_job {
     int64_t rows, cols;
     float *g;      /* the Gram matrix (gram_rows) */
     double *absum; /* the sums of |x| per column (absum_cols) */
+    double *sumsq; /* the sums of x^2 per column (sumsq_cols) */
 } x_job;
 
 /* absum += |x| for the columns [c0, c1), on the host's compute threads */
@@ -76,6 +77,15 @@ static void absum_cols(void *arg, int64_t c0, int64_t c1) {
     for (int64_t r = 0; r < j->rows; r++) {
         const float *xr = j->x + r * j->cols;
         for (int64_t c = c0; c < c1; c++) j->absum[c] += fabsf(xr[c]);
+    }
+}
+
+/* sumsq += x^2 for the columns [c0, c1) */
+static void sumsq_cols(void *arg, int64_t c0, int64_t c1) {
+    const x_job *j = arg;
+    for (int64_t r = 0; r < j->rows; r++) {
+        const float *xr = j->x + r * j->cols;
+        for (int64_t c = c0; c < c1; c++) j->sumsq[c] += (double)xr[c] * (double)xr[c];
     }
 }
 
@@ -122,15 +132,20 @@ int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, 
             st->root[i] = st->root[prev];
         } else {
             st->root[i] = i;
-            st->gram[i] = calloc((size_t)(cols * cols), sizeof(float));
+            st->gram[i] = st->no_gram ? NULL : calloc((size_t)(cols * cols), sizeof(float));
             st->absum[i] = st->no_absum ? NULL : calloc((size_t)cols, sizeof(double));
-            if (!st->gram[i] || (!st->no_absum && !st->absum[i]))
+            if (st->want_sumsq) st->sumsq[i] = calloc((size_t)cols, sizeof(double));
+            if ((!st->no_gram && !st->gram[i]) || (!st->no_absum && !st->absum[i]) || (st->want_sumsq && !st->sumsq[i]))
                 return A->set_error(a->ctx, LLMOPT_ENOMEM, "out of memory for a %lld x %lld Gram matrix", (long long)cols,
                                     (long long)cols);
         }
     }
     if (st->root[i] != i) return 0;
-    gram_update(x, rows, cols, st->gram[i]);
+    if (!st->no_gram) gram_update(x, rows, cols, st->gram[i]);
+    if (st->want_sumsq) {
+        x_job j = {.x = x, .rows = rows, .cols = cols, .sumsq = st->sumsq[i]};
+        A->parallel_for(cols, 64, sumsq_cols, &j);
+    }
     if (!st->no_absum) {
         x_job j = {.x = x, .rows = rows, .cols = cols, .absum = st->absum[i]};
         A->parallel_for(cols, 64, absum_cols, &j);
@@ -148,8 +163,9 @@ int qz_stats_init(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selecti
     st->gram = calloc(sel->n, sizeof *st->gram);
     st->absum = calloc(sel->n, sizeof *st->absum);
     st->rows = calloc(sel->n, sizeof *st->rows);
+    st->sumsq = calloc(sel->n, sizeof *st->sumsq);
     st->prev = -1;
-    if (!st->cols || !st->root || !st->gram || !st->absum || !st->rows) return A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+    if (!st->cols || !st->root || !st->gram || !st->absum || !st->rows || !st->sumsq) return A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
     for (size_t i = 0; i < sel->n; i++) {
         int64_t rows;
         qz_linear_dims(m, sel->names[i], &rows, &st->cols[i]);
@@ -163,6 +179,7 @@ int qz_stats_init(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selecti
 void qz_stats_mirror(qz_stats *st, size_t i) {
     int64_t c = st->cols[i];
     float *g = st->gram[i];
+    if (!g) return;
     for (int64_t r = 0; r < c; r++)
         for (int64_t k = 0; k < r; k++) g[r * c + k] = g[k * c + r];
 }
@@ -192,8 +209,9 @@ void qz_stats_free(qz_stats *st) {
     for (size_t i = 0; st->gram && i < st->n; i++) {
         free(st->gram[i]);
         free(st->absum[i]);
+        if (st->sumsq) free(st->sumsq[i]);
     }
-    free(st->cols), free(st->root), free(st->gram), free(st->absum), free(st->rows);
+    free(st->cols), free(st->root), free(st->gram), free(st->absum), free(st->rows), free(st->sumsq);
     memset(st, 0, sizeof *st);
 }
 
@@ -257,7 +275,7 @@ static int compare(llmopt_stage_ctx *ctx, const llmopt_model *in, const llmopt_m
     return rc;
 }
 
-static int eval_pair(llmopt_stage_ctx *ctx, const llmopt_model *in, const llmopt_model *out, const char *entry) {
+int qz_eval_pair(llmopt_stage_ctx *ctx, const llmopt_model *in, const llmopt_model *out, const char *entry) {
     char *text = NULL;
     size_t len = 0, n = 0;
     int32_t *ids = NULL;
@@ -296,7 +314,7 @@ int qz_finish(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, 
     A->metric(ctx, "converted_params", params, NULL, LLMOPT_BETTER_NONE);
     A->metric(ctx, "converted_bytes", bytes, "B", LLMOPT_BETTER_LOWER);
     const char *entry = A->param_str(ctx, "eval_data");
-    int rc = entry && *entry ? eval_pair(ctx, in, out, entry) : 0;
+    int rc = entry && *entry ? qz_eval_pair(ctx, in, out, entry) : 0;
     if (rc) {
         A->model_unref(out);
         return rc;

@@ -76,6 +76,9 @@ typedef struct qz_stats {
     float **gram;      /* [n]: set for roots */
     double **absum;    /* [n]: set for roots, unless no_absum */
     int no_absum;      /* set before the first input: only X^T X is wanted (GPTQ) */
+    int no_gram;       /* set before the first input: no X^T X (Wanda: the squares alone) */
+    double **sumsq;    /* [n]: set for roots when want_sumsq: the sums of x^2 per column */
+    int want_sumsq;
     int64_t *rows;     /* [n]: calibration rows seen, for roots */
     int prev;          /* index of the previous call's weight, -1 if none / unselected */
     const float *prev_x;
@@ -99,6 +102,9 @@ void qz_stats_mirror(qz_stats *st, size_t i);
 void qz_stats_free(qz_stats *st);
 int qz_stats_find(const qz_stats *st, const char *name);
 
+/* Both models on the stage's eval_tokens of data entry `entry`, in consecutive windows of the
+ * context: metrics ppl_input, ppl, ppl_ratio, kl_div (mean KL(p_in || p_out)) and top1_agree. */
+int qz_eval_pair(llmopt_stage_ctx *ctx, const llmopt_model *in, const llmopt_model *out, const char *entry);
 /* Records size_bytes, bits_per_weight, ... and, when `eval_data` is set, the perplexity of the
  * input and of the output on it; then hands out to the stage as its output. */
 int qz_finish(llmopt_stage_ctx *ctx, const llmopt_model *in, llmopt_model *out, const qz_selection *sel);
@@ -126,6 +132,14 @@ typedef struct qz_gptq_opts {
  * then LLMOPT_EFAIL with a message in msg. *damp_used gets the dampening used. */
 int qz_gptq_layer(const float *W, int64_t rows, int64_t cols, const float *H, const qz_gptq_opts *o, void *blocks,
                   double *damp_used, char *msg, size_t msg_len);
+
+/* ---- hinv.c: the inverse Hessian factor of GPTQ and SparseGPT ---- */
+
+/* U = the upper Cholesky factor of (H + lambda I)^-1 (row-major, [n, n] doubles; H symmetric,
+ * read only; R is scratch of n*n doubles), lambda = *damp times H's mean diagonal. When that is
+ * not positive definite, *damp is raised 10x at a time up to 5 times. 0 with *damp set to what
+ * was used, or -1 with the reason in msg. */
+int qz_damped_inverse_upper(const double *H, int64_t n, double *damp, double *U, double *R, char *msg, size_t msg_len);
 
 /* ---- awq.c: activation-aware scaling (Lin et al. 2023, section 3.2) ---- */
 
