@@ -127,6 +127,7 @@ static int prune_by(float *W, int64_t rows, int64_t cols, float *score, const pr
 }
 
 int pr_magnitude_layer(float *W, int64_t rows, int64_t cols, const pr_pattern *p) {
+    if (rows <= 0 || cols <= 0) return 0;
     float *score = malloc((size_t)(rows * cols) * sizeof *score);
     if (!score) return -1;
     for (int64_t i = 0; i < rows * cols; i++) score[i] = fabsf(W[i]);
@@ -136,12 +137,16 @@ int pr_magnitude_layer(float *W, int64_t rows, int64_t cols, const pr_pattern *p
 }
 
 int pr_wanda_layer(float *W, int64_t rows, int64_t cols, const double *sumsq, const pr_pattern *p) {
+    if (rows <= 0 || cols <= 0) return 0;
     float *score = malloc((size_t)(rows * cols) * sizeof *score), *norm = malloc((size_t)cols * sizeof *norm);
-    int rc = score && norm ? 0 : -1;
-    for (int64_t c = 0; !rc && c < cols; c++) norm[c] = (float)sqrt(sumsq[c]);
-    for (int64_t r = 0; !rc && r < rows; r++)
+    if (!score || !norm) {
+        free(score), free(norm);
+        return -1;
+    }
+    for (int64_t c = 0; c < cols; c++) norm[c] = (float)sqrt(sumsq[c]);
+    for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) score[r * cols + c] = fabsf(W[r * cols + c]) * norm[c];
-    if (!rc) rc = prune_by(W, rows, cols, score, p, 1);
+    int rc = prune_by(W, rows, cols, score, p, 1);
     free(score), free(norm);
     return rc;
 }

@@ -45,7 +45,7 @@ static int pr_validate(llmopt_stage_ctx *ctx) {
 }
 
 typedef struct pr_run {
-    qz_collect_arg collect; /* qz_stats_input's argument */
+    qz_collect_arg collect; /* qz_stats_input's argument (stats_input) */
     llmopt_stage_ctx *ctx;
     const llmopt_model *in;
     llmopt_model *out;
@@ -100,6 +100,12 @@ static int prune_one(pr_run *g, size_t i) {
     return rc;
 }
 
+/* qz_stats_input on the run's statistics */
+static int stats_input(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols) {
+    pr_run *g = arg;
+    return qz_stats_input(&g->collect, weight, x, rows, cols);
+}
+
 /* Sequential mode: after each group of weights saw its inputs, prune them; the host makes the
  * next group's inputs with them. A root's statistics go as soon as no weight needs them. */
 static int seq_block_done(void *arg, int step) {
@@ -133,8 +139,6 @@ static int calibrated(pr_run *g) {
     qz_stats *st = g->st;
     int rc;
     if (!A->param_bool(ctx, "sequential")) {
-        st->no_absum = 1, st->no_gram = g->method == PR_WANDA, st->want_sumsq = g->method == PR_WANDA;
-        /* qz_collect initialises st: set the flags through a first init of our own */
         rc = qz_stats_init(ctx, g->in, sel, st);
         if (rc) return rc;
         st->no_absum = 1, st->no_gram = g->method == PR_WANDA, st->want_sumsq = g->method == PR_WANDA;
@@ -142,7 +146,7 @@ static int calibrated(pr_run *g) {
         size_t n_seq = 0, len = 0;
         rc = qz_calib_tokens(ctx, g->in, &tok, &n_seq, &len);
         if (!rc) A->progress(ctx, 0.0, "calibrating on %zu x %zu tokens", n_seq, len);
-        if (!rc) rc = A->calibrate(ctx, g->in, tok, n_seq, len, qz_stats_input, &g->collect);
+        if (!rc) rc = A->calibrate(ctx, g->in, tok, n_seq, len, stats_input, g);
         free(tok);
         for (size_t i = 0; !rc && i < sel->n; i++) {
             if (st->root[i] == -2)
@@ -160,7 +164,7 @@ static int calibrated(pr_run *g) {
     st->no_absum = 1, st->no_gram = g->method == PR_WANDA, st->want_sumsq = g->method == PR_WANDA;
     if (!rc) rc = qz_calib_tokens(ctx, g->in, &tok, &n_seq, &len);
     if (!rc) A->progress(ctx, 0.0, "calibrating group by group on %zu x %zu tokens", n_seq, len);
-    if (!rc) rc = A->calibrate_sequential(ctx, g->out, tok, n_seq, len, qz_stats_input, seq_block_done, &g->collect);
+    if (!rc) rc = A->calibrate_sequential(ctx, g->out, tok, n_seq, len, stats_input, seq_block_done, g);
     free(tok);
     for (size_t i = 0; !rc && i < sel->n; i++)
         if (!g->done[i])
