@@ -108,29 +108,12 @@ static int stats_input(void *arg, const char *weight, const float *x, int64_t ro
 
 /* Sequential mode: after each group of weights saw its inputs, prune them; the host makes the
  * next group's inputs with them. A root's statistics go as soon as no weight needs them. */
+static int prune_step_one(void *arg, size_t i) { return prune_one(arg, i); }
+
 static int seq_block_done(void *arg, int step) {
     pr_run *g = arg;
-    qz_stats *st = g->st;
     (void)step;
-    st->prev = -1; /* the next step's first weight shares no statistics with this step's */
-    for (size_t i = 0; i < g->sel->n; i++)
-        if (!g->done[i] && st->root[i] == (int)i) qz_stats_mirror(st, i);
-    for (size_t i = 0; i < g->sel->n; i++) {
-        if (g->done[i] || st->root[i] < 0) continue;
-        int rc = prune_one(g, i);
-        if (rc) return rc;
-        g->done[i] = 1;
-    }
-    for (size_t r = 0; r < g->sel->n; r++) {
-        if (st->root[r] != (int)r) continue;
-        int need = 0;
-        for (size_t i = 0; i < g->sel->n; i++) need |= st->root[i] == (int)r && !g->done[i];
-        if (!need) {
-            free(st->gram[r]), free(st->sumsq[r]);
-            st->gram[r] = NULL, st->sumsq[r] = NULL;
-        }
-    }
-    return 0;
+    return qz_seq_step(g->st, g->done, prune_step_one, g);
 }
 
 static int calibrated(pr_run *g) {

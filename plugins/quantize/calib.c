@@ -184,6 +184,29 @@ void qz_stats_mirror(qz_stats *st, size_t i) {
         for (int64_t k = 0; k < r; k++) g[r * c + k] = g[k * c + r];
 }
 
+int qz_seq_step(qz_stats *st, unsigned char *done, int (*fn)(void *arg, size_t i), void *arg) {
+    st->prev = -1; /* the next step's first weight shares no statistics with this step's */
+    for (size_t i = 0; i < st->n; i++)
+        if (!done[i] && st->root[i] == (int)i) qz_stats_mirror(st, i);
+    for (size_t i = 0; i < st->n; i++) {
+        if (done[i] || st->root[i] < 0) continue;
+        int rc = fn(arg, i);
+        if (rc) return rc;
+        done[i] = 1;
+    }
+    for (size_t r = 0; r < st->n; r++) { /* a root all of whose weights are done */
+        if (st->root[r] != (int)r) continue;
+        int need = 0;
+        for (size_t i = 0; i < st->n; i++) need |= st->root[i] == (int)r && !done[i];
+        if (!need) {
+            free(st->gram[r]), free(st->absum[r]);
+            st->gram[r] = NULL, st->absum[r] = NULL;
+            if (st->sumsq) free(st->sumsq[r]), st->sumsq[r] = NULL;
+        }
+    }
+    return 0;
+}
+
 int qz_collect(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, qz_stats *st) {
     int rc = qz_stats_init(ctx, m, sel, st);
     if (rc) return rc;

@@ -233,29 +233,12 @@ static int gptq_one(gptq_run_state *g, size_t i) {
 /* Sequential mode (the paper's, in AutoGPTQ's true_sequential order): after each group of
  * weights saw its inputs, quantize them; the host then makes the next group's inputs with them.
  * Their statistics are freed as soon as no weight needs them. */
+static int gptq_step_one(void *arg, size_t i) { return gptq_one(arg, i); }
+
 static int seq_block_done(void *arg, int step) {
     gptq_run_state *g = arg;
-    qz_stats *st = g->st;
     (void)step;
-    st->prev = -1; /* the next step's first weight shares no statistics with this step's */
-    for (size_t i = 0; i < g->sel->n; i++)
-        if (!g->done[i] && st->root[i] >= 0 && st->root[i] == (int)i) qz_stats_mirror(st, i);
-    for (size_t i = 0; i < g->sel->n; i++) {
-        if (g->done[i] || st->root[i] < 0) continue;
-        int rc = gptq_one(g, i);
-        if (rc) return rc;
-        g->done[i] = 1;
-    }
-    for (size_t r = 0; r < g->sel->n; r++) { /* a root all of whose weights are done */
-        if (!st->gram[r]) continue;
-        int need = 0;
-        for (size_t i = 0; i < g->sel->n; i++) need |= st->root[i] == (int)r && !g->done[i];
-        if (!need) {
-            free(st->gram[r]), free(st->absum[r]);
-            st->gram[r] = NULL, st->absum[r] = NULL;
-        }
-    }
-    return 0;
+    return qz_seq_step(g->st, g->done, gptq_step_one, g);
 }
 
 static int gptq_run(llmopt_stage_ctx *ctx) {

@@ -100,6 +100,11 @@ int qz_stats_init(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selecti
 int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols);
 void qz_stats_mirror(qz_stats *st, size_t i);
 void qz_stats_free(qz_stats *st);
+/* A sequential calibration's block_done, the part GPTQ and the prune stages share: completes the
+ * Gram matrices of the roots not done yet, calls fn(arg, i) on each weight i that saw its inputs
+ * in this step (root >= 0, !done[i]) and marks it done, then frees the statistics of every root
+ * whose weights are all done. A non-zero return from fn stops and is returned. */
+int qz_seq_step(qz_stats *st, unsigned char *done, int (*fn)(void *arg, size_t i), void *arg);
 int qz_stats_find(const qz_stats *st, const char *name);
 
 /* Both models on the stage's eval_tokens of data entry `entry`, in consecutive windows of the
