@@ -44,6 +44,8 @@ pinned requirements-peft --no-deps
 # optimum + auto-gptq (transformers' GPTQ loader) and what auto-gptq imports, likewise without
 # their declared dependencies (see requirements-gptq.txt for why).
 pinned requirements-gptq --no-deps
+# onnxruntime, likewise (see requirements-onnx.txt)
+pinned requirements-onnx --no-deps
 # llama-cpp-python, which builds llama.cpp from source (no wheel for this platform on PyPI):
 # 150-220 s on 2 cores with only the library built, once per venv.
 CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
@@ -51,10 +53,11 @@ CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF 
 
 "$venv/bin/python" - <<'PY'
 import sys
-import torch, numpy, transformers, tokenizers, safetensors, peft, optimum, auto_gptq, llama_cpp
+import torch, numpy, transformers, tokenizers, safetensors, peft, optimum, auto_gptq, llama_cpp, onnxruntime
 assert torch.__file__.startswith("/usr/lib/python3/dist-packages/"), torch.__file__
 print(f"interop venv: python {sys.version.split()[0]}, torch {torch.__version__}, "
       f"numpy {numpy.__version__}, transformers {transformers.__version__}, "
       f"tokenizers {tokenizers.__version__}, safetensors {safetensors.__version__}, peft {peft.__version__}, "
-      f"auto-gptq {auto_gptq.__version__}, llama-cpp-python {llama_cpp.__version__}")
+      f"auto-gptq {auto_gptq.__version__}, llama-cpp-python {llama_cpp.__version__}, "
+      f"onnxruntime {onnxruntime.__version__}")
 PY

@@ -141,6 +141,34 @@ static int api_model_context(const llmopt_model *m) {
     return arch_from_model(m, &c, &err) == 0 ? c.n_ctx : 0;
 }
 
+static int api_model_arch_info(llmopt_stage_ctx *ctx, const llmopt_model *m, llmopt_arch_info *out) {
+    arch_config c;
+    llmopt_error err = {0};
+    if (!out || out->struct_size < sizeof out->struct_size) {
+        error_set(&err, LLMOPT_EINVAL, "model_arch_info: out->struct_size is not set");
+        return fail(ctx, &err);
+    }
+    if (arch_from_model(m, &c, &err) != 0) return fail(ctx, &err);
+    llmopt_arch_info a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.family = c.family == ARCH_GPT2 ? LLMOPT_ARCH_GPT2 : LLMOPT_ARCH_LLAMA;
+    a.n_layer = c.n_layer, a.n_embd = c.n_embd, a.n_head = c.n_head, a.n_kv_head = c.n_kv_head;
+    a.head_dim = c.head_dim, a.n_ff = c.n_ff, a.vocab = c.vocab, a.n_ctx = c.n_ctx, a.norm_eps = c.norm_eps;
+    a.act = c.act == ACT_GELU_TANH ? LLMOPT_ACT_GELU_TANH : c.act == ACT_GELU_ERF ? LLMOPT_ACT_GELU_ERF : LLMOPT_ACT_SILU;
+    a.tied = c.tied, a.attn_bias = c.attn_bias, a.o_bias = c.o_bias, a.mlp_bias = c.mlp_bias;
+    a.attn_unscaled = c.attn_unscaled, a.attn_scale_by_layer = c.attn_scale_by_layer;
+    a.rope_scale = c.rope_scale;
+    if (c.family == ARCH_LLAMA) {
+        a.rope_n_freq = c.head_dim / 2;
+        for (int i = 0; i < a.rope_n_freq && i < LLMOPT_ROPE_MAX_FREQ; i++)
+            a.rope_freq[i] = c.rope_n_freq ? c.rope_inv_freq[i] : (float)arch_rope_base_freq(c.rope_theta, c.head_dim, i);
+    }
+    uint32_t n = out->struct_size < sizeof a ? out->struct_size : (uint32_t)sizeof a;
+    memcpy((char *)out + sizeof out->struct_size, (char *)&a + sizeof a.struct_size, n - sizeof a.struct_size);
+    return 0;
+}
+
 static llmopt_session *api_session_new(llmopt_stage_ctx *ctx, const llmopt_model *m, int max_ctx) {
     llmopt_error err = {0};
     llmopt_session *s = calloc(1, sizeof *s);
@@ -219,6 +247,7 @@ void runtime_api_fill(llmopt_host_api *api) {
     api->token_bos = api_token_bos;
     api->model_vocab = api_model_vocab;
     api->model_context = api_model_context;
+    api->model_arch_info = api_model_arch_info;
     api->session_new = api_session_new;
     api->session_free = api_session_free;
     api->session_forward = api_session_forward;

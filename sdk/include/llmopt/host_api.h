@@ -385,6 +385,12 @@ struct llmopt_host_api {
      *  trainer_export and trainer_lora_export still work; forward_backward, step, save_state and
      *  load_state fail saying the training is finished. */
     void (*trainer_finish)(llmopt_trainer *t);
+
+    /* ---- architecture ---- */
+    /** Fills out (its first out->struct_size bytes, which the caller sets) with m's architecture
+     *  as the runtime runs it. LLMOPT_EUNSUPPORTED / LLMOPT_EINVAL (set_error, naming the
+     *  config field or tensor) when m is no runnable model. */
+    int (*model_arch_info)(llmopt_stage_ctx *ctx, const llmopt_model *m, llmopt_arch_info *out);
 };
 LLMOPT_PIN(llmopt_host_api, abi_major, 4);
 LLMOPT_PIN(llmopt_host_api, host_version, 8);
@@ -418,6 +424,8 @@ LLMOPT_PIN(llmopt_host_api, tensor_copy, 728);
 LLMOPT_PIN(llmopt_host_api, calibrate_sequential, 736);
 LLMOPT_PIN(llmopt_host_api, model_cfg_set_json, 744);
 LLMOPT_PIN(llmopt_host_api, model_cfg_get_json, 752);
+LLMOPT_PIN(llmopt_host_api, trainer_finish, 760);
+LLMOPT_PIN(llmopt_host_api, model_arch_info, 768);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,47 @@
+/* The onnx plugin's parts: the graph builder (ox.h) and the exporters of each architecture,
+ * which read the model through the host API table. */
+#ifndef PLUGINS_ONNX_EXPORT_H
+#define PLUGINS_ONNX_EXPORT_H
+
+#include <llmopt/llmopt.h>
+
+#include "ox.h"
+
+extern const llmopt_host_api *ox_api;
+extern const llmopt_stage_desc ox_export_stage;
+
+/* The f32 tensors a graph's initializers point into, held until the model is written. */
+typedef struct ox_keep {
+    const llmopt_tensor **t;
+    size_t n, cap;
+} ox_keep;
+/* keep takes t's reference; non-zero (t not taken) when out of memory */
+int ox_keep_add(llmopt_stage_ctx *ctx, ox_keep *keep, const llmopt_tensor *t);
+/* The f32 values of the model's tensor name (a new reference, or a copy converted from f16 or
+ * bf16), kept in keep; NULL after set_error when it is missing or not a float type. */
+const llmopt_tensor *ox_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *name, ox_keep *keep);
+
+/* ---- common.c ---- */
+/* an initializer of checkpoint tensor name as it is, or transposed (name.T: a Linear's [out, in]
+ * as MatMul's [in, out]); NULL after set_error */
+const char *ox_tensor(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name);
+const char *ox_tensor_t(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name);
+/* the graph input input_ids int64 [batch, sequence], its shape, positions 0..s-1 [s] and the
+ * additive causal mask [s, s] */
+typedef struct ox_positions_out {
+    const char *ids_shape, *pos, *mask;
+} ox_positions_out;
+void ox_positions(ox_graph *g, ox_positions_out *o);
+const char *ox_activation(ox_graph *g, int act, const char *x); /* llmopt_arch_act */
+const char *ox_transpose(ox_graph *g, const char *x, const int64_t *perm, size_t n);
+const char *ox_slice_last(ox_graph *g, const char *x, int64_t from, int64_t to); /* x[..., from:to] */
+/* the graph output logits float [batch, sequence, vocab] = x [b, s, d] head^T (head [V, d]) */
+void ox_logits(ox_graph *g, const char *x, const char *head, const char *ids_shape, int64_t d, int64_t vocab);
+
+/* ---- the forward graphs: input_ids int64 [batch, sequence] -> logits float [batch, sequence,
+ * vocab], every position, no cache. 0 or a status after set_error. ---- */
+int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, ox_graph *g, ox_keep *keep);
+int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, int64_t opset, ox_graph *g,
+                   ox_keep *keep);
+
+#endif

@@ -1,0 +1,294 @@
+/* The ONNX graph builder (ox.h): protobuf-c messages in an arena, packed to a file at the end. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "onnx.pb-c.h"
+#include "ox.h"
+
+/* a growable array of pointers */
+typedef struct ox_vec {
+    void **v;
+    size_t n, cap;
+} ox_vec;
+
+struct ox_graph {
+    ox_vec mem;                        /* every allocation, freed together */
+    ox_vec nodes, inits, inputs, outputs;
+    Onnx__NodeProto *last;             /* the node ox_attr_* add to */
+    size_t counter;                    /* for unique output names */
+    const char *name;
+    int failed;
+};
+
+static int vec_push(ox_vec *v, void *p) {
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? 2 * v->cap : 64;
+        void **nv = realloc(v->v, cap * sizeof *nv);
+        if (!nv) return -1;
+        v->v = nv, v->cap = cap;
+    }
+    v->v[v->n++] = p;
+    return 0;
+}
+
+static void *alloc(ox_graph *g, size_t n) {
+    if (g->failed) return NULL;
+    void *p = calloc(1, n ? n : 1);
+    if (!p || vec_push(&g->mem, p)) {
+        free(p);
+        g->failed = 1;
+        return NULL;
+    }
+    return p;
+}
+
+static char *str(ox_graph *g, const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = alloc(g, n);
+    if (p) memcpy(p, s, n);
+    return p;
+}
+
+ox_graph *ox_graph_new(const char *name) {
+    ox_graph *g = calloc(1, sizeof *g);
+    if (g) g->name = str(g, name);
+    return g;
+}
+
+void ox_graph_free(ox_graph *g) {
+    if (!g) return;
+    for (size_t i = 0; i < g->mem.n; i++) free(g->mem.v[i]);
+    free(g->mem.v), free(g->nodes.v), free(g->inits.v), free(g->inputs.v), free(g->outputs.v);
+    free(g);
+}
+
+int ox_failed(const ox_graph *g) { return g->failed; }
+
+static void push(ox_graph *g, ox_vec *v, void *p) {
+    if (!p || g->failed) return;
+    if (vec_push(v, p)) g->failed = 1;
+}
+
+const char *ox_op(ox_graph *g, const char *op, const char *hint, ...) {
+    const char *in[16];
+    size_t n = 0;
+    va_list ap;
+    va_start(ap, hint);
+    for (const char *s; (s = va_arg(ap, const char *)) != NULL && n < 16;) in[n++] = s;
+    va_end(ap);
+    char name[256];
+    snprintf(name, sizeof name, "%s_%zu", hint, g->counter++);
+    Onnx__NodeProto *node = alloc(g, sizeof *node);
+    char **ins = alloc(g, n * sizeof *ins), **outs = alloc(g, sizeof *outs);
+    char *out = str(g, name), *nname = str(g, name), *opname = str(g, op);
+    if (!node || !ins || !outs || !out || !nname || !opname) return "";
+    onnx__node_proto__init(node);
+    for (size_t i = 0; i < n; i++) ins[i] = (char *)in[i]; /* the names live in the arena or are static */
+    outs[0] = out;
+    node->n_input = n, node->input = ins;
+    node->n_output = 1, node->output = outs;
+    node->name = nname, node->op_type = opname;
+    push(g, &g->nodes, node);
+    g->last = node;
+    return out;
+}
+
+void ox_name_last(ox_graph *g, const char *name) {
+    char *s = str(g, name);
+    if (g->last && s) g->last->output[0] = s;
+}
+
+static Onnx__AttributeProto *attr(ox_graph *g, const char *name, Onnx__AttributeProto__AttributeType type) {
+    Onnx__NodeProto *node = g->last;
+    Onnx__AttributeProto *a = alloc(g, sizeof *a);
+    Onnx__AttributeProto **list = alloc(g, (node ? node->n_attribute + 1 : 1) * sizeof *list);
+    if (!node || !a || !list) return NULL;
+    onnx__attribute_proto__init(a);
+    a->name = str(g, name);
+    a->has_type = 1, a->type = type;
+    memcpy(list, node->attribute, node->n_attribute * sizeof *list);
+    list[node->n_attribute] = a;
+    node->attribute = list, node->n_attribute++;
+    return a;
+}
+
+void ox_attr_int(ox_graph *g, const char *name, int64_t v) {
+    Onnx__AttributeProto *a = attr(g, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT);
+    if (a) a->has_i = 1, a->i = v;
+}
+
+void ox_attr_float(ox_graph *g, const char *name, float v) {
+    Onnx__AttributeProto *a = attr(g, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT);
+    if (a) a->has_f = 1, a->f = v;
+}
+
+void ox_attr_ints(ox_graph *g, const char *name, const int64_t *v, size_t n) {
+    Onnx__AttributeProto *a = attr(g, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INTS);
+    int64_t *c = alloc(g, n * sizeof *c);
+    if (!a || !c) return;
+    memcpy(c, v, n * sizeof *c);
+    a->n_ints = n, a->ints = c;
+}
+
+static Onnx__TensorProto *tensor(ox_graph *g, const char *name, int type, int ndim, const int64_t *dims) {
+    Onnx__TensorProto *t = alloc(g, sizeof *t);
+    int64_t *d = alloc(g, (size_t)ndim * sizeof *d);
+    if (!t || !d) return NULL;
+    onnx__tensor_proto__init(t);
+    memcpy(d, dims, (size_t)ndim * sizeof *d);
+    t->n_dims = (size_t)ndim, t->dims = d;
+    t->has_data_type = 1, t->data_type = type;
+    t->name = str(g, name);
+    push(g, &g->inits, t);
+    return t;
+}
+
+const char *ox_weight(ox_graph *g, const char *name, const float *data, int ndim, const int64_t *dims) {
+    Onnx__TensorProto *t = tensor(g, name, OX_FLOAT, ndim, dims);
+    if (!t) return "";
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= (size_t)dims[i];
+    t->has_raw_data = 1;
+    t->raw_data.len = n * sizeof(float); /* little-endian, as raw_data requires: x86 and arm64 */
+    t->raw_data.data = (uint8_t *)data;
+    return t->name;
+}
+
+const char *ox_const_i64(ox_graph *g, const char *hint, const int64_t *v, size_t n) {
+    char name[256];
+    snprintf(name, sizeof name, "%s_%zu", hint, g->counter++);
+    int64_t dims[1] = {(int64_t)n};
+    Onnx__TensorProto *t = tensor(g, name, OX_INT64, 1, dims);
+    int64_t *c = alloc(g, n * sizeof *c);
+    if (!t || !c) return "";
+    memcpy(c, v, n * sizeof *c);
+    t->n_int64_data = n, t->int64_data = c;
+    return t->name;
+}
+
+const char *ox_const_f32(ox_graph *g, const char *hint, float v) {
+    char name[256];
+    snprintf(name, sizeof name, "%s_%zu", hint, g->counter++);
+    Onnx__TensorProto *t = tensor(g, name, OX_FLOAT, 0, NULL);
+    float *c = alloc(g, sizeof *c);
+    if (!t || !c) return "";
+    *c = v;
+    t->n_float_data = 1, t->float_data = c;
+    return t->name;
+}
+
+const char *ox_scalar_i64(ox_graph *g, const char *hint, int64_t v) {
+    char name[256];
+    snprintf(name, sizeof name, "%s_%zu", hint, g->counter++);
+    Onnx__TensorProto *t = tensor(g, name, OX_INT64, 0, NULL);
+    int64_t *c = alloc(g, sizeof *c);
+    if (!t || !c) return "";
+    *c = v;
+    t->n_int64_data = 1, t->int64_data = c;
+    return t->name;
+}
+
+static Onnx__ValueInfoProto *value_info(ox_graph *g, const char *name, int elem_type, int ndim, const int64_t *dims,
+                                        const char *const *sym) {
+    Onnx__ValueInfoProto *vi = alloc(g, sizeof *vi);
+    Onnx__TypeProto *tp = alloc(g, sizeof *tp);
+    Onnx__TypeProto__Tensor *tt = alloc(g, sizeof *tt);
+    Onnx__TensorShapeProto *sh = alloc(g, sizeof *sh);
+    Onnx__TensorShapeProto__Dimension **dl = alloc(g, (size_t)ndim * sizeof *dl);
+    if (!vi || !tp || !tt || !sh || !dl) return NULL;
+    onnx__value_info_proto__init(vi);
+    onnx__type_proto__init(tp);
+    onnx__type_proto__tensor__init(tt);
+    onnx__tensor_shape_proto__init(sh);
+    for (int i = 0; i < ndim; i++) {
+        Onnx__TensorShapeProto__Dimension *d = alloc(g, sizeof *d);
+        if (!d) return NULL;
+        onnx__tensor_shape_proto__dimension__init(d);
+        if (dims[i] >= 0) {
+            d->value_case = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_VALUE;
+            d->dim_value = dims[i];
+        } else {
+            d->value_case = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_PARAM;
+            d->dim_param = str(g, sym[i]);
+        }
+        dl[i] = d;
+    }
+    sh->n_dim = (size_t)ndim, sh->dim = dl;
+    tt->has_elem_type = 1, tt->elem_type = elem_type, tt->shape = sh;
+    tp->value_case = ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE, tp->tensor_type = tt;
+    vi->name = str(g, name), vi->type = tp;
+    return vi;
+}
+
+void ox_input(ox_graph *g, const char *name, int elem_type, int ndim, const int64_t *dims, const char *const *sym) {
+    push(g, &g->inputs, value_info(g, name, elem_type, ndim, dims, sym));
+}
+
+void ox_output(ox_graph *g, const char *name, int elem_type, int ndim, const int64_t *dims, const char *const *sym) {
+    push(g, &g->outputs, value_info(g, name, elem_type, ndim, dims, sym));
+}
+
+/* protobuf-c's output sink, appending to a FILE */
+typedef struct file_buffer {
+    ProtobufCBuffer base;
+    FILE *f;
+    int err;
+} file_buffer;
+
+static void file_append(ProtobufCBuffer *b, size_t len, const uint8_t *data) {
+    file_buffer *fb = (file_buffer *)b;
+    if (!fb->err && fwrite(data, 1, len, fb->f) != len) fb->err = 1;
+}
+
+int ox_write(ox_graph *g, const char *path, int64_t opset, const char *producer, const char *version, char *msg,
+             size_t msg_len) {
+    if (g->failed) {
+        snprintf(msg, msg_len, "out of memory building the graph");
+        return -1;
+    }
+    Onnx__GraphProto graph;
+    Onnx__ModelProto model;
+    Onnx__OperatorSetIdProto op;
+    Onnx__OperatorSetIdProto *ops[1] = {&op};
+    onnx__graph_proto__init(&graph);
+    onnx__model_proto__init(&model);
+    onnx__operator_set_id_proto__init(&op);
+    graph.name = (char *)g->name;
+    graph.n_node = g->nodes.n, graph.node = (Onnx__NodeProto **)g->nodes.v;
+    graph.n_initializer = g->inits.n, graph.initializer = (Onnx__TensorProto **)g->inits.v;
+    graph.n_input = g->inputs.n, graph.input = (Onnx__ValueInfoProto **)g->inputs.v;
+    graph.n_output = g->outputs.n, graph.output = (Onnx__ValueInfoProto **)g->outputs.v;
+    op.domain = "", op.has_version = 1, op.version = opset;
+    model.has_ir_version = 1, model.ir_version = 8; /* ONNX 1.10+, what opset 15-17 go with */
+    model.n_opset_import = 1, model.opset_import = ops;
+    model.producer_name = (char *)producer, model.producer_version = (char *)version;
+    model.graph = &graph;
+    /* a protobuf message is limited to 2 GiB */
+    size_t size = onnx__model_proto__get_packed_size(&model);
+    if (size >= ((size_t)1 << 31)) {
+        snprintf(msg, msg_len, "the model is %zu bytes; one ONNX file holds under 2 GiB (external data is not "
+                 "written yet)", size);
+        return -1;
+    }
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        snprintf(msg, msg_len, "path too long");
+        return -1;
+    }
+    file_buffer fb = {.base = {.append = file_append}, .f = fopen(tmp, "wb")};
+    if (!fb.f) {
+        snprintf(msg, msg_len, "cannot create %s", tmp);
+        return -1;
+    }
+    onnx__model_proto__pack_to_buffer(&model, &fb.base);
+    if (fclose(fb.f) != 0) fb.err = 1;
+    if (fb.err || rename(tmp, path) != 0) {
+        remove(tmp);
+        snprintf(msg, msg_len, "cannot write %s", path);
+        return -1;
+    }
+    return 0;
+}

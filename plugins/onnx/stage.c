@@ -1,0 +1,103 @@
+/* onnx.export: writes the input model's forward pass as <stage>/model.onnx (opset 17 or later),
+ * weights as float32 initializers inside the file, for onnxruntime and every other ONNX reader.
+ * Input input_ids int64 [batch, sequence], output logits float [batch, sequence, vocab]: every
+ * position, no KV cache. GPT-2 and the Llama family (llama, mistral, qwen2). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "onnx_export.h"
+
+#define A ox_api
+
+int ox_keep_add(llmopt_stage_ctx *ctx, ox_keep *keep, const llmopt_tensor *t) {
+    if (keep->n == keep->cap) {
+        size_t cap = keep->cap ? 2 * keep->cap : 64;
+        const llmopt_tensor **nt = realloc(keep->t, cap * sizeof *nt);
+        if (!nt) return A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
+        keep->t = nt, keep->cap = cap;
+    }
+    keep->t[keep->n++] = t;
+    return 0;
+}
+
+const llmopt_tensor *ox_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *name, ox_keep *keep) {
+    const llmopt_tensor *t = A->model_get(m, name);
+    if (!t) {
+        A->set_error(ctx, LLMOPT_EINVAL, "the model has no tensor '%s'", name);
+        return NULL;
+    }
+    if (t->dtype != LLMOPT_DTYPE_F32 && t->dtype != LLMOPT_DTYPE_F16 && t->dtype != LLMOPT_DTYPE_BF16) {
+        A->set_error(ctx, LLMOPT_EUNSUPPORTED, "'%s' is %s: the ONNX export takes f32, f16 or bf16 weights (a "
+                     "quantized ONNX graph is not written yet)", name, A->dtype_traits(t->dtype)->name);
+        return NULL;
+    }
+    if (t->device != LLMOPT_DEVICE_CPU) {
+        A->set_error(ctx, LLMOPT_EUNSUPPORTED, "'%s' is not in host memory", name);
+        return NULL;
+    }
+    llmopt_tensor *c = NULL;
+    const llmopt_tensor *f = t->dtype == LLMOPT_DTYPE_F32 ? A->tensor_ref(t)
+                             : A->tensor_convert(ctx, t, LLMOPT_DTYPE_F32, &c) == 0 ? c : NULL;
+    if (!f) return NULL;
+    if (ox_keep_add(ctx, keep, f)) {
+        A->tensor_unref(f);
+        return NULL;
+    }
+    return f;
+}
+
+static int export_run(llmopt_stage_ctx *ctx) {
+    const llmopt_model *m = A->stage_input(ctx, "model");
+    const char *file = A->param_str(ctx, "file");
+    llmopt_arch_info a = {.struct_size = sizeof a};
+    if (A->model_arch_info(ctx, m, &a)) return LLMOPT_EINVAL;
+    if (!*file || strchr(file, '/'))
+        return A->set_error(ctx, LLMOPT_EINVAL, "file '%s' must be a plain file name (it goes in the stage's directory)",
+                            file);
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/%s", A->stage_dir(ctx), file) >= (int)sizeof path)
+        return A->set_error(ctx, LLMOPT_EINVAL, "stage directory path too long");
+    ox_graph *g = ox_graph_new(a.family == LLMOPT_ARCH_GPT2 ? "gpt2" : "llama");
+    const int64_t opset = A->param_int(ctx, "opset");
+    ox_keep keep = {0};
+    int rc = !g ? A->set_error(ctx, LLMOPT_ENOMEM, "out of memory")
+             : a.family == LLMOPT_ARCH_GPT2 ? ox_gpt2_graph(ctx, m, &a, g, &keep)
+                                            : ox_llama_graph(ctx, m, &a, opset, g, &keep);
+    if (!rc && A->cancelled(ctx)) rc = A->set_error(ctx, LLMOPT_ECANCELED, "cancelled");
+    if (!rc) {
+        A->progress(ctx, 0.6, "writing %s", file);
+        char msg[512];
+        if (ox_write(g, path, opset, "llmopt", "0.1.0", msg, sizeof msg))
+            rc = A->set_error(ctx, LLMOPT_EIO, "%s", msg);
+    }
+    for (size_t i = 0; i < keep.n; i++) A->tensor_unref(keep.t[i]);
+    free(keep.t);
+    ox_graph_free(g);
+    if (rc) return rc;
+    struct stat sb;
+    if (stat(path, &sb) == 0) A->metric(ctx, "size_bytes", (double)sb.st_size, "B", LLMOPT_BETTER_LOWER);
+    return 0;
+}
+
+static const llmopt_param_desc params[] = {
+    {.name = "opset", .type = LLMOPT_PARAM_INT, .default_value = "17", .min = 17, .max = 21,
+     .doc = "the ONNX opset of the default domain (17 has LayerNormalization)"},
+    {.name = "file", .type = LLMOPT_PARAM_STRING, .default_value = "model.onnx",
+     .doc = "the file's name in the stage's directory"},
+};
+static const llmopt_input_desc inputs[] = {{.name = "model", .required = 1, .doc = "the model to export"}};
+
+const llmopt_stage_desc ox_export_stage = {
+    .struct_size = sizeof(llmopt_stage_desc),
+    .name = "onnx.export",
+    .summary = "export the model's forward pass as an ONNX graph (onnxruntime)",
+    .doc = "Writes <stage>/model.onnx: input_ids int64 [batch, sequence] -> logits float\n"
+           "[batch, sequence, vocab] for every position (no KV cache), float32 weights inside the\n"
+           "file (under 2 GiB). GPT-2 and Llama-family models (f32, f16 or bf16 weights).\n"
+           "Metric: size_bytes.",
+    LLMOPT_STAGE_PARAMS(params),
+    LLMOPT_STAGE_INPUTS(inputs),
+    .run = export_run,
+};
