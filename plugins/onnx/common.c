@@ -35,19 +35,55 @@ const char *ox_tensor_t(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *
     return ox_weight(g, tname, tt->data, 2, shape);
 }
 
-void ox_positions(ox_graph *g, ox_positions_out *o) {
+static const char *cache_name(char *buf, size_t n, int layer, int value, const char *prefix) {
+    snprintf(buf, n, "%s.%d.%s", prefix, layer, value ? "value" : "key");
+    return buf;
+}
+
+void ox_positions(ox_graph *g, ox_positions_out *o, int cache, int n_layer, int64_t kv_heads, int64_t head_dim) {
     const int64_t ids_dims[2] = {-1, -1}, i0[1] = {0}, i1[1] = {1};
     const char *const ids_sym[2] = {"batch", "sequence"};
+    o->cache = cache, o->n_layer = n_layer, o->kv_heads = kv_heads, o->head_dim = head_dim;
     ox_input(g, "input_ids", OX_INT64, 2, ids_dims, ids_sym);
+    const int64_t kv_dims[4] = {-1, kv_heads, -1, head_dim};
+    const char *const kv_sym[4] = {"batch", NULL, "past_sequence", NULL};
+    char name[64];
+    for (int l = 0; cache && l < n_layer; l++)
+        for (int v = 0; v < 2; v++) ox_input(g, cache_name(name, sizeof name, l, v, "past_key_values"), OX_FLOAT, 4, kv_dims, kv_sym);
     o->ids_shape = ox_op(g, "Shape", "ids_shape", "input_ids", NULL); /* [b, s] */
     const char *seq = ox_op(g, "Gather", "seq", o->ids_shape, ox_scalar_i64(g, "one", 1), NULL);
     ox_attr_int(g, "axis", 0);
-    o->pos = ox_op(g, "Range", "positions", ox_scalar_i64(g, "zero", 0), seq, ox_scalar_i64(g, "one", 1), NULL);
+    const char *past = ox_scalar_i64(g, "zero", 0);
+    if (cache) {
+        past = ox_op(g, "Gather", "past", ox_op(g, "Shape", "past_shape", "past_key_values.0.key", NULL),
+                     ox_scalar_i64(g, "two", 2), NULL);
+        ox_attr_int(g, "axis", 0);
+    }
+    const char *end = ox_op(g, "Add", "end", past, seq, NULL);
+    o->pos = ox_op(g, "Range", "positions", past, end, ox_scalar_i64(g, "one", 1), NULL); /* [s] */
+    const char *keys = ox_op(g, "Range", "key_positions", ox_scalar_i64(g, "zero", 0), end, ox_scalar_i64(g, "one", 1), NULL);
     /* 0 where the key is at or before the query, float's lowest after it (transformers' finfo.min) */
     const char *q_pos = ox_op(g, "Unsqueeze", "qpos", o->pos, ox_const_i64(g, "axes", i1, 1), NULL); /* [s, 1] */
-    const char *k_pos = ox_op(g, "Unsqueeze", "kpos", o->pos, ox_const_i64(g, "axes", i0, 1), NULL); /* [1, s] */
+    const char *k_pos = ox_op(g, "Unsqueeze", "kpos", keys, ox_const_i64(g, "axes", i0, 1), NULL);   /* [1, p + s] */
     o->mask = ox_op(g, "Where", "mask", ox_op(g, "Greater", "future", k_pos, q_pos, NULL),
                     ox_const_f32(g, "lowest", -3.4028234663852886e38f), ox_const_f32(g, "zero", 0.0f), NULL);
+}
+
+const char *ox_cached(ox_graph *g, const ox_positions_out *o, int layer, int value, const char *fresh) {
+    if (!o->cache) return fresh;
+    char past[64], present[64];
+    const char *all = ox_op(g, "Concat", "cat", cache_name(past, sizeof past, layer, value, "past_key_values"), fresh, NULL);
+    ox_attr_int(g, "axis", 2);
+    ox_name_last(g, cache_name(present, sizeof present, layer, value, "present"));
+    return ox_failed(g) ? all : ox_last_output(g);
+}
+
+void ox_cache_outputs(ox_graph *g, const ox_positions_out *o) {
+    const int64_t dims[4] = {-1, o->kv_heads, -1, o->head_dim};
+    const char *const sym[4] = {"batch", NULL, "total_sequence", NULL};
+    char name[64];
+    for (int l = 0; o->cache && l < o->n_layer; l++)
+        for (int v = 0; v < 2; v++) ox_output(g, cache_name(name, sizeof name, l, v, "present"), OX_FLOAT, 4, dims, sym);
 }
 
 const char *ox_activation(ox_graph *g, int act, const char *x) {

@@ -28,17 +28,18 @@ static const char *layer_norm(ox_graph *g, const char *x, const char *gain, cons
     return y;
 }
 
-int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, ox_graph *g, ox_keep *keep) {
+int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, const ox_opts *o, ox_graph *g,
+                  ox_keep *keep) {
     const int64_t d = a->n_embd, H = a->n_head, hd = a->head_dim;
     ox_positions_out p;
-    ox_positions(g, &p);
+    ox_positions(g, &p, o->cache, a->n_layer, H, hd);
     const char *wte = w(ctx, m, g, keep, "wte.weight", 0), *wpe = w(ctx, m, g, keep, "wpe.weight", 0);
     if (!wte || !wpe) return LLMOPT_EINVAL;
     const char *h = ox_op(g, "Add", "h", ox_op(g, "Gather", "tok", wte, "input_ids", NULL), /* [b, s, d] */
                           ox_op(g, "Gather", "posemb", wpe, p.pos, NULL), NULL);
 
     const int64_t heads[4] = {0, 0, H, hd}, merged[3] = {0, 0, d};
-    const int64_t to_bhsd[4] = {0, 2, 1, 3}, to_bhds[4] = {0, 2, 3, 1};
+    const int64_t to_bhsd[4] = {0, 2, 1, 3}, swap_last[4] = {0, 1, 3, 2};
     const char *heads_shape = ox_const_i64(g, "heads", heads, 4), *merged_shape = ox_const_i64(g, "merged", merged, 3);
     for (int l = 0; l < a->n_layer; l++) {
         const char *ln1g = w(ctx, m, g, keep, "h.%d.ln_1.weight", l), *ln1b = w(ctx, m, g, keep, "h.%d.ln_1.bias", l);
@@ -52,12 +53,14 @@ int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arc
         const char *x = layer_norm(g, h, ln1g, ln1b, a->norm_eps);
         const char *qkv = ox_op(g, "Add", "qkv", ox_op(g, "MatMul", "qkv_mm", x, aw, NULL), ab, NULL); /* [b, s, 3d] */
         const char *q = ox_transpose(g, ox_op(g, "Reshape", "q", ox_slice_last(g, qkv, 0, d), heads_shape, NULL), to_bhsd, 4);
-        const char *k = ox_transpose(g, ox_op(g, "Reshape", "k", ox_slice_last(g, qkv, d, 2 * d), heads_shape, NULL), to_bhds, 4);
+        const char *k = ox_transpose(g, ox_op(g, "Reshape", "k", ox_slice_last(g, qkv, d, 2 * d), heads_shape, NULL), to_bhsd, 4);
         const char *v = ox_transpose(g, ox_op(g, "Reshape", "v", ox_slice_last(g, qkv, 2 * d, 3 * d), heads_shape, NULL), to_bhsd,
                                      4);
+        k = ox_transpose(g, ox_cached(g, &p, l, 0, k), swap_last, 4); /* [b, H, hd, p + s] */
+        v = ox_cached(g, &p, l, 1, v);                                 /* [b, H, p + s, hd] */
         float scale = a->attn_unscaled ? 1.0f : 1.0f / sqrtf((float)hd);
         if (a->attn_scale_by_layer) scale /= (float)(l + 1);
-        const char *att = ox_op(g, "MatMul", "scores", q, k, NULL); /* [b, H, s, s] */
+        const char *att = ox_op(g, "MatMul", "scores", q, k, NULL); /* [b, H, s, p + s] */
         att = ox_op(g, "Add", "masked", ox_op(g, "Mul", "scaled", att, ox_const_f32(g, "scale", scale), NULL), p.mask, NULL);
         att = ox_op(g, "Softmax", "probs", att, NULL);
         ox_attr_int(g, "axis", -1);
@@ -75,5 +78,6 @@ int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arc
     const char *head = a->tied ? wte : ox_tensor(ctx, m, g, keep, "lm_head.weight");
     if (!head) return LLMOPT_EINVAL;
     ox_logits(g, layer_norm(g, h, lnfg, lnfb, a->norm_eps), head, p.ids_shape, d, a->vocab);
+    ox_cache_outputs(g, &p);
     return 0;
 }

@@ -49,14 +49,15 @@ static const char *rope(ox_graph *g, const char *x, const char *cos, const char 
     return ox_op(g, "Add", "roped", ox_op(g, "Mul", "xc", x, cos, NULL), ox_op(g, "Mul", "rs", rot, sin, NULL), NULL);
 }
 
-int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, int64_t opset, ox_graph *g,
+int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, const ox_opts *o, ox_graph *g,
                    ox_keep *keep) {
+    const int64_t opset = o->opset;
     const int64_t H = a->n_head, KV = a->n_kv_head, hd = a->head_dim, rep = H / KV, half = hd / 2;
     if (a->rope_n_freq != half || half > LLMOPT_ROPE_MAX_FREQ)
         return A->set_error(ctx, LLMOPT_EUNSUPPORTED, "rotary embedding over %d of %lld pairs has no ONNX export",
                             a->rope_n_freq, (long long)half);
     ox_positions_out p;
-    ox_positions(g, &p);
+    ox_positions(g, &p, o->cache, a->n_layer, KV, hd);
     const char *embed = ox_tensor(ctx, m, g, keep, "model.embed_tokens.weight");
     if (!embed) return LLMOPT_EINVAL;
     const char *h = ox_op(g, "Gather", "tok", embed, "input_ids", NULL); /* [b, s, d] */
@@ -101,7 +102,8 @@ int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_ar
         const char *k = ox_transpose(g, ox_op(g, "Reshape", "k", linear(g, x, wk, bk), kv_shape, NULL), to_bhsd, 4);
         const char *v = ox_transpose(g, ox_op(g, "Reshape", "v", linear(g, x, wv, bv), kv_shape, NULL), to_bhsd, 4);
         q = rope(g, q, cos, sin, hd); /* [b, H, s, hd] */
-        k = rope(g, k, cos, sin, hd); /* [b, KV, s, hd] */
+        k = ox_cached(g, &p, l, 0, rope(g, k, cos, sin, hd)); /* [b, KV, p + s, hd] */
+        v = ox_cached(g, &p, l, 1, v);
         /* query head kv * rep + r reads key/value head kv (transformers' repeat_kv) */
         const char *q5 = ox_op(g, "Reshape", "q5", q, grouped_shape, NULL);                  /* [b, KV, rep, s, hd] */
         const char *k5 = ox_op(g, "Unsqueeze", "k5", ox_transpose(g, k, swap_last, 4), axis2, NULL); /* [b, KV, 1, hd, s] */
@@ -124,5 +126,6 @@ int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_ar
     const char *head = a->tied ? embed : ox_tensor(ctx, m, g, keep, "lm_head.weight");
     if (!norm || !head) return LLMOPT_EINVAL;
     ox_logits(g, rms_norm(g, opset, h, norm, a->norm_eps), head, p.ids_shape, a->n_embd, a->vocab);
+    ox_cache_outputs(g, &p);
     return 0;
 }

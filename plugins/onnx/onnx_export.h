@@ -26,22 +26,36 @@ const llmopt_tensor *ox_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const 
  * as MatMul's [in, out]); NULL after set_error */
 const char *ox_tensor(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name);
 const char *ox_tensor_t(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name);
-/* the graph input input_ids int64 [batch, sequence], its shape, positions 0..s-1 [s] and the
- * additive causal mask [s, s] */
+/* The graph inputs: input_ids int64 [batch, sequence] and, with a cache, past_key_values.<l>.key
+ * and .value float [batch, kv_heads, past_sequence, head_dim] for every block (the names
+ * optimum's ONNX models use); the shape of input_ids, the positions p..p+s-1 [s] after the p
+ * cached ones, and the additive causal mask [s, p + s]. */
 typedef struct ox_positions_out {
     const char *ids_shape, *pos, *mask;
+    int cache, n_layer;
+    int64_t kv_heads, head_dim;
 } ox_positions_out;
-void ox_positions(ox_graph *g, ox_positions_out *o);
+void ox_positions(ox_graph *g, ox_positions_out *o, int cache, int n_layer, int64_t kv_heads, int64_t head_dim);
+/* block l's keys or values [b, kv_heads, p + s, hd]: the new ones [b, kv_heads, s, hd] after the
+ * cached ones, as the graph output present.<l>.key / .value (without a cache: the new ones) */
+const char *ox_cached(ox_graph *g, const ox_positions_out *o, int layer, int value, const char *fresh);
+/* the present.* graph outputs, after logits */
+void ox_cache_outputs(ox_graph *g, const ox_positions_out *o);
 const char *ox_activation(ox_graph *g, int act, const char *x); /* llmopt_arch_act */
 const char *ox_transpose(ox_graph *g, const char *x, const int64_t *perm, size_t n);
 const char *ox_slice_last(ox_graph *g, const char *x, int64_t from, int64_t to); /* x[..., from:to] */
 /* the graph output logits float [batch, sequence, vocab] = x [b, s, d] head^T (head [V, d]) */
 void ox_logits(ox_graph *g, const char *x, const char *head, const char *ids_shape, int64_t d, int64_t vocab);
 
-/* ---- the forward graphs: input_ids int64 [batch, sequence] -> logits float [batch, sequence,
- * vocab], every position, no cache. 0 or a status after set_error. ---- */
-int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, ox_graph *g, ox_keep *keep);
-int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, int64_t opset, ox_graph *g,
+/* ---- the forward graphs: input_ids int64 [batch, sequence] (and the cache) -> logits float
+ * [batch, sequence, vocab] at every position (and the cache). 0 or a status after set_error. ---- */
+typedef struct ox_opts {
+    int64_t opset;
+    int cache;
+} ox_opts;
+int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, const ox_opts *o, ox_graph *g,
+                  ox_keep *keep);
+int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, const ox_opts *o, ox_graph *g,
                    ox_keep *keep);
 
 #endif

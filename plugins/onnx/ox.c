@@ -86,7 +86,8 @@ const char *ox_op(ox_graph *g, const char *op, const char *hint, ...) {
     char *out = str(g, name), *nname = str(g, name), *opname = str(g, op);
     if (!node || !ins || !outs || !out || !nname || !opname) return "";
     onnx__node_proto__init(node);
-    for (size_t i = 0; i < n; i++) ins[i] = (char *)in[i]; /* the names live in the arena or are static */
+    for (size_t i = 0; i < n; i++)
+        if (!(ins[i] = str(g, in[i]))) return "";
     outs[0] = out;
     node->n_input = n, node->input = ins;
     node->n_output = 1, node->output = outs;
@@ -100,6 +101,8 @@ void ox_name_last(ox_graph *g, const char *name) {
     char *s = str(g, name);
     if (g->last && s) g->last->output[0] = s;
 }
+
+const char *ox_last_output(const ox_graph *g) { return g->last ? g->last->output[0] : ""; }
 
 static Onnx__AttributeProto *attr(ox_graph *g, const char *name, Onnx__AttributeProto__AttributeType type) {
     Onnx__NodeProto *node = g->last;

@@ -21,6 +21,8 @@ int ox_failed(const ox_graph *g);
 const char *ox_op(ox_graph *g, const char *op, const char *hint, ...);
 /* Gives the last node's output the exact name (a graph output's); call before anything reads it. */
 void ox_name_last(ox_graph *g, const char *name);
+/* the last node's output name */
+const char *ox_last_output(const ox_graph *g);
 /* Attributes of the last node made. */
 void ox_attr_int(ox_graph *g, const char *name, int64_t v);
 void ox_attr_float(ox_graph *g, const char *name, float v);

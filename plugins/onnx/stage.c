@@ -1,7 +1,8 @@
 /* onnx.export: writes the input model's forward pass as <stage>/model.onnx (opset 17 or later),
  * weights as float32 initializers inside the file, for onnxruntime and every other ONNX reader.
- * Input input_ids int64 [batch, sequence], output logits float [batch, sequence, vocab]: every
- * position, no KV cache. GPT-2 and the Llama family (llama, mistral, qwen2). */
+ * Input input_ids int64 [batch, sequence], output logits float [batch, sequence, vocab] at every
+ * position; with kv_cache, the blocks' past keys and values in and the present ones out.
+ * GPT-2 and the Llama family (llama, mistral, qwen2). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,16 +61,16 @@ static int export_run(llmopt_stage_ctx *ctx) {
     if (snprintf(path, sizeof path, "%s/%s", A->stage_dir(ctx), file) >= (int)sizeof path)
         return A->set_error(ctx, LLMOPT_EINVAL, "stage directory path too long");
     ox_graph *g = ox_graph_new(a.family == LLMOPT_ARCH_GPT2 ? "gpt2" : "llama");
-    const int64_t opset = A->param_int(ctx, "opset");
+    const ox_opts o = {.opset = A->param_int(ctx, "opset"), .cache = A->param_bool(ctx, "kv_cache")};
     ox_keep keep = {0};
     int rc = !g ? A->set_error(ctx, LLMOPT_ENOMEM, "out of memory")
-             : a.family == LLMOPT_ARCH_GPT2 ? ox_gpt2_graph(ctx, m, &a, g, &keep)
-                                            : ox_llama_graph(ctx, m, &a, opset, g, &keep);
+             : a.family == LLMOPT_ARCH_GPT2 ? ox_gpt2_graph(ctx, m, &a, &o, g, &keep)
+                                            : ox_llama_graph(ctx, m, &a, &o, g, &keep);
     if (!rc && A->cancelled(ctx)) rc = A->set_error(ctx, LLMOPT_ECANCELED, "cancelled");
     if (!rc) {
         A->progress(ctx, 0.6, "writing %s", file);
         char msg[512];
-        if (ox_write(g, path, opset, "llmopt", "0.1.0", msg, sizeof msg))
+        if (ox_write(g, path, o.opset, "llmopt", "0.1.0", msg, sizeof msg))
             rc = A->set_error(ctx, LLMOPT_EIO, "%s", msg);
     }
     for (size_t i = 0; i < keep.n; i++) A->tensor_unref(keep.t[i]);
@@ -84,6 +85,9 @@ static int export_run(llmopt_stage_ctx *ctx) {
 static const llmopt_param_desc params[] = {
     {.name = "opset", .type = LLMOPT_PARAM_INT, .default_value = "17", .min = 17, .max = 21,
      .doc = "the ONNX opset of the default domain (17 has LayerNormalization)"},
+    {.name = "kv_cache", .type = LLMOPT_PARAM_BOOL, .default_value = "false",
+     .doc = "also take past_key_values.<l>.key/.value [batch, kv_heads, past, head_dim] and return "
+            "present.<l>.key/.value with the new positions appended (optimum's names), for decoding step by step"},
     {.name = "file", .type = LLMOPT_PARAM_STRING, .default_value = "model.onnx",
      .doc = "the file's name in the stage's directory"},
 };
@@ -94,8 +98,8 @@ const llmopt_stage_desc ox_export_stage = {
     .name = "onnx.export",
     .summary = "export the model's forward pass as an ONNX graph (onnxruntime)",
     .doc = "Writes <stage>/model.onnx: input_ids int64 [batch, sequence] -> logits float\n"
-           "[batch, sequence, vocab] for every position (no KV cache), float32 weights inside the\n"
-           "file (under 2 GiB). GPT-2 and Llama-family models (f32, f16 or bf16 weights).\n"
+           "[batch, sequence, vocab] for every position, with kv_cache also the past and present\n"
+           "keys and values of every block; float32 weights inside the file (under 2 GiB). GPT-2 and Llama-family models (f32, f16 or bf16 weights).\n"
            "Metric: size_bytes.",
     LLMOPT_STAGE_PARAMS(params),
     LLMOPT_STAGE_INPUTS(inputs),

@@ -77,3 +77,45 @@ def test_a_quantized_model_is_refused_naming_the_tensor(host, models, tmp_path):
     assert p.returncode != 0
     assert "'model.layers.0.self_attn.q_proj.weight' is q8_0: the ONNX export takes f32, f16 or bf16 weights" in err, err
     assert not (out / "onnx").exists()
+
+
+def ort_greedy(path, prompt, n):
+    """greedy decoding through the kv_cache graph: the prompt, then one token a step with the
+    present keys and values fed back; (tokens, the last position's logits of every step)"""
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in s.get_inputs()
+            if i.name.startswith("past_key_values.")}
+    assert len(past) % 2 == 0 and past
+    outs = [o.name for o in s.get_outputs()]
+    assert outs[0] == "logits" and sorted(outs[1:]) == sorted(n.replace("past_key_values", "present") for n in past)
+    ids, tokens, steps = np.array([prompt], np.int64), [], []
+    for _ in range(n):
+        res = dict(zip(outs, s.run(outs, {"input_ids": ids, **past})))
+        steps.append(res["logits"][0, -1])
+        tokens.append(int(res["logits"][0, -1].argmax()))
+        past = {k: res[k.replace("past_key_values", "present")] for k in past}
+        ids = np.array([[tokens[-1]]], np.int64)
+    return tokens, steps
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "llama_rope_llama3", "qwen2"])
+def test_kv_cache_graph_decodes_as_transformers_generate(host, models, tmp_path, name):
+    """kv_cache: the prompt in one call, then a token a step: the tokens are transformers'
+    greedy generate()'s, and each step's logits those of the whole sequence run at once"""
+    if not host.has_stage("onnx.export"):
+        pytest.skip("no onnx plugin in this build")
+    p, out = export(host, models[name], tmp_path, stages=["{id: onnx, uses: onnx.export, with: {kv_cache: true}}"])
+    assert p.returncode == 0, p.stderr.decode()
+    vocab = json.loads((models[name] / "config.json").read_text())["vocab_size"]
+    prompt = np.random.default_rng(1).integers(0, vocab, size=9).tolist()
+    tokens, steps = ort_greedy(out / "onnx" / "model.onnx", prompt, 12)
+    model = load_reference_model(models[name])
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        # synced_gpus=False: see test_models.py (torch.distributed.fsdp fails to import on Debian's torch 1.13)
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                              do_sample=False, synced_gpus=False, eos_token_id=None, pad_token_id=0)[0, 9:].tolist()
+        full = model(torch.tensor([prompt + tokens[:-1]])).logits[0].numpy()
+    assert tokens == want
+    for i, logits in enumerate(steps):
+        assert np.abs(logits - full[8 + i]).max() < 1e-4, i
