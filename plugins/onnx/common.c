@@ -1,5 +1,6 @@
 /* The pieces the GPT-2 and Llama graphs share: weights from the checkpoint, positions and the
  * causal mask, the activations, the LM head and the graph's input and output. */
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -113,18 +114,27 @@ const char *ox_slice_last(ox_graph *g, const char *x, int64_t from, int64_t to) 
                  ox_const_i64(g, "axes", axes, 1), NULL);
 }
 
-void ox_logits(ox_graph *g, const char *x, const char *head, const char *ids_shape, int64_t d, int64_t vocab) {
-    /* x [b, s, d] as [b*s, d] times head [V, d] transposed (Gemm transB: a tied embedding's
-     * values are stored once), back to [b, s, V] */
-    const int64_t flat[2] = {-1, d}, v[1] = {vocab};
+void ox_logits(ox_graph *g, const char *x, const char *head, const char *ids_shape, int64_t d, int64_t vocab, int last) {
+    /* x [b, s, d] (or its last position, [b, 1, d]) as [b*s, d] times head [V, d] transposed
+     * (Gemm transB: a tied embedding's values are stored once), back to [b, s, V] */
+    const int64_t flat[2] = {-1, d}, v[1] = {vocab}, minus1[1] = {-1}, big[1] = {INT64_MAX}, one[1] = {1}, i0[1] = {0};
+    const char *rows = ids_shape;
+    if (last) {
+        x = ox_op(g, "Slice", "last", x, ox_const_i64(g, "starts", minus1, 1), ox_const_i64(g, "ends", big, 1),
+                  ox_const_i64(g, "axes", one, 1), NULL);
+        const char *b = ox_op(g, "Slice", "batch", ids_shape, ox_const_i64(g, "starts", i0, 1), ox_const_i64(g, "ends", one, 1),
+                              NULL);
+        rows = ox_op(g, "Concat", "rows", b, ox_const_i64(g, "one", one, 1), NULL);
+        ox_attr_int(g, "axis", 0);
+    }
     const char *x2 = ox_op(g, "Reshape", "flat", x, ox_const_i64(g, "flat", flat, 2), NULL);
     const char *y = ox_op(g, "Gemm", "head", x2, head, NULL);
     ox_attr_int(g, "transB", 1);
-    const char *shape = ox_op(g, "Concat", "logits_shape", ids_shape, ox_const_i64(g, "vocab", v, 1), NULL);
+    const char *shape = ox_op(g, "Concat", "logits_shape", rows, ox_const_i64(g, "vocab", v, 1), NULL);
     ox_attr_int(g, "axis", 0);
     ox_op(g, "Reshape", "logits", y, shape, NULL);
     ox_name_last(g, "logits");
-    const int64_t dims[3] = {-1, -1, vocab};
+    const int64_t dims[3] = {-1, last ? 1 : -1, vocab};
     const char *const sym[3] = {"batch", "sequence", NULL};
     ox_output(g, "logits", OX_FLOAT, 3, dims, sym);
 }

@@ -77,7 +77,7 @@ int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arc
     if (!lnfg || !lnfb) return LLMOPT_EINVAL;
     const char *head = a->tied ? wte : ox_tensor(ctx, m, g, keep, "lm_head.weight");
     if (!head) return LLMOPT_EINVAL;
-    ox_logits(g, layer_norm(g, h, lnfg, lnfb, a->norm_eps), head, p.ids_shape, d, a->vocab);
+    ox_logits(g, layer_norm(g, h, lnfg, lnfb, a->norm_eps), head, p.ids_shape, d, a->vocab, o->last);
     ox_cache_outputs(g, &p);
     return 0;
 }

@@ -125,7 +125,7 @@ int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_ar
     const char *norm = ox_tensor(ctx, m, g, keep, "model.norm.weight");
     const char *head = a->tied ? embed : ox_tensor(ctx, m, g, keep, "lm_head.weight");
     if (!norm || !head) return LLMOPT_EINVAL;
-    ox_logits(g, rms_norm(g, opset, h, norm, a->norm_eps), head, p.ids_shape, a->n_embd, a->vocab);
+    ox_logits(g, rms_norm(g, opset, h, norm, a->norm_eps), head, p.ids_shape, a->n_embd, a->vocab, o->last);
     ox_cache_outputs(g, &p);
     return 0;
 }

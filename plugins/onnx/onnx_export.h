@@ -44,14 +44,16 @@ void ox_cache_outputs(ox_graph *g, const ox_positions_out *o);
 const char *ox_activation(ox_graph *g, int act, const char *x); /* llmopt_arch_act */
 const char *ox_transpose(ox_graph *g, const char *x, const int64_t *perm, size_t n);
 const char *ox_slice_last(ox_graph *g, const char *x, int64_t from, int64_t to); /* x[..., from:to] */
-/* the graph output logits float [batch, sequence, vocab] = x [b, s, d] head^T (head [V, d]) */
-void ox_logits(ox_graph *g, const char *x, const char *head, const char *ids_shape, int64_t d, int64_t vocab);
+/* the graph output logits float [batch, sequence, vocab] = x [b, s, d] head^T (head [V, d]);
+ * with last, only the last position's: [batch, 1, vocab] */
+void ox_logits(ox_graph *g, const char *x, const char *head, const char *ids_shape, int64_t d, int64_t vocab, int last);
 
 /* ---- the forward graphs: input_ids int64 [batch, sequence] (and the cache) -> logits float
  * [batch, sequence, vocab] at every position (and the cache). 0 or a status after set_error. ---- */
 typedef struct ox_opts {
     int64_t opset;
     int cache;
+    int last; /* logits of the last position only */
 } ox_opts;
 int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, const ox_opts *o, ox_graph *g,
                   ox_keep *keep);

@@ -61,7 +61,8 @@ static int export_run(llmopt_stage_ctx *ctx) {
     if (snprintf(path, sizeof path, "%s/%s", A->stage_dir(ctx), file) >= (int)sizeof path)
         return A->set_error(ctx, LLMOPT_EINVAL, "stage directory path too long");
     ox_graph *g = ox_graph_new(a.family == LLMOPT_ARCH_GPT2 ? "gpt2" : "llama");
-    const ox_opts o = {.opset = A->param_int(ctx, "opset"), .cache = A->param_bool(ctx, "kv_cache")};
+    const ox_opts o = {.opset = A->param_int(ctx, "opset"), .cache = A->param_bool(ctx, "kv_cache"),
+                       .last = strcmp(A->param_str(ctx, "logits"), "last") == 0};
     ox_keep keep = {0};
     int rc = !g ? A->set_error(ctx, LLMOPT_ENOMEM, "out of memory")
              : a.family == LLMOPT_ARCH_GPT2 ? ox_gpt2_graph(ctx, m, &a, &o, g, &keep)
@@ -88,6 +89,9 @@ static const llmopt_param_desc params[] = {
     {.name = "kv_cache", .type = LLMOPT_PARAM_BOOL, .default_value = "false",
      .doc = "also take past_key_values.<l>.key/.value [batch, kv_heads, past, head_dim] and return "
             "present.<l>.key/.value with the new positions appended (optimum's names), for decoding step by step"},
+    {.name = "logits", .type = LLMOPT_PARAM_ENUM, .default_value = "all", .choices = "all|last",
+     .doc = "logits at every position [batch, sequence, vocab], or at the last one only [batch, 1, vocab] "
+            "(generation: the LM head over one position)"},
     {.name = "file", .type = LLMOPT_PARAM_STRING, .default_value = "model.onnx",
      .doc = "the file's name in the stage's directory"},
 };

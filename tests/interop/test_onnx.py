@@ -119,3 +119,16 @@ def test_kv_cache_graph_decodes_as_transformers_generate(host, models, tmp_path,
     assert tokens == want
     for i, logits in enumerate(steps):
         assert np.abs(logits - full[8 + i]).max() < 1e-4, i
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+def test_last_position_logits_are_the_last_row_of_all(host, models, tmp_path, name):
+    if not host.has_stage("onnx.export"):
+        pytest.skip("no onnx plugin in this build")
+    p, out = export(host, models[name], tmp_path, stages=["{id: onnx, uses: onnx.export, with: {logits: last}}"])
+    assert p.returncode == 0, p.stderr.decode()
+    vocab = json.loads((models[name] / "config.json").read_text())["vocab_size"]
+    ids = np.random.default_rng(2).integers(0, vocab, size=(3, 21)).astype(np.int64)
+    got = ort_logits(out / "onnx" / "model.onnx", ids)
+    want = reference_logits(models[name], ids)[:, -1:, :]
+    assert got.shape == (3, 1, vocab) and np.abs(got - want).max() < 1e-4
