@@ -246,8 +246,57 @@ static void file_append(ProtobufCBuffer *b, size_t len, const uint8_t *data) {
     if (!fb->err && fwrite(data, 1, len, fb->f) != len) fb->err = 1;
 }
 
-int ox_write(ox_graph *g, const char *path, int64_t opset, const char *producer, const char *version, char *msg,
-             size_t msg_len) {
+/* path + suffix into buf; -1 when it does not fit */
+static int with_suffix(char *buf, size_t n, const char *path, const char *suffix) {
+    return snprintf(buf, n, "%s%s", path, suffix) < (int)n ? 0 : -1;
+}
+
+/* Moves every weight's values into the file data_tmp (offsets 4096-aligned) and points its
+ * TensorProto there (location: the final file's base name). */
+static int write_external(ox_graph *g, const char *data_tmp, const char *location, char *msg, size_t msg_len) {
+    FILE *f = fopen(data_tmp, "wb");
+    if (!f) {
+        snprintf(msg, msg_len, "cannot create %s", data_tmp);
+        return -1;
+    }
+    static const uint8_t zeros[4096];
+    uint64_t off = 0;
+    int err = 0;
+    for (size_t i = 0; !err && i < g->inits.n; i++) {
+        Onnx__TensorProto *t = g->inits.v[i];
+        if (!t->has_raw_data) continue;
+        const uint64_t pad = (4096 - off % 4096) % 4096, len = t->raw_data.len;
+        if ((pad && fwrite(zeros, 1, pad, f) != pad) || fwrite(t->raw_data.data, 1, len, f) != len) err = 1;
+        off += pad;
+        char num[32];
+        Onnx__StringStringEntryProto **kv = alloc(g, 3 * sizeof *kv);
+        for (int k = 0; kv && k < 3; k++) {
+            kv[k] = alloc(g, sizeof *kv[k]);
+            if (!kv[k]) break;
+            onnx__string_string_entry_proto__init(kv[k]);
+        }
+        if (g->failed) break;
+        kv[0]->key = "location", kv[0]->value = (char *)location;
+        snprintf(num, sizeof num, "%llu", (unsigned long long)off);
+        kv[1]->key = "offset", kv[1]->value = str(g, num);
+        snprintf(num, sizeof num, "%llu", (unsigned long long)len);
+        kv[2]->key = "length", kv[2]->value = str(g, num);
+        t->has_raw_data = 0, t->raw_data.len = 0, t->raw_data.data = NULL;
+        t->n_external_data = 3, t->external_data = kv;
+        t->has_data_location = 1, t->data_location = ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL;
+        off += len;
+    }
+    if (fclose(f) != 0) err = 1;
+    if (err || g->failed) {
+        remove(data_tmp);
+        snprintf(msg, msg_len, g->failed ? "out of memory" : "cannot write %s", data_tmp);
+        return -1;
+    }
+    return 0;
+}
+
+int ox_write(ox_graph *g, const char *path, int64_t opset, const char *producer, const char *version, int external,
+             char *msg, size_t msg_len) {
     if (g->failed) {
         snprintf(msg, msg_len, "out of memory building the graph");
         return -1;
@@ -269,27 +318,35 @@ int ox_write(ox_graph *g, const char *path, int64_t opset, const char *producer,
     model.n_opset_import = 1, model.opset_import = ops;
     model.producer_name = (char *)producer, model.producer_version = (char *)version;
     model.graph = &graph;
-    /* a protobuf message is limited to 2 GiB */
-    size_t size = onnx__model_proto__get_packed_size(&model);
-    if (size >= ((size_t)1 << 31)) {
-        snprintf(msg, msg_len, "the model is %zu bytes; one ONNX file holds under 2 GiB (external data is not "
-                 "written yet)", size);
+    char tmp[4096], data[4096], data_tmp[4096];
+    if (with_suffix(tmp, sizeof tmp, path, ".tmp") || with_suffix(data, sizeof data, path, ".data") ||
+        with_suffix(data_tmp, sizeof data_tmp, path, ".data.tmp")) {
+        snprintf(msg, msg_len, "path too long");
         return -1;
     }
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
-        snprintf(msg, msg_len, "path too long");
+    /* a protobuf message is limited to 2 GiB */
+    const size_t limit = (size_t)1 << 31;
+    int ext = external == OX_EXTERNAL_ALWAYS || (external == OX_EXTERNAL_AUTO && onnx__model_proto__get_packed_size(&model) >= limit);
+    const char *base = strrchr(data, '/');
+    if (ext && write_external(g, data_tmp, base ? base + 1 : data, msg, msg_len)) return -1;
+    size_t size = onnx__model_proto__get_packed_size(&model);
+    if (size >= limit) {
+        if (ext) remove(data_tmp);
+        snprintf(msg, msg_len, "the model is %zu bytes; one ONNX file holds under 2 GiB (external_data: auto or "
+                 "always puts the weights beside it)", size);
         return -1;
     }
     file_buffer fb = {.base = {.append = file_append}, .f = fopen(tmp, "wb")};
     if (!fb.f) {
+        if (ext) remove(data_tmp);
         snprintf(msg, msg_len, "cannot create %s", tmp);
         return -1;
     }
     onnx__model_proto__pack_to_buffer(&model, &fb.base);
     if (fclose(fb.f) != 0) fb.err = 1;
-    if (fb.err || rename(tmp, path) != 0) {
+    if (fb.err || (ext && rename(data_tmp, data) != 0) || rename(tmp, path) != 0) {
         remove(tmp);
+        if (ext) remove(data_tmp), remove(data);
         snprintf(msg, msg_len, "cannot write %s", path);
         return -1;
     }

@@ -41,8 +41,12 @@ void ox_input(ox_graph *g, const char *name, int elem_type, int ndim, const int6
 void ox_output(ox_graph *g, const char *name, int elem_type, int ndim, const int64_t *dims, const char *const *sym);
 
 /* Writes the model (IR version 8, the default domain at opset) to path through path.tmp; 0, or
- * -1 with the reason in msg. */
-int ox_write(ox_graph *g, const char *path, int64_t opset, const char *producer, const char *version, char *msg,
-             size_t msg_len);
+ * -1 with the reason in msg. external: OX_EXTERNAL_NEVER keeps every weight inside the file
+ * (which then must stay under protobuf's 2 GiB); ALWAYS puts the weights (ox_weight's) in
+ * path.data beside it, each at a 4096-byte aligned offset, as ONNX's external data; AUTO does so
+ * when the file would be 2 GiB or more. */
+enum { OX_EXTERNAL_NEVER = 0, OX_EXTERNAL_ALWAYS = 1, OX_EXTERNAL_AUTO = 2 };
+int ox_write(ox_graph *g, const char *path, int64_t opset, const char *producer, const char *version, int external,
+             char *msg, size_t msg_len);
 
 #endif

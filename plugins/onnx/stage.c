@@ -71,7 +71,10 @@ static int export_run(llmopt_stage_ctx *ctx) {
     if (!rc) {
         A->progress(ctx, 0.6, "writing %s", file);
         char msg[512];
-        if (ox_write(g, path, o.opset, "llmopt", "0.1.0", msg, sizeof msg))
+        const char *ext = A->param_str(ctx, "external_data");
+        const int mode = strcmp(ext, "always") == 0 ? OX_EXTERNAL_ALWAYS : strcmp(ext, "never") == 0 ? OX_EXTERNAL_NEVER
+                                                                                                    : OX_EXTERNAL_AUTO;
+        if (ox_write(g, path, o.opset, "llmopt", "0.1.0", mode, msg, sizeof msg))
             rc = A->set_error(ctx, LLMOPT_EIO, "%s", msg);
     }
     for (size_t i = 0; i < keep.n; i++) A->tensor_unref(keep.t[i]);
@@ -79,7 +82,11 @@ static int export_run(llmopt_stage_ctx *ctx) {
     ox_graph_free(g);
     if (rc) return rc;
     struct stat sb;
-    if (stat(path, &sb) == 0) A->metric(ctx, "size_bytes", (double)sb.st_size, "B", LLMOPT_BETTER_LOWER);
+    double bytes = stat(path, &sb) == 0 ? (double)sb.st_size : 0;
+    char data[4200];
+    snprintf(data, sizeof data, "%s.data", path);
+    if (stat(data, &sb) == 0) bytes += (double)sb.st_size;
+    A->metric(ctx, "size_bytes", bytes, "B", LLMOPT_BETTER_LOWER);
     return 0;
 }
 
@@ -92,6 +99,9 @@ static const llmopt_param_desc params[] = {
     {.name = "logits", .type = LLMOPT_PARAM_ENUM, .default_value = "all", .choices = "all|last",
      .doc = "logits at every position [batch, sequence, vocab], or at the last one only [batch, 1, vocab] "
             "(generation: the LM head over one position)"},
+    {.name = "external_data", .type = LLMOPT_PARAM_ENUM, .default_value = "auto", .choices = "auto|always|never",
+     .doc = "weights in <file>.data beside the graph (ONNX external data): auto when the file would reach "
+            "protobuf's 2 GiB limit"},
     {.name = "file", .type = LLMOPT_PARAM_STRING, .default_value = "model.onnx",
      .doc = "the file's name in the stage's directory"},
 };
@@ -103,8 +113,9 @@ const llmopt_stage_desc ox_export_stage = {
     .summary = "export the model's forward pass as an ONNX graph (onnxruntime)",
     .doc = "Writes <stage>/model.onnx: input_ids int64 [batch, sequence] -> logits float\n"
            "[batch, sequence, vocab] for every position, with kv_cache also the past and present\n"
-           "keys and values of every block; float32 weights inside the file (under 2 GiB). GPT-2 and Llama-family models (f32, f16 or bf16 weights).\n"
-           "Metric: size_bytes.",
+           "keys and values of every block; float32 weights inside the file, or in model.onnx.data\n"
+           "beside it (external_data; automatic at 2 GiB). GPT-2 and Llama-family models (f32, f16\n"
+           "or bf16 weights). Metric: size_bytes (the graph and its data file).",
     LLMOPT_STAGE_PARAMS(params),
     LLMOPT_STAGE_INPUTS(inputs),
     .run = export_run,

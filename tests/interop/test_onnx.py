@@ -132,3 +132,21 @@ def test_last_position_logits_are_the_last_row_of_all(host, models, tmp_path, na
     got = ort_logits(out / "onnx" / "model.onnx", ids)
     want = reference_logits(models[name], ids)[:, -1:, :]
     assert got.shape == (3, 1, vocab) and np.abs(got - want).max() < 1e-4
+
+
+def test_external_data_holds_the_weights_beside_the_graph(host, models, tmp_path):
+    """external_data: always puts every weight in model.onnx.data (ONNX external data, offsets
+    4096-aligned), which onnxruntime reads from beside the graph: the same logits; auto (the
+    default) keeps a small model in one file."""
+    if not host.has_stage("onnx.export"):
+        pytest.skip("no onnx plugin in this build")
+    p, out = export(host, models["llama_gqa"], tmp_path,
+                    stages=["{id: ext, uses: onnx.export, with: {external_data: always}}",
+                            "{id: one, uses: onnx.export}"])
+    assert p.returncode == 0, p.stderr.decode()
+    graph, data = out / "ext" / "model.onnx", out / "ext" / "model.onnx.data"
+    assert data.exists() and not (out / "one" / "model.onnx.data").exists()
+    assert graph.stat().st_size < 100_000 < data.stat().st_size
+    assert not list(out.glob("**/*.tmp"))
+    ids = np.random.default_rng(4).integers(0, 300, size=(2, 11)).astype(np.int64)
+    np.testing.assert_array_equal(ort_logits(graph, ids), ort_logits(out / "one" / "model.onnx", ids))
