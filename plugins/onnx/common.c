@@ -14,9 +14,11 @@ const char *ox_tensor(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g,
 }
 
 const char *ox_tensor_t(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name) {
-    const llmopt_tensor *t = ox_f32(ctx, m, name, keep);
+    /* the f32 values only until they are transposed: a half checkpoint's conversion is not kept */
+    const llmopt_tensor *t = ox_f32_ref(ctx, m, name);
     if (!t) return NULL;
     if (t->ndim != 2) {
+        A->tensor_unref(t);
         A->set_error(ctx, LLMOPT_EINVAL, "'%s' is not a matrix", name);
         return NULL;
     }
@@ -24,6 +26,7 @@ const char *ox_tensor_t(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *
     llmopt_tensor *tt = A->tensor_new(LLMOPT_DTYPE_F32, 2, shape);
     if (!tt || ox_keep_add(ctx, keep, tt)) {
         if (tt) A->tensor_unref(tt);
+        A->tensor_unref(t);
         A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
         return NULL;
     }
@@ -31,6 +34,7 @@ const char *ox_tensor_t(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *
     float *dst = tt->data;
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) dst[c * rows + r] = src[r * cols + c];
+    A->tensor_unref(t);
     char tname[512];
     snprintf(tname, sizeof tname, "%s.T", name);
     return ox_weight(g, tname, tt->data, 2, shape);

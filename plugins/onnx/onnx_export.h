@@ -17,8 +17,10 @@ typedef struct ox_keep {
 } ox_keep;
 /* keep takes t's reference; non-zero (t not taken) when out of memory */
 int ox_keep_add(llmopt_stage_ctx *ctx, ox_keep *keep, const llmopt_tensor *t);
-/* The f32 values of the model's tensor name (a new reference, or a copy converted from f16 or
- * bf16), kept in keep; NULL after set_error when it is missing or not a float type. */
+/* The f32 values of the model's tensor name: a new reference (the caller's to unref), or a copy
+ * converted from f16 or bf16; ox_f32 keeps it in keep instead. NULL after set_error when it is
+ * missing or not a float type. */
+const llmopt_tensor *ox_f32_ref(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *name);
 const llmopt_tensor *ox_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *name, ox_keep *keep);
 
 /* ---- common.c ---- */

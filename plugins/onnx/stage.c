@@ -23,7 +23,7 @@ int ox_keep_add(llmopt_stage_ctx *ctx, ox_keep *keep, const llmopt_tensor *t) {
     return 0;
 }
 
-const llmopt_tensor *ox_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *name, ox_keep *keep) {
+const llmopt_tensor *ox_f32_ref(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *name) {
     const llmopt_tensor *t = A->model_get(m, name);
     if (!t) {
         A->set_error(ctx, LLMOPT_EINVAL, "the model has no tensor '%s'", name);
@@ -39,8 +39,12 @@ const llmopt_tensor *ox_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const 
         return NULL;
     }
     llmopt_tensor *c = NULL;
-    const llmopt_tensor *f = t->dtype == LLMOPT_DTYPE_F32 ? A->tensor_ref(t)
-                             : A->tensor_convert(ctx, t, LLMOPT_DTYPE_F32, &c) == 0 ? c : NULL;
+    if (t->dtype == LLMOPT_DTYPE_F32) return A->tensor_ref(t);
+    return A->tensor_convert(ctx, t, LLMOPT_DTYPE_F32, &c) == 0 ? c : NULL;
+}
+
+const llmopt_tensor *ox_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const char *name, ox_keep *keep) {
+    const llmopt_tensor *f = ox_f32_ref(ctx, m, name);
     if (!f) return NULL;
     if (ox_keep_add(ctx, keep, f)) {
         A->tensor_unref(f);
