@@ -10,15 +10,28 @@
 
 #define A ox_api
 
-/* the initializer of block tensor fmt (layer filled in), with or without the "transformer."
- * of GPT2LMHeadModel's checkpoints */
+/* the checkpoint name of block tensor fmt (layer filled in), with or without the
+ * "transformer." of GPT2LMHeadModel's checkpoints */
+static const char *tname(const llmopt_model *m, char *name, size_t n, const char *fmt, int layer) {
+    char base[256];
+    snprintf(base, sizeof base, fmt, layer);
+    snprintf(name, n, "transformer.%s", base);
+    if (!A->model_get(m, name)) snprintf(name, n, "%s", base);
+    return name;
+}
+
+/* its initializer; NULL after set_error when missing */
 static const char *w(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *fmt,
                      int layer) {
-    char base[256], name[300];
-    snprintf(base, sizeof base, fmt, layer);
-    snprintf(name, sizeof name, "transformer.%s", base);
-    if (!A->model_get(m, name)) snprintf(name, sizeof name, "%s", base);
-    return ox_tensor(ctx, m, g, keep, name);
+    char name[300];
+    return ox_tensor(ctx, m, g, keep, tname(m, name, sizeof name, fmt, layer));
+}
+
+/* x W + b for block weight fmt and its bias */
+static const char *lin(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *fmt, int layer,
+                       const char *x, const char *bias) {
+    char name[300];
+    return bias ? ox_linear(ctx, m, g, keep, tname(m, name, sizeof name, fmt, layer), x, bias) : NULL;
 }
 
 static const char *layer_norm(ox_graph *g, const char *x, const char *gain, const char *bias, float eps) {
@@ -43,15 +56,14 @@ int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arc
     const char *heads_shape = ox_const_i64(g, "heads", heads, 4), *merged_shape = ox_const_i64(g, "merged", merged, 3);
     for (int l = 0; l < a->n_layer; l++) {
         const char *ln1g = w(ctx, m, g, keep, "h.%d.ln_1.weight", l), *ln1b = w(ctx, m, g, keep, "h.%d.ln_1.bias", l);
-        const char *aw = w(ctx, m, g, keep, "h.%d.attn.c_attn.weight", l), *ab = w(ctx, m, g, keep, "h.%d.attn.c_attn.bias", l);
-        const char *pw = w(ctx, m, g, keep, "h.%d.attn.c_proj.weight", l), *pb = w(ctx, m, g, keep, "h.%d.attn.c_proj.bias", l);
+        const char *ab = w(ctx, m, g, keep, "h.%d.attn.c_attn.bias", l), *pb = w(ctx, m, g, keep, "h.%d.attn.c_proj.bias", l);
         const char *ln2g = w(ctx, m, g, keep, "h.%d.ln_2.weight", l), *ln2b = w(ctx, m, g, keep, "h.%d.ln_2.bias", l);
-        const char *fw = w(ctx, m, g, keep, "h.%d.mlp.c_fc.weight", l), *fb = w(ctx, m, g, keep, "h.%d.mlp.c_fc.bias", l);
-        const char *mw = w(ctx, m, g, keep, "h.%d.mlp.c_proj.weight", l), *mb = w(ctx, m, g, keep, "h.%d.mlp.c_proj.bias", l);
-        if (!ln1g || !ln1b || !aw || !ab || !pw || !pb || !ln2g || !ln2b || !fw || !fb || !mw || !mb) return LLMOPT_EINVAL;
+        const char *fb = w(ctx, m, g, keep, "h.%d.mlp.c_fc.bias", l), *mb = w(ctx, m, g, keep, "h.%d.mlp.c_proj.bias", l);
+        if (!ln1g || !ln1b || !ab || !pb || !ln2g || !ln2b || !fb || !mb) return LLMOPT_EINVAL;
 
         const char *x = layer_norm(g, h, ln1g, ln1b, a->norm_eps);
-        const char *qkv = ox_op(g, "Add", "qkv", ox_op(g, "MatMul", "qkv_mm", x, aw, NULL), ab, NULL); /* [b, s, 3d] */
+        const char *qkv = lin(ctx, m, g, keep, "h.%d.attn.c_attn.weight", l, x, ab); /* [b, s, 3d] */
+        if (!qkv) return LLMOPT_EINVAL;
         const char *q = ox_transpose(g, ox_op(g, "Reshape", "q", ox_slice_last(g, qkv, 0, d), heads_shape, NULL), to_bhsd, 4);
         const char *k = ox_transpose(g, ox_op(g, "Reshape", "k", ox_slice_last(g, qkv, d, 2 * d), heads_shape, NULL), to_bhsd, 4);
         const char *v = ox_transpose(g, ox_op(g, "Reshape", "v", ox_slice_last(g, qkv, 2 * d, 3 * d), heads_shape, NULL), to_bhsd,
@@ -66,11 +78,15 @@ int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arc
         ox_attr_int(g, "axis", -1);
         const char *y = ox_transpose(g, ox_op(g, "MatMul", "ctx", att, v, NULL), to_bhsd, 4); /* [b, s, H, hd] */
         y = ox_op(g, "Reshape", "merged", y, merged_shape, NULL);
-        h = ox_op(g, "Add", "h", h, ox_op(g, "Add", "attn", ox_op(g, "MatMul", "proj", y, pw, NULL), pb, NULL), NULL);
+        const char *proj = lin(ctx, m, g, keep, "h.%d.attn.c_proj.weight", l, y, pb);
+        if (!proj) return LLMOPT_EINVAL;
+        h = ox_op(g, "Add", "h", h, proj, NULL);
 
         x = layer_norm(g, h, ln2g, ln2b, a->norm_eps);
-        const char *f = ox_activation(g, a->act, ox_op(g, "Add", "fc", ox_op(g, "MatMul", "fc_mm", x, fw, NULL), fb, NULL));
-        h = ox_op(g, "Add", "h", h, ox_op(g, "Add", "mlp", ox_op(g, "MatMul", "mlp_mm", f, mw, NULL), mb, NULL), NULL);
+        const char *fc = lin(ctx, m, g, keep, "h.%d.mlp.c_fc.weight", l, x, fb);
+        const char *mlp = fc ? lin(ctx, m, g, keep, "h.%d.mlp.c_proj.weight", l, ox_activation(g, a->act, fc), mb) : NULL;
+        if (!mlp) return LLMOPT_EINVAL;
+        h = ox_op(g, "Add", "h", h, mlp, NULL);
         A->progress(ctx, 0.5 * (l + 1) / a->n_layer, "graph: block %d/%d", l + 1, a->n_layer);
     }
     const char *lnfg = w(ctx, m, g, keep, "ln_f.weight", 0), *lnfb = w(ctx, m, g, keep, "ln_f.bias", 0);

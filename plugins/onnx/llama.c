@@ -12,12 +12,11 @@
 
 #define A ox_api
 
-/* the initializer of block tensor fmt (layer filled in): transposed (a Linear weight) or not */
-static const char *w(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *fmt, int layer,
-                     int transposed) {
+/* the initializer of block tensor fmt (layer filled in) */
+static const char *w(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *fmt, int layer) {
     char name[300];
     snprintf(name, sizeof name, fmt, layer);
-    return transposed ? ox_tensor_t(ctx, m, g, keep, name) : ox_tensor(ctx, m, g, keep, name);
+    return ox_tensor(ctx, m, g, keep, name);
 }
 
 /* x / sqrt(mean(x^2) + eps) * gain, over the last axis (LlamaRMSNorm) */
@@ -33,12 +32,6 @@ static const char *rms_norm(ox_graph *g, int64_t opset, const char *x, const cha
     ox_attr_int(g, "keepdims", 1);
     const char *r = ox_op(g, "Sqrt", "rms", ox_op(g, "Add", "mse", mean, ox_const_f32(g, "eps", eps), NULL), NULL);
     return ox_op(g, "Mul", "normed", ox_op(g, "Div", "xn", x, r, NULL), gain, NULL);
-}
-
-/* x W (+ b): x [..., in], W the transposed initializer [in, out] */
-static const char *linear(ox_graph *g, const char *x, const char *wt, const char *b) {
-    const char *y = ox_op(g, "MatMul", "mm", x, wt, NULL);
-    return b ? ox_op(g, "Add", "biased", y, b, NULL) : y;
 }
 
 /* x cos + rotate_half(x) sin; x [b, heads, s, hd], cos/sin [s, hd] */
@@ -81,26 +74,25 @@ int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_ar
     const char *grouped_shape = ox_const_i64(g, "grouped", grouped, 5);
     const char *ungrouped_shape = ox_const_i64(g, "ungrouped", ungrouped, 4), *merged_shape = ox_const_i64(g, "merged", merged, 3);
     const char *scale = ox_const_f32(g, "scale", 1.0f / sqrtf((float)hd)), *axis2 = ox_const_i64(g, "axes", i2, 1);
-    const char *pre = "model.layers.%d.";
     char f[128];
-#define W(name, t) (snprintf(f, sizeof f, "%s%s", pre, name), w(ctx, m, g, keep, f, l, t))
+#define W(name) (snprintf(f, sizeof f, "model.layers.%%d.%s", name), w(ctx, m, g, keep, f, l))
+#define LIN(name, x, b) (snprintf(f, sizeof f, "model.layers.%d.%s.weight", l, name), ox_linear(ctx, m, g, keep, f, x, b))
     for (int l = 0; l < a->n_layer; l++) {
-        const char *ln1 = W("input_layernorm.weight", 0), *ln2 = W("post_attention_layernorm.weight", 0);
-        const char *wq = W("self_attn.q_proj.weight", 1), *wk = W("self_attn.k_proj.weight", 1);
-        const char *wv = W("self_attn.v_proj.weight", 1), *wo = W("self_attn.o_proj.weight", 1);
-        const char *wg = W("mlp.gate_proj.weight", 1), *wu = W("mlp.up_proj.weight", 1), *wd = W("mlp.down_proj.weight", 1);
+        const char *ln1 = W("input_layernorm.weight"), *ln2 = W("post_attention_layernorm.weight");
         const char *bq = NULL, *bk = NULL, *bv = NULL, *bo = NULL, *bg = NULL, *bu = NULL, *bd = NULL;
-        if (a->attn_bias) bq = W("self_attn.q_proj.bias", 0), bk = W("self_attn.k_proj.bias", 0), bv = W("self_attn.v_proj.bias", 0);
-        if (a->o_bias) bo = W("self_attn.o_proj.bias", 0);
-        if (a->mlp_bias) bg = W("mlp.gate_proj.bias", 0), bu = W("mlp.up_proj.bias", 0), bd = W("mlp.down_proj.bias", 0);
-        if (!ln1 || !ln2 || !wq || !wk || !wv || !wo || !wg || !wu || !wd || (a->attn_bias && (!bq || !bk || !bv)) ||
-            (a->o_bias && !bo) || (a->mlp_bias && (!bg || !bu || !bd)))
+        if (a->attn_bias) bq = W("self_attn.q_proj.bias"), bk = W("self_attn.k_proj.bias"), bv = W("self_attn.v_proj.bias");
+        if (a->o_bias) bo = W("self_attn.o_proj.bias");
+        if (a->mlp_bias) bg = W("mlp.gate_proj.bias"), bu = W("mlp.up_proj.bias"), bd = W("mlp.down_proj.bias");
+        if (!ln1 || !ln2 || (a->attn_bias && (!bq || !bk || !bv)) || (a->o_bias && !bo) ||
+            (a->mlp_bias && (!bg || !bu || !bd)))
             return LLMOPT_EINVAL;
 
         const char *x = rms_norm(g, opset, h, ln1, a->norm_eps);
-        const char *q = ox_transpose(g, ox_op(g, "Reshape", "q", linear(g, x, wq, bq), q_shape, NULL), to_bhsd, 4);
-        const char *k = ox_transpose(g, ox_op(g, "Reshape", "k", linear(g, x, wk, bk), kv_shape, NULL), to_bhsd, 4);
-        const char *v = ox_transpose(g, ox_op(g, "Reshape", "v", linear(g, x, wv, bv), kv_shape, NULL), to_bhsd, 4);
+        const char *q = LIN("self_attn.q_proj", x, bq), *k = LIN("self_attn.k_proj", x, bk), *v = LIN("self_attn.v_proj", x, bv);
+        if (!q || !k || !v) return LLMOPT_EINVAL;
+        q = ox_transpose(g, ox_op(g, "Reshape", "q", q, q_shape, NULL), to_bhsd, 4);
+        k = ox_transpose(g, ox_op(g, "Reshape", "k", k, kv_shape, NULL), to_bhsd, 4);
+        v = ox_transpose(g, ox_op(g, "Reshape", "v", v, kv_shape, NULL), to_bhsd, 4);
         q = rope(g, q, cos, sin, hd); /* [b, H, s, hd] */
         k = ox_cached(g, &p, l, 0, rope(g, k, cos, sin, hd)); /* [b, KV, p + s, hd] */
         v = ox_cached(g, &p, l, 1, v);
@@ -113,15 +105,20 @@ int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_ar
         ox_attr_int(g, "axis", -1);
         const char *y = ox_op(g, "Reshape", "ctx", ox_op(g, "MatMul", "ctx5", att, v5, NULL), ungrouped_shape, NULL);
         y = ox_op(g, "Reshape", "merged", ox_transpose(g, y, to_bhsd, 4), merged_shape, NULL); /* [b, s, H*hd] */
-        h = ox_op(g, "Add", "h", h, linear(g, y, wo, bo), NULL);
+        const char *o_out = LIN("self_attn.o_proj", y, bo);
+        if (!o_out) return LLMOPT_EINVAL;
+        h = ox_op(g, "Add", "h", h, o_out, NULL);
 
         x = rms_norm(g, opset, h, ln2, a->norm_eps);
-        const char *gate = ox_activation(g, a->act, linear(g, x, wg, bg));
-        const char *up = ox_op(g, "Mul", "gated", gate, linear(g, x, wu, bu), NULL);
-        h = ox_op(g, "Add", "h", h, linear(g, up, wd, bd), NULL);
+        const char *gate = LIN("mlp.gate_proj", x, bg), *up = LIN("mlp.up_proj", x, bu);
+        if (!gate || !up) return LLMOPT_EINVAL;
+        const char *down = LIN("mlp.down_proj", ox_op(g, "Mul", "gated", ox_activation(g, a->act, gate), up, NULL), bd);
+        if (!down) return LLMOPT_EINVAL;
+        h = ox_op(g, "Add", "h", h, down, NULL);
         A->progress(ctx, 0.5 * (l + 1) / a->n_layer, "graph: block %d/%d", l + 1, a->n_layer);
     }
 #undef W
+#undef LIN
     const char *norm = ox_tensor(ctx, m, g, keep, "model.norm.weight");
     const char *head = a->tied ? embed : ox_tensor(ctx, m, g, keep, "lm_head.weight");
     if (!norm || !head) return LLMOPT_EINVAL;

@@ -28,6 +28,13 @@ const llmopt_tensor *ox_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const 
  * as MatMul's [in, out]); NULL after set_error */
 const char *ox_tensor(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name);
 const char *ox_tensor_t(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name);
+/* ---- nbits.c ---- */
+/* x W^T (+ bias) for checkpoint weight name, W [N, K]: MatMul on float values, MatMulNBits
+ * (com.microsoft) on 4-bit GQ and Q4_0 blocks, other quantized types dequantized; NULL after
+ * set_error */
+const char *ox_linear(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name,
+                      const char *x, const char *bias);
+
 /* The graph inputs: input_ids int64 [batch, sequence] and, with a cache, past_key_values.<l>.key
  * and .value float [batch, kv_heads, past_sequence, head_dim] for every block (the names
  * optimum's ONNX models use); the shape of input_ids, the positions p..p+s-1 [s] after the p

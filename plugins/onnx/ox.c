@@ -20,6 +20,7 @@ struct ox_graph {
     Onnx__NodeProto *last;             /* the node ox_attr_* add to */
     size_t counter;                    /* for unique output names */
     const char *name;
+    const char *domain; /* a non-default operator domain some node uses */
     int failed;
 };
 
@@ -44,6 +45,8 @@ static void *alloc(ox_graph *g, size_t n) {
     }
     return p;
 }
+
+void *ox_alloc(ox_graph *g, size_t n) { return alloc(g, n); }
 
 static char *str(ox_graph *g, const char *s) {
     size_t n = strlen(s) + 1;
@@ -102,6 +105,13 @@ void ox_name_last(ox_graph *g, const char *name) {
     if (g->last && s) g->last->output[0] = s;
 }
 
+void ox_domain_last(ox_graph *g, const char *domain) {
+    char *d = str(g, domain);
+    if (!g->last || !d) return;
+    g->last->domain = d;
+    g->domain = d;
+}
+
 const char *ox_last_output(const ox_graph *g) { return g->last ? g->last->output[0] : ""; }
 
 static Onnx__AttributeProto *attr(ox_graph *g, const char *name, Onnx__AttributeProto__AttributeType type) {
@@ -156,6 +166,17 @@ const char *ox_weight(ox_graph *g, const char *name, const float *data, int ndim
     for (int i = 0; i < ndim; i++) n *= (size_t)dims[i];
     t->has_raw_data = 1;
     t->raw_data.len = n * sizeof(float); /* little-endian, as raw_data requires: x86 and arm64 */
+    t->raw_data.data = (uint8_t *)data;
+    return t->name;
+}
+
+const char *ox_weight_u8(ox_graph *g, const char *name, const uint8_t *data, int ndim, const int64_t *dims) {
+    Onnx__TensorProto *t = tensor(g, name, OX_UINT8, ndim, dims);
+    if (!t) return "";
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= (size_t)dims[i];
+    t->has_raw_data = 1;
+    t->raw_data.len = n;
     t->raw_data.data = (uint8_t *)data;
     return t->name;
 }
@@ -303,11 +324,13 @@ int ox_write(ox_graph *g, const char *path, int64_t opset, const char *producer,
     }
     Onnx__GraphProto graph;
     Onnx__ModelProto model;
-    Onnx__OperatorSetIdProto op;
-    Onnx__OperatorSetIdProto *ops[1] = {&op};
+    Onnx__OperatorSetIdProto op, op_dom;
+    Onnx__OperatorSetIdProto *ops[2] = {&op, &op_dom};
     onnx__graph_proto__init(&graph);
     onnx__model_proto__init(&model);
     onnx__operator_set_id_proto__init(&op);
+    onnx__operator_set_id_proto__init(&op_dom);
+    op_dom.domain = (char *)g->domain, op_dom.has_version = 1, op_dom.version = 1;
     graph.name = (char *)g->name;
     graph.n_node = g->nodes.n, graph.node = (Onnx__NodeProto **)g->nodes.v;
     graph.n_initializer = g->inits.n, graph.initializer = (Onnx__TensorProto **)g->inits.v;
@@ -315,7 +338,7 @@ int ox_write(ox_graph *g, const char *path, int64_t opset, const char *producer,
     graph.n_output = g->outputs.n, graph.output = (Onnx__ValueInfoProto **)g->outputs.v;
     op.domain = "", op.has_version = 1, op.version = opset;
     model.has_ir_version = 1, model.ir_version = 8; /* ONNX 1.10+, what opset 15-17 go with */
-    model.n_opset_import = 1, model.opset_import = ops;
+    model.n_opset_import = g->domain ? 2 : 1, model.opset_import = ops;
     model.producer_name = (char *)producer, model.producer_version = (char *)version;
     model.graph = &graph;
     char tmp[4096], data[4096], data_tmp[4096];

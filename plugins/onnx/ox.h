@@ -23,6 +23,8 @@ const char *ox_op(ox_graph *g, const char *op, const char *hint, ...);
 void ox_name_last(ox_graph *g, const char *name);
 /* the last node's output name */
 const char *ox_last_output(const ox_graph *g);
+/* The last node's operator domain (e.g. "com.microsoft"); the model then imports it at version 1. */
+void ox_domain_last(ox_graph *g, const char *domain);
 /* Attributes of the last node made. */
 void ox_attr_int(ox_graph *g, const char *name, int64_t v);
 void ox_attr_float(ox_graph *g, const char *name, float v);
@@ -31,11 +33,14 @@ void ox_attr_ints(ox_graph *g, const char *name, const int64_t *v, size_t n);
 /* Initializers. ox_weight borrows data (float32, row-major) until ox_write returns; the consts
  * are copied. They return the initializer's name. */
 const char *ox_weight(ox_graph *g, const char *name, const float *data, int ndim, const int64_t *dims);
+const char *ox_weight_u8(ox_graph *g, const char *name, const uint8_t *data, int ndim, const int64_t *dims);
 const char *ox_const_i64(ox_graph *g, const char *hint, const int64_t *v, size_t n);
+/* n zeroed bytes that live as long as the graph (for initializers made here), NULL when out of memory */
+void *ox_alloc(ox_graph *g, size_t n);
 const char *ox_const_f32(ox_graph *g, const char *hint, float v); /* a scalar */
 const char *ox_scalar_i64(ox_graph *g, const char *hint, int64_t v);
 
-enum { OX_FLOAT = 1, OX_INT64 = 7 }; /* TensorProto.DataType */
+enum { OX_FLOAT = 1, OX_UINT8 = 2, OX_INT64 = 7 }; /* TensorProto.DataType */
 /* A graph input or output; dims[i] < 0 is the symbolic dimension sym[i]. */
 void ox_input(ox_graph *g, const char *name, int elem_type, int ndim, const int64_t *dims, const char *const *sym);
 void ox_output(ox_graph *g, const char *name, int elem_type, int ndim, const int64_t *dims, const char *const *sym);

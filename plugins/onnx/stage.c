@@ -29,9 +29,11 @@ const llmopt_tensor *ox_f32_ref(llmopt_stage_ctx *ctx, const llmopt_model *m, co
         A->set_error(ctx, LLMOPT_EINVAL, "the model has no tensor '%s'", name);
         return NULL;
     }
-    if (t->dtype != LLMOPT_DTYPE_F32 && t->dtype != LLMOPT_DTYPE_F16 && t->dtype != LLMOPT_DTYPE_BF16) {
-        A->set_error(ctx, LLMOPT_EUNSUPPORTED, "'%s' is %s: the ONNX export takes f32, f16 or bf16 weights (a "
-                     "quantized ONNX graph is not written yet)", name, A->dtype_traits(t->dtype)->name);
+    const llmopt_dtype_traits *tr = A->dtype_traits(t->dtype);
+    if (t->dtype != LLMOPT_DTYPE_F32 && t->dtype != LLMOPT_DTYPE_F16 && t->dtype != LLMOPT_DTYPE_BF16 &&
+        !(tr && tr->is_quantized)) {
+        A->set_error(ctx, LLMOPT_EUNSUPPORTED, "'%s' is %s: the ONNX export takes float or block-quantized weights",
+                     name, tr ? tr->name : "of an unknown type");
         return NULL;
     }
     if (t->device != LLMOPT_DEVICE_CPU) {

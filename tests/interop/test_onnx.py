@@ -67,16 +67,94 @@ def test_later_opsets(host, models, tmp_path, opset):
     check(host, models["llama_gqa"], tmp_path, opset)
 
 
-def test_a_quantized_model_is_refused_naming_the_tensor(host, models, tmp_path):
+def dequantize(dtype, rows, shape):
+    """f32 [N, K] of a quantized checkpoint tensor: ggml's Q4_0/Q8_0 through the gguf package,
+    llmopt's GQ by host/runtime/quant.h's rules (per group: f16 scale, f16 zero when asym, codes
+    little-endian at bit i * bits; w = scale * (q - zero), zero = 2^(bits-1) when sym)"""
+    import re as _re
+    if dtype in ("q4_0", "q8_0"):
+        from gguf import GGMLQuantizationType as QT
+        from gguf.quants import dequantize as gg
+        return gg(rows, QT.Q4_0 if dtype == "q4_0" else QT.Q8_0).astype(np.float32)
+    bits, group, kind = _re.fullmatch(r"gq(\d+)g(\d+)([as])", dtype).groups()
+    bits, group, asym = int(bits), int(group), kind == "a"
+    head = 4 if asym else 2
+    blocks = rows.reshape(-1, head + group * bits // 8)
+    scale = blocks[:, :2].copy().view(np.float16).astype(np.float32)[:, 0]
+    zero = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)[:, 0] if asym else np.full(len(blocks), 2.0 ** (bits - 1))
+    bitstream = np.unpackbits(blocks[:, head:], axis=1, bitorder="little").reshape(len(blocks), group, bits)
+    q = (bitstream * (1 << np.arange(bits))).sum(axis=2)
+    return ((q - zero[:, None]) * scale[:, None]).astype(np.float32).reshape(shape[0], -1)
+
+
+def dequantized_model(saved):
+    """transformers' model of an llmopt quantized checkpoint, its weights dequantized (GPT-2's
+    quantized Conv1D weights are stored [out, in], Conv1D takes [in, out])"""
+    import transformers
+    from conftest import read_safetensors
+    cfg = json.loads((saved / "config.json").read_text())
+    dtypes = cfg["quantization_config"]["tensor_dtypes"]
+    gpt2 = cfg["model_type"] == "gpt2"
+    sd = {}
+    for name, (dt, shape, raw) in read_safetensors(saved / "model.safetensors").items():
+        if name in dtypes:
+            w = dequantize(dtypes[name], np.frombuffer(raw, np.uint8).reshape(shape), shape)
+            sd[name] = torch.from_numpy((w.T if gpt2 else w).copy())
+        else:
+            sd[name] = torch.from_numpy(np.frombuffer(raw, np.float32).reshape(shape).copy())
+    c = {k: v for k, v in cfg.items() if k not in ("quantization_config", "model_type", "architectures",
+                                                    "llmopt_provenance", "transformers_version", "torch_dtype")}
+    arch = cfg["architectures"][0]
+    conf = getattr(transformers, "GPT2Config" if gpt2 else "LlamaConfig")(**c)
+    model = getattr(transformers, arch)(conf).float().eval()
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)  # a tied head
+    return model
+
+
+@pytest.mark.parametrize("fmt, matmul_nbits", [
+    ("format: gq, bits: 4, group_size: 32, sym: false", True),
+    ("format: gq, bits: 4, group_size: 64, sym: true", True),
+    ("format: q4_0", True),
+    # onnxruntime 1.20's CPU MatMulNBits takes 4-bit codes only: 8-bit weights are dequantized
+    ("format: gq, bits: 8, group_size: 32, sym: false", False),
+    ("format: q8_0", False),
+    ("format: gq, bits: 3, group_size: 32, sym: false", False),  # no MatMulNBits form: dequantized
+])
+def test_quantized_weights_stay_quantized_as_matmulnbits(host, models, tmp_path, fmt, matmul_nbits):
+    """4-bit GQ and Q4_0 weights become onnxruntime's MatMulNBits (com.microsoft)
+    with the checkpoint's codes, scales and zero points, so the file is about as small as the
+    checkpoint; onnxruntime's logits equal transformers' on the dequantized weights. Other types
+    are dequantized to float32 MatMuls. (down_proj's 176 inputs are no whole number of groups.)"""
     if not host.has_stage("onnx.export"):
         pytest.skip("no onnx plugin in this build")
-    p, out = export(host, models["llama_gqa"], tmp_path,
-                    stages=["{id: q, uses: quantize.rtn, with: {format: q8_0, include: ['*q_proj*']}}",
-                            "{id: onnx, uses: onnx.export, inputs: {model: q}}"])
-    err = p.stderr.decode()
-    assert p.returncode != 0
-    assert "'model.layers.0.self_attn.q_proj.weight' is q8_0: the ONNX export takes f32, f16 or bf16 weights" in err, err
-    assert not (out / "onnx").exists()
+    run_quantized(host, models["llama_gqa"], tmp_path, fmt, matmul_nbits, "['*down_proj*', '*embed*', '*lm_head*']")
+
+
+def test_quantized_gpt2_stays_quantized_as_matmulnbits(host, models, tmp_path):
+    """GPT-2's quantized weights are stored [out, in] (Conv1D's float ones [in, out])"""
+    if not host.has_stage("onnx.export"):
+        pytest.skip("no onnx plugin in this build")
+    run_quantized(host, models["gpt2"], tmp_path, "format: gq, bits: 4, group_size: 32, sym: false", True,
+                  "['*wte*', '*wpe*']")
+
+
+def run_quantized(host, model_dir, tmp_path, fmt, matmul_nbits, exclude):
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text(f"name: q\nmodel: {model_dir}\nstages:\n"
+                   f"  - {{id: q, uses: quantize.rtn, with: {{{fmt}, exclude: {exclude}}}}}\n"
+                   "  - {id: onnx, uses: onnx.export, inputs: {model: q}}\n"
+                   "  - {id: dense, uses: onnx.export}\noutputs: [q]\n")
+    out = tmp_path / "run"
+    host.run("-q", "run", cfg, "--out", out)
+    path = out / "onnx" / "model.onnx"
+    assert (b"MatMulNBits" in path.read_bytes()) == matmul_nbits
+    if matmul_nbits:
+        assert path.stat().st_size < 0.6 * (out / "dense" / "model.onnx").stat().st_size
+    ids = np.random.default_rng(5).integers(0, 300, size=(2, 19)).astype(np.int64)
+    with torch.no_grad():
+        want = dequantized_model(out / "q" / "model")(torch.tensor(ids)).logits.numpy()
+    assert np.abs(ort_logits(path, ids) - want).max() < 1e-4
 
 
 def ort_greedy(path, prompt, n):
