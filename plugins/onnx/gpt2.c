@@ -28,10 +28,10 @@ static const char *w(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, 
 }
 
 /* x W + b for block weight fmt and its bias */
-static const char *lin(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *fmt, int layer,
-                       const char *x, const char *bias) {
+static const char *lin(llmopt_stage_ctx *ctx, const llmopt_model *m, const ox_opts *o, ox_graph *g, ox_keep *keep,
+                       const char *fmt, int layer, const char *x, const char *bias) {
     char name[300];
-    return bias ? ox_linear(ctx, m, g, keep, tname(m, name, sizeof name, fmt, layer), x, bias) : NULL;
+    return bias ? ox_linear(ctx, m, o, g, keep, tname(m, name, sizeof name, fmt, layer), x, bias) : NULL;
 }
 
 static const char *layer_norm(ox_graph *g, const char *x, const char *gain, const char *bias, float eps) {
@@ -62,7 +62,7 @@ int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arc
         if (!ln1g || !ln1b || !ab || !pb || !ln2g || !ln2b || !fb || !mb) return LLMOPT_EINVAL;
 
         const char *x = layer_norm(g, h, ln1g, ln1b, a->norm_eps);
-        const char *qkv = lin(ctx, m, g, keep, "h.%d.attn.c_attn.weight", l, x, ab); /* [b, s, 3d] */
+        const char *qkv = lin(ctx, m, o, g, keep, "h.%d.attn.c_attn.weight", l, x, ab); /* [b, s, 3d] */
         if (!qkv) return LLMOPT_EINVAL;
         const char *q = ox_transpose(g, ox_op(g, "Reshape", "q", ox_slice_last(g, qkv, 0, d), heads_shape, NULL), to_bhsd, 4);
         const char *k = ox_transpose(g, ox_op(g, "Reshape", "k", ox_slice_last(g, qkv, d, 2 * d), heads_shape, NULL), to_bhsd, 4);
@@ -78,13 +78,13 @@ int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arc
         ox_attr_int(g, "axis", -1);
         const char *y = ox_transpose(g, ox_op(g, "MatMul", "ctx", att, v, NULL), to_bhsd, 4); /* [b, s, H, hd] */
         y = ox_op(g, "Reshape", "merged", y, merged_shape, NULL);
-        const char *proj = lin(ctx, m, g, keep, "h.%d.attn.c_proj.weight", l, y, pb);
+        const char *proj = lin(ctx, m, o, g, keep, "h.%d.attn.c_proj.weight", l, y, pb);
         if (!proj) return LLMOPT_EINVAL;
         h = ox_op(g, "Add", "h", h, proj, NULL);
 
         x = layer_norm(g, h, ln2g, ln2b, a->norm_eps);
-        const char *fc = lin(ctx, m, g, keep, "h.%d.mlp.c_fc.weight", l, x, fb);
-        const char *mlp = fc ? lin(ctx, m, g, keep, "h.%d.mlp.c_proj.weight", l, ox_activation(g, a->act, fc), mb) : NULL;
+        const char *fc = lin(ctx, m, o, g, keep, "h.%d.mlp.c_fc.weight", l, x, fb);
+        const char *mlp = fc ? lin(ctx, m, o, g, keep, "h.%d.mlp.c_proj.weight", l, ox_activation(g, a->act, fc), mb) : NULL;
         if (!mlp) return LLMOPT_EINVAL;
         h = ox_op(g, "Add", "h", h, mlp, NULL);
         A->progress(ctx, 0.5 * (l + 1) / a->n_layer, "graph: block %d/%d", l + 1, a->n_layer);

@@ -76,7 +76,7 @@ int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_ar
     const char *scale = ox_const_f32(g, "scale", 1.0f / sqrtf((float)hd)), *axis2 = ox_const_i64(g, "axes", i2, 1);
     char f[128];
 #define W(name) (snprintf(f, sizeof f, "model.layers.%%d.%s", name), w(ctx, m, g, keep, f, l))
-#define LIN(name, x, b) (snprintf(f, sizeof f, "model.layers.%d.%s.weight", l, name), ox_linear(ctx, m, g, keep, f, x, b))
+#define LIN(name, x, b) (snprintf(f, sizeof f, "model.layers.%d.%s.weight", l, name), ox_linear(ctx, m, o, g, keep, f, x, b))
     for (int l = 0; l < a->n_layer; l++) {
         const char *ln1 = W("input_layernorm.weight"), *ln2 = W("post_attention_layernorm.weight");
         const char *bq = NULL, *bk = NULL, *bv = NULL, *bo = NULL, *bg = NULL, *bu = NULL, *bd = NULL;

@@ -42,7 +42,7 @@ static int nbits_form(int dtype, int *bits, int64_t *block, int *asym) {
 
 /* MatMulNBits' B, scales and zero points of a 4-bit weight in one of the forms above */
 static const char *matmul_nbits(llmopt_stage_ctx *ctx, ox_graph *g, const char *name, const llmopt_tensor *t, int form,
-                                int bits, int64_t block, int asym, const char *x) {
+                                int bits, int64_t block, int asym, int accuracy, const char *x) {
     const llmopt_dtype_traits *tr = A->dtype_traits(t->dtype);
     const int64_t N = t->shape[0], K = t->shape[1], kb = K / block, blob = block * bits / 8;
     const int64_t zp_row = (kb * bits + 7) / 8; /* packed zero-point bytes of a row */
@@ -90,11 +90,12 @@ static const char *matmul_nbits(llmopt_stage_ctx *ctx, ox_graph *g, const char *
     ox_attr_int(g, "N", N);
     ox_attr_int(g, "bits", bits);
     ox_attr_int(g, "block_size", block);
+    if (accuracy) ox_attr_int(g, "accuracy_level", accuracy); /* 4: x rounded to int8 per block, integer dots */
     return y;
 }
 
-const char *ox_linear(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name,
-                      const char *x, const char *bias) {
+const char *ox_linear(llmopt_stage_ctx *ctx, const llmopt_model *m, const ox_opts *o, ox_graph *g, ox_keep *keep,
+                      const char *name, const char *x, const char *bias) {
     const llmopt_tensor *t = A->model_get(m, name);
     if (!t) {
         A->set_error(ctx, LLMOPT_EINVAL, "the model has no tensor '%s'", name);
@@ -105,7 +106,7 @@ const char *ox_linear(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g,
     const int form = t->device == LLMOPT_DEVICE_CPU && t->ndim == 2 ? nbits_form(t->dtype, &bits, &block, &asym) : NB_NONE;
     const char *y;
     if (form != NB_NONE && t->shape[1] % block == 0) {
-        y = matmul_nbits(ctx, g, name, t, form, bits, block, asym, x);
+        y = matmul_nbits(ctx, g, name, t, form, bits, block, asym, o->int8_compute ? 4 : 0, x);
     } else {
         /* float: GPT-2's Conv1D values are [K, N] as they are stored; everything else [N, K] */
         const int in_out = A->model_linear_layout(m, name) == LLMOPT_W_IN_OUT && !A->dtype_traits(t->dtype)->is_quantized;

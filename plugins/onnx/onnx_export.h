@@ -28,12 +28,20 @@ const llmopt_tensor *ox_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const 
  * as MatMul's [in, out]); NULL after set_error */
 const char *ox_tensor(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name);
 const char *ox_tensor_t(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name);
+/* What the graph is asked to be (the stage's parameters). */
+typedef struct ox_opts {
+    int64_t opset;
+    int cache;
+    int last;         /* logits of the last position only */
+    int int8_compute; /* MatMulNBits accuracy_level 4: activations rounded to int8 per block */
+} ox_opts;
+
 /* ---- nbits.c ---- */
 /* x W^T (+ bias) for checkpoint weight name, W [N, K]: MatMul on float values, MatMulNBits
  * (com.microsoft) on 4-bit GQ and Q4_0 blocks, other quantized types dequantized; NULL after
  * set_error */
-const char *ox_linear(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name,
-                      const char *x, const char *bias);
+const char *ox_linear(llmopt_stage_ctx *ctx, const llmopt_model *m, const ox_opts *o, ox_graph *g, ox_keep *keep,
+                      const char *name, const char *x, const char *bias);
 
 /* The graph inputs: input_ids int64 [batch, sequence] and, with a cache, past_key_values.<l>.key
  * and .value float [batch, kv_heads, past_sequence, head_dim] for every block (the names
@@ -59,11 +67,6 @@ void ox_logits(ox_graph *g, const char *x, const char *head, const char *ids_sha
 
 /* ---- the forward graphs: input_ids int64 [batch, sequence] (and the cache) -> logits float
  * [batch, sequence, vocab] at every position (and the cache). 0 or a status after set_error. ---- */
-typedef struct ox_opts {
-    int64_t opset;
-    int cache;
-    int last; /* logits of the last position only */
-} ox_opts;
 int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, const ox_opts *o, ox_graph *g,
                   ox_keep *keep);
 int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arch_info *a, const ox_opts *o, ox_graph *g,

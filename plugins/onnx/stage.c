@@ -68,7 +68,8 @@ static int export_run(llmopt_stage_ctx *ctx) {
         return A->set_error(ctx, LLMOPT_EINVAL, "stage directory path too long");
     ox_graph *g = ox_graph_new(a.family == LLMOPT_ARCH_GPT2 ? "gpt2" : "llama");
     const ox_opts o = {.opset = A->param_int(ctx, "opset"), .cache = A->param_bool(ctx, "kv_cache"),
-                       .last = strcmp(A->param_str(ctx, "logits"), "last") == 0};
+                       .last = strcmp(A->param_str(ctx, "logits"), "last") == 0,
+                       .int8_compute = A->param_bool(ctx, "int8_compute")};
     ox_keep keep = {0};
     int rc = !g ? A->set_error(ctx, LLMOPT_ENOMEM, "out of memory")
              : a.family == LLMOPT_ARCH_GPT2 ? ox_gpt2_graph(ctx, m, &a, &o, g, &keep)
@@ -105,6 +106,9 @@ static const llmopt_param_desc params[] = {
     {.name = "logits", .type = LLMOPT_PARAM_ENUM, .default_value = "all", .choices = "all|last",
      .doc = "logits at every position [batch, sequence, vocab], or at the last one only [batch, 1, vocab] "
             "(generation: the LM head over one position)"},
+    {.name = "int8_compute", .type = LLMOPT_PARAM_BOOL, .default_value = "false",
+     .doc = "4-bit MatMulNBits at accuracy_level 4: onnxruntime rounds activations to int8 per block and "
+            "multiplies in integers (faster; llmopt's CPU kernels do the same); false: float32 math"},
     {.name = "external_data", .type = LLMOPT_PARAM_ENUM, .default_value = "auto", .choices = "auto|always|never",
      .doc = "weights in <file>.data beside the graph (ONNX external data): auto when the file would reach "
             "protobuf's 2 GiB limit"},
