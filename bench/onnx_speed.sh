@@ -9,6 +9,9 @@
 #
 # MODEL_DIR: default build-bench/gpt2-124m (made with bench/torch_speed.py make when missing).
 # onnxruntime is the interop venv's (.venv, tests/interop/requirements-onnx.txt).
+# QUANT="format: gq, bits: 4, group_size: 32, sym: true" (quantize.rtn's parameters) quantizes
+# the block weights first: llmopt runs that checkpoint, onnxruntime its export (4-bit weights as
+# MatMulNBits at accuracy_level 4, int8 activations, as llmopt's kernels use).
 set -eu
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="$(cd "${1:?usage: onnx_speed.sh BUILD_DIR [MODEL_DIR [THREADS [REPEATS]]]}" && pwd)"
@@ -31,13 +34,26 @@ export OPENBLAS_NUM_THREADS=1
 blas_core_export "$build" bench
 echo "cpu=$(lscpu | sed -n 's/^Model name: *//p') cpus=$(nproc) threads=$threads openblas_core=${OPENBLAS_CORETYPE:-openblas_default}" \
      "git=$(git -C "$root" rev-parse --short HEAD)"
-cat >"$tmp/export.yaml" <<YAML
+if [ -n "${QUANT:-}" ]; then
+    cat >"$tmp/export.yaml" <<YAML
+name: bench-onnx-export
+model: $model
+stages:
+  - {id: q, uses: quantize.rtn, with: {${QUANT}}}
+  - {id: onnx, uses: onnx.export, inputs: {model: q}, with: {kv_cache: true, logits: last, int8_compute: true}}
+outputs: [q]
+YAML
+else
+    cat >"$tmp/export.yaml" <<YAML
 name: bench-onnx-export
 model: $model
 stages:
   - {id: onnx, uses: onnx.export, with: {kv_cache: true, logits: last}}
 YAML
+fi
 "$host" --plugins "$build/plugins" -q run "$tmp/export.yaml" --out "$tmp/run" >/dev/null
+[ -n "${QUANT:-}" ] && model="$tmp/run/q/model"
+echo "quant=${QUANT:-none} onnx_bytes=$(stat -c %s "$tmp/run/onnx/model.onnx")"
 "$py" "$root/bench/ort_speed.py" "$tmp/run/onnx/model.onnx" --threads "$threads" | tee "$tmp/ort.txt"
 bash "$root/bench/llmopt_speed.sh" "$build" "$model" "$threads" "$reps" | tee "$tmp/llmopt.txt"
 python3 - "$tmp/ort.txt" "$tmp/llmopt.txt" <<'PY'
