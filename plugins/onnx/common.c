@@ -45,11 +45,17 @@ static const char *cache_name(char *buf, size_t n, int layer, int value, const c
     return buf;
 }
 
-void ox_positions(ox_graph *g, ox_positions_out *o, int cache, int n_layer, int64_t kv_heads, int64_t head_dim) {
+void ox_positions(ox_graph *g, ox_positions_out *o, const ox_opts *opts, int n_layer, int64_t kv_heads, int64_t head_dim,
+                  int score_rank) {
     const int64_t ids_dims[2] = {-1, -1}, i0[1] = {0}, i1[1] = {1};
-    const char *const ids_sym[2] = {"batch", "sequence"};
+    const char *const ids_sym[2] = {"batch", "sequence"}, *const mask_sym[2] = {"batch", "total_sequence"};
+    const int cache = opts->cache, masked = opts->masked;
     o->cache = cache, o->n_layer = n_layer, o->kv_heads = kv_heads, o->head_dim = head_dim;
     ox_input(g, "input_ids", OX_INT64, 2, ids_dims, ids_sym);
+    if (masked) {
+        ox_input(g, "attention_mask", OX_INT64, 2, ids_dims, mask_sym);
+        ox_input(g, "position_ids", OX_INT64, 2, ids_dims, ids_sym);
+    }
     const int64_t kv_dims[4] = {-1, kv_heads, -1, head_dim};
     const char *const kv_sym[4] = {"batch", NULL, "past_sequence", NULL};
     char name[64];
@@ -65,13 +71,25 @@ void ox_positions(ox_graph *g, ox_positions_out *o, int cache, int n_layer, int6
         ox_attr_int(g, "axis", 0);
     }
     const char *end = ox_op(g, "Add", "end", past, seq, NULL);
-    o->pos = ox_op(g, "Range", "positions", past, end, ox_scalar_i64(g, "one", 1), NULL); /* [s] */
-    const char *keys = ox_op(g, "Range", "key_positions", ox_scalar_i64(g, "zero", 0), end, ox_scalar_i64(g, "one", 1), NULL);
-    /* 0 where the key is at or before the query, float's lowest after it (transformers' finfo.min) */
-    const char *q_pos = ox_op(g, "Unsqueeze", "qpos", o->pos, ox_const_i64(g, "axes", i1, 1), NULL); /* [s, 1] */
-    const char *k_pos = ox_op(g, "Unsqueeze", "kpos", keys, ox_const_i64(g, "axes", i0, 1), NULL);   /* [1, p + s] */
-    o->mask = ox_op(g, "Where", "mask", ox_op(g, "Greater", "future", k_pos, q_pos, NULL),
-                    ox_const_f32(g, "lowest", -3.4028234663852886e38f), ox_const_f32(g, "zero", 0.0f), NULL);
+    const char *index = ox_op(g, "Range", "index", past, end, ox_scalar_i64(g, "one", 1), NULL); /* [s] */
+    o->pos = masked ? "position_ids" : index;
+    const char *keys = ox_op(g, "Range", "key_index", ox_scalar_i64(g, "zero", 0), end, ox_scalar_i64(g, "one", 1), NULL);
+    /* 0 where the key is at or before the query in the sequence, float's lowest after it
+     * (transformers' finfo.min) */
+    const char *lowest = ox_const_f32(g, "lowest", -3.4028234663852886e38f), *zero = ox_const_f32(g, "zero", 0.0f);
+    const char *q_idx = ox_op(g, "Unsqueeze", "qidx", index, ox_const_i64(g, "axes", i1, 1), NULL); /* [s, 1] */
+    const char *k_idx = ox_op(g, "Unsqueeze", "kidx", keys, ox_const_i64(g, "axes", i0, 1), NULL);  /* [1, p + s] */
+    o->mask = ox_op(g, "Where", "causal", ox_op(g, "Greater", "future", k_idx, q_idx, NULL), lowest, zero, NULL);
+    if (masked) {
+        /* padding keys masked too: [b, 1.., p + s] against the scores' [b, heads.., s, p + s]; the
+         * smaller of the two masks (not their sum, which would reach -inf and give a row of
+         * padding a NaN softmax rather than transformers' uniform one) */
+        int64_t axes[3] = {1, 2, 3};
+        const char *pad = ox_op(g, "Where", "pad", ox_op(g, "Equal", "is_pad", "attention_mask", ox_const_i64(g, "zero", i0, 1), NULL),
+                                lowest, zero, NULL); /* [b, p + s] */
+        pad = ox_op(g, "Unsqueeze", "pad_b", pad, ox_const_i64(g, "axes", axes, (size_t)(score_rank - 2)), NULL);
+        o->mask = ox_op(g, "Min", "mask", o->mask, pad, NULL);
+    }
 }
 
 const char *ox_cached(ox_graph *g, const ox_positions_out *o, int layer, int value, const char *fresh) {

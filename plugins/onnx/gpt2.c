@@ -45,7 +45,7 @@ int ox_gpt2_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_arc
                   ox_keep *keep) {
     const int64_t d = a->n_embd, H = a->n_head, hd = a->head_dim;
     ox_positions_out p;
-    ox_positions(g, &p, o->cache, a->n_layer, H, hd);
+    ox_positions(g, &p, o, a->n_layer, H, hd, 4);
     const char *wte = w(ctx, m, g, keep, "wte.weight", 0), *wpe = w(ctx, m, g, keep, "wpe.weight", 0);
     if (!wte || !wpe) return LLMOPT_EINVAL;
     const char *h = ox_op(g, "Add", "h", ox_op(g, "Gather", "tok", wte, "input_ids", NULL), /* [b, s, d] */

@@ -50,7 +50,7 @@ int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_ar
         return A->set_error(ctx, LLMOPT_EUNSUPPORTED, "rotary embedding over %d of %lld pairs has no ONNX export",
                             a->rope_n_freq, (long long)half);
     ox_positions_out p;
-    ox_positions(g, &p, o->cache, a->n_layer, KV, hd);
+    ox_positions(g, &p, o, a->n_layer, KV, hd, 5);
     const char *embed = ox_tensor(ctx, m, g, keep, "model.embed_tokens.weight");
     if (!embed) return LLMOPT_EINVAL;
     const char *h = ox_op(g, "Gather", "tok", embed, "input_ids", NULL); /* [b, s, d] */
@@ -61,11 +61,16 @@ int ox_llama_graph(llmopt_stage_ctx *ctx, const llmopt_model *m, const llmopt_ar
     ox_attr_int(g, "to", OX_FLOAT);
     if (a->rope_scale != 1.0f) pos_f = ox_op(g, "Div", "pos_scaled", pos_f, ox_const_f32(g, "rope_scale", a->rope_scale), NULL);
     const char *freq = ox_weight(g, "rope_freq", a->rope_freq, 1, freq_dims);
-    const char *ang = ox_op(g, "Mul", "angles", ox_op(g, "Unsqueeze", "pos_col", pos_f, ox_const_i64(g, "axes", i1, 1), NULL),
-                            freq, NULL); /* [s, half] */
+    const int64_t last_axis[1] = {-1};
+    const char *ang = ox_op(g, "Mul", "angles", ox_op(g, "Unsqueeze", "pos_col", pos_f, ox_const_i64(g, "axes", last_axis, 1), NULL),
+                            freq, NULL); /* [s, half], or [b, s, half] from position_ids */
     ang = ox_op(g, "Concat", "angles2", ang, ang, NULL);
     ox_attr_int(g, "axis", -1);
     const char *cos = ox_op(g, "Cos", "cos", ang, NULL), *sin = ox_op(g, "Sin", "sin", ang, NULL);
+    if (o->masked) { /* [b, 1, s, hd] against the heads' [b, heads, s, hd] */
+        cos = ox_op(g, "Unsqueeze", "cos_b", cos, ox_const_i64(g, "axes", i1, 1), NULL);
+        sin = ox_op(g, "Unsqueeze", "sin_b", sin, ox_const_i64(g, "axes", i1, 1), NULL);
+    }
 
     const int64_t q_heads[4] = {0, 0, H, hd}, kv_heads[4] = {0, 0, KV, hd}, grouped[5] = {0, KV, rep, -1, hd};
     const int64_t ungrouped[4] = {0, H, -1, hd}, merged[3] = {0, 0, H * hd}, i2[1] = {2};

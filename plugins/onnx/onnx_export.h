@@ -10,6 +10,15 @@
 extern const llmopt_host_api *ox_api;
 extern const llmopt_stage_desc ox_export_stage;
 
+/* What the graph is asked to be (the stage's parameters). */
+typedef struct ox_opts {
+    int64_t opset;
+    int cache;
+    int last;         /* logits of the last position only */
+    int int8_compute; /* MatMulNBits accuracy_level 4: activations rounded to int8 per block */
+    int masked;       /* attention_mask and position_ids inputs */
+} ox_opts;
+
 /* The f32 tensors a graph's initializers point into, held until the model is written. */
 typedef struct ox_keep {
     const llmopt_tensor **t;
@@ -28,14 +37,6 @@ const llmopt_tensor *ox_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const 
  * as MatMul's [in, out]); NULL after set_error */
 const char *ox_tensor(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name);
 const char *ox_tensor_t(llmopt_stage_ctx *ctx, const llmopt_model *m, ox_graph *g, ox_keep *keep, const char *name);
-/* What the graph is asked to be (the stage's parameters). */
-typedef struct ox_opts {
-    int64_t opset;
-    int cache;
-    int last;         /* logits of the last position only */
-    int int8_compute; /* MatMulNBits accuracy_level 4: activations rounded to int8 per block */
-} ox_opts;
-
 /* ---- nbits.c ---- */
 /* x W^T (+ bias) for checkpoint weight name, W [N, K]: MatMul on float values, MatMulNBits
  * (com.microsoft) on 4-bit GQ and Q4_0 blocks, other quantized types dequantized; NULL after
@@ -52,7 +53,11 @@ typedef struct ox_positions_out {
     int cache, n_layer;
     int64_t kv_heads, head_dim;
 } ox_positions_out;
-void ox_positions(ox_graph *g, ox_positions_out *o, int cache, int n_layer, int64_t kv_heads, int64_t head_dim);
+/* With opts->masked also attention_mask int64 [batch, p + s] (0: padding) and position_ids
+ * int64 [batch, sequence], optimum's inputs: pos is then position_ids, and the mask also hides
+ * the padding keys, broadcasting to scores of score_rank dimensions. */
+void ox_positions(ox_graph *g, ox_positions_out *o, const ox_opts *opts, int n_layer, int64_t kv_heads, int64_t head_dim,
+                  int score_rank);
 /* block l's keys or values [b, kv_heads, p + s, hd]: the new ones [b, kv_heads, s, hd] after the
  * cached ones, as the graph output present.<l>.key / .value (without a cache: the new ones) */
 const char *ox_cached(ox_graph *g, const ox_positions_out *o, int layer, int value, const char *fresh);

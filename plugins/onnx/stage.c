@@ -69,7 +69,8 @@ static int export_run(llmopt_stage_ctx *ctx) {
     ox_graph *g = ox_graph_new(a.family == LLMOPT_ARCH_GPT2 ? "gpt2" : "llama");
     const ox_opts o = {.opset = A->param_int(ctx, "opset"), .cache = A->param_bool(ctx, "kv_cache"),
                        .last = strcmp(A->param_str(ctx, "logits"), "last") == 0,
-                       .int8_compute = A->param_bool(ctx, "int8_compute")};
+                       .int8_compute = A->param_bool(ctx, "int8_compute"),
+                       .masked = A->param_bool(ctx, "attention_mask")};
     ox_keep keep = {0};
     int rc = !g ? A->set_error(ctx, LLMOPT_ENOMEM, "out of memory")
              : a.family == LLMOPT_ARCH_GPT2 ? ox_gpt2_graph(ctx, m, &a, &o, g, &keep)
@@ -103,6 +104,9 @@ static const llmopt_param_desc params[] = {
     {.name = "kv_cache", .type = LLMOPT_PARAM_BOOL, .default_value = "false",
      .doc = "also take past_key_values.<l>.key/.value [batch, kv_heads, past, head_dim] and return "
             "present.<l>.key/.value with the new positions appended (optimum's names), for decoding step by step"},
+    {.name = "attention_mask", .type = LLMOPT_PARAM_BOOL, .default_value = "false",
+     .doc = "also take attention_mask int64 [batch, past + sequence] (0: padding) and position_ids int64 "
+            "[batch, sequence], optimum's inputs, for batches of sequences of different lengths"},
     {.name = "logits", .type = LLMOPT_PARAM_ENUM, .default_value = "all", .choices = "all|last",
      .doc = "logits at every position [batch, sequence, vocab], or at the last one only [batch, 1, vocab] "
             "(generation: the LM head over one position)"},

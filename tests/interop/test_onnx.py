@@ -248,3 +248,59 @@ def test_int8_compute_sets_matmulnbits_accuracy_level_4(host, models, tmp_path):
     ids = np.random.default_rng(6).integers(0, 300, size=(2, 19)).astype(np.int64)
     exact, rounded = ort_logits(out / "f" / "model.onnx", ids), ort_logits(out / "i8" / "model.onnx", ids)
     assert np.abs(exact - rounded).max() < 0.1 * np.abs(exact).max()
+
+
+def left_padded(vocab, lengths, seed):
+    """a batch of random sequences of the given lengths, left-padded with token 0: ids, mask and
+    transformers' position ids (cumsum of the mask - 1, padding at 1, as generate() makes them)"""
+    rng = np.random.default_rng(seed)
+    n = max(lengths)
+    ids = np.zeros((len(lengths), n), np.int64)
+    mask = np.zeros((len(lengths), n), np.int64)
+    for i, k in enumerate(lengths):
+        ids[i, n - k:] = rng.integers(1, vocab, size=k)
+        mask[i, n - k:] = 1
+    pos = np.cumsum(mask, axis=1) - 1
+    pos[mask == 0] = 1
+    return ids, mask, pos
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "qwen2"])
+def test_attention_mask_runs_left_padded_batches_as_transformers(host, models, tmp_path, name):
+    """attention_mask: a left-padded batch gives transformers' logits (with the same mask and
+    position ids) at every real token; with the cache, greedy decoding of the batch gives
+    generate()'s tokens for every row"""
+    if not host.has_stage("onnx.export"):
+        pytest.skip("no onnx plugin in this build")
+    p, out = export(host, models[name], tmp_path, stages=[
+        "{id: full, uses: onnx.export, with: {attention_mask: true}}",
+        "{id: gen, uses: onnx.export, with: {attention_mask: true, kv_cache: true, logits: last}}"])
+    assert p.returncode == 0, p.stderr.decode()
+    vocab = json.loads((models[name] / "config.json").read_text())["vocab_size"]
+    ids, mask, pos = left_padded(vocab, [13, 6, 9], 7)
+    model = load_reference_model(models[name])
+    with torch.no_grad():
+        want = model(torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)).logits.numpy()
+    s = ort.InferenceSession(str(out / "full" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = s.run(["logits"], {"input_ids": ids, "attention_mask": mask, "position_ids": pos})[0]
+    real = mask.astype(bool)
+    assert np.abs(got[real] - want[real]).max() < 1e-4
+
+    s = ort.InferenceSession(str(out / "gen" / "model.onnx"), providers=["CPUExecutionProvider"])
+    outs = [o.name for o in s.get_outputs()]
+    past = {i.name: np.zeros((3, i.shape[1], 0, i.shape[3]), np.float32) for i in s.get_inputs()
+            if i.name.startswith("past_key_values.")}
+    step_ids, step_mask, step_pos, tokens = ids, mask, pos, []
+    for _ in range(8):
+        res = dict(zip(outs, s.run(outs, {"input_ids": step_ids, "attention_mask": step_mask, "position_ids": step_pos,
+                                          **past})))
+        nxt = res["logits"][:, -1].argmax(-1)
+        tokens.append(nxt)
+        past = {k: res[k.replace("past_key_values", "present")] for k in past}
+        step_ids = nxt[:, None].astype(np.int64)
+        step_pos = step_pos[:, -1:] + 1
+        step_mask = np.concatenate([step_mask, np.ones((3, 1), np.int64)], axis=1)
+    with torch.no_grad():
+        ref = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=8, min_new_tokens=8,
+                             do_sample=False, synced_gpus=False, eos_token_id=None, pad_token_id=0)[:, ids.shape[1]:]
+    assert np.array_equal(np.stack(tokens, axis=1), ref.numpy())
