@@ -122,7 +122,7 @@ static Onnx__AttributeProto *attr(ox_graph *g, const char *name, Onnx__Attribute
     onnx__attribute_proto__init(a);
     a->name = str(g, name);
     a->has_type = 1, a->type = type;
-    memcpy(list, node->attribute, node->n_attribute * sizeof *list);
+    if (node->n_attribute) memcpy(list, node->attribute, node->n_attribute * sizeof *list);
     list[node->n_attribute] = a;
     node->attribute = list, node->n_attribute++;
     return a;
@@ -151,7 +151,7 @@ static Onnx__TensorProto *tensor(ox_graph *g, const char *name, int type, int nd
     int64_t *d = alloc(g, (size_t)ndim * sizeof *d);
     if (!t || !d) return NULL;
     onnx__tensor_proto__init(t);
-    memcpy(d, dims, (size_t)ndim * sizeof *d);
+    if (ndim > 0) memcpy(d, dims, (size_t)ndim * sizeof *d); /* a scalar has no dims (and dims may be NULL) */
     t->n_dims = (size_t)ndim, t->dims = d;
     t->has_data_type = 1, t->data_type = type;
     t->name = str(g, name);

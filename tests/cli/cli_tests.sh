@@ -286,6 +286,59 @@ test_forward_on_test_device_equals_cpu() {
     run_host --plugins "$cpu" forward "$model" --ids 1,2 --device tpu
     expect_rc 2; expect_err "expected cpu, cuda or test"
 }
+# The prune and onnx plugins end to end on kjv-tiny, here so that their C code also runs under
+# ASan+UBSan (scripts/test.sh runs this suite in both builds); what their outputs compute is held
+# to the papers' procedures and to onnxruntime by tests/interop (test_prune.py, test_onnx.py).
+test_prune_stages_run_on_our_model() {
+    local model="$CONFIGS/../../../models/kjv-tiny" plugins="$PLUGROOT/../../plugins"
+    [ -e "$plugins/prune.so" ] || fail "no prune plugin in $plugins"
+    cat > p.yaml <<YAML
+name: p
+model: $model
+data:
+  cal: $CONFIGS/../../../configs/data/kjv-eval.txt
+stages:
+  - {id: mag, uses: prune.magnitude, with: {sparsity: 0.5}}
+  - {id: wanda, uses: prune.wanda, with: {pattern: "2:4", data: cal, n_samples: 4, seq_len: 32}}
+  - {id: sgpt, uses: prune.sparsegpt, with: {sparsity: 0.6, data: cal, n_samples: 4, seq_len: 32, block_size: 64}}
+  - {id: sgpt1, uses: prune.sparsegpt, with: {pattern: "4:8", data: cal, n_samples: 4, seq_len: 32, sequential: false}}
+outputs: [sgpt]
+YAML
+    run_host --plugins "$plugins" -q run p.yaml --out r --jobs 2
+    expect_rc 0
+    [ "$(json r/report.json '[round([m["value"] for m in s["metrics"] if m["name"]=="sparsity"][0], 3) for s in d["stages"]]')" = "[0.5, 0.5, 0.6, 0.5]" ] ||
+        { cat r/report.json >&2; fail "sparsity"; }
+    run_host --plugins "$plugins" forward r/sgpt/model --ids 1,2,3
+    expect_rc 0
+    no_partials r
+}
+
+# 77: skipped (ctest's SKIP_RETURN_CODE) when protoc-c, libprotobuf-c or libonnx-dev were missing
+test_onnx_export_writes_every_graph_form() {
+    local model="$CONFIGS/../../../models/kjv-tiny" plugins="$PLUGROOT/../../plugins"
+    [ -e "$plugins/onnx.so" ] || { echo "SKIP: the onnx plugin was not built (scripts/install-deps.sh)"; exit 77; }
+    cat > o.yaml <<YAML
+name: o
+model: $model
+stages:
+  - {id: plain, uses: onnx.export}
+  - {id: gen, uses: onnx.export, with: {kv_cache: true, attention_mask: true, logits: last, opset: 18}}
+  - {id: ext, uses: onnx.export, with: {external_data: always}}
+  - {id: q, uses: quantize.rtn, with: {format: gq, bits: 4, group_size: 32, sym: false}}
+  - {id: q4, uses: onnx.export, inputs: {model: q}, with: {int8_compute: true}}
+YAML
+    run_host --plugins "$plugins" -q run o.yaml --out r --jobs 2
+    expect_rc 0
+    for s in plain gen ext q4; do [ -s "r/$s/model.onnx" ] || fail "no r/$s/model.onnx"; done
+    [ -s r/ext/model.onnx.data ] && [ ! -e r/plain/model.onnx.data ] || fail "external data"
+    grep -q MatMulNBits r/q4/model.onnx || fail "the 4-bit weights are not MatMulNBits"
+    [ "$(stat -c %s r/q4/model.onnx)" -lt "$(stat -c %s r/plain/model.onnx)" ] || fail "the 4-bit graph is not smaller"
+    [ -z "$(find r -name '*.tmp')" ] || fail "temporary files left"
+    printf 'name: o\nmodel: %s\nstages:\n  - {id: x, uses: onnx.export, with: {file: a/b.onnx}}\n' "$model" > bad.yaml
+    run_host --plugins "$plugins" -q run bad.yaml --out r2
+    expect_rc 1; expect_err "must be a plain file name"
+}
+
 test_kernel_variants_best_wins_others_skipped() {
     run_host --plugins "$PLUGROOT/variants" plugins
     expect_rc 0
