@@ -181,39 +181,27 @@ const char *ox_weight_u8(ox_graph *g, const char *name, const uint8_t *data, int
     return t->name;
 }
 
+/* a constant initializer named after hint: n values of v (int64 or float, a copy), 1-D of n
+ * or, with scalar, 0-D */
+static const char *constant(ox_graph *g, const char *hint, int type, const void *v, size_t n, int scalar) {
+    char name[256];
+    snprintf(name, sizeof name, "%s_%zu", hint, g->counter++);
+    const int64_t dims[1] = {(int64_t)n};
+    Onnx__TensorProto *t = tensor(g, name, type, scalar ? 0 : 1, dims);
+    const size_t size = type == OX_INT64 ? sizeof(int64_t) : sizeof(float);
+    void *c = alloc(g, n * size);
+    if (!t || !c) return "";
+    memcpy(c, v, n * size);
+    if (type == OX_INT64) t->n_int64_data = n, t->int64_data = c;
+    else t->n_float_data = n, t->float_data = c;
+    return t->name;
+}
+
 const char *ox_const_i64(ox_graph *g, const char *hint, const int64_t *v, size_t n) {
-    char name[256];
-    snprintf(name, sizeof name, "%s_%zu", hint, g->counter++);
-    int64_t dims[1] = {(int64_t)n};
-    Onnx__TensorProto *t = tensor(g, name, OX_INT64, 1, dims);
-    int64_t *c = alloc(g, n * sizeof *c);
-    if (!t || !c) return "";
-    memcpy(c, v, n * sizeof *c);
-    t->n_int64_data = n, t->int64_data = c;
-    return t->name;
+    return constant(g, hint, OX_INT64, v, n, 0);
 }
-
-const char *ox_const_f32(ox_graph *g, const char *hint, float v) {
-    char name[256];
-    snprintf(name, sizeof name, "%s_%zu", hint, g->counter++);
-    Onnx__TensorProto *t = tensor(g, name, OX_FLOAT, 0, NULL);
-    float *c = alloc(g, sizeof *c);
-    if (!t || !c) return "";
-    *c = v;
-    t->n_float_data = 1, t->float_data = c;
-    return t->name;
-}
-
-const char *ox_scalar_i64(ox_graph *g, const char *hint, int64_t v) {
-    char name[256];
-    snprintf(name, sizeof name, "%s_%zu", hint, g->counter++);
-    Onnx__TensorProto *t = tensor(g, name, OX_INT64, 0, NULL);
-    int64_t *c = alloc(g, sizeof *c);
-    if (!t || !c) return "";
-    *c = v;
-    t->n_int64_data = 1, t->int64_data = c;
-    return t->name;
-}
+const char *ox_const_f32(ox_graph *g, const char *hint, float v) { return constant(g, hint, OX_FLOAT, &v, 1, 1); }
+const char *ox_scalar_i64(ox_graph *g, const char *hint, int64_t v) { return constant(g, hint, OX_INT64, &v, 1, 1); }
 
 static Onnx__ValueInfoProto *value_info(ox_graph *g, const char *name, int elem_type, int ndim, const int64_t *dims,
                                         const char *const *sym) {
