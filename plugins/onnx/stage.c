@@ -55,6 +55,24 @@ const llmopt_tensor *ox_f32(llmopt_stage_ctx *ctx, const llmopt_model *m, const 
     return f;
 }
 
+/* The model's side files (tokenizer.json, tokenizer_config.json, generation_config.json, ...)
+ * beside the graph, so the directory carries what a runtime needs to tokenize and stop. */
+static int write_side_files(llmopt_stage_ctx *ctx, const llmopt_model *m) {
+    char path[4200];
+    for (size_t i = 0; i < A->model_n_files(m); i++) {
+        const char *name = A->model_file_name(m, i);
+        size_t len = 0;
+        const char *data = A->model_get_file(m, name, &len);
+        if (!data || strchr(name, '/')) continue;
+        snprintf(path, sizeof path, "%s/%s", A->stage_dir(ctx), name);
+        FILE *f = fopen(path, "wb");
+        int bad = !f || fwrite(data, 1, len, f) != len;
+        if (f && fclose(f) != 0) bad = 1;
+        if (bad) return A->set_error(ctx, LLMOPT_EIO, "cannot write %s", path);
+    }
+    return 0;
+}
+
 static int export_run(llmopt_stage_ctx *ctx) {
     const llmopt_model *m = A->stage_input(ctx, "model");
     const char *file = A->param_str(ctx, "file");
@@ -85,6 +103,7 @@ static int export_run(llmopt_stage_ctx *ctx) {
         if (ox_write(g, path, o.opset, "llmopt", "0.1.0", mode, msg, sizeof msg))
             rc = A->set_error(ctx, LLMOPT_EIO, "%s", msg);
     }
+    if (!rc) rc = write_side_files(ctx, m);
     for (size_t i = 0; i < keep.n; i++) A->tensor_unref(keep.t[i]);
     free(keep.t);
     ox_graph_free(g);

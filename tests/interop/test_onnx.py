@@ -304,3 +304,13 @@ def test_attention_mask_runs_left_padded_batches_as_transformers(host, models, t
         ref = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=8, min_new_tokens=8,
                              do_sample=False, synced_gpus=False, eos_token_id=None, pad_token_id=0)[:, ids.shape[1]:]
     assert np.array_equal(np.stack(tokens, axis=1), ref.numpy())
+
+
+def test_the_tokenizer_files_go_beside_the_graph(host, models_with_tokenizer, tmp_path):
+    if not host.has_stage("onnx.export"):
+        pytest.skip("no onnx plugin in this build")
+    model = models_with_tokenizer["llama_llama_bpe"]
+    p, out = export(host, model, tmp_path)
+    assert p.returncode == 0, p.stderr.decode()
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        assert (out / "onnx" / f).read_bytes() == (model / f).read_bytes(), f
