@@ -121,22 +121,9 @@ static int calibrated(pr_run *g) {
     const qz_selection *sel = g->sel;
     qz_stats *st = g->st;
     int rc;
+    st->no_absum = 1, st->no_gram = g->method == PR_WANDA, st->want_sumsq = g->method == PR_WANDA;
     if (!A->param_bool(ctx, "sequential")) {
-        rc = qz_stats_init(ctx, g->in, sel, st);
-        if (rc) return rc;
-        st->no_absum = 1, st->no_gram = g->method == PR_WANDA, st->want_sumsq = g->method == PR_WANDA;
-        int32_t *tok = NULL;
-        size_t n_seq = 0, len = 0;
-        rc = qz_calib_tokens(ctx, g->in, &tok, &n_seq, &len);
-        if (!rc) A->progress(ctx, 0.0, "calibrating on %zu x %zu tokens", n_seq, len);
-        if (!rc) rc = A->calibrate(ctx, g->in, tok, n_seq, len, stats_input, g);
-        free(tok);
-        for (size_t i = 0; !rc && i < sel->n; i++) {
-            if (st->root[i] == -2)
-                return A->set_error(ctx, LLMOPT_EINVAL, "'%s' saw no calibration input: it is not a linear layer of "
-                                    "the forward pass (exclude it)", sel->names[i]);
-            if (st->root[i] == (int)i) qz_stats_mirror(st, i);
-        }
+        rc = qz_collect(ctx, g->in, sel, st);
         for (size_t i = 0; !rc && i < sel->n; i++) rc = prune_one(g, i);
         return rc;
     }
@@ -144,7 +131,6 @@ static int calibrated(pr_run *g) {
     size_t n_seq = 0, len = 0;
     g->done = calloc(sel->n ? sel->n : 1, 1);
     rc = g->done ? qz_stats_init(ctx, g->in, sel, st) : A->set_error(ctx, LLMOPT_ENOMEM, "out of memory");
-    st->no_absum = 1, st->no_gram = g->method == PR_WANDA, st->want_sumsq = g->method == PR_WANDA;
     if (!rc) rc = qz_calib_tokens(ctx, g->in, &tok, &n_seq, &len);
     if (!rc) A->progress(ctx, 0.0, "calibrating group by group on %zu x %zu tokens", n_seq, len);
     if (!rc) rc = A->calibrate_sequential(ctx, g->out, tok, n_seq, len, stats_input, seq_block_done, g);

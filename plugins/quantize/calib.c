@@ -155,7 +155,9 @@ int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, 
 }
 
 int qz_stats_init(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, qz_stats *st) {
+    const int no_absum = st->no_absum, no_gram = st->no_gram, want_sumsq = st->want_sumsq; /* the caller's choice */
     memset(st, 0, sizeof *st);
+    st->no_absum = no_absum, st->no_gram = no_gram, st->want_sumsq = want_sumsq;
     st->n = sel->n;
     st->names = sel->names;
     st->cols = calloc(sel->n, sizeof *st->cols);

@@ -96,6 +96,8 @@ typedef struct qz_collect_arg {
     qz_stats *st;
 } qz_collect_arg;
 int qz_calib_tokens(llmopt_stage_ctx *ctx, const llmopt_model *m, int32_t **out, size_t *n_seq, size_t *seq_len);
+/* qz_stats_init keeps what st's no_absum, no_gram and want_sumsq say (set them first, on a
+ * zeroed st) and resets the rest. */
 int qz_stats_init(llmopt_stage_ctx *ctx, const llmopt_model *m, const qz_selection *sel, qz_stats *st);
 int qz_stats_input(void *arg, const char *weight, const float *x, int64_t rows, int64_t cols);
 void qz_stats_mirror(qz_stats *st, size_t i);
